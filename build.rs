@@ -77,9 +77,9 @@ fn main() {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.is_dir()
-                    && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                        n.starts_with("ros_") && n.ends_with(".libs")
-                    })
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("ros_") && n.ends_with(".libs"))
             })
             .collect();
         libs.sort();

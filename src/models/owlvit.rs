@@ -1,0 +1,436 @@
+//! OWL-ViT open-vocabulary object detection (`OwlViTForObjectDetection`).
+//!
+//! - Paper: [Simple Open-Vocabulary Object Detection with Vision Transformers](https://arxiv.org/abs/2205.06230)
+//! - Model card: [google/owlvit-base-patch32](https://huggingface.co/google/owlvit-base-patch32)
+//! - Mirrors transformers v5.17.0 `models/owlvit/modeling_owlvit.py`
+//!   (<https://github.com/huggingface/transformers/blob/v5.17.0/src/transformers/models/owlvit/modeling_owlvit.py>).
+//!
+//! The text and vision towers are candle-transformers' CLIP towers (OWL-ViT's are CLIP's, with
+//! the vision pre-norm spelled `pre_layernorm`). Text queries are embedded once
+//! ([`OwlVitForObjectDetection::get_text_features`]) and reused for every image.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{
+    layer_norm, linear, linear_no_bias, LayerNorm, LayerNormConfig, Linear, VarBuilder,
+};
+use candle_transformers::models::clip::{
+    text_model::ClipTextTransformer, vision_model::ClipVisionTransformer,
+};
+use serde::Deserialize;
+
+use super::clip_towers::{TextTower, VisionTower};
+
+/// Added to norms before dividing, as `OwlViTClassPredictionHead` does.
+const NORM_EPS: f64 = 1e-6;
+/// Offset inside the logits of `compute_box_bias`.
+const BOX_BIAS_EPS: f32 = 1e-4;
+
+fn default_vocab_size() -> usize {
+    49408
+}
+fn default_text_hidden() -> usize {
+    512
+}
+fn default_text_intermediate() -> usize {
+    2048
+}
+fn default_text_heads() -> usize {
+    8
+}
+fn default_text_max_positions() -> usize {
+    16
+}
+fn default_layers() -> usize {
+    12
+}
+fn default_act() -> String {
+    "quick_gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_pad_token_id() -> u32 {
+    0
+}
+fn default_vision_hidden() -> usize {
+    768
+}
+fn default_vision_intermediate() -> usize {
+    3072
+}
+fn default_vision_heads() -> usize {
+    12
+}
+fn default_channels() -> usize {
+    3
+}
+fn default_image_size() -> usize {
+    768
+}
+fn default_patch_size() -> usize {
+    32
+}
+fn default_projection_dim() -> usize {
+    512
+}
+fn default_logit_scale() -> f64 {
+    2.6592
+}
+
+/// transformers' `OwlViTTextConfig`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OwlVitTextConfig {
+    #[serde(default = "default_vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "default_text_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "default_text_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "default_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "default_text_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "default_text_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_pad_token_id")]
+    pub pad_token_id: u32,
+}
+
+/// transformers' `OwlViTVisionConfig`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OwlVitVisionConfig {
+    #[serde(default = "default_vision_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "default_vision_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "default_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "default_vision_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "default_channels")]
+    pub num_channels: usize,
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    #[serde(default = "default_patch_size")]
+    pub patch_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+/// transformers' `OwlViTConfig`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OwlVitConfig {
+    pub text_config: OwlVitTextConfig,
+    pub vision_config: OwlVitVisionConfig,
+    #[serde(default = "default_projection_dim")]
+    pub projection_dim: usize,
+    #[serde(default = "default_logit_scale")]
+    pub logit_scale_init_value: f64,
+}
+
+impl OwlVitConfig {
+    /// Patches per side of the (square) input.
+    pub fn num_patches_side(&self) -> usize {
+        self.vision_config.image_size / self.vision_config.patch_size
+    }
+
+    /// Checks what the architecture needs and maps the towers to candle's CLIP configs.
+    fn towers(
+        &self,
+        model: &str,
+    ) -> crate::Result<(
+        candle_transformers::models::clip::text_model::ClipTextConfig,
+        candle_transformers::models::clip::vision_model::ClipVisionConfig,
+    )> {
+        let t = &self.text_config;
+        let v = &self.vision_config;
+        if self.projection_dim != t.hidden_size {
+            // The class head compares projected query embeddings with image embeddings mapped
+            // to text_config.hidden_size, so the two must agree (they do in every checkpoint).
+            return Err(crate::Error::Unsupported {
+                model: model.into(),
+                reason: format!(
+                    "projection_dim {} differs from text_config.hidden_size {}",
+                    self.projection_dim, t.hidden_size
+                ),
+            });
+        }
+        let text = TextTower {
+            vocab_size: t.vocab_size,
+            hidden_size: t.hidden_size,
+            intermediate_size: t.intermediate_size,
+            num_hidden_layers: t.num_hidden_layers,
+            num_attention_heads: t.num_attention_heads,
+            max_position_embeddings: t.max_position_embeddings,
+            hidden_act: &t.hidden_act,
+            layer_norm_eps: t.layer_norm_eps,
+            projection_dim: self.projection_dim,
+        }
+        .to_candle(model)?;
+        let vision = VisionTower {
+            hidden_size: v.hidden_size,
+            intermediate_size: v.intermediate_size,
+            num_hidden_layers: v.num_hidden_layers,
+            num_attention_heads: v.num_attention_heads,
+            num_channels: v.num_channels,
+            image_size: v.image_size,
+            patch_size: v.patch_size,
+            hidden_act: &v.hidden_act,
+            layer_norm_eps: v.layer_norm_eps,
+            projection_dim: self.projection_dim,
+        }
+        .to_candle(model)?;
+        Ok((text, vision))
+    }
+}
+
+/// transformers' `OwlViTClassPredictionHead`.
+#[derive(Debug, Clone)]
+pub struct OwlVitClassPredictionHead {
+    dense0: Linear,
+    logit_shift: Linear,
+    logit_scale: Linear,
+}
+
+impl OwlVitClassPredictionHead {
+    pub fn new(vb: VarBuilder, cfg: &OwlVitConfig) -> Result<Self> {
+        let query_dim = cfg.vision_config.hidden_size;
+        let out_dim = cfg.text_config.hidden_size;
+        Ok(Self {
+            dense0: linear(query_dim, out_dim, vb.pp("dense0"))?,
+            logit_shift: linear(query_dim, 1, vb.pp("logit_shift"))?,
+            logit_scale: linear(query_dim, 1, vb.pp("logit_scale"))?,
+        })
+    }
+
+    /// `image_embeds`: (b, patches, d_vision); `query_embeds`: (queries, d_text), shared by the
+    /// batch. Returns `(pred_logits (b, patches, queries), image_class_embeds)`.
+    pub fn forward(
+        &self,
+        image_embeds: &Tensor,
+        query_embeds: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let image_class_embeds = self.dense0.forward(image_embeds)?;
+        let image_norm = normalize(&image_class_embeds)?;
+        let query_norm = normalize(query_embeds)?;
+        // (b, p, d) x (d, q) -> (b, p, q)
+        let pred_logits = image_norm.broadcast_matmul(&query_norm.t()?)?;
+        let logit_shift = self.logit_shift.forward(image_embeds)?;
+        let logit_scale = (self.logit_scale.forward(image_embeds)?.elu(1.0)? + 1.0)?;
+        let pred_logits = pred_logits
+            .broadcast_add(&logit_shift)?
+            .broadcast_mul(&logit_scale)?;
+        Ok((pred_logits, image_class_embeds))
+    }
+}
+
+/// `x / (||x|| + 1e-6)` over the last dimension.
+fn normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = (x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + NORM_EPS)?;
+    x.broadcast_div(&norm)
+}
+
+/// transformers' `OwlViTBoxPredictionHead`.
+#[derive(Debug, Clone)]
+pub struct OwlVitBoxPredictionHead {
+    dense0: Linear,
+    dense1: Linear,
+    dense2: Linear,
+}
+
+impl OwlVitBoxPredictionHead {
+    /// Predicts (cx, cy, w, h) offsets.
+    const OUT_DIM: usize = 4;
+
+    pub fn new(vb: VarBuilder, cfg: &OwlVitConfig) -> Result<Self> {
+        let width = cfg.vision_config.hidden_size;
+        Ok(Self {
+            dense0: linear(width, width, vb.pp("dense0"))?,
+            dense1: linear(width, width, vb.pp("dense1"))?,
+            dense2: linear(width, Self::OUT_DIM, vb.pp("dense2"))?,
+        })
+    }
+}
+
+impl Module for OwlVitBoxPredictionHead {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // nn.GELU() is the exact (erf) GELU.
+        let xs = self.dense0.forward(xs)?.gelu_erf()?;
+        let xs = self.dense1.forward(&xs)?.gelu_erf()?;
+        self.dense2.forward(&xs)
+    }
+}
+
+/// The raw outputs of one detection pass.
+#[derive(Debug, Clone)]
+pub struct OwlVitObjectDetectionOutput {
+    /// (b, patches, queries)
+    pub logits: Tensor,
+    /// (b, patches, 4), normalized (cx, cy, w, h)
+    pub pred_boxes: Tensor,
+    /// (b, patches_h, patches_w, d_vision)
+    pub image_embeds: Tensor,
+    /// (b, patches, d_text)
+    pub class_embeds: Tensor,
+}
+
+/// transformers' `OwlViTForObjectDetection`.
+#[derive(Debug, Clone)]
+pub struct OwlVitForObjectDetection {
+    text_model: ClipTextTransformer,
+    text_projection: Linear,
+    vision_model: ClipVisionTransformer,
+    /// The vision tower's post_layernorm, applied by the detector to every token.
+    post_layernorm: LayerNorm,
+    num_vision_layers: usize,
+    class_head: OwlVitClassPredictionHead,
+    box_head: OwlVitBoxPredictionHead,
+    layer_norm: LayerNorm,
+    /// (patches, 4)
+    box_bias: Tensor,
+    num_patches_side: usize,
+}
+
+impl OwlVitForObjectDetection {
+    /// `model` names the checkpoint in configuration errors.
+    pub fn new(vb: VarBuilder, cfg: &OwlVitConfig, model: &str) -> crate::Result<Self> {
+        let (text_cfg, vision_cfg) = cfg.towers(model)?;
+        Ok(Self::build(vb, cfg, &text_cfg, &vision_cfg)?)
+    }
+
+    fn build(
+        vb: VarBuilder,
+        cfg: &OwlVitConfig,
+        text_cfg: &candle_transformers::models::clip::text_model::ClipTextConfig,
+        vision_cfg: &candle_transformers::models::clip::vision_model::ClipVisionConfig,
+    ) -> Result<Self> {
+        let owlvit = vb.pp("owlvit");
+        let text_model = ClipTextTransformer::new(owlvit.pp("text_model"), text_cfg)?;
+        let text_projection = linear_no_bias(
+            cfg.text_config.hidden_size,
+            cfg.projection_dim,
+            owlvit.pp("text_projection"),
+        )?;
+        // candle's CLIP vision tower asks for CLIP's `pre_layrnorm`; OWL-ViT spells it
+        // `pre_layernorm`.
+        let vision_vb = owlvit
+            .pp("vision_model")
+            .rename_f(|name| name.replace("pre_layrnorm", "pre_layernorm"));
+        let vision_model = ClipVisionTransformer::new(vision_vb, vision_cfg)?;
+        let v = &cfg.vision_config;
+        let ln_cfg = LayerNormConfig {
+            eps: v.layer_norm_eps,
+            ..Default::default()
+        };
+        let post_layernorm = layer_norm(
+            v.hidden_size,
+            ln_cfg,
+            owlvit.pp("vision_model").pp("post_layernorm"),
+        )?;
+        let class_head = OwlVitClassPredictionHead::new(vb.pp("class_head"), cfg)?;
+        let box_head = OwlVitBoxPredictionHead::new(vb.pp("box_head"), cfg)?;
+        let layer_norm = layer_norm(v.hidden_size, ln_cfg, vb.pp("layer_norm"))?;
+        let side = cfg.num_patches_side();
+        let box_bias = compute_box_bias(side, side, vb.device())?.to_dtype(vb.dtype())?;
+        Ok(Self {
+            text_model,
+            text_projection,
+            vision_model,
+            post_layernorm,
+            num_vision_layers: v.num_hidden_layers,
+            class_head,
+            box_head,
+            layer_norm,
+            box_bias,
+            num_patches_side: side,
+        })
+    }
+
+    /// Query embeddings for `input_ids` (queries, seq): the EOS-pooled text output, projected
+    /// and L2-normalized, as `OwlViTModel` returns `text_embeds`. (queries, projection_dim)
+    pub fn get_text_features(&self, input_ids: &Tensor) -> Result<Tensor> {
+        // candle's CLIP text tower pools at argmax(input_ids), i.e. the EOS token, like
+        // OwlViTTextTransformer; the causal mask alone decides what EOS attends to, so padding
+        // needs no extra mask.
+        let pooled = self.text_model.forward(input_ids)?;
+        let text_embeds = self.text_projection.forward(&pooled)?;
+        let norm = text_embeds.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+        text_embeds.broadcast_div(&norm)
+    }
+
+    /// `image_embedder`: the vision tower, post_layernorm on every token, the class token merged
+    /// into the patch tokens, then layer_norm. (b, patches_h, patches_w, d_vision)
+    pub fn image_embedder(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let hidden_states = self.vision_model.output_hidden_states(pixel_values)?;
+        // One entry per encoder layer, then the pooled output.
+        let last_hidden_state = &hidden_states[self.num_vision_layers - 1];
+        let image_embeds = self.post_layernorm.forward(last_hidden_state)?;
+        let (b, tokens, d) = image_embeds.dims3()?;
+        let class_token_out = image_embeds.narrow(1, 0, 1)?;
+        let image_embeds = image_embeds
+            .narrow(1, 1, tokens - 1)?
+            .broadcast_mul(&class_token_out)?;
+        let image_embeds = self.layer_norm.forward(&image_embeds)?;
+        image_embeds.reshape((b, self.num_patches_side, self.num_patches_side, d))
+    }
+
+    /// `box_predictor`: (b, patches, d_vision) -> (b, patches, 4) normalized (cx, cy, w, h).
+    pub fn box_predictor(&self, image_feats: &Tensor) -> Result<Tensor> {
+        let pred_boxes = self.box_head.forward(image_feats)?;
+        candle_nn::ops::sigmoid(&pred_boxes.broadcast_add(&self.box_bias)?)
+    }
+
+    /// Detection for a batch of images against cached query embeddings (from
+    /// [`Self::get_text_features`]).
+    pub fn detect(
+        &self,
+        pixel_values: &Tensor,
+        query_embeds: &Tensor,
+    ) -> Result<OwlVitObjectDetectionOutput> {
+        let feature_map = self.image_embedder(pixel_values)?;
+        let (b, h, w, d) = feature_map.dims4()?;
+        let image_feats = feature_map.reshape((b, h * w, d))?;
+        let (logits, class_embeds) = self.class_head.forward(&image_feats, query_embeds)?;
+        let pred_boxes = self.box_predictor(&image_feats)?;
+        Ok(OwlVitObjectDetectionOutput {
+            logits: logits.to_dtype(DType::F32)?,
+            pred_boxes: pred_boxes.to_dtype(DType::F32)?,
+            image_embeds: feature_map,
+            class_embeds,
+        })
+    }
+
+    /// transformers' `forward(input_ids, pixel_values)`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        pixel_values: &Tensor,
+    ) -> Result<OwlVitObjectDetectionOutput> {
+        let query_embeds = self.get_text_features(input_ids)?;
+        self.detect(pixel_values, &query_embeds)
+    }
+}
+
+/// `compute_box_bias`: a patch's box centre is biased towards its grid cell's far corner
+/// (transformers' `normalize_grid_corner_coordinates`) and its size towards one patch.
+/// Returns (patches_h * patches_w, 4) in inverse-sigmoid space, computed in f32 as torch does.
+pub fn compute_box_bias(patches_h: usize, patches_w: usize, device: &Device) -> Result<Tensor> {
+    let inv_sigmoid = |x: f32| (x + BOX_BIAS_EPS).ln() - (-x + BOX_BIAS_EPS).ln_1p();
+    let size_w = inv_sigmoid(1.0 / patches_w as f32);
+    let size_h = inv_sigmoid(1.0 / patches_h as f32);
+    let mut bias = Vec::with_capacity(patches_h * patches_w * 4);
+    for y in 1..=patches_h {
+        for x in 1..=patches_w {
+            let cx = (x as f32 / patches_w as f32).clamp(0.0, 1.0);
+            let cy = (y as f32 / patches_h as f32).clamp(0.0, 1.0);
+            bias.extend([inv_sigmoid(cx), inv_sigmoid(cy), size_w, size_h]);
+        }
+    }
+    Tensor::from_vec(bias, (patches_h * patches_w, 4), device)
+}

@@ -1,0 +1,79 @@
+//! Device and dtype, chosen at load time from strings (`cpu`, `cuda:1`, `bf16`).
+
+use candle_core::{DType, Device};
+
+use crate::error::{Error, Result};
+
+/// Parses `cpu`, `cuda` or `cuda:N` into a candle device.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    match spec.trim() {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(ordinal)) => cuda(ordinal),
+            _ => Err(Error::Device(spec.to_string())),
+        },
+    }
+}
+
+fn cuda(ordinal: usize) -> Result<Device> {
+    if !candle_core::utils::cuda_is_available() {
+        return Err(Error::Unsupported {
+            model: "device".into(),
+            reason: format!(
+                "`cuda:{ordinal}` requested but this build has no CUDA support (rebuild with \
+                 `--features cuda`)"
+            ),
+        });
+    }
+    Ok(Device::new_cuda(ordinal)?)
+}
+
+/// Parses `f32`, `f16` or `bf16`.
+pub fn parse_dtype(spec: &str) -> Result<DType> {
+    match spec.trim() {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        _ => Err(Error::DType(spec.to_string())),
+    }
+}
+
+/// Where and in which precision a model runs.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+impl LoadOptions {
+    pub fn parse(device: &str, dtype: &str) -> Result<Self> {
+        Ok(Self {
+            device: parse_device(device)?,
+            dtype: parse_dtype(dtype)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices_and_dtypes() {
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+        assert!(matches!(parse_device("gpu"), Err(Error::Device(_))));
+        assert!(matches!(parse_device("cuda:x"), Err(Error::Device(_))));
+        assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
+        assert!(matches!(parse_dtype("f64"), Err(Error::DType(_))));
+    }
+}

@@ -1,0 +1,49 @@
+//! The library API the front ends use: resolve a checkpoint, load a task object on a device,
+//! run it on images. One task object per model family:
+//! - [`Detector`]: OWL-ViT open-vocabulary detection.
+
+pub mod checkpoint;
+pub mod detect;
+pub mod device;
+pub mod tokenizer;
+pub mod types;
+
+pub use checkpoint::Checkpoint;
+pub use detect::{DetectParams, Detector, QueryEmbeddings};
+pub use device::LoadOptions;
+pub use types::{Detection, DetectionResult, Timings};
+
+use crate::error::{Error, Result};
+
+/// At most this many queries or prompts in one vocabulary: beyond it, a request is more likely
+/// a bug than a vocabulary, and the text pass would stall the camera stream.
+pub const MAX_QUERIES: usize = 512;
+/// Longest accepted query or prompt, in characters (the text towers keep only the first
+/// tokens anyway; longer strings are truncated with a warning up to this bound).
+pub const MAX_QUERY_CHARS: usize = 2048;
+
+/// Checks a list of text queries or prompts: not empty, none blank, none absurdly long.
+pub fn validate_texts<S: AsRef<str>>(texts: &[S], what: &str) -> Result<()> {
+    if texts.is_empty() {
+        return Err(Error::InvalidInput(format!("no {what}s given")));
+    }
+    if texts.len() > MAX_QUERIES {
+        return Err(Error::InvalidInput(format!(
+            "{} {what}s given, at most {MAX_QUERIES} are accepted",
+            texts.len()
+        )));
+    }
+    for (i, t) in texts.iter().enumerate() {
+        let t = t.as_ref();
+        if t.trim().is_empty() {
+            return Err(Error::InvalidInput(format!("{what} {i} is empty")));
+        }
+        let chars = t.chars().count();
+        if chars > MAX_QUERY_CHARS {
+            return Err(Error::InvalidInput(format!(
+                "{what} {i} has {chars} characters, at most {MAX_QUERY_CHARS} are accepted"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! Plain result types of the pipeline: numbers and strings, no tensors.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::vision::boxes::BBox;
+
+/// Time spent in each stage of one call.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timings {
+    pub preprocess: Duration,
+    pub forward: Duration,
+    pub postprocess: Duration,
+}
+
+impl Timings {
+    pub fn total(&self) -> Duration {
+        self.preprocess + self.forward + self.postprocess
+    }
+}
+
+/// One detected object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    /// Index of the matching query in the vocabulary.
+    pub query_index: usize,
+    /// The query text.
+    pub label: String,
+    /// sigmoid of the best query logit, in [0, 1].
+    pub score: f32,
+    /// Corners in original-image pixels (not clamped to the image, as transformers).
+    pub bbox: BBox,
+}
+
+/// Detections on one image, by descending score.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectionResult {
+    pub width: u32,
+    pub height: u32,
+    pub detections: Vec<Detection>,
+    #[serde(skip)]
+    pub timings: Timings,
+}

@@ -1,0 +1,7 @@
+//! Image pre- and post-processing shared by the models: loading, PIL-compatible resizing,
+//! normalization, boxes and NMS, drawing. Nothing here knows about a particular model.
+
+pub mod boxes;
+pub mod draw;
+pub mod image_io;
+pub mod preprocess;
