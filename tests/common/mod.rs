@@ -1,0 +1,119 @@
+//! Shared helpers of the integration tests: fixture paths, reference tensors, comparisons,
+//! running the CLI binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Tensor};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures().join("models").join(name)
+}
+
+pub fn image_path(name: &str) -> PathBuf {
+    fixtures().join("images").join(name)
+}
+
+pub fn reference_dir(model: &str, image_stem: &str) -> PathBuf {
+    fixtures().join("reference").join(model).join(image_stem)
+}
+
+/// A reference tensor written by scripts/make_fixtures.py, as f32.
+pub fn npy_f32(path: &Path) -> Tensor {
+    Tensor::read_npy(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .to_dtype(DType::F32)
+        .unwrap()
+}
+
+/// A reference integer tensor (token ids, masks) as rows of u32.
+pub fn npy_ids(path: &Path) -> Vec<Vec<u32>> {
+    let t = Tensor::read_npy(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|row| row.into_iter().map(|v| v as u32).collect())
+        .collect()
+}
+
+pub fn json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Largest absolute value of a tensor (the scale relative tolerances refer to).
+pub fn max_abs(a: &Tensor) -> f32 {
+    a.to_dtype(DType::F32)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Runs the `vlm-perception` binary with `args`.
+pub fn cli(args: &[&str]) -> Output {
+    cli_with_env(args, &[])
+}
+
+pub fn cli_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vlm-perception"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("cannot run vlm-perception")
+}
+
+/// stdout of a successful run parsed as JSON; panics with stderr otherwise.
+pub fn cli_json(args: &[&str]) -> serde_json::Value {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "vlm-perception {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Asserts that a failing run exited with code 1 (not a panic: 101) and that stderr mentions
+/// every one of `needles`.
+pub fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected a clean failure, got {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
+    }
+}
