@@ -21,6 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Detect objects named by text queries (OWL-ViT).
     Detect(DetectArgs),
+    /// Segment the regions described by text prompts (CLIPSeg).
+    Segment(SegmentArgs),
+    /// Answer a question about an image (ViLT).
+    Ask(AskArgs),
 }
 
 /// Where and how a model runs.
@@ -69,4 +73,58 @@ pub struct DetectArgs {
     /// Write the image with the detections drawn to this PNG.
     #[arg(long)]
     pub overlay: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The image to segment (PNG or JPEG).
+    #[arg(long)]
+    pub image: PathBuf,
+
+    /// A text prompt, e.g. "the sponge"; repeat for several (one mask each).
+    #[arg(long = "prompt", required = true)]
+    pub prompts: Vec<String>,
+
+    /// A pixel belongs to a prompt's mask when its probability is above this.
+    #[arg(long, default_value_t = vlm_perception::pipeline::segment::DEFAULT_MASK_THRESHOLD)]
+    pub threshold: f32,
+
+    /// Write the raw logits (before sigmoid, at the model's input resolution) to this .npy
+    /// file: little-endian float32, shape [prompts, H, W].
+    #[arg(long)]
+    pub logits_out: Option<PathBuf>,
+
+    /// Write one PNG mask per prompt (original image size, 0/255) and a colour overlay
+    /// (overlay.png) into this directory.
+    #[arg(long)]
+    pub masks_out: Option<PathBuf>,
+
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The image the question is about (PNG or JPEG).
+    #[arg(long)]
+    pub image: PathBuf,
+
+    /// The question, e.g. "is the drawer open?".
+    #[arg(long)]
+    pub question: String,
+
+    /// How many answers to return (at most the model's answer vocabulary).
+    #[arg(long, default_value_t = vlm_perception::pipeline::vqa::DEFAULT_TOP_K)]
+    pub top_k: usize,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -2,7 +2,9 @@
 //! Exit codes: 0 success, 1 error (printed with its causes), 2 bad usage.
 
 mod args;
+mod ask;
 mod detect;
+mod segment;
 
 use std::process::ExitCode;
 
@@ -15,6 +17,8 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match &cli.command {
         Command::Detect(a) => detect::run(a),
+        Command::Segment(a) => segment::run(a),
+        Command::Ask(a) => ask::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

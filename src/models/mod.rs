@@ -2,4 +2,7 @@
 //! images: configs deserialize `config.json`, modules take tensors.
 
 pub mod clip_towers;
+pub mod clipseg;
+pub mod interpolate;
 pub mod owlvit;
+pub mod vilt;

@@ -210,14 +210,13 @@ impl OwlVitClassPredictionHead {
     }
 
     /// `image_embeds`: (b, patches, d_vision); `query_embeds`: (queries, d_text), shared by the
-    /// batch. Returns `(pred_logits (b, patches, queries), image_class_embeds)`.
+    /// batch. Returns `(pred_logits (b, patches, queries), normalized image_class_embeds)`.
     pub fn forward(
         &self,
         image_embeds: &Tensor,
         query_embeds: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let image_class_embeds = self.dense0.forward(image_embeds)?;
-        let image_norm = normalize(&image_class_embeds)?;
+        let image_norm = normalize(&self.dense0.forward(image_embeds)?)?;
         let query_norm = normalize(query_embeds)?;
         // (b, p, d) x (d, q) -> (b, p, q)
         let pred_logits = image_norm.broadcast_matmul(&query_norm.t()?)?;
@@ -226,7 +225,8 @@ impl OwlVitClassPredictionHead {
         let pred_logits = pred_logits
             .broadcast_add(&logit_shift)?
             .broadcast_mul(&logit_scale)?;
-        Ok((pred_logits, image_class_embeds))
+        // transformers returns the normalized class embeddings.
+        Ok((pred_logits, image_norm))
     }
 }
 
@@ -310,6 +310,9 @@ impl OwlVitForObjectDetection {
         text_cfg: &candle_transformers::models::clip::text_model::ClipTextConfig,
         vision_cfg: &candle_transformers::models::clip::vision_model::ClipVisionConfig,
     ) -> Result<Self> {
+        // candle's CLIP vision tower asks for CLIP's `pre_layrnorm`; OWL-ViT spells it
+        // `pre_layernorm`. (rename_f must wrap the root builder: it sees full key paths.)
+        let vb = vb.rename_f(|name| name.replace("pre_layrnorm", "pre_layernorm"));
         let owlvit = vb.pp("owlvit");
         let text_model = ClipTextTransformer::new(owlvit.pp("text_model"), text_cfg)?;
         let text_projection = linear_no_bias(
@@ -317,12 +320,7 @@ impl OwlVitForObjectDetection {
             cfg.projection_dim,
             owlvit.pp("text_projection"),
         )?;
-        // candle's CLIP vision tower asks for CLIP's `pre_layrnorm`; OWL-ViT spells it
-        // `pre_layernorm`.
-        let vision_vb = owlvit
-            .pp("vision_model")
-            .rename_f(|name| name.replace("pre_layrnorm", "pre_layernorm"));
-        let vision_model = ClipVisionTransformer::new(vision_vb, vision_cfg)?;
+        let vision_model = ClipVisionTransformer::new(owlvit.pp("vision_model"), vision_cfg)?;
         let v = &cfg.vision_config;
         let ln_cfg = LayerNormConfig {
             eps: v.layer_norm_eps,

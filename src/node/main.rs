@@ -1,6 +1,607 @@
-//! `vlm_perception_node`: the ROS 2 front end (feature `ros`). Work in progress.
+//! `vlm_perception_node`: the ROS 2 front end (feature `ros`), built with r2r.
+//!
+//! Subscribes a camera (`sensor_msgs/Image` and/or `CompressedImage`), runs open-vocabulary
+//! detection (and segmentation when prompts are set) on the latest frame at up to `rate` Hz, and
+//! answers Detect / Segment / Ask / SetQueries services. Inference runs on one worker thread
+//! ([`worker`]); this file is the glue: parameters, publishers, subscriptions, services and the
+//! one `spawn_blocking` loop that spins the node.
+//!
+//! Exit codes: 0 clean shutdown, 1 runtime error, 2 invalid parameters.
 
-fn main() {
-    eprintln!("vlm_perception_node is not built yet");
-    std::process::exit(1);
+mod convert;
+mod params;
+mod pending;
+mod worker;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::{Stream, StreamExt};
+use r2r::diagnostic_msgs::msg::DiagnosticArray;
+use r2r::sensor_msgs::msg::{CompressedImage, Image};
+use r2r::std_msgs::msg::String as StringMsg;
+use r2r::vlm_perception_msgs::{msg as vmsg, srv};
+use r2r::{QosProfile, ServiceRequest, WrappedServiceTypeSupport};
+use tokio::sync::oneshot;
+use vlm_perception::pipeline::{DetectionResult, LoadOptions};
+
+use convert::{FrameHeader, RawImage};
+use params::{split_texts, NodeParams, ParamError};
+use pending::{SegmentationResult, VqaResult};
+use worker::{Frame, Handle, ImageArg, Job, Level, Outcome, Reply, Request, Sink};
+
+/// The node's default name (remappable with `-r __node:=...`).
+const NODE_NAME: &str = "vlm_perception";
+/// Depth of the reliable output topics.
+const OUTPUT_DEPTH: usize = 10;
+/// How often the executor thread wakes up when idle.
+const SPIN_TIMEOUT: Duration = Duration::from_millis(20);
+
+fn main() -> ExitCode {
+    init_tracing();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("[vlm_perception_node] error: {err:#}");
+            if err.downcast_ref::<ParamError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// r2r's log macros panic on a NUL byte (CString); user text can contain one.
+fn clean(msg: &str) -> String {
+    msg.replace('\0', "\\0")
+}
+
+fn log(logger: &str, level: Level, msg: &str) {
+    let msg = clean(msg);
+    match level {
+        Level::Info => r2r::log_info!(logger, "{msg}"),
+        Level::Warn => r2r::log_warn!(logger, "{msg}"),
+        Level::Error => r2r::log_error!(logger, "{msg}"),
+    }
+}
+
+/// The worker's outputs: the result topics.
+struct Publishers {
+    logger: String,
+    detections: r2r::Publisher<vmsg::DetectionArray>,
+    segmentation: r2r::Publisher<vmsg::SegmentationArray>,
+    answers: r2r::Publisher<vmsg::Answer>,
+    overlay: Option<r2r::Publisher<Image>>,
+}
+
+impl Publishers {
+    fn check(&self, what: &str, r: r2r::Result<()>) {
+        if let Err(e) = r {
+            log(
+                &self.logger,
+                Level::Error,
+                &format!("cannot publish {what}: {e}"),
+            );
+        }
+    }
+}
+
+impl Sink for Publishers {
+    fn detections(
+        &mut self,
+        header: &FrameHeader,
+        model: &str,
+        r: &DetectionResult,
+        latency: Duration,
+    ) {
+        let msg = convert::detection_array(header, model, r, latency);
+        self.check("detections", self.detections.publish(&msg));
+    }
+
+    fn segmentation(
+        &mut self,
+        header: &FrameHeader,
+        model: &str,
+        r: &SegmentationResult,
+        latency: Duration,
+    ) {
+        let msg = convert::segmentation_array(header, model, r, latency);
+        self.check("segmentation", self.segmentation.publish(&msg));
+    }
+
+    fn overlay(&mut self, header: &FrameHeader, image: &image::RgbImage) {
+        if let Some(p) = &self.overlay {
+            let msg = convert::rgb_image_msg(header, image);
+            self.check("overlay", p.publish(&msg));
+        }
+    }
+
+    fn answer(&mut self, header: &FrameHeader, model: &str, r: &VqaResult, latency: Duration) {
+        let msg = convert::answer(header, model, r, latency);
+        self.check("answer", self.answers.publish(&msg));
+    }
+
+    fn log(&mut self, level: Level, message: &str) {
+        log(&self.logger, level, message);
+    }
+}
+
+fn output_qos() -> QosProfile {
+    QosProfile::default().keep_last(OUTPUT_DEPTH)
+}
+
+fn run() -> Result<()> {
+    let ctx = r2r::Context::create().context("cannot create the ROS context")?;
+    let mut node = r2r::Node::create(ctx, NODE_NAME, "").context("cannot create the node")?;
+    let fqn = node.fully_qualified_name()?;
+    let logger = node.logger().to_string();
+
+    let map = {
+        let p = node.params.lock().unwrap_or_else(|p| p.into_inner());
+        convert::param_map(p.iter())
+    };
+    let params = NodeParams::from_map(&map)?;
+    for name in NodeParams::unknown(&map) {
+        log(
+            &logger,
+            Level::Warn,
+            &format!("ignoring unknown parameter `{name}`"),
+        );
+    }
+    let options = LoadOptions::parse(&params.device, &params.dtype).map_err(|e| {
+        let name = if matches!(e, vlm_perception::Error::DType(_)) {
+            "dtype"
+        } else {
+            "device"
+        };
+        ParamError {
+            name: name.into(),
+            reason: e.to_string(),
+        }
+    })?;
+
+    // Outputs.
+    let publishers = Publishers {
+        logger: logger.clone(),
+        detections: node.create_publisher("~/detections", output_qos())?,
+        segmentation: node.create_publisher("~/segmentation", output_qos())?,
+        answers: node.create_publisher("~/answers", output_qos())?,
+        overlay: if params.overlay {
+            Some(node.create_publisher("~/overlay", output_qos())?)
+        } else {
+            None
+        },
+    };
+    let diagnostics = node.create_publisher::<DiagnosticArray>("/diagnostics", output_qos())?;
+
+    // Inputs.
+    let mut camera_qos = if params.camera.reliable {
+        QosProfile::default()
+    } else {
+        QosProfile::sensor_data()
+    };
+    camera_qos = camera_qos.keep_last(params.camera.depth);
+    let topic = params.camera.topic.clone();
+    let raw_sub = if params.camera.transport.raw() {
+        Some(node.subscribe::<Image>(&topic, camera_qos.clone())?)
+    } else {
+        None
+    };
+    let compressed_topic = format!("{}/compressed", topic.trim_end_matches('/'));
+    let compressed_sub = if params.camera.transport.compressed() {
+        Some(node.subscribe::<CompressedImage>(&compressed_topic, camera_qos)?)
+    } else {
+        None
+    };
+    let queries_sub = node.subscribe::<StringMsg>("~/queries", QosProfile::default())?;
+    let prompts_sub = node.subscribe::<StringMsg>("~/prompts", QosProfile::default())?;
+
+    let services = QosProfile::services_default();
+    let set_queries =
+        node.create_service::<srv::SetQueries::Service>("~/set_queries", services.clone())?;
+    let detect = node.create_service::<srv::Detect::Service>("~/detect", services.clone())?;
+    let segment = node.create_service::<srv::Segment::Service>("~/segment", services.clone())?;
+    let ask = node.create_service::<srv::Ask::Service>("~/ask", services)?;
+
+    log(
+        &logger,
+        Level::Info,
+        &format!(
+            "{fqn}: camera `{topic}` ({:?}, {}), device {} {}, rate {} Hz, detection {}, \
+             segmentation {}, vqa {}, overlay {}",
+            params.camera.transport,
+            if params.camera.reliable {
+                "reliable"
+            } else {
+                "best effort"
+            },
+            params.device,
+            params.dtype,
+            params.rate,
+            if params.owlvit.enabled {
+                &params.owlvit.model
+            } else {
+                "off"
+            },
+            if params.clipseg.enabled {
+                &params.clipseg.model
+            } else {
+                "off"
+            },
+            if params.vilt.enabled {
+                &params.vilt.model
+            } else {
+                "off"
+            },
+            params.overlay
+        ),
+    );
+
+    let (handle, join) = worker::spawn(params.clone(), options, publishers)
+        .context("cannot start the inference thread")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async move {
+        let timeout = params.service_timeout;
+        let source: Arc<str> = Arc::from(resolve(&fqn, &topic));
+        if let Some(sub) = raw_sub {
+            tokio::spawn(frames(
+                sub,
+                handle.clone(),
+                source.clone(),
+                RawImage::from_image,
+            ));
+        }
+        if let Some(sub) = compressed_sub {
+            let source: Arc<str> = Arc::from(resolve(&fqn, &compressed_topic));
+            tokio::spawn(frames(
+                sub,
+                handle.clone(),
+                source,
+                RawImage::from_compressed,
+            ));
+        }
+        tokio::spawn(vocabulary_topic(queries_sub, handle.clone(), true));
+        tokio::spawn(vocabulary_topic(prompts_sub, handle.clone(), false));
+        tokio::spawn(serve(
+            set_queries,
+            handle.clone(),
+            timeout,
+            set_queries_call,
+        ));
+        tokio::spawn(serve(detect, handle.clone(), timeout, detect_call));
+        tokio::spawn(serve(segment, handle.clone(), timeout, segment_call));
+        tokio::spawn(serve(ask, handle.clone(), timeout, ask_call));
+        tokio::spawn(publish_diagnostics(
+            diagnostics,
+            handle.clone(),
+            fqn.clone(),
+            params.diagnostics_period,
+            logger.clone(),
+        ));
+        // The one thread that spins the node: it moves messages between rcl and the streams.
+        let spinner = tokio::task::spawn_blocking(move || loop {
+            node.spin_once(SPIN_TIMEOUT);
+        });
+        let r = spinner.await;
+        handle.shutdown();
+        r
+    });
+    let _ = join.join();
+    result.context("the executor thread stopped")?;
+    Ok(())
+}
+
+/// `topic` as rcl resolves it without remapping (for messages).
+fn resolve(fqn: &str, topic: &str) -> String {
+    if topic.starts_with('/') {
+        topic.to_string()
+    } else if let Some(rest) = topic.strip_prefix("~/") {
+        format!("{fqn}/{rest}")
+    } else {
+        let ns = fqn.rsplit_once('/').map_or("", |(ns, _)| ns);
+        format!("{ns}/{topic}")
+    }
+}
+
+/// Moves camera messages into the worker's mailbox (no decoding here).
+async fn frames<M>(
+    mut sub: impl Stream<Item = M> + Unpin,
+    handle: Handle,
+    source: Arc<str>,
+    to_raw: fn(M) -> (FrameHeader, RawImage),
+) {
+    while let Some(msg) = sub.next().await {
+        let received = Instant::now();
+        let (header, image) = to_raw(msg);
+        handle.push_frame(Frame {
+            header,
+            image,
+            source: source.clone(),
+            received,
+        });
+    }
+}
+
+/// `~/queries` (detection vocabulary) and `~/prompts` (segmentation prompts): comma-separated.
+async fn vocabulary_topic(
+    mut sub: impl Stream<Item = StringMsg> + Unpin,
+    handle: Handle,
+    detection: bool,
+) {
+    while let Some(msg) = sub.next().await {
+        let texts = split_texts(&msg.data);
+        let (detection, prompts, origin) = if detection {
+            (Some(texts), None, "~/queries")
+        } else {
+            (None, Some(texts), "~/prompts")
+        };
+        let job = Job {
+            request: Request::SetVocabulary {
+                detection,
+                prompts,
+                origin,
+                reply: None,
+            },
+            deadline: Instant::now() + Duration::from_secs(3600),
+        };
+        let _ = handle.submit(job);
+    }
+}
+
+/// Serves one service: each request gets its own task, which queues a job for the worker and
+/// answers when the worker replies or the timeout passes, whichever comes first.
+async fn serve<T, F, Fut>(
+    mut requests: impl Stream<Item = ServiceRequest<T>> + Unpin,
+    handle: Handle,
+    timeout: Duration,
+    call: F,
+) where
+    T: WrappedServiceTypeSupport + 'static,
+    F: Fn(Handle, Duration, T::Request) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = (bool, T::Response)> + Send + 'static,
+    T::Request: Default + Send + 'static,
+    T::Response: Send + 'static,
+{
+    while let Some(mut req) = requests.next().await {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let message = std::mem::take(&mut req.message);
+            let (success, response) = call(handle.clone(), timeout, message).await;
+            handle.count_service(success);
+            // The client may have gone away; nothing to do then.
+            let _ = req.respond(response);
+        });
+    }
+}
+
+/// Queues `request(reply)` and waits for the worker's answer, at most `timeout`.
+async fn ask_worker<T>(
+    handle: &Handle,
+    timeout: Duration,
+    request: impl FnOnce(Reply<T>) -> Request,
+) -> Result<T, String> {
+    let (tx, rx) = oneshot::channel();
+    let job = Job {
+        request: request(tx),
+        deadline: Instant::now() + timeout,
+    };
+    if handle.submit(job).is_err() {
+        return Err(format!(
+            "busy: {} requests are already waiting",
+            worker::MAX_QUEUED_REQUESTS
+        ));
+    }
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err("internal error: the request was dropped".into()),
+        Err(_) => Err(format!(
+            "timed out after {:.1} s{}",
+            timeout.as_secs_f64(),
+            if handle.loading() {
+                " (models are still loading)"
+            } else {
+                ""
+            }
+        )),
+    }
+}
+
+fn image_arg(image: &mut Image) -> ImageArg {
+    match RawImage::from_request(image) {
+        Some((header, raw)) => ImageArg::Given(header, raw),
+        None => ImageArg::Latest,
+    }
+}
+
+/// `<= 0` (or NaN) means the node's default.
+fn positive(v: f32) -> Option<f32> {
+    (v > 0.0).then_some(v)
+}
+
+async fn set_queries_call(
+    handle: Handle,
+    timeout: Duration,
+    req: srv::SetQueries::Request,
+) -> (bool, srv::SetQueries::Response) {
+    let detection = (!req.keep_detection).then_some(req.detection_queries);
+    let prompts = (!req.keep_segmentation).then_some(req.segmentation_prompts);
+    let r = ask_worker(&handle, timeout, |reply| Request::SetVocabulary {
+        detection,
+        prompts,
+        origin: "~/set_queries",
+        reply: Some(reply),
+    })
+    .await;
+    let success = r.is_ok();
+    let message = r.unwrap_or_else(|e| e);
+    (success, srv::SetQueries::Response { success, message })
+}
+
+async fn detect_call(
+    handle: Handle,
+    timeout: Duration,
+    mut req: srv::Detect::Request,
+) -> (bool, srv::Detect::Response) {
+    let image = image_arg(&mut req.image);
+    let threshold = positive(req.threshold);
+    if let Some(t) = threshold.filter(|t| *t > 1.0) {
+        return failure_detect(format!("threshold must be in [0, 1], got {t}"));
+    }
+    let r = ask_worker(&handle, timeout, |reply| Request::Detect {
+        image,
+        queries: req.queries,
+        threshold,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(Outcome {
+            header,
+            model,
+            result,
+            latency,
+        }) => (
+            true,
+            srv::Detect::Response {
+                success: true,
+                message: format!("{} detection(s)", result.detections.len()),
+                detections: convert::detection_array(&header, &model, &result, latency),
+            },
+        ),
+        Err(e) => failure_detect(e),
+    }
+}
+
+fn failure_detect(message: String) -> (bool, srv::Detect::Response) {
+    (
+        false,
+        srv::Detect::Response {
+            success: false,
+            message,
+            ..Default::default()
+        },
+    )
+}
+
+async fn segment_call(
+    handle: Handle,
+    timeout: Duration,
+    mut req: srv::Segment::Request,
+) -> (bool, srv::Segment::Response) {
+    let image = image_arg(&mut req.image);
+    let threshold = positive(req.threshold);
+    let fail = |message: String| {
+        (
+            false,
+            srv::Segment::Response {
+                success: false,
+                message,
+                ..Default::default()
+            },
+        )
+    };
+    if let Some(t) = threshold.filter(|t| *t > 1.0) {
+        return fail(format!("threshold must be in [0, 1], got {t}"));
+    }
+    let r = ask_worker(&handle, timeout, |reply| Request::Segment {
+        image,
+        prompts: req.prompts,
+        threshold,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(o) => (
+            true,
+            srv::Segment::Response {
+                success: true,
+                message: format!("{} mask(s)", o.result.masks.len()),
+                segmentations: convert::segmentation_array(
+                    &o.header, &o.model, &o.result, o.latency,
+                ),
+            },
+        ),
+        Err(e) => fail(e),
+    }
+}
+
+async fn ask_call(
+    handle: Handle,
+    timeout: Duration,
+    mut req: srv::Ask::Request,
+) -> (bool, srv::Ask::Response) {
+    let image = image_arg(&mut req.image);
+    let top_k = usize::try_from(req.top_k).ok().filter(|k| *k > 0);
+    let r = ask_worker(&handle, timeout, |reply| Request::Ask {
+        image,
+        question: req.question,
+        top_k,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(o) => (
+            true,
+            srv::Ask::Response {
+                success: true,
+                message: o
+                    .result
+                    .answers
+                    .first()
+                    .map_or_else(|| "no answer".to_string(), |a| a.answer.clone()),
+                answer: convert::answer(&o.header, &o.model, &o.result, o.latency),
+            },
+        ),
+        Err(message) => (
+            false,
+            srv::Ask::Response {
+                success: false,
+                message,
+                ..Default::default()
+            },
+        ),
+    }
+}
+
+async fn publish_diagnostics(
+    publisher: r2r::Publisher<DiagnosticArray>,
+    handle: Handle,
+    fqn: String,
+    period: Duration,
+    logger: String,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let msg = convert::diagnostics(&fqn, &handle.snapshot());
+        if let Err(e) = publisher.publish(&msg) {
+            if !warned {
+                log(
+                    &logger,
+                    Level::Error,
+                    &format!("cannot publish /diagnostics: {e}"),
+                );
+                warned = true;
+            }
+        }
+    }
 }

@@ -57,10 +57,20 @@ impl Default for LoadOptions {
 
 impl LoadOptions {
     pub fn parse(device: &str, dtype: &str) -> Result<Self> {
-        Ok(Self {
+        let options = Self {
             device: parse_device(device)?,
             dtype: parse_dtype(dtype)?,
-        })
+        };
+        if options.device.is_cpu() && options.dtype == DType::BF16 {
+            // candle's CPU backend has no bf16 matmul; fail at load, not on the first frame.
+            return Err(Error::Unsupported {
+                model: "device".into(),
+                reason: "bf16 is not supported on cpu (candle has no CPU bf16 matmul); use f32 \
+                         or f16 on cpu, bf16 on cuda"
+                    .into(),
+            });
+        }
+        Ok(options)
     }
 }
 

@@ -1,17 +1,25 @@
 //! The library API the front ends use: resolve a checkpoint, load a task object on a device,
 //! run it on images. One task object per model family:
 //! - [`Detector`]: OWL-ViT open-vocabulary detection.
+//! - [`Segmenter`]: CLIPSeg text-prompted segmentation.
+//! - [`VqaModel`]: ViLT visual question answering.
 
 pub mod checkpoint;
 pub mod detect;
 pub mod device;
+pub mod segment;
 pub mod tokenizer;
 pub mod types;
+pub mod vqa;
 
 pub use checkpoint::Checkpoint;
 pub use detect::{DetectParams, Detector, QueryEmbeddings};
 pub use device::LoadOptions;
+pub use segment::{
+    PromptEmbeddings, PromptMask, SegmentParams, SegmentationLogits, SegmentationResult, Segmenter,
+};
 pub use types::{Detection, DetectionResult, Timings};
+pub use vqa::{Answer, VqaModel, VqaResult};
 
 use crate::error::{Error, Result};
 

@@ -4,4 +4,5 @@
 pub mod boxes;
 pub mod draw;
 pub mod image_io;
+pub mod masks;
 pub mod preprocess;

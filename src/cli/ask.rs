@@ -1,0 +1,36 @@
+//! `vlm-perception ask`.
+
+use anyhow::{Context, Result};
+use vlm_perception::{
+    pipeline::{LoadOptions, VqaModel},
+    vision::image_io,
+};
+
+use crate::args::AskArgs;
+
+pub fn run(args: &AskArgs) -> Result<()> {
+    if args.top_k == 0 {
+        anyhow::bail!("--top-k must be at least 1");
+    }
+    let options = LoadOptions::parse(&args.model.device, &args.model.dtype)?;
+    let image = image_io::load_rgb(&args.image)?;
+    let model = VqaModel::load(&args.model.model, &options)
+        .with_context(|| format!("cannot load VQA model `{}`", args.model.model))?;
+    let result = model
+        .ask(&image, &args.question, args.top_k)
+        .with_context(|| format!("cannot answer about `{}`", args.image.display()))?;
+
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!(
+            "Q: {} ({:.1} ms)",
+            result.question,
+            result.timings.total().as_secs_f64() * 1e3
+        );
+        for (i, a) in result.answers.iter().enumerate() {
+            println!("{:>3}. {:<24} {:.3}", i + 1, a.answer, a.score);
+        }
+    }
+    Ok(())
+}

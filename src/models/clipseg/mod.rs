@@ -1,0 +1,440 @@
+//! CLIPSeg text- and image-prompted segmentation (`CLIPSegForImageSegmentation`).
+//!
+//! - Paper: [Image Segmentation Using Text and Image Prompts](https://arxiv.org/abs/2112.10003)
+//! - Model card: [CIDAS/clipseg-rd64-refined](https://huggingface.co/CIDAS/clipseg-rd64-refined)
+//! - Mirrors transformers v5.17.0 `models/clipseg/modeling_clipseg.py`
+//!   (<https://github.com/huggingface/transformers/blob/v5.17.0/src/transformers/models/clipseg/modeling_clipseg.py>).
+//!
+//! The text tower is candle-transformers' CLIP text tower (pooled here at the first EOS, as
+//! transformers does); the vision tower reuses candle's `ClipEncoder` behind CLIPSeg's own
+//! embeddings, whose position table is bicubically interpolated to the input size
+//! ([`vision`]). The decoder ([`decoder`]) reduces the `extract_layers` activations, applies
+//! FiLM with the prompt embedding and upsamples with transposed convolutions.
+//!
+//! transformers repeats the whole image pass once per prompt. Here the image is encoded once
+//! ([`ClipSegForImageSegmentation::encode_image`]: vision tower plus every prompt-independent
+//! decoder step) and only the conditional part runs for the batch of prompts
+//! ([`ClipSegForImageSegmentation::decode`]); each prompt's row is computed by the same
+//! operations as in transformers, so the logits are equal up to float rounding.
+
+pub mod decoder;
+pub mod vision;
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{linear_no_bias, Linear, VarBuilder};
+use candle_transformers::models::clip::text_model::{ClipTextConfig, ClipTextTransformer};
+use candle_transformers::models::clip::vision_model::ClipVisionConfig;
+use serde::Deserialize;
+
+use self::decoder::{ClipSegDecoder, DecoderImageState};
+use self::vision::ClipSegVisionTransformer;
+use super::clip_towers::{TextTower, VisionTower};
+
+/// transformers keeps the pre-#24773 pooling (argmax of the ids) for configs whose text
+/// `eos_token_id` is this value (`CLIPSegTextModel.forward`).
+pub const LEGACY_EOS_TOKEN_ID: u32 = 2;
+
+fn default_vocab_size() -> usize {
+    49408
+}
+fn default_text_hidden() -> usize {
+    512
+}
+fn default_text_intermediate() -> usize {
+    2048
+}
+fn default_text_heads() -> usize {
+    8
+}
+fn default_text_max_positions() -> usize {
+    77
+}
+fn default_layers() -> usize {
+    12
+}
+fn default_act() -> String {
+    "quick_gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_pad_token_id() -> u32 {
+    1
+}
+fn default_bos_token_id() -> u32 {
+    49406
+}
+fn default_eos_token_id() -> u32 {
+    49407
+}
+fn default_vision_hidden() -> usize {
+    768
+}
+fn default_vision_intermediate() -> usize {
+    3072
+}
+fn default_vision_heads() -> usize {
+    12
+}
+fn default_channels() -> usize {
+    3
+}
+fn default_image_size() -> usize {
+    224
+}
+fn default_patch_size() -> usize {
+    32
+}
+fn default_projection_dim() -> usize {
+    512
+}
+fn default_extract_layers() -> Vec<usize> {
+    vec![3, 6, 9]
+}
+fn default_reduce_dim() -> usize {
+    64
+}
+fn default_decoder_heads() -> usize {
+    4
+}
+fn default_decoder_intermediate() -> usize {
+    2048
+}
+
+/// transformers' `CLIPSegTextConfig`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipSegTextConfig {
+    #[serde(default = "default_vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "default_text_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "default_text_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "default_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "default_text_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "default_text_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_pad_token_id")]
+    pub pad_token_id: u32,
+    #[serde(default = "default_bos_token_id")]
+    pub bos_token_id: u32,
+    #[serde(default = "default_eos_token_id")]
+    pub eos_token_id: u32,
+}
+
+/// transformers' `CLIPSegVisionConfig`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipSegVisionConfig {
+    #[serde(default = "default_vision_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "default_vision_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "default_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "default_vision_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "default_channels")]
+    pub num_channels: usize,
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    #[serde(default = "default_patch_size")]
+    pub patch_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+/// transformers' `CLIPSegConfig`. `decoder_hidden_act` is not read: transformers' decoder
+/// layers always use ReLU (`decoder_config.hidden_act = "relu"`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipSegConfig {
+    pub text_config: ClipSegTextConfig,
+    pub vision_config: ClipSegVisionConfig,
+    #[serde(default = "default_projection_dim")]
+    pub projection_dim: usize,
+    #[serde(default = "default_extract_layers")]
+    pub extract_layers: Vec<usize>,
+    #[serde(default = "default_reduce_dim")]
+    pub reduce_dim: usize,
+    #[serde(default = "default_decoder_heads")]
+    pub decoder_num_attention_heads: usize,
+    #[serde(default = "default_decoder_intermediate")]
+    pub decoder_intermediate_size: usize,
+    #[serde(default)]
+    pub conditional_layer: usize,
+    #[serde(default)]
+    pub use_complex_transposed_convolution: bool,
+}
+
+impl ClipSegConfig {
+    /// Checks what the architecture needs and maps the towers to candle's CLIP configs.
+    fn towers(&self, model: &str) -> crate::Result<(ClipTextConfig, ClipVisionConfig)> {
+        let unsupported = |reason: String| crate::Error::Unsupported {
+            model: model.to_string(),
+            reason,
+        };
+        let t = &self.text_config;
+        let v = &self.vision_config;
+        if self.extract_layers.is_empty() {
+            return Err(unsupported("extract_layers is empty".into()));
+        }
+        if let Some(&bad) = self
+            .extract_layers
+            .iter()
+            .find(|&&l| l >= v.num_hidden_layers)
+        {
+            return Err(unsupported(format!(
+                "extract_layers names layer {bad} but the vision tower has {} layers",
+                v.num_hidden_layers
+            )));
+        }
+        if self.decoder_num_attention_heads == 0
+            || self.reduce_dim % self.decoder_num_attention_heads != 0
+        {
+            return Err(unsupported(format!(
+                "reduce_dim {} is not divisible by decoder_num_attention_heads {}",
+                self.reduce_dim, self.decoder_num_attention_heads
+            )));
+        }
+        if self.use_complex_transposed_convolution
+            && (v.patch_size < decoder::COMPLEX_UPSAMPLE_SPLIT || self.reduce_dim < 2)
+        {
+            return Err(unsupported(format!(
+                "the complex transposed convolution needs patch_size >= {} and reduce_dim >= 2 \
+                 (got {} and {})",
+                decoder::COMPLEX_UPSAMPLE_SPLIT,
+                v.patch_size,
+                self.reduce_dim
+            )));
+        }
+        let text = TextTower {
+            vocab_size: t.vocab_size,
+            hidden_size: t.hidden_size,
+            intermediate_size: t.intermediate_size,
+            num_hidden_layers: t.num_hidden_layers,
+            num_attention_heads: t.num_attention_heads,
+            max_position_embeddings: t.max_position_embeddings,
+            hidden_act: &t.hidden_act,
+            layer_norm_eps: t.layer_norm_eps,
+            projection_dim: self.projection_dim,
+        }
+        .to_candle(model)?;
+        let vision = VisionTower {
+            hidden_size: v.hidden_size,
+            intermediate_size: v.intermediate_size,
+            num_hidden_layers: v.num_hidden_layers,
+            num_attention_heads: v.num_attention_heads,
+            num_channels: v.num_channels,
+            image_size: v.image_size,
+            patch_size: v.patch_size,
+            hidden_act: &v.hidden_act,
+            layer_norm_eps: v.layer_norm_eps,
+            projection_dim: self.projection_dim,
+        }
+        .to_candle(model)?;
+        Ok((text, vision))
+    }
+}
+
+/// The raw outputs of [`ClipSegForImageSegmentation::forward`].
+#[derive(Debug, Clone)]
+pub struct ClipSegImageSegmentationOutput {
+    /// (prompts, height, width), before sigmoid, at the input resolution.
+    pub logits: Tensor,
+    /// (prompts, projection_dim): the projected prompt features (not normalized).
+    pub conditional_embeddings: Tensor,
+}
+
+/// One image encoded for segmentation: everything that does not depend on the prompt.
+#[derive(Debug, Clone)]
+pub struct ClipSegImageState {
+    decoder: DecoderImageState,
+}
+
+/// transformers' `CLIPSegForImageSegmentation`.
+#[derive(Debug, Clone)]
+pub struct ClipSegForImageSegmentation {
+    text_model: ClipTextTransformer,
+    text_projection: Linear,
+    vision_model: ClipSegVisionTransformer,
+    visual_projection: Linear,
+    decoder: ClipSegDecoder,
+    extract_layers: Vec<usize>,
+    eos_token_id: u32,
+}
+
+impl ClipSegForImageSegmentation {
+    /// `model` names the checkpoint in configuration errors.
+    pub fn new(vb: VarBuilder, cfg: &ClipSegConfig, model: &str) -> crate::Result<Self> {
+        let (text_cfg, vision_cfg) = cfg.towers(model)?;
+        Ok(Self::build(vb, cfg, &text_cfg, &vision_cfg)?)
+    }
+
+    fn build(
+        vb: VarBuilder,
+        cfg: &ClipSegConfig,
+        text_cfg: &ClipTextConfig,
+        vision_cfg: &ClipVisionConfig,
+    ) -> Result<Self> {
+        let clip = vb.pp("clip");
+        let text_model = ClipTextTransformer::new(clip.pp("text_model"), text_cfg)?;
+        let text_projection = linear_no_bias(
+            cfg.text_config.hidden_size,
+            cfg.projection_dim,
+            clip.pp("text_projection"),
+        )?;
+        // The encoder layers past the last extracted one only matter for image prompts.
+        let needed_layers = cfg.extract_layers.iter().max().map_or(0, |&l| l + 1);
+        let vision_model = ClipSegVisionTransformer::new(
+            clip.pp("vision_model"),
+            &cfg.vision_config,
+            vision_cfg,
+            needed_layers,
+        )?;
+        let visual_projection = linear_no_bias(
+            cfg.vision_config.hidden_size,
+            cfg.projection_dim,
+            clip.pp("visual_projection"),
+        )?;
+        let decoder = ClipSegDecoder::new(vb.pp("decoder"), cfg)?;
+        Ok(Self {
+            text_model,
+            text_projection,
+            vision_model,
+            visual_projection,
+            decoder,
+            extract_layers: cfg.extract_layers.clone(),
+            eos_token_id: cfg.text_config.eos_token_id,
+        })
+    }
+
+    pub fn vision_model(&self) -> &ClipSegVisionTransformer {
+        &self.vision_model
+    }
+
+    /// The token each row is pooled at, as `CLIPSegTextModel`: the first `eos_token_id`
+    /// (0 when a row has none, as torch's argmax of an all-zero row), or with the legacy
+    /// `eos_token_id == 2` the first maximum id.
+    pub fn pooling_positions(&self, input_ids: &[Vec<u32>]) -> Vec<usize> {
+        input_ids
+            .iter()
+            .map(|row| {
+                if self.eos_token_id == LEGACY_EOS_TOKEN_ID {
+                    // torch.argmax returns the first maximum.
+                    row.iter()
+                        .enumerate()
+                        .fold(
+                            (0, 0),
+                            |best, (i, &id)| if id > best.1 { (i, id) } else { best },
+                        )
+                        .0
+                } else {
+                    row.iter()
+                        .position(|&id| id == self.eos_token_id)
+                        .unwrap_or(0)
+                }
+            })
+            .collect()
+    }
+
+    /// `get_text_features(...).pooler_output`: the pooled text output, projected (not
+    /// normalized). `input_ids`: (prompts, seq). Padding after the EOS needs no mask: the
+    /// causal mask alone decides what the pooled token sees. (prompts, projection_dim)
+    pub fn get_text_features(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (rows, seq) = input_ids.dims2()?;
+        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        // (rows, seq, d) after final_layer_norm
+        let hidden = self.text_model.forward_with_mask(input_ids, usize::MAX)?;
+        let flat_index: Vec<u32> = self
+            .pooling_positions(&ids)
+            .iter()
+            .enumerate()
+            .map(|(row, &pos)| (row * seq + pos) as u32)
+            .collect();
+        let index = Tensor::from_vec(flat_index, rows, hidden.device())?;
+        let d = hidden.dim(2)?;
+        let pooled = hidden.reshape((rows * seq, d))?.index_select(&index, 0)?;
+        self.text_projection.forward(&pooled)
+    }
+
+    /// `get_image_features(...).pooler_output` for image prompts: the full vision tower, the
+    /// class token through post_layernorm, projected. (b, projection_dim)
+    pub fn get_image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let pooled = self.vision_model.pooled_output(pixel_values)?;
+        self.visual_projection.forward(&pooled)
+    }
+
+    /// The vision activations the decoder reads: the outputs of the `extract_layers` encoder
+    /// layers (transformers' `hidden_states[i + 1]`), in that order. Each (b, 1 + patches, d).
+    pub fn image_activations(&self, pixel_values: &Tensor) -> Result<Vec<Tensor>> {
+        let hidden_states = self.vision_model.encoder_outputs(pixel_values)?;
+        self.extract_layers
+            .iter()
+            .map(|&l| {
+                hidden_states.get(l).cloned().ok_or_else(|| {
+                    candle_core::Error::Msg(format!("no output for vision layer {l}"))
+                })
+            })
+            .collect()
+    }
+
+    /// Step 1 of transformers' forward plus every decoder step that does not depend on the
+    /// prompt, for a batch of images (usually one).
+    pub fn encode_image(&self, pixel_values: &Tensor) -> Result<ClipSegImageState> {
+        let activations = self.image_activations(pixel_values)?;
+        Ok(ClipSegImageState {
+            decoder: self.decoder.encode_image(&activations)?,
+        })
+    }
+
+    /// The conditional part of the decoder for a batch of prompt embeddings
+    /// (prompts, projection_dim) against one encoded image (or as many images as prompts).
+    /// Returns the logits (prompts, height, width) in f32.
+    pub fn decode(
+        &self,
+        image: &ClipSegImageState,
+        conditional_embeddings: &Tensor,
+    ) -> Result<Tensor> {
+        self.decoder
+            .decode(&image.decoder, conditional_embeddings)?
+            .to_dtype(DType::F32)
+    }
+
+    /// transformers' `forward(input_ids, pixel_values)`: `pixel_values` holds one image, or one
+    /// per prompt. The image pass runs once per distinct image in the batch given.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        pixel_values: &Tensor,
+    ) -> Result<ClipSegImageSegmentationOutput> {
+        let conditional_embeddings = self.get_text_features(input_ids)?;
+        let image = self.encode_image(pixel_values)?;
+        let logits = self.decode(&image, &conditional_embeddings)?;
+        Ok(ClipSegImageSegmentationOutput {
+            logits,
+            conditional_embeddings,
+        })
+    }
+
+    /// transformers' `forward(pixel_values, conditional_pixel_values)`: the prompt is an image.
+    pub fn forward_visual_prompt(
+        &self,
+        pixel_values: &Tensor,
+        conditional_pixel_values: &Tensor,
+    ) -> Result<ClipSegImageSegmentationOutput> {
+        let conditional_embeddings = self.get_image_features(conditional_pixel_values)?;
+        let image = self.encode_image(pixel_values)?;
+        let logits = self.decode(&image, &conditional_embeddings)?;
+        Ok(ClipSegImageSegmentationOutput {
+            logits,
+            conditional_embeddings,
+        })
+    }
+}

@@ -1,0 +1,758 @@
+//! ViLT visual question answering (`ViltForQuestionAnswering`).
+//!
+//! - Paper: [ViLT: Vision-and-Language Transformer Without Convolution or Region
+//!   Supervision](https://arxiv.org/abs/2102.03334)
+//! - Model card: [dandelin/vilt-b32-finetuned-vqa](https://huggingface.co/dandelin/vilt-b32-finetuned-vqa)
+//! - Mirrors transformers v5.17.0 `models/vilt/modeling_vilt.py`
+//!   (<https://github.com/huggingface/transformers/blob/v5.17.0/src/transformers/models/vilt/modeling_vilt.py>).
+//!
+//! One pre-norm transformer over the concatenation of BERT-style text embeddings and ViT-style
+//! patch embeddings, each tagged by a modality embedding; the pooled first token feeds the
+//! answer classifier. candle-transformers' `vit::Encoder` has ViLT's key names but no attention
+//! mask, so the layers are written here.
+//!
+//! `ViltEmbeddings.visual_embed` draws the order of the patch tokens with `torch.multinomial`
+//! even when every patch is kept; the encoder is permutation-equivariant and only the first
+//! (text) token is pooled, so raster order gives the same answer up to float rounding. When a
+//! positive `max_image_length` would make transformers keep a random subset of patches, the
+//! model refuses the input instead of answering differently.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, IndexOp, Module, Result, Tensor};
+use candle_nn::{
+    conv2d, embedding, layer_norm, linear, linear_b, Conv2d, Conv2dConfig, Embedding, LayerNorm,
+    Linear, VarBuilder,
+};
+use serde::Deserialize;
+
+use super::interpolate;
+
+/// `nn.LayerNorm`'s default epsilon, used by the classifier (`nn.LayerNorm(hidden_size * 2)`).
+const CLASSIFIER_LAYER_NORM_EPS: f64 = 1e-5;
+/// Modality ids of `ViltEmbeddings.token_type_embeddings`: text 0, image 1
+/// (`image_token_type_idx` defaults to 1).
+const TEXT_MODALITY: u32 = 0;
+const IMAGE_MODALITY: u32 = 1;
+
+fn default_vocab_size() -> usize {
+    30522
+}
+fn default_type_vocab_size() -> usize {
+    2
+}
+fn default_modality_type_vocab_size() -> usize {
+    2
+}
+fn default_max_position_embeddings() -> usize {
+    40
+}
+fn default_hidden_size() -> usize {
+    768
+}
+fn default_layers() -> usize {
+    12
+}
+fn default_heads() -> usize {
+    12
+}
+fn default_intermediate() -> usize {
+    3072
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_image_size() -> usize {
+    384
+}
+fn default_patch_size() -> usize {
+    32
+}
+fn default_channels() -> usize {
+    3
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_image_length() -> i64 {
+    -1
+}
+
+/// transformers' `ViltConfig` (plus `id2label` of `PreTrainedConfig`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ViltConfig {
+    #[serde(default = "default_vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_modality_type_vocab_size")]
+    pub modality_type_vocab_size: usize,
+    #[serde(default = "default_max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_hidden_size")]
+    pub hidden_size: usize,
+    #[serde(default = "default_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "default_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "default_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    #[serde(default = "default_patch_size")]
+    pub patch_size: usize,
+    #[serde(default = "default_channels")]
+    pub num_channels: usize,
+    #[serde(default = "default_true")]
+    pub qkv_bias: bool,
+    #[serde(default = "default_max_image_length")]
+    pub max_image_length: i64,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    /// Answer vocabulary; keys are the class indices as strings.
+    #[serde(default)]
+    pub id2label: HashMap<String, String>,
+}
+
+impl ViltConfig {
+    /// The answers by class index (`LABEL_i` where `id2label` has a gap, as transformers).
+    pub fn labels(&self) -> Vec<String> {
+        (0..self.num_labels())
+            .map(|i| {
+                self.id2label
+                    .get(&i.to_string())
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{i}"))
+            })
+            .collect()
+    }
+
+    /// transformers derives `num_labels` from `id2label` (2 when absent).
+    pub fn num_labels(&self) -> usize {
+        if self.id2label.is_empty() {
+            2
+        } else {
+            self.id2label.len()
+        }
+    }
+
+    fn activation(&self, model: &str) -> crate::Result<Activation> {
+        match self.hidden_act.as_str() {
+            "gelu" => Ok(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            other => Err(crate::Error::Unsupported {
+                model: model.to_string(),
+                reason: format!("hidden_act `{other}` (supported: gelu, gelu_new, relu)"),
+            }),
+        }
+    }
+
+    fn check(&self, model: &str) -> crate::Result<()> {
+        let unsupported = |reason: String| crate::Error::Unsupported {
+            model: model.to_string(),
+            reason,
+        };
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(unsupported(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.patch_size == 0 || self.image_size < self.patch_size {
+            return Err(unsupported(format!(
+                "image_size {} is smaller than patch_size {}",
+                self.image_size, self.patch_size
+            )));
+        }
+        if self.modality_type_vocab_size <= IMAGE_MODALITY as usize {
+            return Err(unsupported(format!(
+                "modality_type_vocab_size {} has no image modality",
+                self.modality_type_vocab_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The activations transformers' `ACT2FN` maps ViLT's `hidden_act` to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: the exact (erf) GELU.
+    GeluErf,
+    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh,
+    Relu,
+}
+
+impl Module for Activation {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::GeluErf => xs.gelu_erf(),
+            Self::GeluTanh => xs.gelu(),
+            Self::Relu => xs.relu(),
+        }
+    }
+}
+
+/// transformers' `TextEmbeddings` (BERT's): word + token type + position, then LayerNorm.
+#[derive(Debug, Clone)]
+#[allow(non_snake_case)] // `LayerNorm` is the checkpoint's spelling
+pub struct TextEmbeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    LayerNorm: LayerNorm,
+    max_position_embeddings: usize,
+}
+
+impl TextEmbeddings {
+    pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            word_embeddings: embedding(cfg.vocab_size, d, vb.pp("word_embeddings"))?,
+            position_embeddings: embedding(
+                cfg.max_position_embeddings,
+                d,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings: embedding(
+                cfg.type_vocab_size,
+                d,
+                vb.pp("token_type_embeddings"),
+            )?,
+            LayerNorm: layer_norm(d, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            max_position_embeddings: cfg.max_position_embeddings,
+        })
+    }
+
+    /// `input_ids`, `token_type_ids`: (b, seq) -> (b, seq, d)
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
+        let seq = input_ids.dim(1)?;
+        if seq > self.max_position_embeddings {
+            candle_core::bail!(
+                "{seq} text tokens, the model has {} positions",
+                self.max_position_embeddings
+            );
+        }
+        let position_ids = Tensor::arange(0u32, seq as u32, input_ids.device())?;
+        let embeddings = (self.word_embeddings.forward(input_ids)?
+            + self.token_type_embeddings.forward(token_type_ids)?)?
+        .broadcast_add(&self.position_embeddings.forward(&position_ids)?)?;
+        self.LayerNorm.forward(&embeddings)
+    }
+}
+
+/// transformers' `ViltPatchEmbeddings`: a conv of kernel and stride `patch_size`.
+#[derive(Debug, Clone)]
+pub struct ViltPatchEmbeddings {
+    projection: Conv2d,
+}
+
+impl ViltPatchEmbeddings {
+    pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
+        let projection = conv2d(
+            cfg.num_channels,
+            cfg.hidden_size,
+            cfg.patch_size,
+            Conv2dConfig {
+                stride: cfg.patch_size,
+                ..Default::default()
+            },
+            vb.pp("projection"),
+        )?;
+        Ok(Self { projection })
+    }
+}
+
+impl Module for ViltPatchEmbeddings {
+    /// (b, c, H, W) -> (b, d, H / patch, W / patch)
+    fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.projection.forward(pixel_values)
+    }
+}
+
+/// transformers' `ViltEmbeddings`.
+#[derive(Debug, Clone)]
+pub struct ViltEmbeddings {
+    text_embeddings: TextEmbeddings,
+    /// (1, 1, d)
+    cls_token: Tensor,
+    patch_embeddings: ViltPatchEmbeddings,
+    /// (1, 1 + side * side, d)
+    position_embeddings: Tensor,
+    /// The patch rows of the position table as `d` planes of `side x side`, f32, on the host.
+    position_planes: Arc<Vec<f32>>,
+    table_side: usize,
+    token_type_embeddings: Embedding,
+    hidden_size: usize,
+    max_image_length: i64,
+    /// Interpolated patch position tables by (valid rows, valid cols), each (h * w, d).
+    cache: Arc<Mutex<HashMap<(usize, usize), Tensor>>>,
+}
+
+impl ViltEmbeddings {
+    pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let side = cfg.image_size / cfg.patch_size;
+        let position_embeddings = vb.get((1, side * side + 1, d), "position_embeddings")?;
+        let patch_rows = position_embeddings
+            .i((0, 1.., ..))?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(Self {
+            text_embeddings: TextEmbeddings::new(vb.pp("text_embeddings"), cfg)?,
+            cls_token: vb.get((1, 1, d), "cls_token")?,
+            patch_embeddings: ViltPatchEmbeddings::new(vb.pp("patch_embeddings"), cfg)?,
+            position_embeddings,
+            position_planes: Arc::new(interpolate::tokens_to_planes(&patch_rows, d)),
+            table_side: side,
+            token_type_embeddings: embedding(
+                cfg.modality_type_vocab_size,
+                d,
+                vb.pp("token_type_embeddings"),
+            )?,
+            hidden_size: d,
+            max_image_length: cfg.max_image_length,
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The position table interpolated bilinearly (align_corners=True) to `h x w` patches.
+    /// (h * w, d)
+    fn patch_positions(&self, h: usize, w: usize) -> Result<Tensor> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = cache.get(&(h, w)) {
+            return Ok(t.clone());
+        }
+        let d = self.hidden_size;
+        let planes = interpolate::bilinear(
+            &self.position_planes,
+            d,
+            (self.table_side, self.table_side),
+            (h, w),
+            true,
+        );
+        let tokens = interpolate::planes_to_tokens(&planes, d);
+        let t = Tensor::from_vec(tokens, (h * w, d), self.position_embeddings.device())?
+            .to_dtype(self.position_embeddings.dtype())?;
+        cache.insert((h, w), t.clone());
+        Ok(t)
+    }
+
+    /// `visual_embed` for a batch of images. `pixel_mask` (b, H, W) marks real pixels (1) and
+    /// padding (0); `None` means all real. Returns the image tokens (b, 1 + kept, d) and their
+    /// mask (b, 1 + kept) in u32.
+    pub fn visual_embed(
+        &self,
+        pixel_values: &Tensor,
+        pixel_mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let pixel_values = pixel_values.to_dtype(self.cls_token.dtype())?;
+        // (b, d, gh, gw)
+        let x = self.patch_embeddings.forward(&pixel_values)?;
+        let (b, d, gh, gw) = x.dims4()?;
+        if gh == 0 || gw == 0 {
+            candle_core::bail!("input is smaller than one patch");
+        }
+        let device = x.device().clone();
+        // Patch-level mask, as `F.interpolate(pixel_mask, size=(gh, gw))` (nearest).
+        let masks: Vec<Vec<bool>> = match pixel_mask {
+            None => vec![vec![true; gh * gw]; b],
+            Some(m) => {
+                let (mb, mh, mw) = m.dims3()?;
+                if mb != b {
+                    candle_core::bail!("pixel_mask has batch {mb}, pixel_values {b}");
+                }
+                let m = m.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+                m.iter()
+                    .map(|plane| {
+                        let flat: Vec<f32> = plane.concat();
+                        interpolate::nearest(&flat, 1, (mh, mw), (gh, gw))
+                            .into_iter()
+                            .map(|v| v as i64 != 0)
+                            .collect()
+                    })
+                    .collect()
+            }
+        };
+        // (b, gh * gw, d)
+        let x = x.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let class_pos = self.position_embeddings.i((0, 0..1, ..))?;
+        let mut rows = Vec::with_capacity(b);
+        let mut kept_counts = Vec::with_capacity(b);
+        for (i, mask) in masks.iter().enumerate() {
+            // Valid extent: the number of real rows in the first column, real columns in the
+            // first row (`x_h`, `x_w`).
+            let x_h = (0..gh).filter(|&r| mask[r * gw]).count();
+            let x_w = (0..gw).filter(|&c| mask[c]).count();
+            let valid: Vec<u32> = (0..gh * gw)
+                .filter(|&p| mask[p])
+                .map(|p| p as u32)
+                .collect();
+            if valid.is_empty() || x_h == 0 || x_w == 0 {
+                candle_core::bail!("pixel_mask of image {i} marks no patch as real");
+            }
+            if valid.len() != x_h * x_w {
+                // transformers pads such rows with randomly drawn padding patches.
+                candle_core::bail!(
+                    "pixel_mask of image {i} is not a top-left rectangle; transformers would pad \
+                     it with randomly sampled patches"
+                );
+            }
+            if self.max_image_length >= 0 && valid.len() > self.max_image_length as usize {
+                candle_core::bail!(
+                    "{} patches exceed max_image_length {}: transformers would keep a random \
+                     subset",
+                    valid.len(),
+                    self.max_image_length
+                );
+            }
+            // Positions: the table interpolated to the valid extent, zero-padded to the grid.
+            let pos = self.patch_positions(x_h, x_w)?;
+            let pos = if (x_h, x_w) == (gh, gw) {
+                pos
+            } else {
+                pos.reshape((x_h, x_w, d))?
+                    .pad_with_zeros(0, 0, gh - x_h)?
+                    .pad_with_zeros(1, 0, gw - x_w)?
+                    .reshape((gh * gw, d))?
+            };
+            let index = Tensor::from_vec(valid.clone(), valid.len(), &device)?;
+            let tokens = x.i(i)?.index_select(&index, 0)?;
+            let pos = pos.index_select(&index, 0)?;
+            let tokens = Tensor::cat(&[&self.cls_token.i(0)?, &tokens], 0)?;
+            let pos = Tensor::cat(&[&class_pos, &pos], 0)?;
+            rows.push((tokens + pos)?);
+            kept_counts.push(valid.len());
+        }
+        if kept_counts.iter().any(|&n| n != kept_counts[0]) {
+            candle_core::bail!("images of one batch keep different numbers of patches");
+        }
+        let image_embeds = Tensor::stack(&rows, 0)?;
+        let image_masks = Tensor::ones((b, 1 + kept_counts[0]), DType::U32, &device)?;
+        Ok((image_embeds, image_masks))
+    }
+
+    /// `forward`: text and image tokens with their modality embeddings, concatenated, and the
+    /// joint attention mask. Returns ((b, seq + 1 + kept, d), (b, seq + 1 + kept) u32).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: &Tensor,
+        pixel_values: &Tensor,
+        pixel_mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let text_embeds = self.text_embeddings.forward(input_ids, token_type_ids)?;
+        let (image_embeds, image_masks) = self.visual_embed(pixel_values, pixel_mask)?;
+        let device = text_embeds.device();
+        let text_type = self
+            .token_type_embeddings
+            .forward(&Tensor::new(&[TEXT_MODALITY], device)?)?;
+        let image_type = self
+            .token_type_embeddings
+            .forward(&Tensor::new(&[IMAGE_MODALITY], device)?)?;
+        let text_embeds = text_embeds.broadcast_add(&text_type)?;
+        let image_embeds = image_embeds.broadcast_add(&image_type)?;
+        let embeddings = Tensor::cat(&[&text_embeds, &image_embeds], 1)?;
+        let masks = Tensor::cat(&[&attention_mask.to_dtype(DType::U32)?, &image_masks], 1)?;
+        Ok((embeddings, masks))
+    }
+}
+
+/// transformers' `ViltSelfAttention`.
+#[derive(Debug, Clone)]
+pub struct ViltSelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl ViltSelfAttention {
+    pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            query: linear_b(d, d, cfg.qkv_bias, vb.pp("query"))?,
+            key: linear_b(d, d, cfg.qkv_bias, vb.pp("key"))?,
+            value: linear_b(d, d, cfg.qkv_bias, vb.pp("value"))?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: d / cfg.num_attention_heads,
+        })
+    }
+
+    /// `xs` (b, t, d); `mask` additive, (b, 1, 1, t) f32. Returns (b, t, d).
+    pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = xs.dims3()?;
+        let in_dtype = xs.dtype();
+        let split = |x: Tensor| -> Result<Tensor> {
+            x.reshape((b, t, self.num_heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .to_dtype(DType::F32)
+        };
+        let q = split(self.query.forward(xs)?)?;
+        let k = split(self.key.forward(xs)?)?;
+        let v = split(self.value.forward(xs)?)?;
+        // (b, heads, t, t): q k^T / sqrt(head_dim) + mask
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        probs
+            .matmul(&v)?
+            .to_dtype(in_dtype)?
+            .transpose(1, 2)?
+            .reshape((b, t, d))
+    }
+}
+
+/// transformers' `ViltAttention`: self-attention and its output projection (`output.dense`).
+#[derive(Debug, Clone)]
+pub struct ViltAttention {
+    attention: ViltSelfAttention,
+    output: Linear,
+}
+
+impl ViltAttention {
+    pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            attention: ViltSelfAttention::new(vb.pp("attention"), cfg)?,
+            output: linear(d, d, vb.pp("output").pp("dense"))?,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        self.output.forward(&self.attention.forward(xs, mask)?)
+    }
+}
+
+/// transformers' `ViltLayer` (pre-norm): x + attn(LN(x)), then h + mlp(LN(h)).
+#[derive(Debug, Clone)]
+pub struct ViltLayer {
+    attention: ViltAttention,
+    /// `intermediate.dense`
+    intermediate: Linear,
+    /// `output.dense`
+    output: Linear,
+    layernorm_before: LayerNorm,
+    layernorm_after: LayerNorm,
+    activation: Activation,
+}
+
+impl ViltLayer {
+    pub fn new(vb: VarBuilder, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            attention: ViltAttention::new(vb.pp("attention"), cfg)?,
+            intermediate: linear(d, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            output: linear(cfg.intermediate_size, d, vb.pp("output").pp("dense"))?,
+            layernorm_before: layer_norm(d, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
+            layernorm_after: layer_norm(d, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
+            activation,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let attn = self
+            .attention
+            .forward(&self.layernorm_before.forward(xs)?, mask)?;
+        let hidden = (attn + xs)?;
+        let mlp = self
+            .intermediate
+            .forward(&self.layernorm_after.forward(&hidden)?)?;
+        let mlp = self.output.forward(&self.activation.forward(&mlp)?)?;
+        mlp + hidden
+    }
+}
+
+/// transformers' `ViltEncoder`.
+#[derive(Debug, Clone)]
+pub struct ViltEncoder {
+    layer: Vec<ViltLayer>,
+}
+
+impl ViltEncoder {
+    pub fn new(vb: VarBuilder, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
+        let layer = (0..cfg.num_hidden_layers)
+            .map(|i| ViltLayer::new(vb.pp("layer").pp(i.to_string()), cfg, activation))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layer })
+    }
+
+    pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for layer in &self.layer {
+            xs = layer.forward(&xs, mask)?;
+        }
+        Ok(xs)
+    }
+}
+
+/// transformers' `ViltModel` with its pooler (`tanh(dense(first token))`).
+#[derive(Debug, Clone)]
+pub struct ViltModel {
+    embeddings: ViltEmbeddings,
+    encoder: ViltEncoder,
+    layernorm: LayerNorm,
+    pooler: Linear,
+}
+
+impl ViltModel {
+    pub fn new(vb: VarBuilder, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
+        Ok(Self {
+            embeddings: ViltEmbeddings::new(vb.pp("embeddings"), cfg)?,
+            encoder: ViltEncoder::new(vb.pp("encoder"), cfg, activation)?,
+            layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("layernorm"))?,
+            pooler: linear(
+                cfg.hidden_size,
+                cfg.hidden_size,
+                vb.pp("pooler").pp("dense"),
+            )?,
+        })
+    }
+
+    /// Returns `pooler_output` (b, d).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: &Tensor,
+        pixel_values: &Tensor,
+        pixel_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (embeddings, masks) = self.embeddings.forward(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pixel_values,
+            pixel_mask,
+        )?;
+        let mask = additive_mask(&masks)?;
+        let sequence_output = self
+            .layernorm
+            .forward(&self.encoder.forward(&embeddings, &mask)?)?;
+        self.pooler
+            .forward(&sequence_output.i((.., 0, ..))?)?
+            .tanh()
+    }
+}
+
+/// `create_bidirectional_mask`: 0 where a key is attended, the most negative f32 where it is
+/// padding. (b, t) u32 -> (b, 1, 1, t) f32
+fn additive_mask(mask: &Tensor) -> Result<Tensor> {
+    let (b, t) = mask.dims2()?;
+    let keep = mask.to_dtype(DType::F32)?;
+    // (1 - keep) * f32::MIN
+    let masked = ((keep.ones_like()? - keep)? * f64::from(f32::MIN))?;
+    masked.reshape((b, 1, 1, t))
+}
+
+/// The raw output of [`ViltForQuestionAnswering::forward`].
+#[derive(Debug, Clone)]
+pub struct ViltQuestionAnsweringOutput {
+    /// (b, num_labels), before sigmoid, f32.
+    pub logits: Tensor,
+}
+
+/// transformers' `ViltForQuestionAnswering`: Linear(d, 2d), LayerNorm, GELU, Linear(2d,
+/// labels) on the pooled output.
+#[derive(Debug, Clone)]
+pub struct ViltForQuestionAnswering {
+    vilt: ViltModel,
+    classifier_0: Linear,
+    classifier_1: LayerNorm,
+    classifier_3: Linear,
+    num_labels: usize,
+}
+
+impl ViltForQuestionAnswering {
+    /// `model` names the checkpoint in configuration errors.
+    pub fn new(vb: VarBuilder, cfg: &ViltConfig, model: &str) -> crate::Result<Self> {
+        cfg.check(model)?;
+        let activation = cfg.activation(model)?;
+        Ok(Self::build(vb, cfg, activation)?)
+    }
+
+    fn build(vb: VarBuilder, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let num_labels = cfg.num_labels();
+        let classifier = vb.pp("classifier");
+        Ok(Self {
+            vilt: ViltModel::new(vb.pp("vilt"), cfg, activation)?,
+            classifier_0: linear(d, 2 * d, classifier.pp("0"))?,
+            classifier_1: layer_norm(2 * d, CLASSIFIER_LAYER_NORM_EPS, classifier.pp("1"))?,
+            classifier_3: linear(2 * d, num_labels, classifier.pp("3"))?,
+            num_labels,
+        })
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    /// transformers' `forward(input_ids, attention_mask, token_type_ids, pixel_values,
+    /// pixel_mask)`; ids and masks (b, seq), pixel values (b, 3, H, W).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: &Tensor,
+        pixel_values: &Tensor,
+        pixel_mask: Option<&Tensor>,
+    ) -> Result<ViltQuestionAnsweringOutput> {
+        let pooled = self.vilt.forward(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pixel_values,
+            pixel_mask,
+        )?;
+        let x = self.classifier_0.forward(&pooled)?;
+        let x = self.classifier_1.forward(&x)?.gelu_erf()?;
+        let logits = self.classifier_3.forward(&x)?.to_dtype(DType::F32)?;
+        Ok(ViltQuestionAnsweringOutput { logits })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_follow_id2label_with_gaps_named_like_transformers() {
+        let cfg: ViltConfig =
+            serde_json::from_str(r#"{"id2label": {"0": "yes", "2": "two", "1": "no"}}"#).unwrap();
+        assert_eq!(cfg.labels(), ["yes", "no", "two"]);
+        let cfg: ViltConfig =
+            serde_json::from_str(r#"{"id2label": {"0": "yes", "2": "x"}}"#).unwrap();
+        assert_eq!(cfg.labels(), ["yes", "LABEL_1"]);
+        let cfg: ViltConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(cfg.num_labels(), 2);
+        assert_eq!(cfg.max_image_length, -1);
+        assert_eq!(cfg.layer_norm_eps, 1e-12);
+    }
+
+    #[test]
+    fn additive_mask_blocks_padding_only() {
+        let m = Tensor::new(&[[1u32, 1, 0]], &candle_core::Device::Cpu).unwrap();
+        let a = additive_mask(&m)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a[..2], [0.0, 0.0]);
+        assert_eq!(a[2], f32::MIN);
+    }
+}

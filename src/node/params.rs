@@ -1,0 +1,488 @@
+//! The node's parameters: read once at startup from `--ros-args --params-file` / `-p`, validated
+//! into [`NodeParams`]. Defaults here match `config/vlm_perception.yaml`; a value of the wrong
+//! type or out of range stops startup with an error naming the parameter.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use vlm_perception::pipeline::validate_texts;
+
+/// A parameter value as rcl parsed it (r2r's `ParameterValue`, without the ROS type).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    NotSet,
+    Bool(bool),
+    Integer(i64),
+    Double(f64),
+    String(String),
+    StringArray(Vec<String>),
+    /// Any other array type (bool, byte, integer, double arrays): never valid here.
+    OtherArray(&'static str),
+}
+
+impl Value {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::NotSet => "not set",
+            Value::Bool(_) => "bool",
+            Value::Integer(_) => "integer",
+            Value::Double(_) => "double",
+            Value::String(_) => "string",
+            Value::StringArray(_) => "string array",
+            Value::OtherArray(t) => t,
+        }
+    }
+}
+
+/// The error that stops startup: which parameter, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid parameter `{name}`: {reason}")]
+pub struct ParamError {
+    pub name: String,
+    pub reason: String,
+}
+
+fn invalid(name: &str, reason: impl Into<String>) -> ParamError {
+    ParamError {
+        name: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Defaults (keep in sync with config/vlm_perception.yaml and the README table).
+pub mod defaults {
+    pub const DEVICE: &str = "cpu";
+    pub const DTYPE: &str = "f32";
+    pub const RATE: f64 = 5.0;
+    pub const CAMERA_TOPIC: &str = "image";
+    pub const CAMERA_TRANSPORT: &str = "raw";
+    pub const CAMERA_RELIABLE: bool = false;
+    pub const CAMERA_DEPTH: i64 = 5;
+    /// 4096 x 4096: larger frames are rejected as bad input.
+    pub const CAMERA_MAX_PIXELS: i64 = 16_777_216;
+    pub const OWLVIT_ENABLED: bool = true;
+    pub const OWLVIT_MODEL: &str = "google/owlvit-base-patch32";
+    pub const OWLVIT_QUERIES: &[&str] = &["a person", "a cup", "a bottle", "a chair"];
+    /// transformers' `post_process_object_detection` default.
+    pub const OWLVIT_SCORE_THRESHOLD: f64 = 0.1;
+    pub const OWLVIT_NMS_IOU: f64 = 0.5;
+    pub const CLIPSEG_ENABLED: bool = true;
+    pub const CLIPSEG_MODEL: &str = "CIDAS/clipseg-rd64-refined";
+    pub const CLIPSEG_MASK_THRESHOLD: f64 = 0.4;
+    pub const VILT_ENABLED: bool = true;
+    pub const VILT_MODEL: &str = "dandelin/vilt-b32-finetuned-vqa";
+    pub const VILT_TOP_K: i64 = 5;
+    pub const OVERLAY_ENABLED: bool = false;
+    pub const SERVICE_TIMEOUT: f64 = 10.0;
+    pub const DIAGNOSTICS_PERIOD: f64 = 1.0;
+}
+
+/// Most answers a VQA call may return.
+pub const MAX_TOP_K: i64 = 100;
+/// Service timeouts are capped at this many seconds: a call that takes longer is a stuck call.
+pub const MAX_SERVICE_TIMEOUT: f64 = 3600.0;
+
+/// Which camera message types the node subscribes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// sensor_msgs/Image on `camera.topic`.
+    Raw,
+    /// sensor_msgs/CompressedImage on `camera.topic` + `/compressed` (image_transport's name).
+    Compressed,
+    /// Both.
+    Both,
+}
+
+impl Transport {
+    pub fn raw(self) -> bool {
+        matches!(self, Transport::Raw | Transport::Both)
+    }
+    pub fn compressed(self) -> bool {
+        matches!(self, Transport::Compressed | Transport::Both)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CameraParams {
+    pub topic: String,
+    pub transport: Transport,
+    pub reliable: bool,
+    pub depth: usize,
+    pub max_pixels: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DetectionParams {
+    pub enabled: bool,
+    pub model: String,
+    pub queries: Vec<String>,
+    pub score_threshold: f32,
+    pub nms_iou: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SegmentationParams {
+    pub enabled: bool,
+    pub model: String,
+    pub prompts: Vec<String>,
+    pub mask_threshold: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct VqaParams {
+    pub enabled: bool,
+    pub model: String,
+    pub top_k: usize,
+}
+
+/// Everything the node reads at startup.
+#[derive(Debug, Clone)]
+pub struct NodeParams {
+    pub device: String,
+    pub dtype: String,
+    /// Most frames per second processed on the stream; 0 = as fast as inference allows.
+    pub rate: f64,
+    pub camera: CameraParams,
+    pub owlvit: DetectionParams,
+    pub clipseg: SegmentationParams,
+    pub vilt: VqaParams,
+    pub overlay: bool,
+    pub service_timeout: Duration,
+    pub diagnostics_period: Duration,
+}
+
+/// Every parameter the node knows; anything else in the params file is reported as unknown.
+pub const KNOWN: &[&str] = &[
+    "device",
+    "dtype",
+    "rate",
+    "camera.topic",
+    "camera.transport",
+    "camera.reliable",
+    "camera.depth",
+    "camera.max_pixels",
+    "owlvit.enabled",
+    "owlvit.model",
+    "owlvit.queries",
+    "owlvit.score_threshold",
+    "owlvit.nms_iou",
+    "clipseg.enabled",
+    "clipseg.model",
+    "clipseg.prompts",
+    "clipseg.mask_threshold",
+    "vilt.enabled",
+    "vilt.model",
+    "vilt.top_k",
+    "overlay.enabled",
+    "services.timeout",
+    "diagnostics.period",
+    // set by ROS tooling, not ours
+    "use_sim_time",
+];
+
+/// Reads typed values out of the flat parameter map, naming the parameter in every error.
+struct Reader<'a> {
+    map: &'a BTreeMap<String, Value>,
+}
+
+impl Reader<'_> {
+    fn get(&self, name: &str) -> Option<&Value> {
+        match self.map.get(name) {
+            None | Some(Value::NotSet) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    fn wrong_type(name: &str, expected: &str, v: &Value) -> ParamError {
+        invalid(name, format!("expected {expected}, got {}", v.type_name()))
+    }
+
+    fn bool(&self, name: &str, default: bool) -> Result<bool, ParamError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(Self::wrong_type(name, "a bool", v)),
+        }
+    }
+
+    fn int(&self, name: &str, default: i64) -> Result<i64, ParamError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(Value::Integer(i)) => Ok(*i),
+            Some(v) => Err(Self::wrong_type(name, "an integer", v)),
+        }
+    }
+
+    /// A float; integers are accepted (`rate: 5`).
+    fn float(&self, name: &str, default: f64) -> Result<f64, ParamError> {
+        let v = match self.get(name) {
+            None => default,
+            Some(Value::Double(d)) => *d,
+            Some(Value::Integer(i)) => *i as f64,
+            Some(v) => return Err(Self::wrong_type(name, "a number", v)),
+        };
+        if !v.is_finite() {
+            return Err(invalid(name, format!("must be finite, got {v}")));
+        }
+        Ok(v)
+    }
+
+    fn string(&self, name: &str, default: &str) -> Result<String, ParamError> {
+        match self.get(name) {
+            None => Ok(default.to_string()),
+            Some(Value::String(s)) => Ok(s.trim().to_string()),
+            Some(v) => Err(Self::wrong_type(name, "a string", v)),
+        }
+    }
+
+    fn nonempty_string(&self, name: &str, default: &str) -> Result<String, ParamError> {
+        let s = self.string(name, default)?;
+        if s.is_empty() {
+            return Err(invalid(name, "must not be empty"));
+        }
+        Ok(s)
+    }
+
+    /// A list of texts: a string array, or one comma-separated string (`""` or `[]`: none).
+    fn texts(&self, name: &str, default: &[&str], what: &str) -> Result<Vec<String>, ParamError> {
+        let list = match self.map.get(name) {
+            None => default.iter().map(|s| s.to_string()).collect(),
+            // rcl parses `[]` as "not set": an explicitly empty list.
+            Some(Value::NotSet) => Vec::new(),
+            Some(Value::StringArray(a)) => a.iter().map(|s| s.trim().to_string()).collect(),
+            Some(Value::String(s)) => split_texts(s),
+            Some(v) => return Err(Self::wrong_type(name, "a string array", v)),
+        };
+        if !list.is_empty() {
+            validate_texts(&list, what).map_err(|e| invalid(name, e.to_string()))?;
+        }
+        Ok(list)
+    }
+
+    fn fraction(&self, name: &str, default: f64) -> Result<f32, ParamError> {
+        let v = self.float(name, default)?;
+        if !(0.0..=1.0).contains(&v) {
+            return Err(invalid(name, format!("must be in [0, 1], got {v}")));
+        }
+        Ok(v as f32)
+    }
+}
+
+/// Splits a comma-separated vocabulary (`"a cup, a red block"`), dropping blanks.
+pub fn split_texts(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+impl NodeParams {
+    /// Validates the flat parameter map (nested YAML keys joined with `.`).
+    pub fn from_map(map: &BTreeMap<String, Value>) -> Result<Self, ParamError> {
+        use defaults as d;
+        let r = Reader { map };
+
+        let rate = r.float("rate", d::RATE)?;
+        if rate < 0.0 {
+            return Err(invalid(
+                "rate",
+                format!("must be >= 0 (0: no limit), got {rate}"),
+            ));
+        }
+
+        let transport = match r.string("camera.transport", d::CAMERA_TRANSPORT)?.as_str() {
+            "raw" => Transport::Raw,
+            "compressed" => Transport::Compressed,
+            "both" => Transport::Both,
+            other => {
+                return Err(invalid(
+                    "camera.transport",
+                    format!("expected `raw`, `compressed` or `both`, got `{other}`"),
+                ))
+            }
+        };
+        let depth = r.int("camera.depth", d::CAMERA_DEPTH)?;
+        if !(1..=1000).contains(&depth) {
+            return Err(invalid(
+                "camera.depth",
+                format!("must be in 1..=1000, got {depth}"),
+            ));
+        }
+        let max_pixels = r.int("camera.max_pixels", d::CAMERA_MAX_PIXELS)?;
+        if max_pixels < 1 {
+            return Err(invalid(
+                "camera.max_pixels",
+                format!("must be positive, got {max_pixels}"),
+            ));
+        }
+        let camera = CameraParams {
+            topic: r.nonempty_string("camera.topic", d::CAMERA_TOPIC)?,
+            transport,
+            reliable: r.bool("camera.reliable", d::CAMERA_RELIABLE)?,
+            depth: depth as usize,
+            max_pixels: max_pixels as u64,
+        };
+
+        let nms_iou = r.float("owlvit.nms_iou", d::OWLVIT_NMS_IOU)?;
+        if nms_iou <= 0.0 {
+            return Err(invalid(
+                "owlvit.nms_iou",
+                format!("must be positive (1 or more disables NMS), got {nms_iou}"),
+            ));
+        }
+        let owlvit = DetectionParams {
+            enabled: r.bool("owlvit.enabled", d::OWLVIT_ENABLED)?,
+            model: r.nonempty_string("owlvit.model", d::OWLVIT_MODEL)?,
+            queries: r.texts("owlvit.queries", d::OWLVIT_QUERIES, "query")?,
+            score_threshold: r.fraction("owlvit.score_threshold", d::OWLVIT_SCORE_THRESHOLD)?,
+            nms_iou: nms_iou as f32,
+        };
+        let clipseg = SegmentationParams {
+            enabled: r.bool("clipseg.enabled", d::CLIPSEG_ENABLED)?,
+            model: r.nonempty_string("clipseg.model", d::CLIPSEG_MODEL)?,
+            prompts: r.texts("clipseg.prompts", &[], "prompt")?,
+            mask_threshold: r.fraction("clipseg.mask_threshold", d::CLIPSEG_MASK_THRESHOLD)?,
+        };
+        let top_k = r.int("vilt.top_k", d::VILT_TOP_K)?;
+        if !(1..=MAX_TOP_K).contains(&top_k) {
+            return Err(invalid(
+                "vilt.top_k",
+                format!("must be in 1..={MAX_TOP_K}, got {top_k}"),
+            ));
+        }
+        let vilt = VqaParams {
+            enabled: r.bool("vilt.enabled", d::VILT_ENABLED)?,
+            model: r.nonempty_string("vilt.model", d::VILT_MODEL)?,
+            top_k: top_k as usize,
+        };
+
+        let timeout = r.float("services.timeout", d::SERVICE_TIMEOUT)?;
+        if !(timeout > 0.0 && timeout <= MAX_SERVICE_TIMEOUT) {
+            return Err(invalid(
+                "services.timeout",
+                format!("must be in (0, {MAX_SERVICE_TIMEOUT}] seconds, got {timeout}"),
+            ));
+        }
+        let period = r.float("diagnostics.period", d::DIAGNOSTICS_PERIOD)?;
+        if !(0.05..=3600.0).contains(&period) {
+            return Err(invalid(
+                "diagnostics.period",
+                format!("must be in [0.05, 3600] seconds, got {period}"),
+            ));
+        }
+
+        Ok(Self {
+            device: r.nonempty_string("device", d::DEVICE)?,
+            dtype: r.nonempty_string("dtype", d::DTYPE)?,
+            rate,
+            camera,
+            owlvit,
+            clipseg,
+            vilt,
+            overlay: r.bool("overlay.enabled", d::OVERLAY_ENABLED)?,
+            service_timeout: Duration::from_secs_f64(timeout),
+            diagnostics_period: Duration::from_secs_f64(period),
+        })
+    }
+
+    /// Parameter names in the map that the node does not know (typos in a params file).
+    pub fn unknown(map: &BTreeMap<String, Value>) -> Vec<String> {
+        map.keys()
+            .filter(|k| !KNOWN.contains(&k.as_str()) && !k.starts_with("qos_overrides."))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(entries: &[(&str, Value)]) -> BTreeMap<String, Value> {
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_when_empty() {
+        let p = NodeParams::from_map(&BTreeMap::new()).unwrap();
+        assert_eq!(p.device, "cpu");
+        assert_eq!(p.rate, defaults::RATE);
+        assert_eq!(p.camera.transport, Transport::Raw);
+        assert_eq!(p.owlvit.queries.len(), defaults::OWLVIT_QUERIES.len());
+        assert!(p.clipseg.prompts.is_empty());
+        assert!(!p.overlay);
+        assert_eq!(p.service_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn reads_values_and_accepts_integers_for_floats() {
+        let p = NodeParams::from_map(&map(&[
+            ("rate", Value::Integer(2)),
+            ("owlvit.score_threshold", Value::Double(0.25)),
+            (
+                "owlvit.queries",
+                Value::StringArray(vec!["a cat".into(), " a dog ".into()]),
+            ),
+            ("clipseg.prompts", Value::String("a cup, , a plate".into())),
+            ("camera.transport", Value::String("both".into())),
+        ]))
+        .unwrap();
+        assert_eq!(p.rate, 2.0);
+        assert_eq!(p.owlvit.score_threshold, 0.25);
+        assert_eq!(p.owlvit.queries, vec!["a cat", "a dog"]);
+        assert_eq!(p.clipseg.prompts, vec!["a cup", "a plate"]);
+        assert!(p.camera.transport.raw() && p.camera.transport.compressed());
+    }
+
+    #[test]
+    fn empty_list_is_explicitly_empty() {
+        let p = NodeParams::from_map(&map(&[("owlvit.queries", Value::NotSet)])).unwrap();
+        assert!(p.owlvit.queries.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_parameter() {
+        let cases = [
+            ("owlvit.score_threshold", Value::Double(1.5)),
+            ("owlvit.score_threshold", Value::String("high".into())),
+            ("rate", Value::Double(-1.0)),
+            ("camera.transport", Value::String("theora".into())),
+            ("camera.depth", Value::Integer(0)),
+            ("vilt.top_k", Value::Integer(0)),
+            ("services.timeout", Value::Double(0.0)),
+            ("owlvit.nms_iou", Value::Double(0.0)),
+            ("owlvit.model", Value::String("  ".into())),
+            ("owlvit.enabled", Value::Integer(1)),
+            (
+                "owlvit.queries",
+                Value::StringArray(vec!["a cup".into(), "".into()]),
+            ),
+            ("clipseg.prompts", Value::OtherArray("integer array")),
+        ];
+        for (name, value) in cases {
+            let err = NodeParams::from_map(&map(&[(name, value.clone())]))
+                .expect_err(&format!("{name} = {value:?} accepted"));
+            assert_eq!(err.name, name);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn reports_unknown_names() {
+        let m = map(&[
+            ("owlvit.score_treshold", Value::Double(0.2)),
+            ("rate", Value::Double(1.0)),
+        ]);
+        assert_eq!(NodeParams::unknown(&m), vec!["owlvit.score_treshold"]);
+    }
+
+    #[test]
+    fn splits_comma_separated() {
+        assert_eq!(split_texts(" a, b ,,c "), vec!["a", "b", "c"]);
+        assert!(split_texts(" , ").is_empty());
+    }
+}

@@ -1,0 +1,395 @@
+//! Text-prompted segmentation with CLIPSeg: prompts are encoded once per list and cached; a
+//! frame costs one vision pass plus the conditional decoder for all prompts in one batch.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use image::{GrayImage, RgbImage};
+use serde::Serialize;
+
+use super::{
+    checkpoint::{Checkpoint, PREPROCESSOR_FILE},
+    device::LoadOptions,
+    tokenizer::{Padding, TextTokenizer, TokenizerKind},
+    types::Timings,
+    validate_texts,
+};
+use crate::error::{Error, Result};
+use crate::models::clipseg::{ClipSegConfig, ClipSegForImageSegmentation};
+use crate::vision::{
+    boxes::BBox,
+    masks::post_process_segmentation,
+    preprocess::{
+        ImageProcessor, PreprocessorConfig, ProcessorDefaults, Resample, ResizeMode, SizeSpec,
+        IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD,
+    },
+};
+
+/// config.json `architectures` this task accepts.
+pub const CLIPSEG_ARCHITECTURES: &[&str] = &["CLIPSegForImageSegmentation"];
+/// Default probability above which a pixel belongs to a prompt's mask.
+pub const DEFAULT_MASK_THRESHOLD: f32 = 0.5;
+
+/// `ViTImageProcessor`'s class defaults (CLIPSeg's processor; CIDAS checkpoints override the
+/// size to 352 and the mean/std to ImageNet's in preprocessor_config.json).
+const VIT_PROCESSOR_DEFAULTS: ProcessorDefaults = ProcessorDefaults {
+    size: SizeSpec::HeightWidth {
+        height: 224,
+        width: 224,
+    },
+    resample: Resample::Bilinear,
+    do_center_crop: false,
+    crop_size: None,
+    image_mean: IMAGENET_STANDARD_MEAN,
+    image_std: IMAGENET_STANDARD_STD,
+};
+
+/// Post-processing parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentParams {
+    /// A pixel is in a prompt's mask when its probability is strictly greater than this.
+    pub threshold: f32,
+}
+
+impl Default for SegmentParams {
+    fn default() -> Self {
+        Self {
+            threshold: DEFAULT_MASK_THRESHOLD,
+        }
+    }
+}
+
+/// Encoded prompts: compute once per prompt list, reuse for every frame.
+#[derive(Debug, Clone)]
+pub struct PromptEmbeddings {
+    /// The prompt texts (for image prompts, the labels given).
+    pub texts: Vec<String>,
+    /// (prompts, projection_dim): CLIPSeg's conditional embeddings, on the model's device.
+    pub embeds: Tensor,
+    /// Whether each prompt was cut to the text tower's length.
+    pub truncated: Vec<bool>,
+}
+
+impl PromptEmbeddings {
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+}
+
+/// One prompt's mask at the original image size.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptMask {
+    pub prompt_index: usize,
+    /// The prompt text.
+    #[serde(rename = "prompt")]
+    pub label: String,
+    /// Probabilities, `height * width`, row-major.
+    #[serde(skip)]
+    pub probabilities: Vec<f32>,
+    /// 0 or 255.
+    #[serde(skip)]
+    pub mask: GrayImage,
+    /// Mask pixels / image pixels.
+    pub area_fraction: f32,
+    /// Tightest box around the mask in pixel-edge coordinates (`x_max`, `y_max` one past the
+    /// last mask column and row); `None` for an empty mask.
+    pub bbox: Option<BBox>,
+    /// Mean probability inside the mask (0 when empty).
+    pub mean_score: f32,
+}
+
+/// Raw logits of one call: before sigmoid, at the model's input resolution.
+#[derive(Debug, Clone)]
+pub struct SegmentationLogits {
+    pub prompts: usize,
+    pub height: usize,
+    pub width: usize,
+    /// `prompts * height * width`, C order.
+    pub data: Vec<f32>,
+}
+
+impl SegmentationLogits {
+    /// One prompt's `height * width` logits.
+    pub fn prompt(&self, index: usize) -> Option<&[f32]> {
+        let n = self.height * self.width;
+        self.data.get(index * n..(index + 1) * n)
+    }
+
+    /// Writes a little-endian float32 `.npy` of shape `[prompts, height, width]` (C order).
+    pub fn write_npy(&self, path: &Path) -> Result<()> {
+        let t = Tensor::from_slice(
+            &self.data,
+            (self.prompts, self.height, self.width),
+            &candle_core::Device::Cpu,
+        )?;
+        t.write_npy(path).map_err(|e| Error::io(path, e))
+    }
+}
+
+/// Masks for every prompt on one image, in prompt order.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentationResult {
+    pub width: u32,
+    pub height: u32,
+    #[serde(rename = "prompts")]
+    pub masks: Vec<PromptMask>,
+    #[serde(skip)]
+    pub logits: SegmentationLogits,
+    #[serde(skip)]
+    pub timings: Timings,
+}
+
+/// CLIPSeg segmenter on one device.
+pub struct Segmenter {
+    name: String,
+    model: ClipSegForImageSegmentation,
+    tokenizer: TextTokenizer,
+    processor: ImageProcessor,
+    options: LoadOptions,
+    patch_size: usize,
+    cache: Mutex<Option<Arc<PromptEmbeddings>>>,
+}
+
+impl Segmenter {
+    /// Loads a `CLIPSegForImageSegmentation` checkpoint (directory or hub id).
+    pub fn load(model: &str, options: &LoadOptions) -> Result<Self> {
+        Self::from_checkpoint(&Checkpoint::resolve(model)?, options)
+    }
+
+    pub fn from_checkpoint(ckpt: &Checkpoint, options: &LoadOptions) -> Result<Self> {
+        let _span = tracing::info_span!("load", model = %ckpt.name).entered();
+        ckpt.expect_architecture(CLIPSEG_ARCHITECTURES)?;
+        let config: ClipSegConfig = ckpt.config()?;
+        let vb = ckpt.var_builder(options.dtype, &options.device)?;
+        let model =
+            ClipSegForImageSegmentation::new(vb, &config, &ckpt.name).map_err(|e| match e {
+                Error::Candle(source) => ckpt.weights_error(source),
+                other => other,
+            })?;
+        let tokenizer = TextTokenizer::load(
+            ckpt,
+            TokenizerKind::ClipBpe,
+            config.text_config.max_position_embeddings,
+            config.text_config.pad_token_id,
+        )?;
+        let pre: PreprocessorConfig = match ckpt.file(PREPROCESSOR_FILE) {
+            Some(_) => ckpt.json(PREPROCESSOR_FILE)?,
+            None => PreprocessorConfig::default(),
+        };
+        let processor = ImageProcessor::from_config(pre, &VIT_PROCESSOR_DEFAULTS)?;
+        let patch_size = config.vision_config.patch_size;
+        // The decoder reshapes the patch tokens to a square grid (`CLIPSegDecoder.forward`).
+        let (h, w) = processor.center_crop.unwrap_or_else(|| {
+            let side = config.vision_config.image_size;
+            processor.resized_size(side, side)
+        });
+        if h != w || h < patch_size || !matches!(processor.resize, ResizeMode::Exact { .. }) {
+            return Err(Error::Unsupported {
+                model: ckpt.name.clone(),
+                reason: format!(
+                    "preprocessor_config.json must resize to a fixed square of at least one \
+                     {patch_size} px patch (got {:?}, {w}x{h})",
+                    processor.resize
+                ),
+            });
+        }
+        Ok(Self {
+            name: ckpt.name.clone(),
+            model,
+            tokenizer,
+            processor,
+            options: options.clone(),
+            patch_size,
+            cache: Mutex::new(None),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    pub fn processor(&self) -> &ImageProcessor {
+        &self.processor
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn model(&self) -> &ClipSegForImageSegmentation {
+        &self.model
+    }
+
+    /// Tokenizes and embeds `prompts` (always computed; see [`Self::prompts`] for the cache).
+    /// Padding to the longest prompt, as transformers' docs do; padding never changes a
+    /// prompt's embedding (the causal mask hides it from the pooled EOS token).
+    pub fn encode_prompts<S: AsRef<str>>(&self, prompts: &[S]) -> Result<PromptEmbeddings> {
+        validate_texts(prompts, "prompt")?;
+        let _span =
+            tracing::info_span!("encode_prompts", model = %self.name, n = prompts.len()).entered();
+        let batch = self.tokenizer.encode(prompts, Padding::Longest)?;
+        let ids = Tensor::new(batch.ids.clone(), &self.options.device)?;
+        let embeds = self.model.get_text_features(&ids)?;
+        Ok(PromptEmbeddings {
+            texts: prompts.iter().map(|p| p.as_ref().to_string()).collect(),
+            embeds,
+            truncated: batch.truncated,
+        })
+    }
+
+    /// The embeddings of `prompts`, re-encoded only when the list changed since the last call.
+    pub fn prompts<S: AsRef<str>>(&self, prompts: &[S]) -> Result<Arc<PromptEmbeddings>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cached) = cache.as_ref() {
+            if cached.texts.len() == prompts.len()
+                && cached
+                    .texts
+                    .iter()
+                    .zip(prompts)
+                    .all(|(a, b)| a == b.as_ref())
+            {
+                return Ok(Arc::clone(cached));
+            }
+        }
+        let fresh = Arc::new(self.encode_prompts(prompts)?);
+        *cache = Some(Arc::clone(&fresh));
+        Ok(fresh)
+    }
+
+    /// Image prompts (`conditional_pixel_values`): each image goes through the processor and
+    /// the full vision tower; `labels` name them in results.
+    pub fn encode_image_prompts<S: AsRef<str>>(
+        &self,
+        images: &[RgbImage],
+        labels: &[S],
+    ) -> Result<PromptEmbeddings> {
+        validate_texts(labels, "image prompt label")?;
+        if images.len() != labels.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} image prompts but {} labels",
+                images.len(),
+                labels.len()
+            )));
+        }
+        let pixels = images
+            .iter()
+            .map(|img| self.pixel_values(img))
+            .collect::<Result<Vec<_>>>()?;
+        let embeds = self.model.get_image_features(&Tensor::cat(&pixels, 0)?)?;
+        Ok(PromptEmbeddings {
+            texts: labels.iter().map(|l| l.as_ref().to_string()).collect(),
+            embeds,
+            truncated: vec![false; images.len()],
+        })
+    }
+
+    /// Fails with a clear message for images smaller than one patch.
+    fn check_image(&self, image: &RgbImage) -> Result<()> {
+        let (w, h) = image.dimensions();
+        let p = self.patch_size as u32;
+        if w < p || h < p {
+            return Err(Error::InvalidInput(format!(
+                "image is {w}x{h} pixels, smaller than one {p}x{p} patch of `{}`",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Preprocessed pixel values (1, 3, S, S) in the model's dtype.
+    pub fn pixel_values(&self, image: &RgbImage) -> Result<Tensor> {
+        self.check_image(image)?;
+        Ok(self
+            .processor
+            .preprocess(image, &self.options.device)?
+            .to_dtype(self.options.dtype)?)
+    }
+
+    /// Raw logits (prompts, S, S) in f32 for preprocessed pixel values (one image): one vision
+    /// pass, then the conditional decoder for all prompts as one batch.
+    pub fn forward(&self, pixel_values: &Tensor, prompts: &PromptEmbeddings) -> Result<Tensor> {
+        if prompts.is_empty() {
+            return Err(Error::InvalidInput("no prompts given".into()));
+        }
+        let image = self.model.encode_image(pixel_values)?;
+        Ok(self.model.decode(&image, &prompts.embeds)?)
+    }
+
+    /// Segments `image` for every prompt: preprocess, forward, per-prompt masks at the
+    /// original size (see [`crate::vision::masks`]).
+    pub fn segment(
+        &self,
+        image: &RgbImage,
+        prompts: &PromptEmbeddings,
+        params: &SegmentParams,
+    ) -> Result<SegmentationResult> {
+        let _span = tracing::info_span!("segment", model = %self.name).entered();
+        if !(0.0..=1.0).contains(&params.threshold) {
+            return Err(Error::InvalidInput(format!(
+                "mask threshold must be in [0, 1], got {}",
+                params.threshold
+            )));
+        }
+        let t0 = Instant::now();
+        let pixel_values = self.pixel_values(image)?;
+        let t1 = Instant::now();
+        let logits = self.forward(&pixel_values, prompts)?;
+        let (n, lh, lw) = logits.dims3()?;
+        let data = logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let logits = SegmentationLogits {
+            prompts: n,
+            height: lh,
+            width: lw,
+            data,
+        };
+        let t2 = Instant::now();
+        let (width, height) = image.dimensions();
+        let mut masks = Vec::with_capacity(n);
+        for (i, label) in prompts.texts.iter().enumerate() {
+            let prompt_logits = logits
+                .prompt(i)
+                .ok_or_else(|| Error::InvalidInput(format!("no logits for prompt {i}")))?;
+            let m = post_process_segmentation(
+                prompt_logits,
+                (lh, lw),
+                width,
+                height,
+                params.threshold,
+            )?;
+            masks.push(PromptMask {
+                prompt_index: i,
+                label: label.clone(),
+                probabilities: m.probabilities,
+                mask: m.mask,
+                area_fraction: m.stats.area_fraction,
+                bbox: m.stats.bbox,
+                mean_score: m.stats.mean_score,
+            });
+        }
+        let t3 = Instant::now();
+        Ok(SegmentationResult {
+            width,
+            height,
+            masks,
+            logits,
+            timings: Timings {
+                preprocess: t1 - t0,
+                forward: t2 - t1,
+                postprocess: t3 - t2,
+            },
+        })
+    }
+}

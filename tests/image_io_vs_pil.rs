@@ -1,0 +1,105 @@
+//! How close the Rust resizer (two f32 fast_image_resize passes, see `resize_rgb`) is to Pillow
+//! and to torchvision
+//! on a real photo, at the sizes scripts/make_fixtures.py wrote (uint8 outputs).
+
+mod common;
+
+use candle_core::Tensor;
+use common::*;
+use vlm_perception::vision::{
+    image_io::load_rgb,
+    preprocess::{resize_rgb, Resample},
+};
+
+/// (max abs difference in uint8 levels, fraction of values that differ)
+fn compare(ours: &image::RgbImage, reference: &Tensor) -> (u8, f64) {
+    let r: Vec<u8> = reference.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    assert_eq!(r.len(), ours.as_raw().len(), "size mismatch");
+    let mut max = 0u8;
+    let mut differ = 0usize;
+    for (a, b) in ours.as_raw().iter().zip(&r) {
+        let d = a.abs_diff(*b);
+        max = max.max(d);
+        differ += usize::from(d > 0);
+    }
+    (max, differ as f64 / r.len() as f64)
+}
+
+#[test]
+fn resizer_is_within_one_level_of_pillow_and_torchvision() {
+    let img = load_rgb(&image_path("chelsea.png")).unwrap();
+    let dir = fixtures().join("reference").join("resize");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "npy") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        // chelsea_<backend>_<filter>_<H>x<W>
+        let parts: Vec<&str> = name.split('_').collect();
+        let [_, backend, filter, size] = parts[..] else {
+            panic!("unexpected fixture {name}")
+        };
+        let (h, w) = size.split_once('x').unwrap();
+        let (h, w): (usize, usize) = (h.parse().unwrap(), w.parse().unwrap());
+        let resample = match filter {
+            "bicubic" => Resample::Bicubic,
+            "bilinear" => Resample::Bilinear,
+            other => panic!("unexpected filter {other}"),
+        };
+        let reference = Tensor::read_npy(&path).unwrap();
+        assert_eq!(
+            reference.dims()[..2],
+            [h, w],
+            "{name}: fixture is (H, W, 3)"
+        );
+        let ours = resize_rgb(&img, h, w, resample).unwrap();
+        let (max, frac) = compare(&ours, &reference);
+        eprintln!(
+            "{name}: max {max} level(s), {:.2}% of values differ",
+            frac * 100.0
+        );
+        assert!(max <= 1, "{name}: differs by {max} levels");
+        // Measured: Pillow BICUBIC 0-0.01% of values differ, BILINEAR <= 0.41%; torchvision
+        // (itself 0.2-0.3% away from Pillow) <= 0.32%.
+        let bound = if (backend, filter) == ("pil", "bicubic") {
+            0.001
+        } else {
+            0.01
+        };
+        assert!(
+            frac < bound,
+            "{name}: {:.2}% of values differ",
+            frac * 100.0
+        );
+        seen += 1;
+    }
+    assert!(seen >= 4, "too few resize fixtures in {}", dir.display());
+}
+
+#[test]
+fn decoded_pixels_match_pillow() {
+    // decoded.json holds the sum of Pillow's RGB pixels per image. PNG decoding is exact; JPEG
+    // decoders (the image crate's zune-jpeg here, libjpeg-turbo in Pillow) round their IDCT and
+    // chroma upsampling differently: measured on rocket.jpg, a mean drift of 0.005 levels per
+    // value, held here to 0.01.
+    let decoded = json(&fixtures().join("images").join("decoded.json"));
+    let mut seen = 0;
+    for (name, entry) in decoded.as_object().unwrap() {
+        let img = load_rgb(&image_path(name)).unwrap();
+        let [h, w] = [0, 1].map(|i| entry["size_hw"][i].as_u64().unwrap() as u32);
+        assert_eq!((img.height(), img.width()), (h, w), "{name}");
+        let ours: u64 = img.as_raw().iter().map(|&v| u64::from(v)).sum();
+        let theirs = entry["decoded_rgb_sum"].as_u64().unwrap();
+        let per_value = (ours as f64 - theirs as f64).abs() / img.as_raw().len() as f64;
+        eprintln!("{name}: sum {ours} vs Pillow {theirs} ({per_value:.2e} levels per value)");
+        if name.ends_with(".png") {
+            assert_eq!(ours, theirs, "{name}: PNG decoding must be exact");
+        } else {
+            assert!(per_value < 1e-2, "{name}: {per_value} levels per value");
+        }
+        seen += 1;
+    }
+    assert!(seen >= 3);
+}
