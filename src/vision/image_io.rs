@@ -29,9 +29,17 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(err("empty file".into()));
     }
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| err(e.to_string()))
+    };
+    // The header alone says how large the image is: refuse absurd sizes before decoding.
+    let (width, height) = reader()?
+        .into_dimensions()
         .map_err(|e| err(e.to_string()))?;
+    check_size(width, height, name)?;
+    let mut reader = reader()?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
