@@ -81,7 +81,7 @@ def detect(args) -> None:
             # transformers' usual call: text and image every frame, then post-processing.
             t0 = time.perf_counter()
             outputs = model(**inputs)
-            processor.post_process_object_detection(outputs, threshold=0.1, target_sizes=[image.size[::-1]])
+            processor.image_processor.post_process_object_detection(outputs, threshold=0.1, target_sizes=[image.size[::-1]])
             sync()
             if timed:
                 full.append(ms(t0))
@@ -89,7 +89,7 @@ def detect(args) -> None:
             t0 = time.perf_counter()
             text_embeds = model.owlvit.get_text_features(
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
-            )
+            ).pooler_output
             sync()
             if timed:
                 encode.append(ms(t0))
