@@ -15,9 +15,11 @@
 
 mod common;
 
-use candle_core::{Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_transformers::models::clip::{text_model::Activation, vision_model::ClipVisionConfig};
 use common::*;
-use vlm_perception::pipeline::{LoadOptions, SegmentParams, Segmenter};
+use vlm_perception::models::clipseg::{vision::ClipSegVisionTransformer, ClipSegConfig};
+use vlm_perception::pipeline::{Checkpoint, LoadOptions, SegmentParams, Segmenter};
 use vlm_perception::vision::{image_io::load_rgb, masks::post_process_segmentation};
 
 const MODELS: &[&str] = &["clipseg-tiny-rd16", "clipseg-tiny-complex"];
@@ -243,6 +245,46 @@ fn image_prompt_matches_reference() {
         .unwrap();
     let (_, rel) = rel_diff(&logits, &reference);
     assert!(rel <= LOGIT_REL_TOL, "pipeline image prompt: {rel}");
+}
+
+#[test]
+fn vision_tower_split_reads_the_checkpoint_layers() {
+    // Segmentation runs the encoder only up to the last extracted layer; image prompts run
+    // the remaining layers from a second encoder over the same checkpoint keys. The fixtures
+    // extract their last layer, so split the 4-layer rd16 tower by hand at every layer: the
+    // pooled output must equal the unsplit tower's, bit for bit.
+    let ckpt = Checkpoint::resolve(model_dir("clipseg-tiny-rd16").to_str().unwrap()).unwrap();
+    let cfg: ClipSegConfig = ckpt.config().unwrap();
+    let v = &cfg.vision_config;
+    let candle_cfg = ClipVisionConfig {
+        embed_dim: v.hidden_size,
+        activation: Activation::QuickGelu,
+        intermediate_size: v.intermediate_size,
+        num_hidden_layers: v.num_hidden_layers,
+        num_attention_heads: v.num_attention_heads,
+        projection_dim: cfg.projection_dim,
+        num_channels: v.num_channels,
+        image_size: v.image_size,
+        patch_size: v.patch_size,
+    };
+    let vb = ckpt.var_builder(DType::F32, &Device::Cpu).unwrap();
+    let tower = |needed: usize| {
+        ClipSegVisionTransformer::new(vb.pp("clip").pp("vision_model"), v, &candle_cfg, needed)
+            .unwrap()
+    };
+    let pv = npy_f32(
+        &reference_dir("clipseg-tiny-rd16", "chelsea").join("conditional_pixel_values.npy"),
+    );
+    let full = tower(v.num_hidden_layers).pooled_output(&pv).unwrap();
+    for needed in 1..v.num_hidden_layers {
+        let split = tower(needed);
+        assert_eq!(split.encoder_outputs(&pv).unwrap().len(), needed);
+        let d = max_abs_diff(&split.pooled_output(&pv).unwrap(), &full);
+        assert_eq!(
+            d, 0.0,
+            "split after {needed} layers changes the pooled output by {d}"
+        );
+    }
 }
 
 #[test]

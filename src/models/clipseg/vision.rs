@@ -177,9 +177,13 @@ impl ClipSegVisionTransformer {
                 num_hidden_layers: total - head_layers,
                 ..candle_cfg.clone()
             };
+            // candle's `rename_f` sees the full key path and hands the renamed path to the
+            // builder it wraps, which prepends its own prefix again: wrap the root builder and
+            // restore the prefix on top.
             let tail_vb = vb
-                .clone()
-                .rename_f(move |name| shift_layer_key(name, head_layers));
+                .root()
+                .rename_f(move |name| shift_layer_key(name, head_layers))
+                .set_prefix(vb.prefix());
             Some(ClipEncoder::new(
                 tail_vb.pp("encoder"),
                 &EncoderConfig::Vision(tail_cfg),
