@@ -210,6 +210,32 @@ fn one_image_pass_equals_transformers_repeated_image_batch() {
 }
 
 #[test]
+fn long_prompt_lists_decode_in_chunks_with_the_same_rows() {
+    // More prompts than one decoder batch holds: every row must equal that prompt decoded
+    // alone.
+    let seg = load("clipseg-tiny-complex");
+    let n = vlm_perception::models::clipseg::MAX_PROMPTS_PER_DECODE * 2 + 3;
+    let texts: Vec<String> = (0..n).map(|i| format!("object number {i}")).collect();
+    let p = seg.encode_prompts(&texts).unwrap();
+    let pv =
+        npy_f32(&reference_dir("clipseg-tiny-complex", "coffee_80x80").join("pixel_values.npy"));
+    let all = seg.forward(&pv, &p).unwrap();
+    assert_eq!(all.dims(), [n, 80, 80]);
+    let image = seg.model().encode_image(&pv).unwrap();
+    for i in [0, 15, 16, 17, n - 1] {
+        let one = seg
+            .model()
+            .decode(&image, &p.embeds.i(i..i + 1).unwrap())
+            .unwrap();
+        let d = max_abs_diff(&one, &all.i(i..i + 1).unwrap());
+        assert!(
+            d <= 1e-5 * max_abs(&one),
+            "prompt {i}: batched row differs by {d}"
+        );
+    }
+}
+
+#[test]
 fn image_prompt_matches_reference() {
     let model = "clipseg-tiny-rd16";
     let seg = load(model);

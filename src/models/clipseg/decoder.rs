@@ -213,6 +213,15 @@ impl DecoderImageState {
     pub fn grid(&self) -> (usize, usize) {
         self.grid
     }
+
+    /// How many images the state holds.
+    pub fn batch_size(&self) -> usize {
+        self.reduced
+            .first()
+            .or(self.unconditioned.as_ref())
+            .and_then(|t| t.dim(0).ok())
+            .unwrap_or(1)
+    }
 }
 
 /// transformers' `CLIPSegDecoder`.

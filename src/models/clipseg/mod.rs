@@ -30,6 +30,11 @@ use self::decoder::{ClipSegDecoder, DecoderImageState};
 use self::vision::ClipSegVisionTransformer;
 use super::clip_towers::{TextTower, VisionTower};
 
+/// Prompts decoded together against one image: the decoder's MLP activations take
+/// `prompts x tokens x decoder_intermediate_size` floats (~4 MB per prompt for
+/// CIDAS/clipseg-rd64-refined), so long prompt lists run in batches of this size.
+pub const MAX_PROMPTS_PER_DECODE: usize = 16;
+
 /// transformers keeps the pre-#24773 pooling (argmax of the ids) for configs whose text
 /// `eos_token_id` is this value (`CLIPSegTextModel.forward`).
 pub const LEGACY_EOS_TOKEN_ID: u32 = 2;
@@ -397,14 +402,33 @@ impl ClipSegForImageSegmentation {
     /// The conditional part of the decoder for a batch of prompt embeddings
     /// (prompts, projection_dim) against one encoded image (or as many images as prompts).
     /// Returns the logits (prompts, height, width) in f32.
+    ///
+    /// Prompts against one image run in batches of at most [`MAX_PROMPTS_PER_DECODE`] (each
+    /// row is computed independently, so this changes nothing but peak memory).
     pub fn decode(
         &self,
         image: &ClipSegImageState,
         conditional_embeddings: &Tensor,
     ) -> Result<Tensor> {
-        self.decoder
-            .decode(&image.decoder, conditional_embeddings)?
-            .to_dtype(DType::F32)
+        let prompts = conditional_embeddings.dim(0)?;
+        let per_prompt_images = image.decoder.batch_size() > 1;
+        if per_prompt_images || prompts <= MAX_PROMPTS_PER_DECODE {
+            return self
+                .decoder
+                .decode(&image.decoder, conditional_embeddings)?
+                .to_dtype(DType::F32);
+        }
+        let mut chunks = Vec::with_capacity(prompts.div_ceil(MAX_PROMPTS_PER_DECODE));
+        for start in (0..prompts).step_by(MAX_PROMPTS_PER_DECODE) {
+            let n = MAX_PROMPTS_PER_DECODE.min(prompts - start);
+            let chunk = conditional_embeddings.narrow(0, start, n)?;
+            chunks.push(
+                self.decoder
+                    .decode(&image.decoder, &chunk)?
+                    .to_dtype(DType::F32)?,
+            );
+        }
+        Tensor::cat(&chunks, 0)
     }
 
     /// transformers' `forward(input_ids, pixel_values)`: `pixel_values` holds one image, or one
