@@ -45,7 +45,7 @@ pub enum Error {
         model: String,
         path: PathBuf,
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 
     #[error("tokenizer of `{model}`: {reason}")]
@@ -63,8 +63,15 @@ pub enum Error {
     #[error("unknown dtype `{0}` (expected `f32`, `f16` or `bf16`)")]
     DType(String),
 
+    /// A tensor operation failed (boxed: candle's error is large and errors are rare).
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(err: candle_core::Error) -> Self {
+        Self::Candle(Box::new(err))
+    }
 }
 
 impl Error {

@@ -12,7 +12,7 @@ pub fn run(args: &DetectArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.threshold) {
         anyhow::bail!("--threshold must be in [0, 1], got {}", args.threshold);
     }
-    if !(args.nms_iou > 0.0) {
+    if args.nms_iou.is_nan() || args.nms_iou <= 0.0 {
         anyhow::bail!("--nms-iou must be positive, got {}", args.nms_iou);
     }
     let options = LoadOptions::parse(&args.model.device, &args.model.dtype)?;

@@ -142,7 +142,7 @@ impl Checkpoint {
         let weights_err = |source| Error::Weights {
             model: self.name.clone(),
             path: path.clone(),
-            source,
+            source: Box::new(source),
         };
         if path.extension().is_some_and(|e| e == "safetensors") {
             // SAFETY: the file is memory-mapped read-only; like every mmap user we assume it is
@@ -154,13 +154,17 @@ impl Checkpoint {
         }
     }
 
-    /// Maps a candle error raised while building a model from this checkpoint (typically a
-    /// missing tensor or a shape that does not match config.json) to [`Error::Weights`].
-    pub fn weights_error(&self, source: candle_core::Error) -> Error {
-        Error::Weights {
-            model: self.name.clone(),
-            path: self.weights_path().unwrap_or_else(|_| self.dir.clone()),
-            source,
+    /// Maps an error raised while building a model from this checkpoint: a candle error (a
+    /// missing tensor, a shape that does not match config.json) becomes [`Error::Weights`]
+    /// naming the checkpoint; configuration errors pass through.
+    pub fn load_error(&self, err: Error) -> Error {
+        match err {
+            Error::Candle(source) => Error::Weights {
+                model: self.name.clone(),
+                path: self.weights_path().unwrap_or_else(|_| self.dir.clone()),
+                source,
+            },
+            other => other,
         }
     }
 }

@@ -101,11 +101,8 @@ impl Detector {
         ckpt.expect_architecture(OWLVIT_ARCHITECTURES)?;
         let config: OwlVitConfig = ckpt.config()?;
         let vb = ckpt.var_builder(options.dtype, &options.device)?;
-        let model =
-            OwlVitForObjectDetection::new(vb, &config, &ckpt.name).map_err(|e| match e {
-                Error::Candle(source) => ckpt.weights_error(source),
-                other => other,
-            })?;
+        let model = OwlVitForObjectDetection::new(vb, &config, &ckpt.name)
+            .map_err(|e| ckpt.load_error(e))?;
         let tokenizer = TextTokenizer::load(
             ckpt,
             TokenizerKind::ClipBpe,

@@ -167,11 +167,8 @@ impl Segmenter {
         ckpt.expect_architecture(CLIPSEG_ARCHITECTURES)?;
         let config: ClipSegConfig = ckpt.config()?;
         let vb = ckpt.var_builder(options.dtype, &options.device)?;
-        let model =
-            ClipSegForImageSegmentation::new(vb, &config, &ckpt.name).map_err(|e| match e {
-                Error::Candle(source) => ckpt.weights_error(source),
-                other => other,
-            })?;
+        let model = ClipSegForImageSegmentation::new(vb, &config, &ckpt.name)
+            .map_err(|e| ckpt.load_error(e))?;
         let tokenizer = TextTokenizer::load(
             ckpt,
             TokenizerKind::ClipBpe,

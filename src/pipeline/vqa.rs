@@ -87,11 +87,8 @@ impl VqaModel {
         ckpt.expect_architecture(VILT_VQA_ARCHITECTURES)?;
         let config: ViltConfig = ckpt.config()?;
         let vb = ckpt.var_builder(options.dtype, &options.device)?;
-        let model =
-            ViltForQuestionAnswering::new(vb, &config, &ckpt.name).map_err(|e| match e {
-                Error::Candle(source) => ckpt.weights_error(source),
-                other => other,
-            })?;
+        let model = ViltForQuestionAnswering::new(vb, &config, &ckpt.name)
+            .map_err(|e| ckpt.load_error(e))?;
         let tokenizer = TextTokenizer::load(
             ckpt,
             TokenizerKind::BertWordPiece,
