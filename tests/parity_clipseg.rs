@@ -667,3 +667,11 @@ fn f16_stays_close_to_f32() {
     // f16 keeps ~3 significant digits; measured 1.3e-3 relative.
     assert!(rel < 1e-2, "f16: logits differ by {abs} ({rel} relative)");
 }
+
+#[test]
+fn task_object_is_shareable_across_threads() {
+    // The ROS node keeps one loaded model behind an Arc and calls it from worker threads.
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Segmenter>();
+    assert_send_sync::<vlm_perception::pipeline::PromptEmbeddings>();
+}

@@ -450,3 +450,11 @@ fn bad_inputs_fail_cleanly() {
         &["./no/such/model"],
     );
 }
+
+#[test]
+fn task_object_is_shareable_across_threads() {
+    // The ROS node keeps one loaded model behind an Arc and calls it from worker threads.
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<VqaModel>();
+    assert_send_sync::<vlm_perception::pipeline::VqaResult>();
+}
