@@ -628,6 +628,28 @@ fn bad_inputs_fail_cleanly() {
         ]),
         &["12x40", "smaller than one 16x16 patch"],
     );
+    // A config.json the decoder cannot be built from, and one that does not match the weights.
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&model).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, copy.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg = json(&copy.path().join("config.json"));
+    let mut bad = cfg.clone();
+    bad["extract_layers"] = serde_json::json!([0, 7]);
+    std::fs::write(copy.path().join("config.json"), bad.to_string()).unwrap();
+    let c = copy.path().to_str().unwrap();
+    assert_fails_with(
+        &cli(&["segment", "--model", c, "--image", img, "--prompt", "a"]),
+        &["extract_layers names layer 7", "4 layers"],
+    );
+    let mut bad = cfg.clone();
+    bad["reduce_dim"] = serde_json::json!(8);
+    std::fs::write(copy.path().join("config.json"), bad.to_string()).unwrap();
+    assert_fails_with(
+        &cli(&["segment", "--model", c, "--image", img, "--prompt", "a"]),
+        &["do not match config.json", "decoder"],
+    );
     // A missing image file.
     assert_fails_with(
         &cli(&[

@@ -436,6 +436,27 @@ fn bad_inputs_fail_cleanly() {
         ]),
         &["2000x40", "less than one 32x32 patch"],
     );
+    // A config.json that does not match the weights (12 answers in the classifier).
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&model).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, copy.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let mut cfg = json(&copy.path().join("config.json"));
+    cfg["id2label"] = serde_json::json!({"0": "yes", "1": "no"});
+    std::fs::write(copy.path().join("config.json"), cfg.to_string()).unwrap();
+    assert_fails_with(
+        &cli(&[
+            "ask",
+            "--model",
+            copy.path().to_str().unwrap(),
+            "--image",
+            img,
+            "--question",
+            "why?",
+        ]),
+        &["do not match config.json", "classifier.3"],
+    );
     // A missing model directory.
     assert_fails_with(
         &cli(&[

@@ -85,7 +85,7 @@ pub struct SegmentArgs {
     pub image: PathBuf,
 
     /// A text prompt, e.g. "the sponge"; repeat for several (one mask each).
-    #[arg(long = "prompt", required = true)]
+    #[arg(long = "prompt", value_name = "TEXT", required = true)]
     pub prompts: Vec<String>,
 
     /// A pixel belongs to a prompt's mask when its probability is above this.
@@ -117,7 +117,7 @@ pub struct AskArgs {
     pub image: PathBuf,
 
     /// The question, e.g. "is the drawer open?".
-    #[arg(long)]
+    #[arg(long, value_name = "TEXT")]
     pub question: String,
 
     /// How many answers to return (at most the model's answer vocabulary).

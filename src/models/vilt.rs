@@ -295,7 +295,9 @@ pub struct ViltEmbeddings {
     token_type_embeddings: Embedding,
     hidden_size: usize,
     max_image_length: i64,
-    /// Interpolated patch position tables by (valid rows, valid cols), each (h * w, d).
+    /// Interpolated patch position tables by (valid rows, valid cols), each (h * w, d). The
+    /// processor's size rule bounds the grids (one edge fixed, the other at most 1333/800 of
+    /// it), so the cache holds a handful of entries.
     cache: Arc<Mutex<HashMap<(usize, usize), Tensor>>>,
 }
 

@@ -196,6 +196,11 @@ impl Segmenter {
                 ),
             });
         }
+        // Interpolate the position table for the processor's size now, not on the first frame.
+        model
+            .vision_model()
+            .embeddings()
+            .position_embeddings(h, w)?;
         Ok(Self {
             name: ckpt.name.clone(),
             model,
