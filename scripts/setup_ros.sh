@@ -9,7 +9,8 @@
 #   2. creates the venv .ros/ with a CPython 3.11 that has a shared libpython (the r2r binary must
 #      link libpython3.11 because librcl from the wheels needs CPython symbols; build.rs does that).
 #   3. pip installs the pinned ros-jazzy-* wheels (rclpy, rcl, Fast DDS, message packages, rosidl
-#      generators, ament_cmake, colcon).
+#      generators, ament_cmake, colcon), then the test tools (pytest, Pillow) for tests/ros and
+#      scripts/sample_camera.py.
 #   4. workaround 1: librmw_implementation.so -> librmw_fastrtps_cpp.so (r2r links -lrmw_implementation).
 #   5. workaround 3: rewrites the wheel builder's baked /opt/python/... include paths in
 #      share/*/cmake/*.cmake to this interpreter's include dir and numpy's.
@@ -154,6 +155,17 @@ if [ "$force" = 1 ] || [ "$(cat "$pip_stamp" 2>/dev/null)" != "$pip_hash" ]; the
   "$vpy" -m pip install -q --disable-pip-version-check "${pip_reqs[@]}"
   echo "$pip_hash" > "$pip_stamp"
   rm -f "$ros/.stamp-msgs"
+fi
+
+# Test tools for tests/ros and the sample publisher (pytest; Pillow to read the sample images).
+# Own stamp: changing them does not rebuild the interface package.
+test_reqs=('pytest==9.2.0' 'pillow==13.0.0')
+test_hash="$(printf '%s\n' "$pip_hash" "${test_reqs[@]}" | sha256sum | cut -c1-16)"
+test_stamp="$ros/.stamp-pip-test"
+if [ "$force" = 1 ] || [ "$(cat "$test_stamp" 2>/dev/null)" != "$test_hash" ]; then
+  log "pip install test tools into $ros ($(elapsed))"
+  "$vpy" -m pip install -q --disable-pip-version-check "${test_reqs[@]}"
+  echo "$test_hash" > "$test_stamp"
 fi
 
 read -r site_dir numpy_inc < <("$vpy" - <<'EOF'

@@ -21,7 +21,7 @@ use r2r::vlm_perception_msgs::msg as vmsg;
 use r2r::{Parameter, ParameterValue};
 use vlm_perception::pipeline::DetectionResult;
 
-use crate::pending::{SegmentationResult, VqaResult};
+use vlm_perception::pipeline::{SegmentationResult, VqaResult};
 use vlm_perception::vision::boxes::BBox;
 use vlm_perception::vision::image_io::{check_size, decode_rgb, to_rgb};
 

@@ -10,10 +10,10 @@
 
 mod convert;
 mod params;
-mod pending;
 mod worker;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,12 +24,13 @@ use r2r::sensor_msgs::msg::{CompressedImage, Image};
 use r2r::std_msgs::msg::String as StringMsg;
 use r2r::vlm_perception_msgs::{msg as vmsg, srv};
 use r2r::{QosProfile, ServiceRequest, WrappedServiceTypeSupport};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use vlm_perception::pipeline::{DetectionResult, LoadOptions};
 
 use convert::{FrameHeader, RawImage};
 use params::{split_texts, NodeParams, ParamError};
-use pending::{SegmentationResult, VqaResult};
+use vlm_perception::pipeline::{SegmentationResult, VqaResult};
 use worker::{Frame, Handle, ImageArg, Job, Level, Outcome, Reply, Request, Sink};
 
 /// The node's default name (remappable with `-r __node:=...`).
@@ -255,8 +256,10 @@ fn run() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_time()
+        .enable_io()
         .build()
         .context("cannot start the async runtime")?;
+    let shutdown_logger = logger.clone();
     let result = runtime.block_on(async move {
         let timeout = params.service_timeout;
         let source: Arc<str> = Arc::from(resolve(&fqn, &topic));
@@ -296,16 +299,30 @@ fn run() -> Result<()> {
             logger.clone(),
         ));
         // The one thread that spins the node: it moves messages between rcl and the streams.
-        let spinner = tokio::task::spawn_blocking(move || loop {
-            node.spin_once(SPIN_TIMEOUT);
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinning = Arc::clone(&stop);
+        let mut spinner = tokio::task::spawn_blocking(move || {
+            while !spinning.load(Ordering::Relaxed) {
+                node.spin_once(SPIN_TIMEOUT);
+            }
         });
-        let r = spinner.await;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let stopped = tokio::select! {
+            r = &mut spinner => r.context("the executor thread stopped"),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = terminate.recv() => Ok(()),
+        };
+        log(&shutdown_logger, Level::Info, "shutting down");
+        stop.store(true, Ordering::Relaxed);
         handle.shutdown();
-        r
+        if !spinner.is_finished() {
+            let _ = spinner.await;
+        }
+        stopped
     });
+    // The worker finishes the frame or request in hand, then stops.
     let _ = join.join();
-    result.context("the executor thread stopped")?;
-    Ok(())
+    result
 }
 
 /// `topic` as rcl resolves it without remapping (for messages).
@@ -410,16 +427,8 @@ async fn ask_worker<T>(
     }
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err("internal error: the request was dropped".into()),
-        Err(_) => Err(format!(
-            "timed out after {:.1} s{}",
-            timeout.as_secs_f64(),
-            if handle.loading() {
-                " (models are still loading)"
-            } else {
-                ""
-            }
-        )),
+        Ok(Err(_)) => Err("internal error: the request was dropped (see the node log)".into()),
+        Err(_) => Err(worker::timeout_message(timeout, handle.loading())),
     }
 }
 

@@ -26,7 +26,7 @@ use vlm_perception::vision::draw::{draw_labelled_box, palette_color, tint_mask};
 
 use crate::convert::{decode, FrameError, FrameHeader, RawImage};
 use crate::params::{NodeParams, MAX_TOP_K};
-use crate::pending::{
+use vlm_perception::pipeline::{
     PromptEmbeddings, SegmentParams, SegmentationResult, Segmenter, VqaModel, VqaResult,
 };
 
@@ -113,14 +113,46 @@ pub struct Job {
 impl Job {
     /// Whether nobody waits for the answer any more.
     fn abandoned(&self) -> bool {
-        let closed = match &self.request {
+        match &self.request {
             Request::SetVocabulary { reply, .. } => reply.as_ref().is_some_and(|r| r.is_closed()),
             Request::Detect { reply, .. } => reply.is_closed(),
             Request::Segment { reply, .. } => reply.is_closed(),
             Request::Ask { reply, .. } => reply.is_closed(),
-        };
-        closed || Instant::now() > self.deadline
+        }
     }
+
+    /// Answers `message` without running the request.
+    fn refuse(self, message: String) {
+        match self.request {
+            Request::SetVocabulary { reply, .. } => {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(message));
+                }
+            }
+            Request::Detect { reply, .. } => {
+                let _ = reply.send(Err(message));
+            }
+            Request::Segment { reply, .. } => {
+                let _ = reply.send(Err(message));
+            }
+            Request::Ask { reply, .. } => {
+                let _ = reply.send(Err(message));
+            }
+        }
+    }
+}
+
+/// The message of a request that was not served within its deadline.
+pub fn timeout_message(timeout: Duration, loading: bool) -> String {
+    format!(
+        "timed out after {:.1} s{}",
+        timeout.as_secs_f64(),
+        if loading {
+            " (models are still loading)"
+        } else {
+            ""
+        }
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +314,10 @@ struct Shared {
     dtype: String,
 }
 
+/// [`Handle::submit`]'s refusal: the request queue is full.
+#[derive(Debug)]
+pub struct Busy;
+
 /// The executor side's handle on the worker: cheap to clone, never blocks for long.
 #[derive(Clone)]
 pub struct Handle {
@@ -304,12 +340,13 @@ impl Handle {
         self.shared.wake.notify_one();
     }
 
-    /// Queues a request; gives it back when [`MAX_QUEUED_REQUESTS`] are already waiting.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    /// Queues a request; refuses it (dropping it) when [`MAX_QUEUED_REQUESTS`] are already
+    /// waiting.
+    pub fn submit(&self, job: Job) -> Result<(), Busy> {
         {
             let mut inbox = lock(&self.shared.inbox);
             if inbox.shutdown || inbox.jobs.len() >= MAX_QUEUED_REQUESTS {
-                return Err(job);
+                return Err(Busy);
             }
             inbox.jobs.push_back(job);
         }
@@ -471,8 +508,8 @@ impl<E> EmbedCache<E> {
         texts: &[String],
         for_stream: bool,
         encoded: &mut bool,
-        encode: impl FnOnce(&[String]) -> vlm_perception::Result<Arc<E>>,
-    ) -> vlm_perception::Result<Arc<E>> {
+        encode: impl FnOnce(&[String]) -> Result<Arc<E>, String>,
+    ) -> Result<Arc<E>, String> {
         for (t, e) in [&self.stream, &self.adhoc].into_iter().flatten() {
             if t.as_slice() == texts {
                 return Ok(Arc::clone(e));
@@ -699,7 +736,7 @@ impl<S: Sink> Worker<S> {
         );
     }
 
-    fn inference_error(&mut self, task: Task, e: &vlm_perception::Error) {
+    fn inference_error(&mut self, task: Task, e: &str) {
         lock(&self.shared.stats).inference_errors += 1;
         self.log_limited(
             &format!("inference:{}", task.group()),
@@ -733,17 +770,18 @@ impl<S: Sink> Worker<S> {
         &mut self,
         queries: &[String],
         for_stream: bool,
-    ) -> vlm_perception::Result<Arc<QueryEmbeddings>> {
+    ) -> Result<Arc<QueryEmbeddings>, String> {
         let Some(detector) = self.detector.as_ref() else {
-            return Err(vlm_perception::Error::InvalidInput(
-                "no detection model".into(),
-            ));
+            return Err(self.unavailable(Task::Detection));
         };
         let mut encoded = false;
         let r = self
             .query_cache
             .get(queries, for_stream, &mut encoded, |q| {
-                detector.encode_queries(q).map(Arc::new)
+                detector
+                    .encode_queries(q)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
             });
         if encoded {
             lock(&self.shared.stats).query_encodings += 1;
@@ -755,16 +793,16 @@ impl<S: Sink> Worker<S> {
         &mut self,
         prompts: &[String],
         for_stream: bool,
-    ) -> vlm_perception::Result<Arc<PromptEmbeddings>> {
+    ) -> Result<Arc<PromptEmbeddings>, String> {
         let Some(segmenter) = self.segmenter.as_ref() else {
-            return Err(vlm_perception::Error::InvalidInput(
-                "no segmentation model".into(),
-            ));
+            return Err(self.unavailable(Task::Segmentation));
         };
         let mut encoded = false;
         let r = self
             .prompt_cache
-            .get(prompts, for_stream, &mut encoded, |p| segmenter.prompts(p));
+            .get(prompts, for_stream, &mut encoded, |p| {
+                segmenter.prompts(p).map_err(|e| e.to_string())
+            });
         if encoded {
             lock(&self.shared.stats).prompt_encodings += 1;
         }
@@ -799,10 +837,8 @@ impl<S: Sink> Worker<S> {
                 };
                 self.query_embeddings(&queries, true)
                     .and_then(|emb| match &self.detector {
-                        Some(d) => d.detect(&image, &emb, &params),
-                        None => Err(vlm_perception::Error::InvalidInput(
-                            "no detection model".into(),
-                        )),
+                        Some(d) => d.detect(&image, &emb, &params).map_err(|e| e.to_string()),
+                        None => Err("no detection model".to_string()),
                     })
             };
             match result {
@@ -834,10 +870,8 @@ impl<S: Sink> Worker<S> {
             let result =
                 self.prompt_embeddings(&prompts, true)
                     .and_then(|emb| match &self.segmenter {
-                        Some(s) => s.segment(&image, &emb, &params),
-                        None => Err(vlm_perception::Error::InvalidInput(
-                            "no segmentation model".into(),
-                        )),
+                        Some(s) => s.segment(&image, &emb, &params).map_err(|e| e.to_string()),
+                        None => Err("no segmentation model".to_string()),
                     });
             match result {
                 Ok(r) => {
@@ -875,6 +909,9 @@ impl<S: Sink> Worker<S> {
     fn serve(&mut self, job: Job) {
         if job.abandoned() {
             return;
+        }
+        if Instant::now() > job.deadline {
+            return job.refuse(timeout_message(self.params.service_timeout, false));
         }
         match job.request {
             Request::SetVocabulary {

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""An image-sequence camera for vlm_perception_node: publishes a few photos as sensor_msgs/Image
+(or CompressedImage), prints what the node publishes for each frame (detections, masks, answers)
+and saves the overlays. scripts/run_sample.sh starts the node and runs this.
+
+    python3 scripts/sample_camera.py --node /sample/vlm_perception --out sample_out \
+        [--images a.png b.jpg ...] [--compressed] [--question "what is this?"]
+
+Exit status: 0 when the node answered every frame, 1 otherwise.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from vlm_perception_msgs.msg import Answer, DetectionArray, SegmentationArray
+from vlm_perception_msgs.srv import Ask
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = [REPO / "tests/fixtures/images" / n for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
+RELIABLE = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=50)
+
+
+def to_image_msg(path: Path, frame_id: str) -> Image:
+    from PIL import Image as PILImage
+    pil = PILImage.open(path).convert("RGB")
+    m = Image()
+    m.header.frame_id = frame_id
+    m.header.stamp.sec, m.header.stamp.nanosec = divmod(time.time_ns(), 1_000_000_000)
+    m.width, m.height = pil.size
+    m.encoding, m.step = "rgb8", 3 * pil.width
+    m.data = pil.tobytes()
+    return m
+
+
+def to_compressed_msg(path: Path, frame_id: str) -> CompressedImage:
+    m = CompressedImage()
+    m.header.frame_id = frame_id
+    m.header.stamp.sec, m.header.stamp.nanosec = divmod(time.time_ns(), 1_000_000_000)
+    m.format = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
+    m.data = path.read_bytes()
+    return m
+
+
+class SampleCamera:
+    def __init__(self, node_name: str, camera_topic: str):
+        self.node = rclpy.create_node("sample_camera")
+        self.fqn = node_name
+        self.detections, self.segmentations, self.answers, self.overlays = {}, {}, [], {}
+        self.diag = None
+        n = self.node
+        self.raw_pub = n.create_publisher(Image, camera_topic, qos_profile_sensor_data)
+        self.compressed_pub = n.create_publisher(CompressedImage, camera_topic + "/compressed", qos_profile_sensor_data)
+        n.create_subscription(DetectionArray, f"{node_name}/detections",
+                              lambda m: self.detections.setdefault(m.header.frame_id, m), RELIABLE)
+        n.create_subscription(SegmentationArray, f"{node_name}/segmentation",
+                              lambda m: self.segmentations.setdefault(m.header.frame_id, m), RELIABLE)
+        n.create_subscription(Image, f"{node_name}/overlay",
+                              lambda m: self.overlays.setdefault(m.header.frame_id, m), RELIABLE)
+        n.create_subscription(Answer, f"{node_name}/answers", self.answers.append, RELIABLE)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, RELIABLE)
+        self.ask = n.create_client(Ask, f"{node_name}/ask")
+
+    def _on_diag(self, msg):
+        mine = {s.name.split(": ", 1)[1]: s for s in msg.status if s.name.startswith(self.fqn + ": ")}
+        if mine:
+            self.diag = mine
+
+    def spin_until(self, pred, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            v = pred()
+            if v:
+                return v
+            rclpy.spin_once(self.node, timeout_sec=0.05)
+        return pred()
+
+    def wait_ready(self, timeout):
+        def ready():
+            s = self.diag and self.diag.get("stream")
+            return s is not None and s.message != "loading models"
+        if not self.spin_until(ready, timeout):
+            return False
+        return self.spin_until(lambda: self.raw_pub.get_subscription_count() > 0
+                               or self.compressed_pub.get_subscription_count() > 0, 20)
+
+
+def describe_tasks(diag):
+    for name, s in diag.items():
+        if name != "stream":
+            print(f"  {name:24s} {s.message}")
+
+
+def print_detections(m: DetectionArray, limit: int):
+    print(f"  detections ({m.model}, {m.latency_ms:.0f} ms): {len(m.detections)}")
+    for d in m.detections[:limit]:
+        b = d.bbox
+        print(f"    {d.score:6.3f}  {d.label:24s} center ({b.center.position.x:7.1f}, {b.center.position.y:7.1f})"
+              f"  size {b.size_x:6.1f} x {b.size_y:6.1f}")
+    if len(m.detections) > limit:
+        print(f"    ... {len(m.detections) - limit} more")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--node", default="/sample/vlm_perception", help="the node's fully qualified name")
+    ap.add_argument("--camera-topic", default="/sample/image", help="topic to publish frames on")
+    ap.add_argument("--images", nargs="+", type=Path, default=DEFAULT_IMAGES, help="the frames, in order")
+    ap.add_argument("--compressed", action="store_true", help="send CompressedImage (the file bytes) instead of rgb8")
+    ap.add_argument("--question", default="what is in the picture?", help="asked about each frame (~/ask); '' skips")
+    ap.add_argument("--out", type=Path, default=Path("sample_out"), help="where overlays and results go")
+    ap.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the models to load")
+    ap.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for each frame's results")
+    ap.add_argument("--show", type=int, default=5, help="detections printed per frame")
+    args = ap.parse_args()
+
+    rclpy.init()
+    cam = SampleCamera(args.node, args.camera_topic)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ok = True
+    try:
+        print(f"waiting for {args.node} (models loading) ...", flush=True)
+        if not cam.wait_ready(args.ready_timeout):
+            print(f"error: {args.node} did not come up within {args.ready_timeout:.0f} s", file=sys.stderr)
+            return 1
+        describe_tasks(cam.diag)
+        results = []
+        for i, path in enumerate(args.images):
+            frame_id = f"sample/{i}/{path.name}"
+            msg = to_compressed_msg(path, frame_id) if args.compressed else to_image_msg(path, frame_id)
+            pub = cam.compressed_pub if args.compressed else cam.raw_pub
+            print(f"\n[{path.name}] published on {args.camera_topic}{'/compressed' if args.compressed else ''}",
+                  flush=True)
+            # best effort: publish again until the node's answer for this frame arrives
+            det = None
+            end = time.monotonic() + args.frame_timeout
+            while det is None and time.monotonic() < end:
+                pub.publish(msg)
+                det = cam.spin_until(lambda: cam.detections.get(frame_id), 2.0)
+            if det is None:
+                print("  no detections received for this frame", file=sys.stderr)
+                ok = False
+                continue
+            print_detections(det, args.show)
+            entry = {"image": path.name, "detections": [
+                {"label": d.label, "score": round(d.score, 4),
+                 "center": [round(d.bbox.center.position.x, 1), round(d.bbox.center.position.y, 1)],
+                 "size": [round(d.bbox.size_x, 1), round(d.bbox.size_y, 1)]} for d in det.detections]}
+            seg = cam.spin_until(lambda: cam.segmentations.get(frame_id), 1.0)
+            if seg:
+                print(f"  segmentation ({seg.model}, {seg.latency_ms:.0f} ms):")
+                for s in seg.segmentations:
+                    print(f"    {s.label:24s} area {100 * s.area_fraction:5.1f} %  mean score {s.score:.3f}")
+                entry["segmentation"] = [{"label": s.label, "area_fraction": round(s.area_fraction, 4),
+                                          "score": round(s.score, 4)} for s in seg.segmentations]
+            overlay = cam.spin_until(lambda: cam.overlays.get(frame_id), 1.0)
+            if overlay:
+                from PIL import Image as PILImage
+                out = args.out / f"{path.stem}_overlay.png"
+                PILImage.frombytes("RGB", (overlay.width, overlay.height), bytes(overlay.data)).save(out)
+                print(f"  overlay -> {out}")
+            if args.question:
+                req = Ask.Request(question=args.question, top_k=3)  # no image: the latest frame
+                if cam.ask.wait_for_service(timeout_sec=5):
+                    fut = cam.ask.call_async(req)
+                    cam.spin_until(fut.done, args.frame_timeout)
+                    r = fut.result() if fut.done() else None
+                    if r is None:
+                        print("  ask: no response")
+                    elif r.success:
+                        answers = ", ".join(f"{a.answer} ({a.score:.2f})" for a in r.answer.answers)
+                        print(f"  ask \"{args.question}\": {answers}")
+                        entry["answers"] = [{"answer": a.answer, "score": round(a.score, 4)} for a in r.answer.answers]
+                    else:
+                        print(f"  ask: {r.message}")
+            results.append(entry)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        cam.spin_until(lambda: False, 1.2)  # one more diagnostics period
+        if cam.diag and "stream" in cam.diag:
+            v = {kv.key: kv.value for kv in cam.diag["stream"].values}
+            print(f"\n/diagnostics: {cam.diag['stream'].message}; processed {v.get('frames_processed')}, "
+                  f"dropped {v.get('frames_dropped')}, bad {v.get('frames_bad')}, device {v.get('device')}")
+        print(f"results -> {args.out / 'results.json'}")
+    finally:
+        cam.node.destroy_node()
+        rclpy.shutdown()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
