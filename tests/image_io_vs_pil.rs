@@ -1,6 +1,5 @@
-//! How close the Rust resizer (two f32 fast_image_resize passes, see `resize_rgb`) is to Pillow
-//! and to torchvision
-//! on a real photo, at the sizes scripts/make_fixtures.py wrote (uint8 outputs).
+//! How close the Rust resizer (a port of Pillow's, `vision::resample`) is to Pillow and to
+//! torchvision on a real photo, at the sizes scripts/make_fixtures.py wrote (uint8 outputs).
 
 mod common;
 

@@ -6,3 +6,4 @@ pub mod draw;
 pub mod image_io;
 pub mod masks;
 pub mod preprocess;
+pub mod resample;

@@ -2,14 +2,14 @@
 //! convert to RGB -> resize -> center crop -> rescale -> normalize, read from
 //! `preprocessor_config.json`.
 //!
-//! Resizing uses fast_image_resize's convolution resizer, which implements the same separable,
-//! antialiased filters as Pillow (BICUBIC is the Catmull-Rom cubic with a = -0.5).
+//! Resizing is a port of Pillow's own 8-bit resampler ([`super::resample`]): BICUBIC is the
+//! antialiased Catmull-Rom cubic (a = -0.5), bit-exact with PIL.
 
 use candle_core::{Device, Tensor};
-use fast_image_resize as fr;
 use image::RgbImage;
 use serde::Deserialize;
 
+use super::resample::{self, Filter};
 use crate::error::{Error, Result};
 
 /// transformers' `OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`.
@@ -45,15 +45,15 @@ impl Resample {
         })
     }
 
-    fn algorithm(self) -> fr::ResizeAlg {
-        use fr::FilterType as F;
+    /// The convolution filter (None for NEAREST, which samples instead).
+    fn filter(self) -> Option<Filter> {
         match self {
-            Self::Nearest => fr::ResizeAlg::Nearest,
-            Self::Lanczos => fr::ResizeAlg::Convolution(F::Lanczos3),
-            Self::Bilinear => fr::ResizeAlg::Convolution(F::Bilinear),
-            Self::Bicubic => fr::ResizeAlg::Convolution(F::CatmullRom),
-            Self::Box => fr::ResizeAlg::Convolution(F::Box),
-            Self::Hamming => fr::ResizeAlg::Convolution(F::Hamming),
+            Self::Nearest => None,
+            Self::Lanczos => Some(Filter::Lanczos),
+            Self::Bilinear => Some(Filter::Bilinear),
+            Self::Bicubic => Some(Filter::Bicubic),
+            Self::Box => Some(Filter::Box),
+            Self::Hamming => Some(Filter::Hamming),
         }
     }
 }
@@ -293,13 +293,8 @@ pub fn shortest_edge_size(
     (nh.max(1), nw.max(1))
 }
 
-/// Resizes with a PIL-compatible filter. Same-size input is returned as is (PIL copies it).
-///
-/// Pillow resizes 8-bit images in two passes, horizontal first, rounding to 8 bits after each.
-/// fast_image_resize's 8-bit path uses 16-bit coefficients and another pass order, which puts
-/// 10-15% of values one level off Pillow; so each pass runs here in f32 (fast_image_resize's
-/// float convolution, the same filter windows as Pillow) and is rounded like Pillow's `clip8`.
-/// That matches Pillow on all but the values that sit within float error of a rounding edge.
+/// Resizes like Pillow's `Image.resize(size, resample)` (bit-exact, see [`super::resample`]).
+/// Same-size input is returned as is (Pillow copies it).
 pub fn resize_rgb(
     img: &RgbImage,
     height: usize,
@@ -315,72 +310,12 @@ pub fn resize_rgb(
     if (h0, w0) == (height, width) {
         return Ok(img.clone());
     }
-    if resample == Resample::Nearest {
-        return resize_u8_direct(img, height, width, resample);
-    }
-    let mut buf: Vec<u8> = img.as_raw().clone();
-    let mut resizer = fr::Resizer::new();
-    if width != w0 {
-        buf = resize_pass_f32(&mut resizer, &buf, (w0, h0), (width, h0), resample)?;
-    }
-    if height != h0 {
-        buf = resize_pass_f32(&mut resizer, &buf, (width, h0), (width, height), resample)?;
-    }
-    RgbImage::from_raw(width as u32, height as u32, buf)
-        .ok_or_else(|| Error::InvalidInput("resize produced a short buffer".into()))
-}
-
-/// One resize pass in f32 over RGB u8 data, rounded back to u8 (round half up, clipped).
-fn resize_pass_f32(
-    resizer: &mut fr::Resizer,
-    src: &[u8],
-    (sw, sh): (usize, usize),
-    (dw, dh): (usize, usize),
-    resample: Resample,
-) -> Result<Vec<u8>> {
-    let floats: Vec<u8> = src
-        .iter()
-        .flat_map(|&v| f32::from(v).to_ne_bytes())
-        .collect();
-    let src_img =
-        fr::images::Image::from_vec_u8(sw as u32, sh as u32, floats, fr::PixelType::F32x3)
-            .map_err(|e| Error::InvalidInput(format!("resize source: {e}")))?;
-    let mut dst = fr::images::Image::new(dw as u32, dh as u32, fr::PixelType::F32x3);
-    resizer
-        .resize(
-            &src_img,
-            &mut dst,
-            &fr::ResizeOptions::new().resize_alg(resample.algorithm()),
-        )
-        .map_err(|e| Error::InvalidInput(format!("resize: {e}")))?;
-    Ok(dst
-        .buffer()
-        .chunks_exact(4)
-        .map(|b| {
-            let v = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-            (v + 0.5).floor().clamp(0.0, 255.0) as u8
-        })
-        .collect())
-}
-
-fn resize_u8_direct(
-    img: &RgbImage,
-    height: usize,
-    width: usize,
-    resample: Resample,
-) -> Result<RgbImage> {
-    let src =
-        fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
-            .map_err(|e| Error::InvalidInput(format!("resize source: {e}")))?;
-    let mut dst = fr::images::Image::new(width as u32, height as u32, fr::PixelType::U8x3);
-    fr::Resizer::new()
-        .resize(
-            &src,
-            &mut dst,
-            &fr::ResizeOptions::new().resize_alg(resample.algorithm()),
-        )
-        .map_err(|e| Error::InvalidInput(format!("resize: {e}")))?;
-    RgbImage::from_raw(width as u32, height as u32, dst.into_vec())
+    let src = img.as_raw();
+    let out = match resample.filter() {
+        Some(filter) => resample::resize_rgb8(src, w0, h0, width, height, filter),
+        None => resample::resize_rgb8_nearest(src, w0, h0, width, height),
+    };
+    RgbImage::from_raw(width as u32, height as u32, out)
         .ok_or_else(|| Error::InvalidInput("resize produced a short buffer".into()))
 }
 

@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 use candle_core::{DType, Tensor};
 
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
 }
 
 pub fn model_dir(name: &str) -> PathBuf {
@@ -33,7 +35,8 @@ pub fn npy_f32(path: &Path) -> Tensor {
 
 /// A reference integer tensor (token ids, masks) as rows of u32.
 pub fn npy_ids(path: &Path) -> Vec<Vec<u32>> {
-    let t = Tensor::read_npy(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let t =
+        Tensor::read_npy(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     t.to_dtype(DType::I64)
         .unwrap()
         .to_vec2::<i64>()
@@ -44,7 +47,8 @@ pub fn npy_ids(path: &Path) -> Vec<Vec<u32>> {
 }
 
 pub fn json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -111,7 +115,12 @@ pub fn cli_json(args: &[&str]) -> serde_json::Value {
 /// every one of `needles`.
 pub fn assert_fails_with(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "expected a clean failure, got {:?}: {stderr}", out.status);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a clean failure, got {:?}: {stderr}",
+        out.status
+    );
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     for n in needles {
         assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
