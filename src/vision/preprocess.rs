@@ -7,6 +7,7 @@
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::resample::{self, Filter};
@@ -239,19 +240,27 @@ impl ImageProcessor {
     /// Rescale and normalize into a channels-first buffer. The arithmetic is done in f64 and
     /// rounded once, as numpy does for the PIL processors.
     fn normalize_chw(&self, img: &RgbImage) -> Vec<f32> {
-        let (w, h) = (img.width() as usize, img.height() as usize);
-        let plane = w * h;
-        let mut out = vec![0f32; 3 * plane];
+        let plane = img.width() as usize * img.height() as usize;
         let scale = self.rescale_factor.unwrap_or(1.0);
-        for (i, px) in img.pixels().enumerate() {
-            for c in 0..3 {
-                let mut v = (f64::from(px[c]) * scale) as f32;
-                if let Some((mean, std)) = &self.mean_std {
-                    v = (v - mean[c]) / std[c];
+        // 8-bit inputs have 256 values per channel: compute each once.
+        let lut: [[f32; 256]; 3] = std::array::from_fn(|c| {
+            std::array::from_fn(|v| {
+                let x = (v as f64 * scale) as f32;
+                match &self.mean_std {
+                    Some((mean, std)) => (x - mean[c]) / std[c],
+                    None => x,
                 }
-                out[c * plane + i] = v;
-            }
-        }
+            })
+        });
+        let mut out = vec![0f32; 3 * plane];
+        out.par_chunks_mut(plane.max(1))
+            .zip(lut.par_iter())
+            .enumerate()
+            .for_each(|(c, (dst, lut))| {
+                for (d, px) in dst.iter_mut().zip(img.pixels()) {
+                    *d = lut[usize::from(px[c])];
+                }
+            });
         out
     }
 }
