@@ -13,6 +13,51 @@ use crate::error::{Error, Result};
 /// The LayerNorm epsilon candle-transformers' CLIP towers use.
 pub const CLIP_LAYER_NORM_EPS: f64 = 1e-5;
 
+/// Defaults of transformers' CLIP-style configs (`CLIPTextConfig` / `CLIPVisionConfig`), which
+/// OWL-ViT's and CLIPSeg's config classes copy; used as `serde(default = ...)`. The values that
+/// differ per model (max positions, image size, pad token) stay in each model's file.
+pub mod clip_defaults {
+    pub fn vocab_size() -> usize {
+        49408
+    }
+    pub fn text_hidden() -> usize {
+        512
+    }
+    pub fn text_intermediate() -> usize {
+        2048
+    }
+    pub fn text_heads() -> usize {
+        8
+    }
+    pub fn layers() -> usize {
+        12
+    }
+    pub fn act() -> String {
+        "quick_gelu".into()
+    }
+    pub fn eps() -> f64 {
+        1e-5
+    }
+    pub fn vision_hidden() -> usize {
+        768
+    }
+    pub fn vision_intermediate() -> usize {
+        3072
+    }
+    pub fn vision_heads() -> usize {
+        12
+    }
+    pub fn channels() -> usize {
+        3
+    }
+    pub fn patch_size() -> usize {
+        32
+    }
+    pub fn projection_dim() -> usize {
+        512
+    }
+}
+
 /// The fields of a transformers CLIP-style text config that the tower needs.
 pub struct TextTower<'a> {
     pub vocab_size: usize,

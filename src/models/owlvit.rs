@@ -18,60 +18,21 @@ use candle_transformers::models::clip::{
 };
 use serde::Deserialize;
 
-use super::clip_towers::{TextTower, VisionTower};
+use super::clip_towers::{clip_defaults, TextTower, VisionTower};
 
 /// Added to norms before dividing, as `OwlViTClassPredictionHead` does.
 const NORM_EPS: f64 = 1e-6;
 /// Offset inside the logits of `compute_box_bias`.
 const BOX_BIAS_EPS: f32 = 1e-4;
 
-fn default_vocab_size() -> usize {
-    49408
-}
-fn default_text_hidden() -> usize {
-    512
-}
-fn default_text_intermediate() -> usize {
-    2048
-}
-fn default_text_heads() -> usize {
-    8
-}
 fn default_text_max_positions() -> usize {
     16
-}
-fn default_layers() -> usize {
-    12
-}
-fn default_act() -> String {
-    "quick_gelu".into()
-}
-fn default_eps() -> f64 {
-    1e-5
 }
 fn default_pad_token_id() -> u32 {
     0
 }
-fn default_vision_hidden() -> usize {
-    768
-}
-fn default_vision_intermediate() -> usize {
-    3072
-}
-fn default_vision_heads() -> usize {
-    12
-}
-fn default_channels() -> usize {
-    3
-}
 fn default_image_size() -> usize {
     768
-}
-fn default_patch_size() -> usize {
-    32
-}
-fn default_projection_dim() -> usize {
-    512
 }
 fn default_logit_scale() -> f64 {
     2.6592
@@ -80,21 +41,21 @@ fn default_logit_scale() -> f64 {
 /// transformers' `OwlViTTextConfig`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct OwlVitTextConfig {
-    #[serde(default = "default_vocab_size")]
+    #[serde(default = "clip_defaults::vocab_size")]
     pub vocab_size: usize,
-    #[serde(default = "default_text_hidden")]
+    #[serde(default = "clip_defaults::text_hidden")]
     pub hidden_size: usize,
-    #[serde(default = "default_text_intermediate")]
+    #[serde(default = "clip_defaults::text_intermediate")]
     pub intermediate_size: usize,
-    #[serde(default = "default_layers")]
+    #[serde(default = "clip_defaults::layers")]
     pub num_hidden_layers: usize,
-    #[serde(default = "default_text_heads")]
+    #[serde(default = "clip_defaults::text_heads")]
     pub num_attention_heads: usize,
     #[serde(default = "default_text_max_positions")]
     pub max_position_embeddings: usize,
-    #[serde(default = "default_act")]
+    #[serde(default = "clip_defaults::act")]
     pub hidden_act: String,
-    #[serde(default = "default_eps")]
+    #[serde(default = "clip_defaults::eps")]
     pub layer_norm_eps: f64,
     #[serde(default = "default_pad_token_id")]
     pub pad_token_id: u32,
@@ -103,23 +64,23 @@ pub struct OwlVitTextConfig {
 /// transformers' `OwlViTVisionConfig`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct OwlVitVisionConfig {
-    #[serde(default = "default_vision_hidden")]
+    #[serde(default = "clip_defaults::vision_hidden")]
     pub hidden_size: usize,
-    #[serde(default = "default_vision_intermediate")]
+    #[serde(default = "clip_defaults::vision_intermediate")]
     pub intermediate_size: usize,
-    #[serde(default = "default_layers")]
+    #[serde(default = "clip_defaults::layers")]
     pub num_hidden_layers: usize,
-    #[serde(default = "default_vision_heads")]
+    #[serde(default = "clip_defaults::vision_heads")]
     pub num_attention_heads: usize,
-    #[serde(default = "default_channels")]
+    #[serde(default = "clip_defaults::channels")]
     pub num_channels: usize,
     #[serde(default = "default_image_size")]
     pub image_size: usize,
-    #[serde(default = "default_patch_size")]
+    #[serde(default = "clip_defaults::patch_size")]
     pub patch_size: usize,
-    #[serde(default = "default_act")]
+    #[serde(default = "clip_defaults::act")]
     pub hidden_act: String,
-    #[serde(default = "default_eps")]
+    #[serde(default = "clip_defaults::eps")]
     pub layer_norm_eps: f64,
 }
 
@@ -128,7 +89,7 @@ pub struct OwlVitVisionConfig {
 pub struct OwlVitConfig {
     pub text_config: OwlVitTextConfig,
     pub vision_config: OwlVitVisionConfig,
-    #[serde(default = "default_projection_dim")]
+    #[serde(default = "clip_defaults::projection_dim")]
     pub projection_dim: usize,
     #[serde(default = "default_logit_scale")]
     pub logit_scale_init_value: f64,
@@ -431,4 +392,41 @@ pub fn compute_box_bias(patches_h: usize, patches_w: usize, device: &Device) -> 
         }
     }
     Tensor::from_vec(bias, (patches_h * patches_w, 4), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_takes_owlvit_base_patch32_defaults() {
+        let cfg: OwlVitConfig =
+            serde_json::from_str(r#"{"text_config": {}, "vision_config": {}}"#).unwrap();
+        assert_eq!(
+            (
+                cfg.text_config.hidden_size,
+                cfg.text_config.max_position_embeddings
+            ),
+            (512, 16)
+        );
+        assert_eq!(
+            (cfg.vision_config.image_size, cfg.vision_config.patch_size),
+            (768, 32)
+        );
+        assert_eq!(cfg.num_patches_side(), 24);
+        assert_eq!(cfg.projection_dim, 512);
+    }
+
+    #[test]
+    fn box_bias_matches_transformers_corners() {
+        // For a 2x2 grid the first cell's centre bias is logit(0.5) = 0 and its size bias
+        // logit(0.5) too; the last cell's centre is logit(1.0) with the 1e-4 offsets.
+        let b = compute_box_bias(2, 2, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert!(b[0].iter().all(|v| v.abs() < 1e-4), "{:?}", b[0]);
+        let edge = (1.0f32 + 1e-4).ln() - (1e-4f32 - 1.0).ln_1p();
+        assert!((b[3][0] - edge).abs() < 1e-3 && (b[3][1] - edge).abs() < 1e-3);
+    }
 }

@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use self::decoder::{ClipSegDecoder, DecoderImageState};
 use self::vision::ClipSegVisionTransformer;
-use super::clip_towers::{TextTower, VisionTower};
+use super::clip_towers::{clip_defaults, TextTower, VisionTower};
 
 /// Prompts decoded together against one image: the decoder's MLP activations take
 /// `prompts x tokens x decoder_intermediate_size` floats (~4 MB per prompt for
@@ -39,29 +39,8 @@ pub const MAX_PROMPTS_PER_DECODE: usize = 16;
 /// `eos_token_id` is this value (`CLIPSegTextModel.forward`).
 pub const LEGACY_EOS_TOKEN_ID: u32 = 2;
 
-fn default_vocab_size() -> usize {
-    49408
-}
-fn default_text_hidden() -> usize {
-    512
-}
-fn default_text_intermediate() -> usize {
-    2048
-}
-fn default_text_heads() -> usize {
-    8
-}
 fn default_text_max_positions() -> usize {
     77
-}
-fn default_layers() -> usize {
-    12
-}
-fn default_act() -> String {
-    "quick_gelu".into()
-}
-fn default_eps() -> f64 {
-    1e-5
 }
 fn default_pad_token_id() -> u32 {
     1
@@ -72,26 +51,8 @@ fn default_bos_token_id() -> u32 {
 fn default_eos_token_id() -> u32 {
     49407
 }
-fn default_vision_hidden() -> usize {
-    768
-}
-fn default_vision_intermediate() -> usize {
-    3072
-}
-fn default_vision_heads() -> usize {
-    12
-}
-fn default_channels() -> usize {
-    3
-}
 fn default_image_size() -> usize {
     224
-}
-fn default_patch_size() -> usize {
-    32
-}
-fn default_projection_dim() -> usize {
-    512
 }
 fn default_extract_layers() -> Vec<usize> {
     vec![3, 6, 9]
@@ -109,21 +70,21 @@ fn default_decoder_intermediate() -> usize {
 /// transformers' `CLIPSegTextConfig`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipSegTextConfig {
-    #[serde(default = "default_vocab_size")]
+    #[serde(default = "clip_defaults::vocab_size")]
     pub vocab_size: usize,
-    #[serde(default = "default_text_hidden")]
+    #[serde(default = "clip_defaults::text_hidden")]
     pub hidden_size: usize,
-    #[serde(default = "default_text_intermediate")]
+    #[serde(default = "clip_defaults::text_intermediate")]
     pub intermediate_size: usize,
-    #[serde(default = "default_layers")]
+    #[serde(default = "clip_defaults::layers")]
     pub num_hidden_layers: usize,
-    #[serde(default = "default_text_heads")]
+    #[serde(default = "clip_defaults::text_heads")]
     pub num_attention_heads: usize,
     #[serde(default = "default_text_max_positions")]
     pub max_position_embeddings: usize,
-    #[serde(default = "default_act")]
+    #[serde(default = "clip_defaults::act")]
     pub hidden_act: String,
-    #[serde(default = "default_eps")]
+    #[serde(default = "clip_defaults::eps")]
     pub layer_norm_eps: f64,
     #[serde(default = "default_pad_token_id")]
     pub pad_token_id: u32,
@@ -136,23 +97,23 @@ pub struct ClipSegTextConfig {
 /// transformers' `CLIPSegVisionConfig`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipSegVisionConfig {
-    #[serde(default = "default_vision_hidden")]
+    #[serde(default = "clip_defaults::vision_hidden")]
     pub hidden_size: usize,
-    #[serde(default = "default_vision_intermediate")]
+    #[serde(default = "clip_defaults::vision_intermediate")]
     pub intermediate_size: usize,
-    #[serde(default = "default_layers")]
+    #[serde(default = "clip_defaults::layers")]
     pub num_hidden_layers: usize,
-    #[serde(default = "default_vision_heads")]
+    #[serde(default = "clip_defaults::vision_heads")]
     pub num_attention_heads: usize,
-    #[serde(default = "default_channels")]
+    #[serde(default = "clip_defaults::channels")]
     pub num_channels: usize,
     #[serde(default = "default_image_size")]
     pub image_size: usize,
-    #[serde(default = "default_patch_size")]
+    #[serde(default = "clip_defaults::patch_size")]
     pub patch_size: usize,
-    #[serde(default = "default_act")]
+    #[serde(default = "clip_defaults::act")]
     pub hidden_act: String,
-    #[serde(default = "default_eps")]
+    #[serde(default = "clip_defaults::eps")]
     pub layer_norm_eps: f64,
 }
 
@@ -162,7 +123,7 @@ pub struct ClipSegVisionConfig {
 pub struct ClipSegConfig {
     pub text_config: ClipSegTextConfig,
     pub vision_config: ClipSegVisionConfig,
-    #[serde(default = "default_projection_dim")]
+    #[serde(default = "clip_defaults::projection_dim")]
     pub projection_dim: usize,
     #[serde(default = "default_extract_layers")]
     pub extract_layers: Vec<usize>,
