@@ -10,6 +10,7 @@ use hf_hub::{api::sync::ApiBuilder, Cache, Repo, RepoType};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::vision::preprocess::PreprocessorConfig;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
@@ -94,6 +95,15 @@ impl Checkpoint {
             what: name.into(),
         })?;
         read_json(&path)
+    }
+
+    /// preprocessor_config.json, or all defaults when the checkpoint has none (the processor
+    /// class's defaults then apply).
+    pub fn preprocessor_config(&self) -> Result<PreprocessorConfig> {
+        match self.file(PREPROCESSOR_FILE) {
+            Some(_) => self.json(PREPROCESSOR_FILE),
+            None => Ok(PreprocessorConfig::default()),
+        }
     }
 
     /// Parses config.json into the model's config struct.

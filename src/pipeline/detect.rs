@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 use image::RgbImage;
 
 use super::{
-    checkpoint::{Checkpoint, PREPROCESSOR_FILE},
+    checkpoint::Checkpoint,
     device::LoadOptions,
     tokenizer::{Padding, TextTokenizer, TokenizerKind},
     types::{Detection, DetectionResult, Timings},
@@ -109,10 +109,7 @@ impl Detector {
             config.text_config.max_position_embeddings,
             config.text_config.pad_token_id,
         )?;
-        let pre: PreprocessorConfig = match ckpt.file(PREPROCESSOR_FILE) {
-            Some(_) => ckpt.json(PREPROCESSOR_FILE)?,
-            None => PreprocessorConfig::default(),
-        };
+        let pre: PreprocessorConfig = ckpt.preprocessor_config()?;
         let mut defaults = OWLVIT_PROCESSOR_DEFAULTS;
         let side = config.vision_config.image_size;
         defaults.size = SizeSpec::HeightWidth {

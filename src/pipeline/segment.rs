@@ -10,7 +10,7 @@ use image::{GrayImage, RgbImage};
 use serde::Serialize;
 
 use super::{
-    checkpoint::{Checkpoint, PREPROCESSOR_FILE},
+    checkpoint::Checkpoint,
     device::LoadOptions,
     tokenizer::{Padding, TextTokenizer, TokenizerKind},
     types::Timings,
@@ -175,10 +175,7 @@ impl Segmenter {
             config.text_config.max_position_embeddings,
             config.text_config.pad_token_id,
         )?;
-        let pre: PreprocessorConfig = match ckpt.file(PREPROCESSOR_FILE) {
-            Some(_) => ckpt.json(PREPROCESSOR_FILE)?,
-            None => PreprocessorConfig::default(),
-        };
+        let pre: PreprocessorConfig = ckpt.preprocessor_config()?;
         let processor = ImageProcessor::from_config(pre, &VIT_PROCESSOR_DEFAULTS)?;
         let patch_size = config.vision_config.patch_size;
         // The decoder reshapes the patch tokens to a square grid (`CLIPSegDecoder.forward`).

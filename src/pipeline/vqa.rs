@@ -8,7 +8,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use super::{
-    checkpoint::{Checkpoint, PREPROCESSOR_FILE},
+    checkpoint::Checkpoint,
     device::LoadOptions,
     tokenizer::{Padding, TextTokenizer, TokenBatch, TokenizerKind},
     types::Timings,
@@ -95,10 +95,7 @@ impl VqaModel {
             config.max_position_embeddings,
             config.pad_token_id.unwrap_or(BERT_PAD_ID),
         )?;
-        let mut pre: PreprocessorConfig = match ckpt.file(PREPROCESSOR_FILE) {
-            Some(_) => ckpt.json(PREPROCESSOR_FILE)?,
-            None => PreprocessorConfig::default(),
-        };
+        let mut pre: PreprocessorConfig = ckpt.preprocessor_config()?;
         // ViltImageProcessor always derives the longer-edge cap from the shorter edge
         // (1333/800 of it) and defaults size_divisor to 32.
         if let Some(SizeSpec::ShortestEdge { shortest_edge, .. }) = pre.size {
