@@ -28,26 +28,11 @@ const LOGIT_REL_TOL: f32 = 1e-4;
 const EMBED_TOL: f32 = 1e-5;
 
 fn stems(model: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(fixtures().join("reference").join(model))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    assert!(v.len() >= 4, "{model}: too few reference images: {v:?}");
-    v
-}
-
-fn meta(model: &str, stem: &str) -> serde_json::Value {
-    json(&reference_dir(model, stem).join("meta.json"))
+    stems_at_least(model, 4)
 }
 
 fn prompts(meta: &serde_json::Value) -> Vec<String> {
-    meta["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q.as_str().unwrap().to_string())
-        .collect()
+    strings(meta, "prompts")
 }
 
 fn at_model_size(meta: &serde_json::Value) -> bool {

@@ -25,26 +25,11 @@ const BOX_PX_TOL: f32 = 0.01;
 /// Reference image stems per model: the photos (resized by the processor) and the crop saved
 /// at exactly the model's input size.
 fn stems(model: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(fixtures().join("reference").join(model))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    assert!(v.len() >= 3, "{model}: too few reference images: {v:?}");
-    v
-}
-
-fn meta(model: &str, stem: &str) -> serde_json::Value {
-    json(&reference_dir(model, stem).join("meta.json"))
+    stems_at_least(model, 3)
 }
 
 fn queries(meta: &serde_json::Value) -> Vec<String> {
-    meta["queries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q.as_str().unwrap().to_string())
-        .collect()
+    strings(meta, "queries")
 }
 
 fn load(model: &str) -> Detector {

@@ -24,26 +24,11 @@ const SCORE_TOL: f32 = 1e-4;
 const LOGIT_TOL: f32 = 1e-4;
 
 fn stems(model: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(fixtures().join("reference").join(model))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    assert!(v.len() >= 4, "{model}: too few reference images: {v:?}");
-    v
-}
-
-fn meta(model: &str, stem: &str) -> serde_json::Value {
-    json(&reference_dir(model, stem).join("meta.json"))
+    stems_at_least(model, 4)
 }
 
 fn questions(meta: &serde_json::Value) -> Vec<String> {
-    meta["questions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q.as_str().unwrap().to_string())
-        .collect()
+    strings(meta, "questions")
 }
 
 fn load(model: &str) -> VqaModel {

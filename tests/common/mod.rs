@@ -25,6 +25,32 @@ pub fn reference_dir(model: &str, image_stem: &str) -> PathBuf {
     fixtures().join("reference").join(model).join(image_stem)
 }
 
+/// The image stems that have references for `model`, sorted; fails below `min` of them.
+pub fn stems_at_least(model: &str, min: usize) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(fixtures().join("reference").join(model))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    assert!(v.len() >= min, "{model}: too few reference images: {v:?}");
+    v
+}
+
+/// meta.json of one reference.
+pub fn meta(model: &str, stem: &str) -> serde_json::Value {
+    json(&reference_dir(model, stem).join("meta.json"))
+}
+
+/// A list of strings in a meta.json (`queries`, `prompts`, `questions`).
+pub fn strings(meta: &serde_json::Value, key: &str) -> Vec<String> {
+    meta[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("meta.json has no list `{key}`"))
+        .iter()
+        .map(|q| q.as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A reference tensor written by scripts/make_fixtures.py, as f32.
 pub fn npy_f32(path: &Path) -> Tensor {
     Tensor::read_npy(path)
