@@ -1,7 +1,7 @@
 //! Open-vocabulary detection with OWL-ViT: queries are encoded once per vocabulary and cached,
 //! so a frame costs one vision pass.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
@@ -10,6 +10,7 @@ use image::RgbImage;
 use super::{
     checkpoint::Checkpoint,
     device::LoadOptions,
+    text_cache::TextCache,
     tokenizer::{Padding, TextTokenizer, TokenizerKind},
     types::{Detection, DetectionResult, Timings},
     validate_texts,
@@ -74,7 +75,7 @@ pub struct Detector {
     tokenizer: TextTokenizer,
     processor: ImageProcessor,
     options: LoadOptions,
-    cache: Mutex<Option<Arc<QueryEmbeddings>>>,
+    cache: TextCache<QueryEmbeddings>,
 }
 
 /// `OwlViTImageProcessor`'s class defaults.
@@ -136,7 +137,7 @@ impl Detector {
             tokenizer,
             processor,
             options: options.clone(),
-            cache: Mutex::new(None),
+            cache: TextCache::new(),
         })
     }
 
@@ -174,21 +175,8 @@ impl Detector {
     /// The embeddings of `queries`, re-encoded only when the vocabulary changed since the last
     /// call.
     pub fn queries<S: AsRef<str>>(&self, queries: &[S]) -> Result<Arc<QueryEmbeddings>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(cached) = cache.as_ref() {
-            if cached.texts.len() == queries.len()
-                && cached
-                    .texts
-                    .iter()
-                    .zip(queries)
-                    .all(|(a, b)| a == b.as_ref())
-            {
-                return Ok(Arc::clone(cached));
-            }
-        }
-        let fresh = Arc::new(self.encode_queries(queries)?);
-        *cache = Some(Arc::clone(&fresh));
-        Ok(fresh)
+        self.cache
+            .get_or_encode(queries, || self.encode_queries(queries))
     }
 
     /// Preprocessed pixel values (1, 3, H, W) in the model's dtype.

@@ -2,7 +2,7 @@
 //! frame costs one vision pass plus the conditional decoder for all prompts in one batch.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::{
     checkpoint::Checkpoint,
     device::LoadOptions,
+    text_cache::TextCache,
     tokenizer::{Padding, TextTokenizer, TokenizerKind},
     types::Timings,
     validate_texts,
@@ -153,7 +154,7 @@ pub struct Segmenter {
     processor: ImageProcessor,
     options: LoadOptions,
     patch_size: usize,
-    cache: Mutex<Option<Arc<PromptEmbeddings>>>,
+    cache: TextCache<PromptEmbeddings>,
 }
 
 impl Segmenter {
@@ -205,7 +206,7 @@ impl Segmenter {
             processor,
             options: options.clone(),
             patch_size,
-            cache: Mutex::new(None),
+            cache: TextCache::new(),
         })
     }
 
@@ -248,21 +249,8 @@ impl Segmenter {
 
     /// The embeddings of `prompts`, re-encoded only when the list changed since the last call.
     pub fn prompts<S: AsRef<str>>(&self, prompts: &[S]) -> Result<Arc<PromptEmbeddings>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(cached) = cache.as_ref() {
-            if cached.texts.len() == prompts.len()
-                && cached
-                    .texts
-                    .iter()
-                    .zip(prompts)
-                    .all(|(a, b)| a == b.as_ref())
-            {
-                return Ok(Arc::clone(cached));
-            }
-        }
-        let fresh = Arc::new(self.encode_prompts(prompts)?);
-        *cache = Some(Arc::clone(&fresh));
-        Ok(fresh)
+        self.cache
+            .get_or_encode(prompts, || self.encode_prompts(prompts))
     }
 
     /// Image prompts (`conditional_pixel_values`): each image goes through the processor and
