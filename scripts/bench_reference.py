@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """The transformers + PyTorch half of the side-by-side benchmark (scripts/bench.sh).
 
-  bench_reference.py make-checkpoint OUT_DIR
-      Writes a randomly initialised OwlViTForObjectDetection with the google/owlvit-base-patch32
-      architecture (transformers' OwlViTConfig defaults: ViT-B/32 at 768x768, 12+12 layers) in hub
-      layout, with the CLIP tokenizer of the fixtures. Speed does not depend on the weights, and
-      the real checkpoint cannot be downloaded here.
+  bench_reference.py make-checkpoint OUT_DIR [--arch owlvit|clipseg|vilt] [--format safetensors|bin]
+      Writes a randomly initialised checkpoint with the architecture of the reference checkpoint
+      (transformers' config defaults: owlvit = google/owlvit-base-patch32, ViT-B/32 at 768x768,
+      12+12 layers; clipseg = CIDAS/clipseg-rd64 at 352x352; vilt = ViLT-B/32 with the 3129
+      answers of dandelin/vilt-b32-finetuned-vqa) in hub layout, with the tokenizer of the
+      fixtures. Speed and memory do not depend on the weights, and the real checkpoints cannot
+      be downloaded here.
+
+  bench_reference.py peak-rss -- COMMAND [ARG ...]
+      Runs COMMAND and prints its peak resident set size (getrusage of the child) as JSON.
 
   bench_reference.py detect --model DIR --image FILE --query Q [...] [--device cuda] [--dtype f16]
       Times, per frame: the processor (preprocess), the full model call as transformers users run
@@ -24,27 +29,72 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_FROM = ROOT / "tests" / "fixtures" / "models" / "owlvit-tiny-p16"
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"]
+FIXTURE_MODELS = ROOT / "tests" / "fixtures" / "models"
+# Tokenizer and processor files per architecture, from the fixture checkpoints (real vocabularies).
+TOKENIZER_FROM = {"owlvit": "owlvit-tiny-p16", "clipseg": "clipseg-tiny-rd16", "vilt": "vilt-tiny-vqa"}
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt"]
+# The answer vocabulary size of dandelin/vilt-b32-finetuned-vqa (VQAv2's 3129 answers).
+VILT_VQA_LABELS = 3129
 
 
-def make_checkpoint(out: Path) -> None:
-    from transformers import OwlViTConfig, OwlViTForObjectDetection
+def make_checkpoint(out: Path, arch: str = "owlvit", fmt: str = "safetensors") -> None:
+    import transformers as tf
 
     torch.manual_seed(0)
-    config = OwlViTConfig()  # defaults = google/owlvit-base-patch32
-    config.architectures = ["OwlViTForObjectDetection"]
-    model = OwlViTForObjectDetection(config).eval()
+    if arch == "owlvit":
+        config = tf.OwlViTConfig()  # defaults = google/owlvit-base-patch32
+        model_cls, side = tf.OwlViTForObjectDetection, config.vision_config.image_size
+        config.architectures = ["OwlViTForObjectDetection"]
+    elif arch == "clipseg":
+        config = tf.CLIPSegConfig()  # defaults = CIDAS/clipseg-rd64
+        model_cls, side = tf.CLIPSegForImageSegmentation, 352  # the processor size of CIDAS/clipseg-rd64-refined
+        config.architectures = ["CLIPSegForImageSegmentation"]
+    elif arch == "vilt":
+        labels = {i: f"answer {i}" for i in range(VILT_VQA_LABELS)}
+        config = tf.ViltConfig(num_labels=VILT_VQA_LABELS, id2label=labels, label2id={v: k for k, v in labels.items()})
+        model_cls, side = tf.ViltForQuestionAnswering, 384  # the shortest edge of the VQA checkpoint
+        config.architectures = ["ViltForQuestionAnswering"]
+    else:
+        raise SystemExit(f"unknown architecture {arch}")
+    model = model_cls(config).eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
+    if fmt == "bin":
+        # transformers 5 writes only safetensors: the same state dict as transformers 4's pytorch_model.bin
+        from safetensors.torch import load_file
+
+        state = load_file(str(out / "model.safetensors"))
+        (out / "model.safetensors").unlink()
+        torch.save({k: state[k].contiguous() for k in sorted(state)}, out / "pytorch_model.bin")
+    src = FIXTURE_MODELS / TOKENIZER_FROM[arch]
     for name in TOKENIZER_FILES:
-        shutil.copy(TOKENIZER_FROM / name, out / name)
-    pre = json.loads((TOKENIZER_FROM / "preprocessor_config.json").read_text())
-    side = config.vision_config.image_size
-    pre["size"] = {"height": side, "width": side}
-    pre["crop_size"] = {"height": side, "width": side}
+        if (src / name).exists():
+            shutil.copy(src / name, out / name)
+    if arch == "vilt":
+        # ViLT's text positions: 40 in the real checkpoint
+        tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+        tok_cfg["model_max_length"] = config.max_position_embeddings
+        (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    pre = json.loads((src / "preprocessor_config.json").read_text())
+    if arch == "vilt":
+        pre["size"] = {"shortest_edge": side}
+    else:
+        pre["size"] = {"height": side, "width": side}
+        if "crop_size" in pre:
+            pre["crop_size"] = {"height": side, "width": side}
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     print(out)
+
+
+def peak_rss(command) -> None:
+    import resource
+    import subprocess
+
+    t = time.perf_counter()
+    proc = subprocess.run(command, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"command": command, "exit": proc.returncode, "peak_rss_bytes": peak, "wall_s": round(wall, 2)}))
 
 
 def stats(values):
@@ -128,6 +178,10 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     mk = sub.add_parser("make-checkpoint")
     mk.add_argument("out", type=Path)
+    mk.add_argument("--arch", choices=["owlvit", "clipseg", "vilt"], default="owlvit")
+    mk.add_argument("--format", choices=["safetensors", "bin"], default="safetensors")
+    pr = sub.add_parser("peak-rss")
+    pr.add_argument("command", nargs=argparse.REMAINDER)
     d = sub.add_parser("detect")
     d.add_argument("--model", required=True)
     d.add_argument("--image", required=True)
@@ -138,7 +192,9 @@ def main() -> None:
     d.add_argument("--iters", type=int, default=20)
     args = p.parse_args()
     if args.cmd == "make-checkpoint":
-        make_checkpoint(args.out)
+        make_checkpoint(args.out, args.arch, args.format)
+    elif args.cmd == "peak-rss":
+        peak_rss(args.command[1:] if args.command[:1] == ["--"] else args.command)
     else:
         detect(args)
 

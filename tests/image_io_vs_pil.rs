@@ -1,5 +1,6 @@
-//! How close the Rust resizer (a port of Pillow's, `vision::resample`) is to Pillow and to
-//! torchvision on a real photo, at the sizes scripts/make_fixtures.py wrote (uint8 outputs).
+//! Image input against Pillow: decoding in every format Pillow reads, and how close the Rust
+//! resizer (a port of Pillow's, `vision::resample`) is to Pillow and to torchvision on a real
+//! photo, at the sizes scripts/make_fixtures.py wrote (uint8 outputs).
 
 mod common;
 
@@ -79,26 +80,75 @@ fn resizer_is_within_one_level_of_pillow_and_torchvision() {
 
 #[test]
 fn decoded_pixels_match_pillow() {
-    // decoded.json holds the sum of Pillow's RGB pixels per image. PNG decoding is exact; JPEG
-    // decoders (the image crate's zune-jpeg here, libjpeg-turbo in Pillow) round their IDCT and
-    // chroma upsampling differently: measured on rocket.jpg, a mean drift of 0.005 levels per
-    // value, held here to 0.01.
+    // decoded.json holds Pillow's decoded RGB (sha256 and sum) per image, in every format Pillow
+    // (so transformers) reads: PNG, JPEG, WebP (lossless and lossy), GIF (the first frame of an
+    // animated one), BMP, TIFF. Lossless formats must decode to exactly Pillow's pixels. Lossy
+    // decoders round differently: the image crate's zune-jpeg against libjpeg-turbo drifts by
+    // 0.005 levels per value on rocket.jpg, image-webp against libwebp likewise; held to 0.01.
+    use sha2::{Digest, Sha256};
     let decoded = json(&fixtures().join("images").join("decoded.json"));
-    let mut seen = 0;
+    let mut formats = std::collections::BTreeSet::new();
     for (name, entry) in decoded.as_object().unwrap() {
-        let img = load_rgb(&image_path(name)).unwrap();
+        let img = load_rgb(&image_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let [h, w] = [0, 1].map(|i| entry["size_hw"][i].as_u64().unwrap() as u32);
         assert_eq!((img.height(), img.width()), (h, w), "{name}");
         let ours: u64 = img.as_raw().iter().map(|&v| u64::from(v)).sum();
         let theirs = entry["decoded_rgb_sum"].as_u64().unwrap();
         let per_value = (ours as f64 - theirs as f64).abs() / img.as_raw().len() as f64;
         eprintln!("{name}: sum {ours} vs Pillow {theirs} ({per_value:.2e} levels per value)");
-        if name.ends_with(".png") {
-            assert_eq!(ours, theirs, "{name}: PNG decoding must be exact");
+        if entry["lossless"].as_bool().unwrap() {
+            let sha: String = Sha256::digest(img.as_raw())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(
+                sha,
+                entry["decoded_rgb_sha256"].as_str().unwrap(),
+                "{name}: lossless decoding must give Pillow's pixels"
+            );
         } else {
             assert!(per_value < 1e-2, "{name}: {per_value} levels per value");
         }
-        seen += 1;
+        formats.insert(name.rsplit('.').next().unwrap().to_string());
     }
-    assert!(seen >= 3);
+    assert_eq!(
+        formats.into_iter().collect::<Vec<_>>(),
+        ["bmp", "gif", "jpg", "png", "tiff", "webp"]
+    );
+}
+
+#[test]
+fn cli_detects_the_same_in_every_lossless_format() {
+    // The same pixels as PNG, WebP (lossless), BMP and TIFF give the same detections; a GIF
+    // (palette-quantised, so other pixels) and its animated variant (first frame) agree.
+    let model = model_dir("owlvit-tiny-p16");
+    let detect = |image: &str| {
+        let path = image_path(image);
+        let out = cli_json(&[
+            "detect",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            path.to_str().unwrap(),
+            "--query",
+            "a photo of a cat",
+            "--threshold",
+            "0.0",
+            "--json",
+        ]);
+        out["detections"].clone()
+    };
+    let png = detect("chelsea_201x87.png");
+    assert!(!png.as_array().unwrap().is_empty());
+    for other in [
+        "chelsea_201x87.webp",
+        "chelsea_201x87.bmp",
+        "chelsea_201x87.tiff",
+    ] {
+        assert_eq!(detect(other), png, "{other}");
+    }
+    assert_eq!(
+        detect("chelsea_201x87_animated.gif"),
+        detect("chelsea_201x87.gif")
+    );
 }

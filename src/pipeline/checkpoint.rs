@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use hf_hub::{api::sync::ApiBuilder, Cache, Repo, RepoType};
 use serde::de::DeserializeOwned;
 
+use super::weights::SafetensorsFile;
 use crate::error::{Error, Result};
 use crate::vision::preprocess::PreprocessorConfig;
 
@@ -136,7 +137,7 @@ impl Checkpoint {
         }
     }
 
-    /// The weights file: `model.safetensors` (memory-mapped), else `pytorch_model.bin`.
+    /// The weights file: `model.safetensors`, else `pytorch_model.bin`.
     pub fn weights_path(&self) -> Result<PathBuf> {
         self.file(SAFETENSORS_FILE)
             .or_else(|| self.file(PYTORCH_FILE))
@@ -155,10 +156,14 @@ impl Checkpoint {
             source: Box::new(source),
         };
         if path.extension().is_some_and(|e| e == "safetensors") {
-            // SAFETY: the file is memory-mapped read-only; like every mmap user we assume it is
-            // not truncated by another process while the model is alive.
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&path], dtype, device) }
-                .map_err(weights_err)
+            // Read tensor by tensor, not memory-mapped: a mapping stays resident beside the
+            // loaded copies (peak RSS twice the weights).
+            let file = SafetensorsFile::open(&path).map_err(weights_err)?;
+            Ok(VarBuilder::from_backend(
+                Box::new(file),
+                dtype,
+                device.clone(),
+            ))
         } else {
             VarBuilder::from_pth(&path, dtype, device).map_err(weights_err)
         }

@@ -12,6 +12,7 @@ mod text_cache;
 pub mod tokenizer;
 pub mod types;
 pub mod vqa;
+pub mod weights;
 
 pub use checkpoint::Checkpoint;
 pub use detect::{DetectParams, Detector, QueryEmbeddings};

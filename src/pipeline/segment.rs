@@ -153,7 +153,6 @@ pub struct Segmenter {
     tokenizer: TextTokenizer,
     processor: ImageProcessor,
     options: LoadOptions,
-    patch_size: usize,
     cache: TextCache<PromptEmbeddings>,
 }
 
@@ -205,7 +204,6 @@ impl Segmenter {
             tokenizer,
             processor,
             options: options.clone(),
-            patch_size,
             cache: TextCache::new(),
         })
     }
@@ -280,22 +278,9 @@ impl Segmenter {
         })
     }
 
-    /// Fails with a clear message for images smaller than one patch.
-    fn check_image(&self, image: &RgbImage) -> Result<()> {
-        let (w, h) = image.dimensions();
-        let p = self.patch_size as u32;
-        if w < p || h < p {
-            return Err(Error::InvalidInput(format!(
-                "image is {w}x{h} pixels, smaller than one {p}x{p} patch of `{}`",
-                self.name
-            )));
-        }
-        Ok(())
-    }
-
-    /// Preprocessed pixel values (1, 3, S, S) in the model's dtype.
+    /// Preprocessed pixel values (1, 3, S, S) in the model's dtype. Any image size works: the
+    /// processor resizes to its fixed size, as transformers' does (a 1x1 crop included).
     pub fn pixel_values(&self, image: &RgbImage) -> Result<Tensor> {
-        self.check_image(image)?;
         Ok(self
             .processor
             .preprocess(image, &self.options.device)?

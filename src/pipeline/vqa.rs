@@ -157,17 +157,12 @@ impl VqaModel {
         self.tokenizer.encode(&[question], Padding::Longest)
     }
 
-    /// Preprocessed pixel values (1, 3, H, W) in the model's dtype. Fails for images smaller
-    /// than one patch, or whose resized size would hold no whole patch.
+    /// Preprocessed pixel values (1, 3, H, W) in the model's dtype. Accepts every image that
+    /// transformers' processor accepts: small ones are scaled up to the shortest edge. Fails,
+    /// as the processor does, when the resize rounds a side below one patch (a 1x500 strip).
     pub fn pixel_values(&self, image: &RgbImage) -> Result<Tensor> {
         let (w, h) = image.dimensions();
         let p = self.patch_size;
-        if (w as usize) < p || (h as usize) < p {
-            return Err(Error::InvalidInput(format!(
-                "image is {w}x{h} pixels, smaller than one {p}x{p} patch of `{}`",
-                self.name
-            )));
-        }
         let (rh, rw) = self.processor.resized_size(h as usize, w as usize);
         if rh < p || rw < p {
             return Err(Error::InvalidInput(format!(

@@ -20,7 +20,8 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     decode_rgb(&bytes, &name)
 }
 
-/// Decodes encoded image bytes (PNG, JPEG) into RGB; `name` is used in errors.
+/// Decodes encoded image bytes (PNG, JPEG, WebP, GIF - first frame -, BMP, TIFF: what Pillow
+/// reads for transformers) into RGB; `name` is used in errors.
 pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
     let err = |reason: String| Error::Image {
         name: name.to_string(),

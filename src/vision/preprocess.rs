@@ -267,6 +267,7 @@ impl ImageProcessor {
 
 /// transformers' ViLT `get_resize_output_image_size`: shorter edge to `shortest`, longer edge
 /// at most `longest` (default `shortest * 1333 / 800`), both floored to a multiple of `divisor`.
+/// A side can come out 0 for extreme aspect ratios (1x500), where transformers fails too.
 pub fn shortest_edge_size(
     height: usize,
     width: usize,
@@ -299,7 +300,7 @@ pub fn shortest_edge_size(
         nh = nh / d * d;
         nw = nw / d * d;
     }
-    (nh.max(1), nw.max(1))
+    (nh, nw)
 }
 
 /// Resizes like Pillow's `Image.resize(size, resample)` (bit-exact, see [`super::resample`]).

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Peak resident memory of one CLI run per model and weights format, against the size of the
+# weights (the defects issue's bound: peak RSS <= 1.2x the weights on CPU). Full-size random
+# checkpoints of the three reference architectures (scripts/bench_reference.py make-checkpoint),
+# safetensors and pytorch_model.bin. One JSON line per run on stdout.
+#   scripts/bench_memory.sh
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+python="${BENCH_PYTHON:-}"
+if [ -z "$python" ]; then
+  python="$(bash scripts/setup_reference.sh)/bin/python"
+fi
+cargo build --release --quiet --bin vlm-perception
+cli="$root/target/release/vlm-perception"
+image="$root/tests/fixtures/images/chelsea.png"
+echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores" >&2
+for arch in owlvit clipseg vilt; do
+  for fmt in safetensors bin; do
+    model="$root/target/bench/$arch-random-$fmt"
+    [ -f "$model/config.json" ] || "$python" scripts/bench_reference.py make-checkpoint "$model" --arch "$arch" --format "$fmt" >/dev/null
+    if [ "$fmt" = safetensors ]; then file="$model/model.safetensors"; else file="$model/pytorch_model.bin"; fi
+    weights="$(stat -c %s "$file")"
+    case "$arch" in
+      owlvit) task=(detect --query "a photo of a cat" --query "a remote control") ;;
+      clipseg) task=(segment --prompt "a cat" --prompt "a remote control") ;;
+      vilt) task=(ask --question "how many cats are there?") ;;
+    esac
+    run="$("$python" scripts/bench_reference.py peak-rss -- "$cli" "${task[0]}" --model "$model" --image "$image" "${task[@]:1}")"
+    "$python" - "$arch" "$fmt" "$weights" "$run" <<'PY'
+import json, sys
+arch, fmt, weights, run = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+assert run["exit"] == 0, run
+peak = run["peak_rss_bytes"]
+print(json.dumps({"model": arch, "format": fmt, "weights_mib": round(weights / 2**20, 1),
+                  "peak_rss_mib": round(peak / 2**20, 1), "peak_over_weights": round(peak / weights, 3),
+                  "wall_s": run["wall_s"]}))
+PY
+  done
+done
