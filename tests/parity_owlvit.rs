@@ -473,3 +473,61 @@ fn bf16_on_cpu_is_refused_with_a_clear_error() {
     ]);
     assert_fails_with(&out, &["bf16", "cpu"]);
 }
+
+#[test]
+fn best_box_per_query_matches_reference_logits() {
+    // The planner's affordance (`~/score`): per query, its own best box over all patches -
+    // sigmoid(max over boxes of logits[:, q]) and that box - from the pipeline on the images at
+    // model size, against transformers' logits and boxes.
+    for model in MODELS {
+        let det = load(model);
+        for stem in stems(model) {
+            let m = meta(model, &stem);
+            if m["original_size_hw"] != m["processor_input_size_hw"] {
+                continue;
+            }
+            let qs = queries(&m);
+            let img = load_rgb(&image_path(m["image"].as_str().unwrap())).unwrap();
+            let emb = det.encode_queries(&qs).unwrap();
+            let ours = det.best_per_query(&img, &emb).unwrap().detections;
+            assert_eq!(ours.len(), qs.len());
+            let dir = reference_dir(model, &stem);
+            let logits = npy_f32(&dir.join("logits.npy")).squeeze(0).unwrap();
+            let logits: Vec<Vec<f32>> = logits.to_vec2().unwrap();
+            let boxes: Vec<Vec<f32>> = npy_f32(&dir.join("pred_boxes.npy"))
+                .squeeze(0)
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            let (h, w) = (img.height() as f32, img.width() as f32);
+            for (q, d) in ours.iter().enumerate() {
+                assert_eq!((d.query_index, d.label.as_str()), (q, qs[q].as_str()));
+                let (i, best) = logits
+                    .iter()
+                    .map(|row| row[q])
+                    .enumerate()
+                    .fold((0, f32::MIN), |a, (i, v)| if v > a.1 { (i, v) } else { a });
+                let score = 1.0 / (1.0 + (-best).exp());
+                assert!(
+                    (d.score - score).abs() < SCORE_TOL,
+                    "{model}/{stem} q{q}: {} vs {score}",
+                    d.score
+                );
+                let [cx, cy, bw, bh] = [0, 1, 2, 3].map(|k| boxes[i][k]);
+                let want = [
+                    (cx - bw / 2.0) * w,
+                    (cy - bh / 2.0) * h,
+                    (cx + bw / 2.0) * w,
+                    (cy + bh / 2.0) * h,
+                ];
+                let got = [d.bbox.x_min, d.bbox.y_min, d.bbox.x_max, d.bbox.y_max];
+                for (a, b) in got.iter().zip(want) {
+                    assert!(
+                        (a - b).abs() < BOX_PX_TOL,
+                        "{model}/{stem} q{q}: box {got:?} vs {want:?}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -19,7 +19,8 @@ use r2r::sensor_msgs::msg::{CompressedImage, Image};
 use r2r::std_msgs::msg::Header;
 use r2r::vlm_perception_msgs::msg as vmsg;
 use r2r::{Parameter, ParameterValue};
-use vlm_perception::pipeline::DetectionResult;
+use vlm_perception::pipeline::{Detection, DetectionResult};
+use vlm_perception::vision::depth::Object3d;
 
 use vlm_perception::pipeline::{SegmentationResult, VqaResult};
 use vlm_perception::vision::boxes::BBox;
@@ -27,6 +28,11 @@ use vlm_perception::vision::image_io::{check_size, decode_rgb, to_rgb};
 
 use crate::params::Value;
 use crate::worker::{ModelState, Snapshot, TaskSnapshot};
+
+mod planner;
+mod spatial;
+pub use planner::{ground_target, phrase_scores};
+pub use spatial::{camera_info, depth_image, markers, request_camera_info, request_depth};
 
 /// `diagnostic_msgs/DiagnosticStatus` levels (DiagnosticStatus.msg: OK=0, WARN=1, ERROR=2,
 /// STALE=3).
@@ -321,7 +327,7 @@ pub fn rgb_image_msg(header: &FrameHeader, img: &RgbImage) -> Image {
 }
 
 /// A binary mask as `sensor_msgs/Image` mono8.
-fn mono_image_msg(header: &FrameHeader, img: &GrayImage) -> Image {
+pub(crate) fn mono_image_msg(header: &FrameHeader, img: &GrayImage) -> Image {
     Image {
         header: header.to_msg(),
         height: img.height(),
@@ -334,7 +340,7 @@ fn mono_image_msg(header: &FrameHeader, img: &GrayImage) -> Image {
 }
 
 /// Corners -> vision_msgs-style center + size.
-fn bbox_msg(b: &BBox) -> vmsg::BoundingBox2D {
+pub(crate) fn bbox_msg(b: &BBox) -> vmsg::BoundingBox2D {
     let (cx, cy) = b.center();
     vmsg::BoundingBox2D {
         center: vmsg::Pose2D {
@@ -353,10 +359,29 @@ fn millis(d: Duration) -> f32 {
     (d.as_secs_f64() * 1e3) as f32
 }
 
+/// One detection, with its 3D position and extent when located.
+pub(crate) fn detection_msg(d: &Detection, position: Option<&Object3d>) -> vmsg::Detection {
+    vmsg::Detection {
+        label: d.label.clone(),
+        query_index: d.query_index as i32,
+        score: d.score,
+        bbox: bbox_msg(&d.bbox),
+        has_position: position.is_some(),
+        position: position
+            .map(|o| spatial::point(&o.centre))
+            .unwrap_or_default(),
+        size: position
+            .map(|o| spatial::vector(&o.size))
+            .unwrap_or_default(),
+    }
+}
+
+/// `positions`: per detection, when depth located it (may be empty: 2D only).
 pub fn detection_array(
     header: &FrameHeader,
     model: &str,
     result: &DetectionResult,
+    positions: &[Option<Object3d>],
     latency: Duration,
 ) -> vmsg::DetectionArray {
     vmsg::DetectionArray {
@@ -364,14 +389,8 @@ pub fn detection_array(
         detections: result
             .detections
             .iter()
-            .map(|d| vmsg::Detection {
-                label: d.label.clone(),
-                query_index: d.query_index as i32,
-                score: d.score,
-                bbox: bbox_msg(&d.bbox),
-                has_position: false,
-                position: Default::default(),
-            })
+            .enumerate()
+            .map(|(i, d)| detection_msg(d, positions.get(i).copied().flatten().as_ref()))
             .collect(),
         model: model.to_string(),
         latency_ms: millis(latency),
@@ -446,8 +465,12 @@ fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.1}"))
 }
 
-/// One status for the stream and one per task, named `<node>: <part>`.
-pub fn diagnostics(node: &str, s: &Snapshot) -> DiagnosticArray {
+/// One status for the stream, one per task and one for depth (when on), named `<node>: <part>`.
+pub fn diagnostics(
+    node: &str,
+    s: &Snapshot,
+    depth: Option<&crate::depth_sync::DepthCounters>,
+) -> DiagnosticArray {
     let mut status = Vec::with_capacity(4);
     let any_ready = s.tasks.iter().any(|t| matches!(t.state, ModelState::Ready));
     let (level, message) = if s.loading {
@@ -498,6 +521,9 @@ pub fn diagnostics(node: &str, s: &Snapshot) -> DiagnosticArray {
     });
     for t in &s.tasks {
         status.push(task_status(node, s, t));
+    }
+    if let Some(c) = depth {
+        status.push(spatial::depth_status(node, c));
     }
     DiagnosticArray {
         header: Header {

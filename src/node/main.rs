@@ -9,6 +9,7 @@
 //! Exit codes: 0 clean shutdown, 1 runtime error, 2 invalid parameters.
 
 mod convert;
+mod depth_sync;
 mod params;
 mod worker;
 
@@ -20,8 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
 use r2r::diagnostic_msgs::msg::DiagnosticArray;
-use r2r::sensor_msgs::msg::{CompressedImage, Image};
+use r2r::sensor_msgs::msg::{CameraInfo, CompressedImage, Image};
 use r2r::std_msgs::msg::String as StringMsg;
+use r2r::visualization_msgs::msg::MarkerArray;
 use r2r::vlm_perception_msgs::{msg as vmsg, srv};
 use r2r::{QosProfile, ServiceRequest, WrappedServiceTypeSupport};
 use tokio::signal::unix::{signal, SignalKind};
@@ -29,9 +31,13 @@ use tokio::sync::oneshot;
 use vlm_perception::pipeline::{DetectionResult, LoadOptions};
 
 use convert::{FrameHeader, RawImage};
+use depth_sync::{stamp_ns, DepthSync};
 use params::{split_texts, NodeParams, ParamError};
 use vlm_perception::pipeline::{SegmentationResult, VqaResult};
-use worker::{Frame, Handle, ImageArg, Job, Level, Outcome, Reply, Request, Sink};
+use vlm_perception::vision::depth::Object3d;
+use worker::{
+    DepthArg, Frame, GroundArgs, Handle, ImageArg, Job, Level, Outcome, Reply, Request, Sink,
+};
 
 /// The node's default name (remappable with `-r __node:=...`).
 const NODE_NAME: &str = "vlm_perception";
@@ -85,6 +91,8 @@ struct Publishers {
     segmentation: r2r::Publisher<vmsg::SegmentationArray>,
     answers: r2r::Publisher<vmsg::Answer>,
     overlay: Option<r2r::Publisher<Image>>,
+    /// RViz boxes of the located detections (depth on).
+    markers: Option<r2r::Publisher<MarkerArray>>,
 }
 
 impl Publishers {
@@ -105,10 +113,15 @@ impl Sink for Publishers {
         header: &FrameHeader,
         model: &str,
         r: &DetectionResult,
+        positions: &[Option<Object3d>],
         latency: Duration,
     ) {
-        let msg = convert::detection_array(header, model, r, latency);
+        let msg = convert::detection_array(header, model, r, positions, latency);
         self.check("detections", self.detections.publish(&msg));
+        if let Some(p) = &self.markers {
+            let msg = convert::markers(header, r, positions);
+            self.check("markers", p.publish(&msg));
+        }
     }
 
     fn segmentation(
@@ -184,6 +197,11 @@ fn run() -> Result<()> {
         } else {
             None
         },
+        markers: if params.depth.enabled {
+            Some(node.create_publisher("~/markers", output_qos())?)
+        } else {
+            None
+        },
     };
     let diagnostics = node.create_publisher::<DiagnosticArray>("/diagnostics", output_qos())?;
 
@@ -202,10 +220,22 @@ fn run() -> Result<()> {
     };
     let compressed_topic = format!("{}/compressed", topic.trim_end_matches('/'));
     let compressed_sub = if params.camera.transport.compressed() {
-        Some(node.subscribe::<CompressedImage>(&compressed_topic, camera_qos)?)
+        Some(node.subscribe::<CompressedImage>(&compressed_topic, camera_qos.clone())?)
     } else {
         None
     };
+    let depth_subs = if params.depth.enabled {
+        Some((
+            node.subscribe::<Image>(&params.depth.topic, camera_qos.clone())?,
+            node.subscribe::<CameraInfo>(&params.depth.camera_info_topic, camera_qos.clone())?,
+        ))
+    } else {
+        None
+    };
+    let depth_sync = params
+        .depth
+        .enabled
+        .then(|| Arc::new(DepthSync::new(params.depth.slop)));
     let queries_sub = node.subscribe::<StringMsg>("~/queries", QosProfile::default())?;
     let prompts_sub = node.subscribe::<StringMsg>("~/prompts", QosProfile::default())?;
 
@@ -214,7 +244,9 @@ fn run() -> Result<()> {
         node.create_service::<srv::SetQueries::Service>("~/set_queries", services.clone())?;
     let detect = node.create_service::<srv::Detect::Service>("~/detect", services.clone())?;
     let segment = node.create_service::<srv::Segment::Service>("~/segment", services.clone())?;
-    let ask = node.create_service::<srv::Ask::Service>("~/ask", services)?;
+    let ask = node.create_service::<srv::Ask::Service>("~/ask", services.clone())?;
+    let score = node.create_service::<srv::Score::Service>("~/score", services.clone())?;
+    let ground = node.create_service::<srv::Ground::Service>("~/ground", services)?;
 
     log(
         &logger,
@@ -250,7 +282,7 @@ fn run() -> Result<()> {
         ),
     );
 
-    let (handle, join) = worker::spawn(params.clone(), options, publishers)
+    let (handle, join) = worker::spawn(params.clone(), options, publishers, depth_sync.clone())
         .context("cannot start the inference thread")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -280,6 +312,10 @@ fn run() -> Result<()> {
                 RawImage::from_compressed,
             ));
         }
+        if let (Some((depth_sub, info_sub)), Some(sync)) = (depth_subs, &depth_sync) {
+            tokio::spawn(depth_frames(depth_sub, sync.clone()));
+            tokio::spawn(camera_infos(info_sub, sync.clone()));
+        }
         tokio::spawn(vocabulary_topic(queries_sub, handle.clone(), true));
         tokio::spawn(vocabulary_topic(prompts_sub, handle.clone(), false));
         tokio::spawn(serve(
@@ -291,9 +327,12 @@ fn run() -> Result<()> {
         tokio::spawn(serve(detect, handle.clone(), timeout, detect_call));
         tokio::spawn(serve(segment, handle.clone(), timeout, segment_call));
         tokio::spawn(serve(ask, handle.clone(), timeout, ask_call));
+        tokio::spawn(serve(score, handle.clone(), timeout, score_call));
+        tokio::spawn(serve(ground, handle.clone(), timeout, ground_call));
         tokio::spawn(publish_diagnostics(
             diagnostics,
             handle.clone(),
+            depth_sync.clone(),
             fqn.clone(),
             params.diagnostics_period,
             logger.clone(),
@@ -353,6 +392,21 @@ async fn frames<M>(
             source: source.clone(),
             received,
         });
+    }
+}
+
+/// Aligned depth images into the pairing buffer (decoded here: a copy into metres).
+async fn depth_frames(mut sub: impl Stream<Item = Image> + Unpin, sync: Arc<DepthSync>) {
+    while let Some(msg) = sub.next().await {
+        let stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec);
+        sync.push_depth(stamp, convert::depth_image(&msg));
+    }
+}
+
+/// The colour camera's calibration (the latest one wins).
+async fn camera_infos(mut sub: impl Stream<Item = CameraInfo> + Unpin, sync: Arc<DepthSync>) {
+    while let Some(msg) = sub.next().await {
+        sync.set_camera(convert::camera_info(&msg));
     }
 }
 
@@ -491,7 +545,7 @@ async fn detect_call(
             srv::Detect::Response {
                 success: true,
                 message: format!("{} detection(s)", result.detections.len()),
-                detections: convert::detection_array(&header, &model, &result, latency),
+                detections: convert::detection_array(&header, &model, &result, &[], latency),
             },
         ),
         Err(e) => failure_detect(e),
@@ -589,9 +643,137 @@ async fn ask_call(
     }
 }
 
+/// A request's depth: the one sent with it, else the stream's pairing by the image's stamp.
+fn depth_arg(depth: &Image, camera_info: &CameraInfo) -> DepthArg {
+    match convert::request_depth(depth) {
+        Some(depth) => DepthArg::Given {
+            depth,
+            camera: convert::request_camera_info(camera_info),
+        },
+        None => DepthArg::Stream,
+    }
+}
+
+async fn score_call(
+    handle: Handle,
+    timeout: Duration,
+    mut req: srv::Score::Request,
+) -> (bool, srv::Score::Response) {
+    let fail = |message: String| {
+        (
+            false,
+            srv::Score::Response {
+                success: false,
+                message,
+                ..Default::default()
+            },
+        )
+    };
+    let threshold = positive(req.threshold);
+    if let Some(t) = threshold.filter(|t| *t > 1.0) {
+        return fail(format!("threshold must be in [0, 1], got {t}"));
+    }
+    let depth = depth_arg(&req.depth, &req.camera_info);
+    let image = image_arg(&mut req.image);
+    let r = ask_worker(&handle, timeout, |reply| Request::Score {
+        image,
+        depth,
+        phrases: req.phrases,
+        threshold,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(o) => {
+            let found = o.result.scores.iter().filter(|s| s.found).count();
+            let mut message = format!("{found} of {} phrase(s) found", o.result.scores.len());
+            if let Some(note) = &o.result.depth_note {
+                message.push_str(&format!("; no 3D: {note}"));
+            }
+            (
+                true,
+                srv::Score::Response {
+                    success: true,
+                    message,
+                    header: o.header.to_msg(),
+                    scores: convert::phrase_scores(&o.result.scores, &o.result.positions),
+                    scene: o.result.scene,
+                },
+            )
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn ground_call(
+    handle: Handle,
+    timeout: Duration,
+    mut req: srv::Ground::Request,
+) -> (bool, srv::Ground::Response) {
+    let fail = |message: String| {
+        (
+            false,
+            srv::Ground::Response {
+                success: false,
+                message,
+                ..Default::default()
+            },
+        )
+    };
+    let threshold = positive(req.threshold);
+    if let Some(t) = threshold.filter(|t| *t > 1.0) {
+        return fail(format!("threshold must be in [0, 1], got {t}"));
+    }
+    let depth = depth_arg(&req.depth, &req.camera_info);
+    let image = image_arg(&mut req.image);
+    let place = Some(req.place.trim().to_string()).filter(|p| !p.is_empty());
+    let args = GroundArgs {
+        pick: req.pick,
+        place,
+        threshold,
+        masks: req.return_masks,
+    };
+    let r = ask_worker(&handle, timeout, |reply| Request::Ground {
+        image,
+        depth,
+        args,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(o) => {
+            let g = &o.result;
+            let mut message = format!("pick `{}`", g.pick.detection.label);
+            if let Some(p) = &g.place {
+                message.push_str(&format!(", place `{}`", p.detection.label));
+            }
+            if let Some(note) = &g.depth_note {
+                message.push_str(&format!("; no 3D: {note}"));
+            }
+            (
+                true,
+                srv::Ground::Response {
+                    success: true,
+                    message,
+                    header: o.header.to_msg(),
+                    pick: convert::ground_target(&o.header, &g.pick),
+                    has_place: g.place.is_some(),
+                    place: g
+                        .place
+                        .as_ref()
+                        .map(|p| convert::ground_target(&o.header, p))
+                        .unwrap_or_default(),
+                },
+            )
+        }
+        Err(e) => fail(e),
+    }
+}
+
 async fn publish_diagnostics(
     publisher: r2r::Publisher<DiagnosticArray>,
     handle: Handle,
+    depth: Option<Arc<DepthSync>>,
     fqn: String,
     period: Duration,
     logger: String,
@@ -601,7 +783,8 @@ async fn publish_diagnostics(
     let mut warned = false;
     loop {
         tick.tick().await;
-        let msg = convert::diagnostics(&fqn, &handle.snapshot());
+        let counters = depth.as_ref().map(|d| d.counters());
+        let msg = convert::diagnostics(&fqn, &handle.snapshot(), counters.as_ref());
         if let Err(e) = publisher.publish(&msg) {
             if !warned {
                 log(

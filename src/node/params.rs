@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use vlm_perception::pipeline::validate_texts;
+use vlm_perception::vision::depth::DepthSampling;
 
 /// A parameter value as rcl parsed it (r2r's `ParameterValue`, without the ROS type).
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +73,14 @@ pub mod defaults {
     pub const VILT_ENABLED: bool = true;
     pub const VILT_MODEL: &str = "dandelin/vilt-b32-finetuned-vqa";
     pub const VILT_TOP_K: i64 = 5;
+    pub const DEPTH_ENABLED: bool = false;
+    /// As the RealSense driver names its depth registered to the colour camera.
+    pub const DEPTH_TOPIC: &str = "aligned_depth_to_color/image_raw";
+    pub const DEPTH_CAMERA_INFO_TOPIC: &str = "color/camera_info";
+    /// Half a frame period at 30 Hz: colour and depth of one RealSense frameset share a stamp.
+    pub const DEPTH_SLOP: f64 = 0.05;
+    pub const DEPTH_MIN_RANGE: f64 = vlm_perception::vision::depth::DEFAULT_MIN_DEPTH_M as f64;
+    pub const DEPTH_MAX_RANGE: f64 = vlm_perception::vision::depth::DEFAULT_MAX_DEPTH_M as f64;
     pub const OVERLAY_ENABLED: bool = false;
     pub const SERVICE_TIMEOUT: f64 = 10.0;
     pub const DIAGNOSTICS_PERIOD: f64 = 1.0;
@@ -135,6 +144,17 @@ pub struct VqaParams {
     pub top_k: usize,
 }
 
+/// 3D positions from an aligned depth image.
+#[derive(Debug, Clone)]
+pub struct DepthParams {
+    pub enabled: bool,
+    pub topic: String,
+    pub camera_info_topic: String,
+    /// Largest stamp difference between a colour frame and its depth image.
+    pub slop: Duration,
+    pub sampling: DepthSampling,
+}
+
 /// Everything the node reads at startup.
 #[derive(Debug, Clone)]
 pub struct NodeParams {
@@ -146,6 +166,7 @@ pub struct NodeParams {
     pub owlvit: DetectionParams,
     pub clipseg: SegmentationParams,
     pub vilt: VqaParams,
+    pub depth: DepthParams,
     pub overlay: bool,
     pub service_timeout: Duration,
     pub diagnostics_period: Duration,
@@ -173,6 +194,12 @@ pub const KNOWN: &[&str] = &[
     "vilt.enabled",
     "vilt.model",
     "vilt.top_k",
+    "depth.enabled",
+    "depth.topic",
+    "depth.camera_info_topic",
+    "depth.slop",
+    "depth.min_range",
+    "depth.max_range",
     "overlay.enabled",
     "services.timeout",
     "diagnostics.period",
@@ -357,6 +384,36 @@ impl NodeParams {
             top_k: top_k as usize,
         };
 
+        let slop = r.float("depth.slop", d::DEPTH_SLOP)?;
+        if !(0.0..=10.0).contains(&slop) {
+            return Err(invalid(
+                "depth.slop",
+                format!("must be in [0, 10] seconds, got {slop}"),
+            ));
+        }
+        let min_range = r.float("depth.min_range", d::DEPTH_MIN_RANGE)?;
+        let max_range = r.float("depth.max_range", d::DEPTH_MAX_RANGE)?;
+        if !(min_range >= 0.0 && max_range > min_range) {
+            return Err(invalid(
+                "depth.max_range",
+                format!(
+                    "need 0 <= depth.min_range < depth.max_range, got {min_range} and {max_range}"
+                ),
+            ));
+        }
+        let depth = DepthParams {
+            enabled: r.bool("depth.enabled", d::DEPTH_ENABLED)?,
+            topic: r.nonempty_string("depth.topic", d::DEPTH_TOPIC)?,
+            camera_info_topic: r
+                .nonempty_string("depth.camera_info_topic", d::DEPTH_CAMERA_INFO_TOPIC)?,
+            slop: Duration::from_secs_f64(slop),
+            sampling: DepthSampling {
+                min_depth: min_range as f32,
+                max_depth: max_range as f32,
+                ..DepthSampling::default()
+            },
+        };
+
         let timeout = r.float("services.timeout", d::SERVICE_TIMEOUT)?;
         if !(timeout > 0.0 && timeout <= MAX_SERVICE_TIMEOUT) {
             return Err(invalid(
@@ -380,6 +437,7 @@ impl NodeParams {
             owlvit,
             clipseg,
             vilt,
+            depth,
             overlay: r.bool("overlay.enabled", d::OVERLAY_ENABLED)?,
             service_timeout: Duration::from_secs_f64(timeout),
             diagnostics_period: Duration::from_secs_f64(period),
@@ -416,6 +474,27 @@ mod tests {
         assert!(p.clipseg.prompts.is_empty());
         assert!(!p.overlay);
         assert_eq!(p.service_timeout, Duration::from_secs(10));
+        assert!(!p.depth.enabled);
+        assert_eq!(p.depth.topic, defaults::DEPTH_TOPIC);
+        assert_eq!(p.depth.slop, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn depth_ranges_are_checked() {
+        let bad = map(&[
+            ("depth.min_range", Value::Double(2.0)),
+            ("depth.max_range", Value::Double(1.0)),
+        ]);
+        let e = NodeParams::from_map(&bad).unwrap_err();
+        assert_eq!(e.name, "depth.max_range");
+        let e = NodeParams::from_map(&map(&[("depth.slop", Value::Double(-1.0))])).unwrap_err();
+        assert_eq!(e.name, "depth.slop");
+        let ok = map(&[
+            ("depth.enabled", Value::Bool(true)),
+            ("depth.max_range", Value::Integer(4)),
+        ]);
+        let p = NodeParams::from_map(&ok).unwrap();
+        assert!(p.depth.enabled && p.depth.sampling.max_depth == 4.0);
     }
 
     #[test]

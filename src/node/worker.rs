@@ -25,7 +25,12 @@ use vlm_perception::pipeline::{
 use vlm_perception::vision::draw::{draw_labelled_box, palette_color, tint_mask};
 
 use crate::convert::{decode, FrameError, FrameHeader, RawImage};
+use crate::depth_sync::{stamp_ns, DepthSync};
 use crate::params::{NodeParams, MAX_TOP_K};
+use vlm_perception::vision::depth::Object3d;
+
+mod planner;
+pub use planner::{DepthArg, GroundAnswer, GroundArgs, ScoreAnswer, Target};
 use vlm_perception::pipeline::{
     PromptEmbeddings, SegmentParams, SegmentationResult, Segmenter, VqaModel, VqaResult,
 };
@@ -103,6 +108,21 @@ pub enum Request {
         top_k: Option<usize>,
         reply: Reply<Outcome<VqaResult>>,
     },
+    /// SayCan-style affordances of object phrases.
+    Score {
+        image: ImageArg,
+        depth: DepthArg,
+        phrases: Vec<String>,
+        threshold: Option<f32>,
+        reply: Reply<Outcome<ScoreAnswer>>,
+    },
+    /// CLIPort-style pick/place targets.
+    Ground {
+        image: ImageArg,
+        depth: DepthArg,
+        args: GroundArgs,
+        reply: Reply<Outcome<GroundAnswer>>,
+    },
 }
 
 pub struct Job {
@@ -118,6 +138,8 @@ impl Job {
             Request::Detect { reply, .. } => reply.is_closed(),
             Request::Segment { reply, .. } => reply.is_closed(),
             Request::Ask { reply, .. } => reply.is_closed(),
+            Request::Score { reply, .. } => reply.is_closed(),
+            Request::Ground { reply, .. } => reply.is_closed(),
         }
     }
 
@@ -136,6 +158,12 @@ impl Job {
                 let _ = reply.send(Err(message));
             }
             Request::Ask { reply, .. } => {
+                let _ = reply.send(Err(message));
+            }
+            Request::Score { reply, .. } => {
+                let _ = reply.send(Err(message));
+            }
+            Request::Ground { reply, .. } => {
                 let _ = reply.send(Err(message));
             }
         }
@@ -164,11 +192,14 @@ pub enum Level {
 
 /// Where the worker's results and log lines go (the ROS publishers, or a test double).
 pub trait Sink: Send + 'static {
+    /// `positions`: per detection its 3D position, when depth was paired with the frame
+    /// (empty when depth is off).
     fn detections(
         &mut self,
         header: &FrameHeader,
         model: &str,
         r: &DetectionResult,
+        positions: &[Option<Object3d>],
         latency: Duration,
     );
     fn segmentation(
@@ -421,6 +452,7 @@ pub fn spawn<S: Sink>(
     params: NodeParams,
     options: LoadOptions,
     sink: S,
+    depth: Option<Arc<DepthSync>>,
 ) -> std::io::Result<(Handle, std::thread::JoinHandle<()>)> {
     let tasks = Task::ALL
         .iter()
@@ -474,6 +506,7 @@ pub fn spawn<S: Sink>(
         detector: None,
         segmenter: None,
         vqa: None,
+        depth,
         query_cache: EmbedCache::default(),
         prompt_cache: EmbedCache::default(),
         limiter: LogLimiter::default(),
@@ -557,7 +590,7 @@ impl LogLimiter {
 }
 
 enum Next {
-    Job(Job),
+    Job(Box<Job>),
     Frame(Arc<Frame>),
 }
 
@@ -569,6 +602,8 @@ struct Worker<S: Sink> {
     detector: Option<Detector>,
     segmenter: Option<Segmenter>,
     vqa: Option<VqaModel>,
+    /// Depth pairing, when `depth.enabled`.
+    depth: Option<Arc<DepthSync>>,
     /// The stream's detection vocabulary and segmentation prompts.
     queries: Vec<String>,
     prompts: Vec<String>,
@@ -584,7 +619,7 @@ impl<S: Sink> Worker<S> {
         self.shared.loading.store(false, Ordering::Relaxed);
         while let Some(next) = self.next() {
             let outcome = catch_unwind(AssertUnwindSafe(|| match next {
-                Next::Job(job) => self.serve(job),
+                Next::Job(job) => self.serve(*job),
                 Next::Frame(frame) => self.process_frame(&frame),
             }));
             if outcome.is_err() {
@@ -684,7 +719,7 @@ impl<S: Sink> Worker<S> {
                 return None;
             }
             if let Some(job) = inbox.jobs.pop_front() {
-                return Some(Next::Job(job));
+                return Some(Next::Job(Box::new(job)));
             }
             if inbox.frame.is_some() {
                 let now = Instant::now();
@@ -821,31 +856,17 @@ impl<S: Sink> Worker<S> {
         };
         let mut overlay = self.params.overlay.then(|| image.clone());
 
-        if self.detector.is_some() {
-            let queries = self.queries.clone();
-            let result = if queries.is_empty() {
-                Ok(DetectionResult {
-                    width: image.width(),
-                    height: image.height(),
-                    detections: Vec::new(),
-                    timings: Default::default(),
-                })
-            } else {
-                let params = DetectParams {
-                    threshold: self.params.owlvit.score_threshold,
-                    nms_iou: self.params.owlvit.nms_iou,
-                };
-                self.query_embeddings(&queries, true)
-                    .and_then(|emb| match &self.detector {
-                        Some(d) => d.detect(&image, &emb, &params).map_err(|e| e.to_string()),
-                        None => Err("no detection model".to_string()),
-                    })
-            };
+        let detections = self.detector.is_some().then(|| self.detect_frame(&image));
+        let segmentation = (self.segmenter.is_some() && !self.prompts.is_empty())
+            .then(|| self.segment_frame(&image));
+
+        if let Some(result) = detections {
             match result {
                 Ok(r) => {
+                    let positions = self.frame_positions(frame, &image, &r, &segmentation);
                     let model = self.detector.as_ref().map_or("", |d| d.name()).to_string();
                     self.sink
-                        .detections(&frame.header, &model, &r, r.timings.total());
+                        .detections(&frame.header, &model, &r, &positions, r.timings.total());
                     if let Some(canvas) = overlay.as_mut() {
                         for d in r.detections.iter().rev() {
                             let label = format!("{} {:.2}", d.label, d.score);
@@ -862,17 +883,7 @@ impl<S: Sink> Worker<S> {
             }
         }
 
-        if self.segmenter.is_some() && !self.prompts.is_empty() {
-            let prompts = self.prompts.clone();
-            let params = SegmentParams {
-                threshold: self.params.clipseg.mask_threshold,
-            };
-            let result =
-                self.prompt_embeddings(&prompts, true)
-                    .and_then(|emb| match &self.segmenter {
-                        Some(s) => s.segment(&image, &emb, &params).map_err(|e| e.to_string()),
-                        None => Err("no segmentation model".to_string()),
-                    });
+        if let Some(result) = segmentation {
             match result {
                 Ok(r) => {
                     let model = self.segmenter.as_ref().map_or("", |s| s.name()).to_string();
@@ -900,6 +911,66 @@ impl<S: Sink> Worker<S> {
         push_bounded(&mut s.latencies, ms(done - frame.received));
         push_bounded(&mut s.inference, ms(done - t0));
         push_bounded(&mut s.processed_at, done);
+    }
+
+    /// The stream vocabulary on one frame.
+    fn detect_frame(&mut self, image: &RgbImage) -> Result<DetectionResult, String> {
+        let queries = self.queries.clone();
+        if queries.is_empty() {
+            return Ok(DetectionResult {
+                width: image.width(),
+                height: image.height(),
+                detections: Vec::new(),
+                timings: Default::default(),
+            });
+        }
+        let params = DetectParams {
+            threshold: self.params.owlvit.score_threshold,
+            nms_iou: self.params.owlvit.nms_iou,
+        };
+        let emb = self.query_embeddings(&queries, true)?;
+        match &self.detector {
+            Some(d) => d.detect(image, &emb, &params).map_err(|e| e.to_string()),
+            None => Err("no detection model".to_string()),
+        }
+    }
+
+    /// The stream prompts on one frame.
+    fn segment_frame(&mut self, image: &RgbImage) -> Result<SegmentationResult, String> {
+        let prompts = self.prompts.clone();
+        let params = SegmentParams {
+            threshold: self.params.clipseg.mask_threshold,
+        };
+        let emb = self.prompt_embeddings(&prompts, true)?;
+        match &self.segmenter {
+            Some(s) => s.segment(image, &emb, &params).map_err(|e| e.to_string()),
+            None => Err("no segmentation model".to_string()),
+        }
+    }
+
+    /// 3D positions of a frame's detections when depth is on (a frame without a depth pair is
+    /// processed in 2D and counted).
+    fn frame_positions(
+        &self,
+        frame: &Frame,
+        image: &RgbImage,
+        r: &DetectionResult,
+        segmentation: &Option<Result<SegmentationResult, String>>,
+    ) -> Vec<Option<Object3d>> {
+        let Some(sync) = &self.depth else {
+            return Vec::new();
+        };
+        let stamp = stamp_ns(frame.header.sec, frame.header.nanosec);
+        let pair = sync.wait_pair(stamp, image.dimensions());
+        sync.count(&pair);
+        match pair {
+            Ok(p) => self.positions(
+                &p,
+                &r.detections,
+                segmentation.as_ref().and_then(|s| s.as_ref().ok()),
+            ),
+            Err(_) => vec![None; r.detections.len()],
+        }
     }
 
     // ---------------------------------------------------------------------------------------
@@ -954,6 +1025,23 @@ impl<S: Sink> Worker<S> {
                     self.sink.answer(&o.header, &o.model, &o.result, o.latency);
                 }
                 let _ = reply.send(r);
+            }
+            Request::Score {
+                image,
+                depth,
+                phrases,
+                threshold,
+                reply,
+            } => {
+                let _ = reply.send(self.score(image, depth, phrases, threshold));
+            }
+            Request::Ground {
+                image,
+                depth,
+                args,
+                reply,
+            } => {
+                let _ = reply.send(self.ground(image, depth, args));
             }
         }
     }

@@ -204,6 +204,32 @@ impl Detector {
         params: &DetectParams,
     ) -> Result<DetectionResult> {
         let _span = tracing::info_span!("detect", model = %self.name).entered();
+        self.run(image, queries, |logits, boxes, width, height| {
+            post_process_object_detection(logits, boxes, &queries.texts, params, width, height)
+        })
+    }
+
+    /// Per query, the box that scores best for that query (its own sigmoid score, whatever
+    /// the other queries score there), in query order: what a planner asks when it wants to
+    /// know whether each object is visible. No threshold, no NMS.
+    pub fn best_per_query(
+        &self,
+        image: &RgbImage,
+        queries: &QueryEmbeddings,
+    ) -> Result<DetectionResult> {
+        let _span = tracing::info_span!("best_per_query", model = %self.name).entered();
+        self.run(image, queries, |logits, boxes, width, height| {
+            best_box_per_query(logits, boxes, &queries.texts, width, height)
+        })
+    }
+
+    /// Preprocess, one vision pass, then `post` on the host copies of the outputs.
+    fn run(
+        &self,
+        image: &RgbImage,
+        queries: &QueryEmbeddings,
+        post: impl FnOnce(&[Vec<f32>], &[Vec<f32>], u32, u32) -> Result<Vec<Detection>>,
+    ) -> Result<DetectionResult> {
         let t0 = Instant::now();
         let pixel_values = self.pixel_values(image)?;
         let t1 = Instant::now();
@@ -221,8 +247,7 @@ impl Detector {
             .to_vec2::<f32>()?;
         let t2 = Instant::now();
         let (width, height) = image.dimensions();
-        let detections =
-            post_process_object_detection(&logits, &boxes, &queries.texts, params, width, height)?;
+        let detections = post(&logits, &boxes, width, height)?;
         let t3 = Instant::now();
         Ok(DetectionResult {
             width,
@@ -288,6 +313,51 @@ pub fn post_process_object_detection(
     let classes: Vec<usize> = candidates.iter().map(|d| d.query_index).collect();
     let keep = batched_nms(&bboxes, &scores, &classes, params.nms_iou);
     Ok(keep.into_iter().map(|i| candidates[i].clone()).collect())
+}
+
+/// For each query (column of `logits`), the box with the highest logit for it (the first on
+/// ties, as torch.max), scored by its sigmoid; corners in original-image pixels. Queries in
+/// order; a query is absent only when there are no boxes.
+pub fn best_box_per_query(
+    logits: &[Vec<f32>],
+    boxes: &[Vec<f32>],
+    labels: &[String],
+    width: u32,
+    height: u32,
+) -> Result<Vec<Detection>> {
+    if logits.len() != boxes.len() {
+        return Err(Error::InvalidInput(format!(
+            "{} logit rows for {} boxes",
+            logits.len(),
+            boxes.len()
+        )));
+    }
+    let mut best = Vec::with_capacity(labels.len());
+    for (query_index, label) in labels.iter().enumerate() {
+        let mut top: Option<(usize, f32)> = None;
+        for (i, row) in logits.iter().enumerate() {
+            let logit = *row.get(query_index).ok_or_else(|| {
+                Error::InvalidInput(format!("logit row {i} has no query {query_index}"))
+            })?;
+            if top.is_none_or(|(_, t)| logit > t) {
+                top = Some((i, logit));
+            }
+        }
+        let Some((i, logit)) = top else { continue };
+        let &[cx, cy, w, h] = boxes[i].as_slice() else {
+            return Err(Error::InvalidInput(format!(
+                "box with {} values",
+                boxes[i].len()
+            )));
+        };
+        best.push(Detection {
+            query_index,
+            label: label.clone(),
+            score: sigmoid(logit),
+            bbox: BBox::from_center_normalized([cx, cy, w, h], width as f32, height as f32),
+        });
+    }
+    Ok(best)
 }
 
 fn sigmoid(x: f32) -> f32 {

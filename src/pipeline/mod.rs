@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod detect;
+pub mod grounding;
 pub mod device;
 pub mod segment;
 mod text_cache;

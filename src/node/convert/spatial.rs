@@ -1,0 +1,186 @@
+//! 3D in and out: aligned depth images and CameraInfo in, RViz markers out
+//! (`visualization_msgs/MarkerArray`, one box and one label per located detection).
+
+use std::time::Duration;
+
+use r2r::builtin_interfaces::msg::Duration as DurationMsg;
+use r2r::geometry_msgs::msg::{Point, Pose, Quaternion, Vector3};
+use r2r::sensor_msgs::msg::{CameraInfo, Image};
+use r2r::std_msgs::msg::ColorRGBA;
+use r2r::visualization_msgs::msg::{Marker, MarkerArray};
+use vlm_perception::pipeline::DetectionResult;
+use vlm_perception::vision::camera::PinholeCamera;
+use vlm_perception::vision::depth::{DepthImage, Object3d};
+use vlm_perception::vision::draw::palette_color;
+
+use super::FrameHeader;
+
+/// `visualization_msgs/Marker` constants (Marker.msg).
+const MARKER_CUBE: i32 = 1;
+const MARKER_TEXT_VIEW_FACING: i32 = 9;
+const MARKER_ADD: i32 = 0;
+const MARKER_DELETEALL: i32 = 3;
+/// Markers fade this long after their frame unless the next frame replaces them first.
+pub const MARKER_LIFETIME: Duration = Duration::from_secs(1);
+/// Box opacity: the object stays visible inside it.
+const BOX_ALPHA: f32 = 0.4;
+/// Label text height, metres.
+const LABEL_HEIGHT: f64 = 0.05;
+const MARKER_NS: &str = "vlm_perception";
+
+/// A `sensor_msgs/Image` depth image (16UC1 millimetres, 32FC1 metres) as metres.
+pub fn depth_image(msg: &Image) -> Result<DepthImage, String> {
+    DepthImage::from_raw(
+        &msg.data,
+        msg.width,
+        msg.height,
+        msg.step,
+        &msg.encoding,
+        msg.is_bigendian != 0,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// A request's optional depth image: `None` when it carries no data.
+pub fn request_depth(msg: &Image) -> Option<Result<DepthImage, String>> {
+    (!(msg.data.is_empty() && msg.width == 0 && msg.height == 0)).then(|| depth_image(msg))
+}
+
+/// The calibration of a `sensor_msgs/CameraInfo` (rectified images assumed: D is not used).
+pub fn camera_info(msg: &CameraInfo) -> Result<PinholeCamera, String> {
+    let k: [f64; 9] = msg
+        .k
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("K has {} values, expected 9", msg.k.len()))?;
+    PinholeCamera::from_k(&k, msg.width, msg.height).map_err(|e| e.to_string())
+}
+
+/// A request's optional CameraInfo: `None` when K is all zeros (not sent).
+pub fn request_camera_info(msg: &CameraInfo) -> Option<Result<PinholeCamera, String>> {
+    msg.k.iter().any(|v| *v != 0.0).then(|| camera_info(msg))
+}
+
+pub fn point(p: &nalgebra::Point3<f64>) -> Point {
+    Point {
+        x: p.x,
+        y: p.y,
+        z: p.z,
+    }
+}
+
+pub fn vector(v: &nalgebra::Vector3<f64>) -> Vector3 {
+    Vector3 {
+        x: v.x,
+        y: v.y,
+        z: v.z,
+    }
+}
+
+/// Boxes and labels of the located detections of one frame, in the frame's optical frame;
+/// the array starts with DELETEALL so that each frame replaces the previous one's markers.
+pub fn markers(
+    header: &FrameHeader,
+    result: &DetectionResult,
+    positions: &[Option<Object3d>],
+) -> MarkerArray {
+    let lifetime = DurationMsg {
+        sec: MARKER_LIFETIME.as_secs() as i32,
+        nanosec: MARKER_LIFETIME.subsec_nanos(),
+    };
+    let mut markers = vec![Marker {
+        header: header.to_msg(),
+        ns: MARKER_NS.into(),
+        action: MARKER_DELETEALL,
+        ..Default::default()
+    }];
+    for (i, (d, o)) in result.detections.iter().zip(positions).enumerate() {
+        let Some(o) = o else { continue };
+        let [r, g, b] = palette_color(d.query_index).0;
+        let color = |a: f32| ColorRGBA {
+            r: f32::from(r) / 255.0,
+            g: f32::from(g) / 255.0,
+            b: f32::from(b) / 255.0,
+            a,
+        };
+        let pose = |p: Point| Pose {
+            position: p,
+            orientation: Quaternion {
+                x: 0.0,
+                y: 0.0,
+                z: 0.0,
+                w: 1.0,
+            },
+        };
+        let id = 2 * i as i32;
+        markers.push(Marker {
+            header: header.to_msg(),
+            ns: MARKER_NS.into(),
+            id,
+            type_: MARKER_CUBE,
+            action: MARKER_ADD,
+            pose: pose(point(&o.centre)),
+            // a flat object still gets a visible box
+            scale: vector(&o.size.map(|v| v.max(0.01))),
+            color: color(BOX_ALPHA),
+            lifetime: lifetime.clone(),
+            ..Default::default()
+        });
+        let mut above = o.centre;
+        above.y -= o.size.y / 2.0 + LABEL_HEIGHT; // optical frame: y points down
+        markers.push(Marker {
+            header: header.to_msg(),
+            ns: MARKER_NS.into(),
+            id: id + 1,
+            type_: MARKER_TEXT_VIEW_FACING,
+            action: MARKER_ADD,
+            pose: pose(point(&above)),
+            scale: Vector3 {
+                x: 0.0,
+                y: 0.0,
+                z: LABEL_HEIGHT,
+            },
+            color: color(1.0),
+            lifetime: lifetime.clone(),
+            text: format!("{} {:.2} ({:.2} m)", d.label, d.score, o.centre.z),
+            ..Default::default()
+        });
+    }
+    MarkerArray { markers }
+}
+
+/// The depth pairing's status on /diagnostics: WARN while frames go without depth.
+pub fn depth_status(
+    node: &str,
+    c: &crate::depth_sync::DepthCounters,
+) -> r2r::diagnostic_msgs::msg::DiagnosticStatus {
+    use super::{kv, LEVEL_OK, LEVEL_WARN};
+    let total = c.frames_paired + c.frames_unpaired;
+    let (level, message) = if c.depth_received == 0 {
+        (LEVEL_WARN, "no depth image received yet".to_string())
+    } else if c.frames_unpaired > 0 && !c.last_unpaired.is_empty() && c.frames_paired < total {
+        (
+            LEVEL_WARN,
+            format!(
+                "{} of {total} frames without depth (last: {})",
+                c.frames_unpaired, c.last_unpaired
+            ),
+        )
+    } else {
+        (LEVEL_OK, format!("{} frames with depth", c.frames_paired))
+    };
+    r2r::diagnostic_msgs::msg::DiagnosticStatus {
+        level,
+        name: format!("{node}: depth"),
+        message,
+        hardware_id: String::new(),
+        values: vec![
+            kv("depth_received", c.depth_received),
+            kv("depth_bad", c.depth_bad),
+            kv("camera_info_bad", c.camera_info_bad),
+            kv("frames_with_depth", c.frames_paired),
+            kv("frames_without_depth", c.frames_unpaired),
+            kv("last_without_depth", &c.last_unpaired),
+        ],
+    }
+}

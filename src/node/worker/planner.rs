@@ -1,0 +1,255 @@
+//! The planner-facing requests (`~/score`, `~/ground`) and the 3D positions of the stream's
+//! detections, on the worker thread. One vision pass per model serves all phrases of a call;
+//! the arithmetic is the library's ([`vlm_perception::pipeline::grounding`]).
+
+use image::{GrayImage, RgbImage};
+use nalgebra::Point3;
+use vlm_perception::pipeline::grounding::{
+    act_pixel, phrase_scores, scene_description, ActPixel, DepthContext, PhraseScore,
+};
+use vlm_perception::pipeline::{validate_texts, Detection, SegmentParams, SegmentationResult};
+use vlm_perception::vision::camera::PinholeCamera;
+use vlm_perception::vision::depth::{DepthImage, Object3d};
+
+use super::{ImageArg, Outcome, Sink, Task, Worker};
+use crate::convert::FrameHeader;
+use crate::depth_sync::{camera_for, check_aligned, stamp_ns, DepthPair};
+
+/// Where a request's depth comes from.
+pub enum DepthArg {
+    /// The depth image paired with the request's image by stamp (the stream's pairing).
+    Stream,
+    /// Sent with the request; `camera: None` means the latest received CameraInfo.
+    Given {
+        depth: Result<DepthImage, String>,
+        camera: Option<Result<PinholeCamera, String>>,
+    },
+}
+
+/// `~/score`'s answer.
+pub struct ScoreAnswer {
+    pub scores: Vec<PhraseScore>,
+    /// Per phrase, the 3D position of its best box.
+    pub positions: Vec<Option<Object3d>>,
+    pub scene: String,
+    /// Why there are no 3D positions, when there are none.
+    pub depth_note: Option<String>,
+}
+
+/// One grounded phrase.
+pub struct Target {
+    pub detection: Detection,
+    pub pixel: ActPixel,
+    pub point: Option<Point3<f64>>,
+    pub mask: Option<GrayImage>,
+}
+
+/// `~/ground`'s answer.
+pub struct GroundAnswer {
+    pub pick: Target,
+    pub place: Option<Target>,
+    pub depth_note: Option<String>,
+}
+
+/// A request's `~/ground` arguments.
+pub struct GroundArgs {
+    pub pick: String,
+    pub place: Option<String>,
+    pub threshold: Option<f32>,
+    pub masks: bool,
+}
+
+impl<S: Sink> Worker<S> {
+    /// The depth for an image with `header` and `colour` = (width, height).
+    pub(super) fn depth_for(
+        &self,
+        header: &FrameHeader,
+        colour: (u32, u32),
+        arg: DepthArg,
+    ) -> Result<DepthPair, String> {
+        match arg {
+            DepthArg::Stream => match &self.depth {
+                Some(sync) => sync.pair(stamp_ns(header.sec, header.nanosec), colour),
+                None => Err("depth is off (parameter `depth.enabled` is false)".into()),
+            },
+            DepthArg::Given { depth, camera } => {
+                let depth = depth.map_err(|e| format!("the request's depth image: {e}"))?;
+                let camera = match camera {
+                    Some(c) => c.map_err(|e| format!("the request's camera_info: {e}"))?,
+                    None => match &self.depth {
+                        Some(sync) => sync.camera()?,
+                        None => {
+                            return Err("the request has a depth image but no camera_info \
+                                        (and depth is off, so none was received)"
+                                .into())
+                        }
+                    },
+                };
+                check_aligned(colour, &depth)?;
+                Ok(DepthPair {
+                    camera: camera_for(&camera, colour)?,
+                    depth: depth.into(),
+                })
+            }
+        }
+    }
+
+    /// 3D positions of `detections`, using the mask of the segmentation prompt with the same
+    /// text when segmentation ran on the frame.
+    pub(super) fn positions(
+        &self,
+        pair: &DepthPair,
+        detections: &[Detection],
+        segmentation: Option<&SegmentationResult>,
+    ) -> Vec<Option<Object3d>> {
+        let ctx = DepthContext {
+            camera: &pair.camera,
+            depth: &pair.depth,
+            sampling: &self.params.depth.sampling,
+        };
+        detections
+            .iter()
+            .map(|d| {
+                let mask = segmentation
+                    .and_then(|s| s.masks.iter().find(|m| m.label == d.label))
+                    .filter(|m| m.bbox.is_some())
+                    .map(|m| &m.mask);
+                ctx.locate(d, mask).ok().flatten()
+            })
+            .collect()
+    }
+
+    /// Best box per phrase, in one vision pass.
+    fn best_boxes(
+        &mut self,
+        img: &RgbImage,
+        phrases: &[String],
+    ) -> Result<(Vec<Detection>, String, std::time::Duration), String> {
+        validate_texts(phrases, "phrase").map_err(|e| e.to_string())?;
+        let emb = self.query_embeddings(phrases, false)?;
+        let d = self
+            .detector
+            .as_ref()
+            .ok_or_else(|| self.unavailable(Task::Detection))?;
+        let r = d.best_per_query(img, &emb).map_err(|e| e.to_string())?;
+        Ok((r.detections, d.name().to_string(), r.timings.total()))
+    }
+
+    pub(super) fn score(
+        &mut self,
+        image: ImageArg,
+        depth: DepthArg,
+        phrases: Vec<String>,
+        threshold: Option<f32>,
+    ) -> Result<Outcome<ScoreAnswer>, String> {
+        if self.detector.is_none() {
+            return Err(self.unavailable(Task::Detection));
+        }
+        let (header, img) = self.image(image)?;
+        let (best, model, latency) = self.best_boxes(&img, &phrases)?;
+        let threshold = threshold.unwrap_or(self.params.owlvit.score_threshold);
+        let scores = phrase_scores(&best, &phrases, threshold);
+        let (positions, depth_note) = match self.depth_for(&header, img.dimensions(), depth) {
+            Ok(pair) => {
+                let dets: Vec<Detection> =
+                    scores.iter().filter_map(|s| s.detection.clone()).collect();
+                let mut located = self.positions(&pair, &dets, None).into_iter();
+                let positions = scores
+                    .iter()
+                    .map(|s| s.detection.as_ref().and_then(|_| located.next().flatten()))
+                    .collect();
+                (positions, None)
+            }
+            Err(e) => (vec![None; scores.len()], Some(e)),
+        };
+        Ok(Outcome {
+            header,
+            model,
+            latency,
+            result: ScoreAnswer {
+                scene: scene_description(&scores),
+                scores,
+                positions,
+                depth_note,
+            },
+        })
+    }
+
+    pub(super) fn ground(
+        &mut self,
+        image: ImageArg,
+        depth: DepthArg,
+        args: GroundArgs,
+    ) -> Result<Outcome<GroundAnswer>, String> {
+        if self.detector.is_none() {
+            return Err(self.unavailable(Task::Detection));
+        }
+        let mut phrases = vec![args.pick.clone()];
+        phrases.extend(args.place.iter().cloned());
+        let (header, img) = self.image(image)?;
+        let (best, model, mut latency) = self.best_boxes(&img, &phrases)?;
+        let threshold = args.threshold.unwrap_or(self.params.owlvit.score_threshold);
+        let scores = phrase_scores(&best, &phrases, threshold);
+        if let Some(miss) = scores.iter().find(|s| !s.found) {
+            return Err(format!(
+                "no detection of `{}` above the threshold {threshold} (best score {:.3})",
+                miss.phrase, miss.score
+            ));
+        }
+        // The phrases' probability maps, when segmentation is available.
+        let segmentation = if self.segmenter.is_some() {
+            let emb = self.prompt_embeddings(&phrases, false)?;
+            let params = SegmentParams {
+                threshold: self.params.clipseg.mask_threshold,
+            };
+            let s = self
+                .segmenter
+                .as_ref()
+                .ok_or_else(|| self.unavailable(Task::Segmentation))?;
+            let r = s.segment(&img, &emb, &params).map_err(|e| e.to_string())?;
+            latency += r.timings.total();
+            Some(r)
+        } else {
+            None
+        };
+        let (w, h) = img.dimensions();
+        let pair = self.depth_for(&header, (w, h), depth);
+        let mut targets = Vec::with_capacity(scores.len());
+        for (i, s) in scores.into_iter().enumerate() {
+            let detection = s
+                .detection
+                .ok_or_else(|| format!("no boxes for `{}`", s.phrase))?;
+            let mask = segmentation.as_ref().and_then(|r| r.masks.get(i));
+            let pixel = act_pixel(&detection, mask.map(|m| m.probabilities.as_slice()), w, h)
+                .map_err(|e| e.to_string())?;
+            let point = match &pair {
+                Ok(p) => DepthContext {
+                    camera: &p.camera,
+                    depth: &p.depth,
+                    sampling: &self.params.depth.sampling,
+                }
+                .point_at(pixel.x, pixel.y)
+                .map_err(|e| e.to_string())?,
+                Err(_) => None,
+            };
+            targets.push(Target {
+                detection,
+                pixel,
+                point,
+                mask: mask.filter(|_| args.masks).map(|m| m.mask.clone()),
+            });
+        }
+        let mut targets = targets.into_iter();
+        let pick = targets.next().ok_or("no pick target")?;
+        Ok(Outcome {
+            header,
+            model,
+            latency,
+            result: GroundAnswer {
+                pick,
+                place: targets.next(),
+                depth_note: pair.err(),
+            },
+        })
+    }
+}
