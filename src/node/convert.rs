@@ -561,22 +561,36 @@ pub fn param_map<'a>(
 ) -> BTreeMap<String, Value> {
     params
         .into_iter()
-        .map(|(k, p)| {
-            let v = match &p.value {
-                ParameterValue::NotSet => Value::NotSet,
-                ParameterValue::Bool(b) => Value::Bool(*b),
-                ParameterValue::Integer(i) => Value::Integer(*i),
-                ParameterValue::Double(d) => Value::Double(*d),
-                ParameterValue::String(s) => Value::String(s.clone()),
-                ParameterValue::StringArray(a) => Value::StringArray(a.clone()),
-                ParameterValue::BoolArray(_) => Value::OtherArray("bool array"),
-                ParameterValue::ByteArray(_) => Value::OtherArray("byte array"),
-                ParameterValue::IntegerArray(_) => Value::OtherArray("integer array"),
-                ParameterValue::DoubleArray(_) => Value::OtherArray("double array"),
-            };
-            (k.clone(), v)
-        })
+        .map(|(k, p)| (k.clone(), value_of(&p.value)))
         .collect()
+}
+
+/// An r2r parameter value as the plain value.
+pub fn value_of(v: &ParameterValue) -> Value {
+    match v {
+        ParameterValue::NotSet => Value::NotSet,
+        ParameterValue::Bool(b) => Value::Bool(*b),
+        ParameterValue::Integer(i) => Value::Integer(*i),
+        ParameterValue::Double(d) => Value::Double(*d),
+        ParameterValue::String(s) => Value::String(s.clone()),
+        ParameterValue::StringArray(a) => Value::StringArray(a.clone()),
+        ParameterValue::BoolArray(_) => Value::OtherArray("bool array"),
+        ParameterValue::ByteArray(_) => Value::OtherArray("byte array"),
+        ParameterValue::IntegerArray(_) => Value::OtherArray("integer array"),
+        ParameterValue::DoubleArray(_) => Value::OtherArray("double array"),
+    }
+}
+
+/// A plain value as an r2r parameter value (arrays other than strings never occur).
+pub fn param_value(v: &Value) -> ParameterValue {
+    match v {
+        Value::NotSet | Value::OtherArray(_) => ParameterValue::NotSet,
+        Value::Bool(b) => ParameterValue::Bool(*b),
+        Value::Integer(i) => ParameterValue::Integer(*i),
+        Value::Double(d) => ParameterValue::Double(*d),
+        Value::String(s) => ParameterValue::String(s.clone()),
+        Value::StringArray(a) => ParameterValue::StringArray(a.clone()),
+    }
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ struct State {
 
 /// Shared between the depth/CameraInfo subscriptions and the worker.
 pub struct DepthSync {
-    slop: Duration,
+    slop: Mutex<Duration>,
     state: Mutex<State>,
     arrived: Condvar,
 }
@@ -96,7 +96,7 @@ pub fn camera_for(camera: &PinholeCamera, colour: (u32, u32)) -> Result<PinholeC
 impl DepthSync {
     pub fn new(slop: Duration) -> Self {
         Self {
-            slop,
+            slop: Mutex::new(slop),
             state: Mutex::new(State::default()),
             arrived: Condvar::new(),
         }
@@ -104,6 +104,15 @@ impl DepthSync {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slop(&self) -> Duration {
+        *self.slop.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `depth.slop` changed at run time.
+    pub fn set_slop(&self, slop: Duration) {
+        *self.slop.lock().unwrap_or_else(|p| p.into_inner()) = slop;
     }
 
     /// A received depth image (or why it was unusable).
@@ -148,7 +157,8 @@ impl DepthSync {
     pub fn pair(&self, stamp: StampNs, colour: (u32, u32)) -> Result<DepthPair, String> {
         let camera = camera_for(&self.camera()?, colour)?;
         let s = self.lock();
-        let slop = self.slop.as_nanos() as i64;
+        let slop_time = self.slop();
+        let slop = slop_time.as_nanos() as i64;
         let best = s
             .depth
             .iter()
@@ -158,7 +168,7 @@ impl DepthSync {
         if gap > slop {
             return Err(format!(
                 "no depth image within depth.slop = {:.3} s of the frame (closest {:.3} s away)",
-                self.slop.as_secs_f64(),
+                slop_time.as_secs_f64(),
                 gap as f64 * 1e-9
             ));
         }
@@ -173,7 +183,7 @@ impl DepthSync {
     /// `stamp` when none has come yet: drivers publish a frameset's colour and depth images
     /// separately, and the colour one often arrives first.
     pub fn wait_pair(&self, stamp: StampNs, colour: (u32, u32)) -> Result<DepthPair, String> {
-        let deadline = Instant::now() + self.slop;
+        let deadline = Instant::now() + self.slop();
         let mut s = self.lock();
         while s.depth.back().is_none_or(|(t, _)| *t < stamp) {
             let now = Instant::now();

@@ -10,12 +10,13 @@
 
 mod convert;
 mod depth_sync;
+mod live_params;
 mod params;
 mod worker;
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -32,6 +33,7 @@ use vlm_perception::pipeline::{DetectionResult, LoadOptions};
 
 use convert::{FrameHeader, RawImage};
 use depth_sync::{stamp_ns, DepthSync};
+use live_params::LiveParams;
 use params::{split_texts, NodeParams, ParamError};
 use vlm_perception::pipeline::{SegmentationResult, VqaResult};
 use vlm_perception::vision::depth::Object3d;
@@ -192,11 +194,8 @@ fn run() -> Result<()> {
         detections: node.create_publisher("~/detections", output_qos())?,
         segmentation: node.create_publisher("~/segmentation", output_qos())?,
         answers: node.create_publisher("~/answers", output_qos())?,
-        overlay: if params.overlay {
-            Some(node.create_publisher("~/overlay", output_qos())?)
-        } else {
-            None
-        },
+        // always there: `overlay.enabled` can be switched on at run time
+        overlay: Some(node.create_publisher("~/overlay", output_qos())?),
         markers: if params.depth.enabled {
             Some(node.create_publisher("~/markers", output_qos())?)
         } else {
@@ -282,6 +281,15 @@ fn run() -> Result<()> {
         ),
     );
 
+    // The parameter services (`ros2 param ...`); accepted changes arrive on `param_events`.
+    let live = Arc::new(Mutex::new(LiveParams {
+        current: params.clone(),
+    }));
+    let (param_services, param_events) = node
+        .make_derived_parameter_handler(live.clone())
+        .context("cannot create the parameter services")?;
+    let timeout = ServiceTimeout::new(params.service_timeout);
+
     let (handle, join) = worker::spawn(params.clone(), options, publishers, depth_sync.clone())
         .context("cannot start the inference thread")?;
 
@@ -293,7 +301,14 @@ fn run() -> Result<()> {
         .context("cannot start the async runtime")?;
     let shutdown_logger = logger.clone();
     let result = runtime.block_on(async move {
-        let timeout = params.service_timeout;
+        tokio::spawn(param_services);
+        tokio::spawn(parameter_changes(
+            param_events,
+            live,
+            handle.clone(),
+            timeout.clone(),
+            logger.clone(),
+        ));
         let source: Arc<str> = Arc::from(resolve(&fqn, &topic));
         if let Some(sub) = raw_sub {
             tokio::spawn(frames(
@@ -321,14 +336,19 @@ fn run() -> Result<()> {
         tokio::spawn(serve(
             set_queries,
             handle.clone(),
-            timeout,
+            timeout.clone(),
             set_queries_call,
         ));
-        tokio::spawn(serve(detect, handle.clone(), timeout, detect_call));
-        tokio::spawn(serve(segment, handle.clone(), timeout, segment_call));
-        tokio::spawn(serve(ask, handle.clone(), timeout, ask_call));
-        tokio::spawn(serve(score, handle.clone(), timeout, score_call));
-        tokio::spawn(serve(ground, handle.clone(), timeout, ground_call));
+        tokio::spawn(serve(detect, handle.clone(), timeout.clone(), detect_call));
+        tokio::spawn(serve(
+            segment,
+            handle.clone(),
+            timeout.clone(),
+            segment_call,
+        ));
+        tokio::spawn(serve(ask, handle.clone(), timeout.clone(), ask_call));
+        tokio::spawn(serve(score, handle.clone(), timeout.clone(), score_call));
+        tokio::spawn(serve(ground, handle.clone(), timeout.clone(), ground_call));
         tokio::spawn(publish_diagnostics(
             diagnostics,
             handle.clone(),
@@ -441,7 +461,7 @@ async fn vocabulary_topic(
 async fn serve<T, F, Fut>(
     mut requests: impl Stream<Item = ServiceRequest<T>> + Unpin,
     handle: Handle,
-    timeout: Duration,
+    timeout: ServiceTimeout,
     call: F,
 ) where
     T: WrappedServiceTypeSupport + 'static,
@@ -452,6 +472,7 @@ async fn serve<T, F, Fut>(
 {
     while let Some(mut req) = requests.next().await {
         let handle = handle.clone();
+        let timeout = timeout.get();
         tokio::spawn(async move {
             let message = std::mem::take(&mut req.message);
             let (success, response) = call(handle.clone(), timeout, message).await;
@@ -459,6 +480,57 @@ async fn serve<T, F, Fut>(
             // The client may have gone away; nothing to do then.
             let _ = req.respond(response);
         });
+    }
+}
+
+/// `services.timeout`, which can change at run time.
+#[derive(Clone)]
+struct ServiceTimeout(Arc<AtomicU64>);
+
+impl ServiceTimeout {
+    fn new(d: Duration) -> Self {
+        Self(Arc::new(AtomicU64::new(d.as_nanos() as u64)))
+    }
+    fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+    fn set(&self, d: Duration) {
+        self.0.store(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Accepted `ros2 param set` changes: the new values go to the worker (in order with the
+/// requests) and to the service timeout.
+async fn parameter_changes(
+    mut events: impl Stream<Item = (String, r2r::ParameterValue)> + Unpin,
+    live: Arc<Mutex<LiveParams>>,
+    handle: Handle,
+    timeout: ServiceTimeout,
+    logger: String,
+) {
+    while let Some((name, value)) = events.next().await {
+        let params = live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .current
+            .clone();
+        timeout.set(params.service_timeout);
+        log(
+            &logger,
+            Level::Info,
+            &format!("parameter `{name}` set to {value:?}"),
+        );
+        let job = Job {
+            request: Request::Reconfigure(Box::new(params)),
+            deadline: Instant::now() + Duration::from_secs(3600),
+        };
+        if handle.submit(job).is_err() {
+            log(
+                &logger,
+                Level::Error,
+                &format!("parameter `{name}`: the worker's queue is full, change not applied"),
+            );
+        }
     }
 }
 

@@ -207,6 +207,153 @@ pub const KNOWN: &[&str] = &[
     "use_sim_time",
 ];
 
+/// Each parameter's description (shown by `ros2 param describe`) and whether it can change
+/// while the node runs (`ros2 param set`); the others need a restart (a model reload, new
+/// subscriptions).
+pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
+    (
+        "device",
+        "Where the models run: cpu, cuda or cuda:N.",
+        false,
+    ),
+    ("dtype", "Weights precision: f32, f16 or bf16.", false),
+    (
+        "rate",
+        "Most camera frames processed per second; 0 = as fast as inference allows.",
+        true,
+    ),
+    (
+        "camera.topic",
+        "Image topic, relative to the node's namespace.",
+        false,
+    ),
+    (
+        "camera.transport",
+        "raw (sensor_msgs/Image), compressed (<topic>/compressed) or both.",
+        false,
+    ),
+    (
+        "camera.reliable",
+        "false: sensor-data QoS (best effort); true: reliable.",
+        false,
+    ),
+    (
+        "camera.depth",
+        "Camera subscription queue depth (keep last).",
+        false,
+    ),
+    (
+        "camera.max_pixels",
+        "Frames with more pixels than this are rejected as bad input.",
+        false,
+    ),
+    (
+        "owlvit.enabled",
+        "Open-vocabulary detection (OWL-ViT) on every processed frame.",
+        false,
+    ),
+    (
+        "owlvit.model",
+        "Hugging Face hub id or local checkpoint directory.",
+        false,
+    ),
+    (
+        "owlvit.queries",
+        "The detection vocabulary (re-encoded when set).",
+        true,
+    ),
+    (
+        "owlvit.score_threshold",
+        "Keep boxes scoring above this, in [0, 1].",
+        true,
+    ),
+    (
+        "owlvit.nms_iou",
+        "Per-query NMS IoU; 1.0 or more disables NMS.",
+        true,
+    ),
+    (
+        "clipseg.enabled",
+        "Text-prompted segmentation (CLIPSeg).",
+        false,
+    ),
+    (
+        "clipseg.model",
+        "Hugging Face hub id or local checkpoint directory.",
+        false,
+    ),
+    (
+        "clipseg.prompts",
+        "Segmentation prompts on the stream; empty for none.",
+        true,
+    ),
+    (
+        "clipseg.mask_threshold",
+        "Per-pixel probability above which a pixel is in the mask.",
+        true,
+    ),
+    (
+        "vilt.enabled",
+        "Visual question answering (ViLT), through ~/ask.",
+        false,
+    ),
+    (
+        "vilt.model",
+        "Hugging Face hub id or local checkpoint directory.",
+        false,
+    ),
+    (
+        "vilt.top_k",
+        "Answers returned per question (1..100).",
+        true,
+    ),
+    (
+        "depth.enabled",
+        "3D positions from an aligned depth image and CameraInfo.",
+        false,
+    ),
+    (
+        "depth.topic",
+        "Aligned depth image topic (16UC1 mm or 32FC1 m).",
+        false,
+    ),
+    (
+        "depth.camera_info_topic",
+        "The colour camera's CameraInfo topic.",
+        false,
+    ),
+    (
+        "depth.slop",
+        "Largest stamp difference between a frame and its depth image, seconds.",
+        true,
+    ),
+    (
+        "depth.min_range",
+        "Depths below this (metres) are ignored.",
+        true,
+    ),
+    (
+        "depth.max_range",
+        "Depths above this (metres) are ignored.",
+        true,
+    ),
+    (
+        "overlay.enabled",
+        "Publish ~/overlay (boxes and masks drawn on the frame).",
+        true,
+    ),
+    (
+        "services.timeout",
+        "Seconds a service call waits for the worker.",
+        true,
+    ),
+    (
+        "diagnostics.period",
+        "Seconds between /diagnostics messages.",
+        false,
+    ),
+];
+
 /// Reads typed values out of the flat parameter map, naming the parameter in every error.
 struct Reader<'a> {
     map: &'a BTreeMap<String, Value>,
@@ -444,6 +591,81 @@ impl NodeParams {
         })
     }
 
+    /// The values as a flat parameter map (the inverse of [`Self::from_map`]): what
+    /// `ros2 param get/dump` shows.
+    pub fn to_map(&self) -> BTreeMap<String, Value> {
+        let texts = |v: &[String]| Value::StringArray(v.to_vec());
+        let transport = match self.camera.transport {
+            Transport::Raw => "raw",
+            Transport::Compressed => "compressed",
+            Transport::Both => "both",
+        };
+        let f = |v: f32| Value::Double(f64::from(v));
+        [
+            ("device", Value::String(self.device.clone())),
+            ("dtype", Value::String(self.dtype.clone())),
+            ("rate", Value::Double(self.rate)),
+            ("camera.topic", Value::String(self.camera.topic.clone())),
+            ("camera.transport", Value::String(transport.into())),
+            ("camera.reliable", Value::Bool(self.camera.reliable)),
+            ("camera.depth", Value::Integer(self.camera.depth as i64)),
+            (
+                "camera.max_pixels",
+                Value::Integer(self.camera.max_pixels as i64),
+            ),
+            ("owlvit.enabled", Value::Bool(self.owlvit.enabled)),
+            ("owlvit.model", Value::String(self.owlvit.model.clone())),
+            ("owlvit.queries", texts(&self.owlvit.queries)),
+            ("owlvit.score_threshold", f(self.owlvit.score_threshold)),
+            ("owlvit.nms_iou", f(self.owlvit.nms_iou)),
+            ("clipseg.enabled", Value::Bool(self.clipseg.enabled)),
+            ("clipseg.model", Value::String(self.clipseg.model.clone())),
+            ("clipseg.prompts", texts(&self.clipseg.prompts)),
+            ("clipseg.mask_threshold", f(self.clipseg.mask_threshold)),
+            ("vilt.enabled", Value::Bool(self.vilt.enabled)),
+            ("vilt.model", Value::String(self.vilt.model.clone())),
+            ("vilt.top_k", Value::Integer(self.vilt.top_k as i64)),
+            ("depth.enabled", Value::Bool(self.depth.enabled)),
+            ("depth.topic", Value::String(self.depth.topic.clone())),
+            (
+                "depth.camera_info_topic",
+                Value::String(self.depth.camera_info_topic.clone()),
+            ),
+            ("depth.slop", Value::Double(self.depth.slop.as_secs_f64())),
+            ("depth.min_range", f(self.depth.sampling.min_depth)),
+            ("depth.max_range", f(self.depth.sampling.max_depth)),
+            ("overlay.enabled", Value::Bool(self.overlay)),
+            (
+                "services.timeout",
+                Value::Double(self.service_timeout.as_secs_f64()),
+            ),
+            (
+                "diagnostics.period",
+                Value::Double(self.diagnostics_period.as_secs_f64()),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Validates a change of `name` to `value` at run time: the new parameters, or why not
+    /// (a read-only parameter, an unknown one, or an invalid value; the old ones then stay).
+    pub fn with_change(&self, name: &str, value: Value) -> Result<Self, String> {
+        match DESCRIPTIONS.iter().find(|(n, _, _)| *n == name) {
+            None => return Err(format!("unknown parameter `{name}`")),
+            Some((_, _, false)) => {
+                return Err(format!(
+                    "`{name}` is read-only while the node runs (restart the node to change it)"
+                ))
+            }
+            Some(_) => {}
+        }
+        let mut map = self.to_map();
+        map.insert(name.to_string(), value);
+        Self::from_map(&map).map_err(|e| e.reason)
+    }
+
     /// Parameter names in the map that the node does not know (typos in a params file).
     pub fn unknown(map: &BTreeMap<String, Value>) -> Vec<String> {
         map.keys()
@@ -477,6 +699,31 @@ mod tests {
         assert!(!p.depth.enabled);
         assert_eq!(p.depth.topic, defaults::DEPTH_TOPIC);
         assert_eq!(p.depth.slop, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn to_map_round_trips_and_changes_are_validated() {
+        let p = NodeParams::from_map(&map(&[("rate", Value::Integer(3))])).unwrap();
+        let again = NodeParams::from_map(&p.to_map()).unwrap();
+        assert_eq!(again.to_map(), p.to_map());
+        assert_eq!(p.to_map().len(), DESCRIPTIONS.len());
+        for (name, _, _) in DESCRIPTIONS {
+            assert!(KNOWN.contains(name), "{name}");
+        }
+        let q = p
+            .with_change("owlvit.score_threshold", Value::Double(0.3))
+            .unwrap();
+        assert_eq!(q.owlvit.score_threshold, 0.3);
+        let e = p
+            .with_change("owlvit.score_threshold", Value::Double(3.0))
+            .unwrap_err();
+        assert!(e.contains("[0, 1]"), "{e}");
+        let e = p
+            .with_change("device", Value::String("cuda".into()))
+            .unwrap_err();
+        assert!(e.contains("read-only"), "{e}");
+        let e = p.with_change("nope", Value::Bool(true)).unwrap_err();
+        assert!(e.contains("unknown"), "{e}");
     }
 
     #[test]

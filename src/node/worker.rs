@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,8 @@ pub enum Request {
         threshold: Option<f32>,
         reply: Reply<Outcome<ScoreAnswer>>,
     },
+    /// New parameter values (`ros2 param set`), already validated.
+    Reconfigure(Box<NodeParams>),
     /// CLIPort-style pick/place targets.
     Ground {
         image: ImageArg,
@@ -140,6 +142,7 @@ impl Job {
             Request::Ask { reply, .. } => reply.is_closed(),
             Request::Score { reply, .. } => reply.is_closed(),
             Request::Ground { reply, .. } => reply.is_closed(),
+            Request::Reconfigure(_) => false,
         }
     }
 
@@ -166,6 +169,7 @@ impl Job {
             Request::Ground { reply, .. } => {
                 let _ = reply.send(Err(message));
             }
+            Request::Reconfigure(_) => {}
         }
     }
 }
@@ -340,7 +344,8 @@ struct Shared {
     tasks: Mutex<Vec<TaskSnapshot>>,
     loading: AtomicBool,
     started: Instant,
-    rate: f64,
+    /// `rate` (f64 bits): it changes at run time.
+    rate: AtomicU64,
     device: String,
     dtype: String,
 }
@@ -438,7 +443,7 @@ impl Handle {
             prompt_encodings: s.prompt_encodings,
             queries: s.queries.clone(),
             prompts: s.prompts.clone(),
-            rate: self.shared.rate,
+            rate: f64::from_bits(self.shared.rate.load(Ordering::Relaxed)),
             device: self.shared.device.clone(),
             dtype: self.shared.dtype.clone(),
             tasks,
@@ -489,7 +494,7 @@ pub fn spawn<S: Sink>(
         tasks: Mutex::new(tasks),
         loading: AtomicBool::new(true),
         started: Instant::now(),
-        rate: params.rate,
+        rate: AtomicU64::new(params.rate.to_bits()),
         device: params.device.clone(),
         dtype: params.dtype.clone(),
     });
@@ -1043,6 +1048,7 @@ impl<S: Sink> Worker<S> {
             } => {
                 let _ = reply.send(self.ground(image, depth, args));
             }
+            Request::Reconfigure(params) => self.reconfigure(*params),
         }
     }
 
@@ -1127,6 +1133,28 @@ impl<S: Sink> Worker<S> {
             return Ok("nothing to change (both keep flags set)".into());
         }
         Ok(format!("set {}", notes.join(", ")))
+    }
+
+    /// Applies new parameter values. A changed `owlvit.queries` / `clipseg.prompts` replaces
+    /// the stream's vocabulary (as `~/set_queries` does); the rest is read where it is used.
+    fn reconfigure(&mut self, new: NodeParams) {
+        let queries =
+            (new.owlvit.queries != self.params.owlvit.queries).then(|| new.owlvit.queries.clone());
+        let prompts = (new.clipseg.prompts != self.params.clipseg.prompts)
+            .then(|| new.clipseg.prompts.clone());
+        if let Some(d) = &self.depth {
+            d.set_slop(new.depth.slop);
+        }
+        self.shared
+            .rate
+            .store(new.rate.to_bits(), Ordering::Relaxed);
+        if new.rate != self.params.rate {
+            self.next_frame_at = Instant::now();
+        }
+        self.params = new;
+        if queries.is_some() || prompts.is_some() {
+            let _ = self.set_vocabulary(queries, prompts, "parameters");
+        }
     }
 
     /// The request's image, or the latest camera frame.
@@ -1370,7 +1398,7 @@ mod tests {
             tasks: Mutex::new(Vec::new()),
             loading: AtomicBool::new(false),
             started: Instant::now(),
-            rate: params.rate,
+            rate: AtomicU64::new(params.rate.to_bits()),
             device: params.device,
             dtype: params.dtype,
         });
