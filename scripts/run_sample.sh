@@ -13,6 +13,7 @@
 # first use). Otherwise, or with VLM_SAMPLE_OFFLINE=1, the run falls back to the tiny random
 # checkpoints in tests/fixtures/models: everything runs, but their boxes and answers are noise.
 # VLM_DEVICE (cpu, cuda, cuda:N) and VLM_DTYPE (f32, f16, bf16) pick where they run.
+# FASTRTPS_DEFAULT_PROFILES_FILE: default config/fastdds_large_data.xml; '' for no profile.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
     --compressed) cam_args+=(--compressed); shift ;;
     --question) cam_args+=(--question "$2"); shift 2 ;;
     --images) shift; cam_args+=(--images); while [ $# -gt 0 ] && [[ "$1" != --* ]]; do cam_args+=("$(realpath "$1")"); shift; done ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -93,6 +94,15 @@ cat > "$out/sample_params.yaml" <<YAML
 YAML
 
 # ---- run -------------------------------------------------------------------------------------
+# Raw frames over 512 KB do not fit Fast DDS's default shared-memory segment and best effort loses
+# them: the node and the camera (the writer, whose segment counts) both start with the bundled
+# profile, unless FASTRTPS_DEFAULT_PROFILES_FILE is set ('' runs without one).
+if [ -z "${FASTRTPS_DEFAULT_PROFILES_FILE+set}" ]; then
+  export FASTRTPS_DEFAULT_PROFILES_FILE="$root/config/fastdds_large_data.xml"
+elif [ -z "$FASTRTPS_DEFAULT_PROFILES_FILE" ]; then
+  unset FASTRTPS_DEFAULT_PROFILES_FILE
+fi
+log "Fast DDS profile: ${FASTRTPS_DEFAULT_PROFILES_FILE:-none}"
 log "starting vlm_perception_node in /sample (log: $out/node.log)"
 target/release/vlm_perception_node --ros-args \
   --params-file config/vlm_perception.yaml --params-file "$out/sample_params.yaml" \

@@ -11,6 +11,7 @@ Exit status: 0 when the node answered every frame, 1 otherwise.
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,17 @@ from vlm_perception_msgs.srv import Ask
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = [REPO / "tests/fixtures/images" / n for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
 RELIABLE = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=50)
+PROFILE_VAR = "FASTRTPS_DEFAULT_PROFILES_FILE"
+
+
+def use_large_data_profile():
+    """This process writes the frames, and the writer's Fast DDS shared-memory segment must hold a
+    whole frame (512 KB by default): use the bundled profile unless one is set ('' for none). Fast
+    DDS reads the variable when rclpy.init() creates the participant."""
+    if PROFILE_VAR not in os.environ:
+        os.environ[PROFILE_VAR] = str(REPO / "config" / "fastdds_large_data.xml")
+    elif not os.environ[PROFILE_VAR]:
+        del os.environ[PROFILE_VAR]
 
 
 def to_image_msg(path: Path, frame_id: str) -> Image:
@@ -120,6 +132,7 @@ def main():
     ap.add_argument("--show", type=int, default=5, help="detections printed per frame")
     args = ap.parse_args()
 
+    use_large_data_profile()
     rclpy.init()
     cam = SampleCamera(args.node, args.camera_topic)
     args.out.mkdir(parents=True, exist_ok=True)

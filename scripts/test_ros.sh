@@ -11,7 +11,9 @@
 # 3. runs the node's unit tests (params, convert, worker), then pytest on tests/ros. Each pytest
 #    run claims a ROS_DOMAIN_ID of its own and keeps discovery on loopback.
 #
-# Knobs: VLM_ROS_SKIP_UNIT=1 skips step 3's cargo unit tests; VLM_TEST_DOMAIN_ID pins the domain.
+# Knobs: VLM_ROS_SKIP_UNIT=1 skips step 3's cargo unit tests; VLM_TEST_DOMAIN_ID pins the domain;
+# FASTRTPS_DEFAULT_PROFILES_FILE replaces config/fastdds_large_data.xml ('' runs without a profile,
+# and test_node_large_frames.py then fails).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

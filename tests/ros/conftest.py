@@ -5,7 +5,9 @@ or by hand after `source .ros/env.sh`:  python3 -m pytest tests/ros
 
 Each run takes a ROS_DOMAIN_ID of its own (a lock file per id under the temp dir, so that
 concurrent runs on one machine never share one) and keeps discovery on loopback
-(ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST). Every node gets its own namespace.
+(ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST). Every node gets its own namespace. This process and
+the nodes run with config/fastdds_large_data.xml unless FASTRTPS_DEFAULT_PROFILES_FILE is set
+('' for no profile).
 """
 
 import fcntl
@@ -52,6 +54,14 @@ _DOMAIN, _DOMAIN_LOCK = _claim_domain_id()
 os.environ["ROS_DOMAIN_ID"] = str(_DOMAIN)
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.pop("ROS_STATIC_PEERS", None)
+# Raw frames over 512 KB only get through best effort when the WRITER's Fast DDS shared-memory
+# segment holds them: this process writes the test frames, the nodes (which inherit os.environ)
+# their overlays. Set before rclpy creates a participant.
+PROFILE_VAR = "FASTRTPS_DEFAULT_PROFILES_FILE"
+if PROFILE_VAR not in os.environ:
+    os.environ[PROFILE_VAR] = str(REPO / "config" / "fastdds_large_data.xml")
+elif not os.environ[PROFILE_VAR]:
+    del os.environ[PROFILE_VAR]
 
 import rclpy  # noqa: E402  (after the environment is set)
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data  # noqa: E402
@@ -68,7 +78,8 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_report_header(config):
-    return f"ROS_DOMAIN_ID={_DOMAIN}, node {NODE_BIN}, cli {CLI_BIN}"
+    return (f"ROS_DOMAIN_ID={_DOMAIN}, node {NODE_BIN}, cli {CLI_BIN}, "
+            f"Fast DDS profile {os.environ.get(PROFILE_VAR, 'none')}")
 
 
 @pytest.fixture(scope="session")
