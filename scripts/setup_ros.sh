@@ -228,6 +228,43 @@ if [ "$force" = 1 ] || [ "$(cat "$msgs_stamp" 2>/dev/null)" != "$msgs_hash" ] \
 fi
 
 # ---------------------------------------------------------------------------------------------
+# 6b. Optional: the ROS 2 Jazzy packages the PyPI wheels lack (launch system, ros2 CLI,
+#     composition_interfaces, vision_msgs), from ../shared/ros2-extras when it is there (a real
+#     /opt/ros/jazzy has them; a user's own clone may not: the tests that need them then skip).
+# ---------------------------------------------------------------------------------------------
+extras="${VLM_ROS_EXTRAS:-$root/../shared/ros2-extras}"
+extras_stamp="$ros/.stamp-extras"
+if [ -d "$extras/wheels" ] && [ -d "$extras/src" ]; then
+  extras_hash="$( (echo "$msgs_hash"; cd "$extras" && find wheels src -type f -print0 | LC_ALL=C sort -z \
+    | xargs -0 sha256sum) | sha256sum | cut -c1-16)"
+  if [ "$force" = 1 ] || [ "$(cat "$extras_stamp" 2>/dev/null)" != "$extras_hash" ] \
+     || [ ! -f "$install/share/vision_msgs/package.xml" ]; then
+    log "ROS 2 extras from $extras: wheels + colcon build composition_interfaces vision_msgs ($(elapsed))"
+    "$vpy" -m pip install -q --disable-pip-version-check --no-deps "$extras"/wheels/*.whl
+    "$vpy" -m pip install -q --disable-pip-version-check lark pyyaml packaging psutil argcomplete \
+      importlib-metadata
+    if ! (
+      export PATH="$ros/bin:$PATH" AMENT_PREFIX_PATH="$install:$ros" CMAKE_PREFIX_PATH="$install:$ros" ROS_DISTRO=jazzy
+      export LD_LIBRARY_PATH="$ros/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      export COLCON_HOME="$ws/.colcon" PYTHONDONTWRITEBYTECODE=1
+      unset PYTHONPATH
+      cd "$ws"
+      "$ros/bin/colcon" --log-base "$ws/log-extras" build --merge-install \
+        --base-paths "$extras/src" --build-base "$ws/build-extras" --install-base "$install" \
+        --parallel-workers 1 --event-handlers console_direct- console_stderr- \
+        --cmake-args -DPython3_EXECUTABLE="$vpy" -DPython3_FIND_VIRTUALENV=ONLY -DBUILD_TESTING=OFF \
+        -DCMAKE_BUILD_TYPE=Release
+    ) > "$ws/colcon-extras.out" 2>&1; then
+      tail -n 60 "$ws/colcon-extras.out" >&2
+      die "colcon build of the ROS 2 extras failed (full output: $ws/colcon-extras.out)"
+    fi
+    echo "$extras_hash" > "$extras_stamp"
+  fi
+else
+  rm -f "$extras_stamp"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # 7. env.sh
 # ---------------------------------------------------------------------------------------------
 libs_dirs="$(find "$site_dir" -maxdepth 1 -type d -name 'ros_*.libs' | LC_ALL=C sort | paste -sd: -)"
@@ -259,7 +296,7 @@ export ROS_DISTRO=jazzy ROS_VERSION=2 ROS_PYTHON_VERSION=3
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 # r2r generates bindings only for these packages (it adds rcl_interfaces, builtin_interfaces,
 # unique_identifier_msgs and action_msgs itself); a smaller list builds faster.
-export IDL_PACKAGE_FILTER="std_msgs;sensor_msgs;geometry_msgs;builtin_interfaces;diagnostic_msgs;std_srvs;visualization_msgs;vlm_perception_msgs;rcl_interfaces"
+export IDL_PACKAGE_FILTER="std_msgs;sensor_msgs;geometry_msgs;builtin_interfaces;diagnostic_msgs;std_srvs;visualization_msgs;vlm_perception_msgs;rcl_interfaces;vision_msgs"
 if [ -z "${HOME:-}" ]; then
   HOME="$(getent passwd "$(id -u)" 2>/dev/null | cut -d: -f6)"
   export HOME="${HOME:-/tmp}"
@@ -274,6 +311,12 @@ EOF
   printf '_vlm_prepend LD_LIBRARY_PATH'
   printf ' "%s"' $(echo "$libs_dirs" | tr ':' ' ') "$ros/lib" "$install/lib"
   printf '\nunset -f _vlm_prepend\nunset _vlm_ros _vlm_install _vlm_site _vlm_msgs_site\n'
+  # With the extras: the node's vision_msgs output can be built (cargo feature vision_msgs).
+  if [ -f "$extras_stamp" ]; then
+    printf 'export VLM_ROS_EXTRAS=1\n'
+  else
+    printf 'unset VLM_ROS_EXTRAS\n'
+  fi
 } > "$env_tmp"
 mv "$env_tmp" "$ros/env.sh"
 

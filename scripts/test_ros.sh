@@ -28,12 +28,36 @@ set -u
 
 log "cargo build --release --bin vlm-perception"
 cargo build --release --bin vlm-perception
-log "cargo build --release --features ros --bin vlm_perception_node"
-cargo build --release --features ros --bin vlm_perception_node
+# With ../shared/ros2-extras (setup_ros.sh installs it when present): vision_msgs output too.
+features=ros
+if [ "${VLM_ROS_EXTRAS:-0}" = 1 ]; then
+  features=ros,vision_msgs
+fi
+log "cargo build --release --features $features --bin vlm_perception_node"
+cargo build --release --features "$features" --bin vlm_perception_node
 
 if [ "${VLM_ROS_SKIP_UNIT:-0}" != 1 ]; then
-  log "cargo test --release --features ros --bin vlm_perception_node"
-  cargo test --release --features ros --bin vlm_perception_node
+  log "cargo test --release --features $features --bin vlm_perception_node"
+  cargo test --release --features "$features" --bin vlm_perception_node
+fi
+
+# The ament package, as `ros2 launch vlm_perception ...` finds it: colcon-built into the
+# project's ROS install, reusing the cargo build above (same target dir, features and filter).
+if [ "${VLM_ROS_EXTRAS:-0}" = 1 ]; then
+  ws="$root/.ros/ws"
+  log "colcon build vlm_perception (ament package; reuses target/)"
+  if ! (
+    cd "$ws"
+    colcon --log-base "$ws/log-pkg" build --merge-install --base-paths "$root" \
+      --packages-select vlm_perception --build-base "$ws/build-pkg" --install-base "$ws/install" \
+      --event-handlers console_direct- console_stderr- \
+      --cmake-args -DVLM_CARGO_TARGET_DIR="$root/target" -DVLM_CARGO_FEATURES="${features//,/ }" \
+      "-DVLM_IDL_PACKAGE_FILTER=$IDL_PACKAGE_FILTER" -DBUILD_TESTING=OFF
+  ) > "$ws/colcon-pkg.out" 2>&1; then
+    tail -n 40 "$ws/colcon-pkg.out" >&2
+    log "colcon build of the vlm_perception package failed (see $ws/colcon-pkg.out)"
+    exit 1
+  fi
 fi
 
 log "pytest tests/ros"

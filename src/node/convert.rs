@@ -31,8 +31,12 @@ use crate::worker::{ModelState, Snapshot, TaskSnapshot};
 
 mod planner;
 mod spatial;
+#[cfg(feature = "vision_msgs")]
+mod vision;
 pub use planner::{ground_target, phrase_scores};
 pub use spatial::{camera_info, depth_image, markers, request_camera_info, request_depth};
+#[cfg(feature = "vision_msgs")]
+pub use vision::{detection_2d_array, detection_3d_array};
 
 /// `diagnostic_msgs/DiagnosticStatus` levels (DiagnosticStatus.msg: OK=0, WARN=1, ERROR=2,
 /// STALE=3).

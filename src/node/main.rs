@@ -95,6 +95,10 @@ struct Publishers {
     overlay: Option<r2r::Publisher<Image>>,
     /// RViz boxes of the located detections (depth on).
     markers: Option<r2r::Publisher<MarkerArray>>,
+    #[cfg(feature = "vision_msgs")]
+    detections_2d: r2r::Publisher<r2r::vision_msgs::msg::Detection2DArray>,
+    #[cfg(feature = "vision_msgs")]
+    detections_3d: r2r::Publisher<r2r::vision_msgs::msg::Detection3DArray>,
 }
 
 impl Publishers {
@@ -123,6 +127,14 @@ impl Sink for Publishers {
         if let Some(p) = &self.markers {
             let msg = convert::markers(header, r, positions);
             self.check("markers", p.publish(&msg));
+        }
+        #[cfg(feature = "vision_msgs")]
+        {
+            let msg = convert::detection_2d_array(header, r);
+            self.check("detections_2d", self.detections_2d.publish(&msg));
+            if let Some(msg) = convert::detection_3d_array(header, r, positions) {
+                self.check("detections_3d", self.detections_3d.publish(&msg));
+            }
         }
     }
 
@@ -201,6 +213,10 @@ fn run() -> Result<()> {
         } else {
             None
         },
+        #[cfg(feature = "vision_msgs")]
+        detections_2d: node.create_publisher("~/detections_2d", output_qos())?,
+        #[cfg(feature = "vision_msgs")]
+        detections_3d: node.create_publisher("~/detections_3d", output_qos())?,
     };
     let diagnostics = node.create_publisher::<DiagnosticArray>("/diagnostics", output_qos())?;
 

@@ -331,3 +331,28 @@ def test_saycan_example_planner_runs_against_the_node(node):
     assert "pick up the cat and place it in the coffee cup" in text, text
     # the targets come with 3D points on the plane
     assert "z=1.500" in text, text
+
+
+def test_vision_msgs_3d_detections_match_the_located_ones(node):
+    try:
+        from vision_msgs.msg import Detection3DArray
+    except ImportError:
+        pytest.skip("vision_msgs is not installed (../shared/ros2-extras or ros-jazzy-vision-msgs)")
+    from conftest import RELIABLE
+    proc, client = node
+    got = []
+    sub = client.node.create_subscription(Detection3DArray, f"{proc.fqn}/detections_3d", got.append, RELIABLE)
+    try:
+        depth = Depth(client)
+        msg = stream_frame(client, depth, plane())
+        frame_id = msg.header.frame_id
+        d3 = client.wait(lambda: next((m for m in got if m.header.frame_id == frame_id), None), 10,
+                         "a Detection3DArray for the frame")
+        located = [d for d in msg.detections if d.has_position]
+        assert [x.results[0].hypothesis.class_id for x in d3.detections] == [d.label for d in located]
+        for x, d in zip(d3.detections, located):
+            c = x.bbox.center.position
+            assert (c.x, c.y, c.z) == pytest.approx((d.position.x, d.position.y, d.position.z), abs=1e-6)
+            assert x.bbox.size.x == pytest.approx(d.size.x, abs=1e-6)
+    finally:
+        client.node.destroy_subscription(sub)

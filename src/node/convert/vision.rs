@@ -1,0 +1,101 @@
+//! `vision_msgs` output (cargo feature `vision_msgs`): the detections as
+//! `vision_msgs/Detection2DArray` (and `Detection3DArray` for the located ones), which RViz
+//! plugins, Foxglove panels, Isaac ROS and yolo_ros consumers understand.
+
+use r2r::geometry_msgs::msg::{Point, Pose, PoseWithCovariance, Quaternion};
+use r2r::vision_msgs::msg as vision;
+use vlm_perception::pipeline::DetectionResult;
+use vlm_perception::vision::depth::Object3d;
+
+use super::spatial::{point, vector};
+use super::FrameHeader;
+
+fn hypothesis(label: &str, score: f32, position: Point) -> vision::ObjectHypothesisWithPose {
+    vision::ObjectHypothesisWithPose {
+        hypothesis: vision::ObjectHypothesis {
+            class_id: label.to_string(),
+            score: f64::from(score),
+        },
+        pose: PoseWithCovariance {
+            pose: pose(position),
+            ..Default::default()
+        },
+    }
+}
+
+fn pose(position: Point) -> Pose {
+    Pose {
+        position,
+        orientation: Quaternion {
+            x: 0.0,
+            y: 0.0,
+            z: 0.0,
+            w: 1.0,
+        },
+    }
+}
+
+/// `results[0].hypothesis.class_id` = the query text, `score` in [0, 1], `bbox` centre/size in
+/// pixels, header = the source image's; `id` = the detection's rank in the frame.
+pub fn detection_2d_array(
+    header: &FrameHeader,
+    result: &DetectionResult,
+) -> vision::Detection2DArray {
+    vision::Detection2DArray {
+        header: header.to_msg(),
+        detections: result
+            .detections
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let (cx, cy) = d.bbox.center();
+                vision::Detection2D {
+                    header: header.to_msg(),
+                    results: vec![hypothesis(&d.label, d.score, Point::default())],
+                    bbox: vision::BoundingBox2D {
+                        center: vision::Pose2D {
+                            position: vision::Point2D {
+                                x: f64::from(cx),
+                                y: f64::from(cy),
+                            },
+                            theta: 0.0,
+                        },
+                        size_x: f64::from(d.bbox.width()),
+                        size_y: f64::from(d.bbox.height()),
+                    },
+                    id: i.to_string(),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The located detections, in the camera optical frame; `None` when none was located.
+pub fn detection_3d_array(
+    header: &FrameHeader,
+    result: &DetectionResult,
+    positions: &[Option<Object3d>],
+) -> Option<vision::Detection3DArray> {
+    let detections: Vec<vision::Detection3D> = result
+        .detections
+        .iter()
+        .zip(positions)
+        .enumerate()
+        .filter_map(|(i, (d, o))| {
+            let o = o.as_ref()?;
+            Some(vision::Detection3D {
+                header: header.to_msg(),
+                results: vec![hypothesis(&d.label, d.score, point(&o.centre))],
+                bbox: vision::BoundingBox3D {
+                    center: pose(point(&o.centre)),
+                    size: vector(&o.size),
+                },
+                id: i.to_string(),
+            })
+        })
+        .collect();
+    (!detections.is_empty()).then(|| vision::Detection3DArray {
+        header: header.to_msg(),
+        detections,
+    })
+}
