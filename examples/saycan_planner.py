@@ -14,7 +14,8 @@ score) and feasible now (the affordance: are its objects visible?). Here:
   4. the best skill = language score x affordance(X) x affordance(Y);
   5. `~/ground` turns its pick and place phrases into pixels and, with depth, 3D points
      (CLIPort-style: the segmentation peak inside the best box), printed as the plan.
-Exit code 0 with a plan, 1 when no skill is feasible or a service fails.
+Exit code 0 with a plan, 3 when no skill is feasible (its objects are not visible), 1 when a
+service fails, 2 for bad arguments.
 """
 
 import argparse
@@ -105,7 +106,7 @@ def main() -> int:
         combined, skill, pick, place = ranked[0]
         if combined <= 0.0:
             print("no feasible skill: the objects are not visible", file=sys.stderr)
-            return 1
+            return 3
         ground = call(node, node.create_client(Ground, f"{args.node}/ground"),
                       Ground.Request(pick=pick, place=place, threshold=args.threshold), args.timeout)
         if not ground.success:

@@ -90,6 +90,7 @@ cat > "$out/sample_params.yaml" <<YAML
     clipseg: {model: "$clipseg", prompts: ["a cat", "a cup"]}
     vilt: {model: "$vilt"}
     overlay: {enabled: true}
+    depth: {enabled: true}
     services: {timeout: 120.0}
 YAML
 
@@ -121,6 +122,18 @@ trap stop_node EXIT
 status=0
 python3 scripts/sample_camera.py --node /sample/vlm_perception --camera-topic /sample/image \
   --out "$out" "${cam_args[@]}" || status=$?
+if [ "$status" -eq 0 ]; then
+  # A SayCan-style plan on the last frame: ~/score, then ~/ground with the synthetic depth.
+  log "examples/saycan_planner.py on the last frame"
+  planner=0
+  python3 examples/saycan_planner.py --node /sample/vlm_perception --task "put the cat in the coffee cup" \
+    --objects "cat, coffee cup, rocket" --timeout 120 || planner=$?
+  case "$planner" in
+    0) ;;
+    3) log "no feasible plan on this frame (its objects are not visible): a valid answer" ;;
+    *) status=$planner ;;
+  esac
+fi
 if [ "$status" -ne 0 ]; then
   log "the sample run failed (status $status); node log:"
   tail -n 30 "$out/node.log" >&2

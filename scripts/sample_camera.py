@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """An image-sequence camera for vlm_perception_node: publishes a few photos as sensor_msgs/Image
-(or CompressedImage), prints what the node publishes for each frame (detections, masks, answers)
-and saves the overlays. scripts/run_sample.sh starts the node and runs this.
+(or CompressedImage), with a synthetic aligned depth image and CameraInfo for each (a table seen
+from above at an angle: 0.8 m at the bottom row to 2.0 m at the top, at half the colour
+resolution, 16UC1), prints what the node publishes for each frame (detections with their 3D
+positions, masks, answers) and saves the overlays. scripts/run_sample.sh starts the node and
+runs this.
 
     python3 scripts/sample_camera.py --node /sample/vlm_perception --out sample_out \
         [--images a.png b.jpg ...] [--compressed] [--question "what is this?"]
@@ -19,7 +22,7 @@ from pathlib import Path
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vlm_perception_msgs.msg import Answer, DetectionArray, SegmentationArray
 from vlm_perception_msgs.srv import Ask
 
@@ -27,6 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = [REPO / "tests/fixtures/images" / n for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
 RELIABLE = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=50)
 PROFILE_VAR = "FASTRTPS_DEFAULT_PROFILES_FILE"
+# The synthetic scene: depth from NEAR_M (bottom row) to FAR_M (top row); focal length in pixels
+# as a fraction of the image width (a ~58 degree horizontal field of view, like a RealSense D435).
+NEAR_M, FAR_M = 0.8, 2.0
+FOCAL_PER_WIDTH = 0.9
 
 
 def use_large_data_profile():
@@ -51,6 +58,24 @@ def to_image_msg(path: Path, frame_id: str) -> Image:
     return m
 
 
+def depth_and_info(width: int, height: int, header) -> tuple[Image, CameraInfo]:
+    """The synthetic aligned depth (half resolution, 16UC1 millimetres) and the colour camera's
+    CameraInfo, stamped like the colour frame."""
+    dw, dh = (width + 1) // 2, (height + 1) // 2
+    rows = [round(1000 * (FAR_M - (FAR_M - NEAR_M) * (y + 0.5) / dh)) for y in range(dh)]
+    depth = Image()
+    depth.header = header
+    depth.width, depth.height, depth.encoding, depth.step = dw, dh, "16UC1", 2 * dw
+    depth.data = b"".join(r.to_bytes(2, "little") * dw for r in rows)
+    info = CameraInfo()
+    info.header = header
+    info.width, info.height = width, height
+    f = FOCAL_PER_WIDTH * width
+    info.k = [f, 0.0, (width - 1) / 2, 0.0, f, (height - 1) / 2, 0.0, 0.0, 1.0]
+    info.distortion_model, info.d = "plumb_bob", [0.0] * 5
+    return depth, info
+
+
 def to_compressed_msg(path: Path, frame_id: str) -> CompressedImage:
     m = CompressedImage()
     m.header.frame_id = frame_id
@@ -69,6 +94,9 @@ class SampleCamera:
         n = self.node
         self.raw_pub = n.create_publisher(Image, camera_topic, qos_profile_sensor_data)
         self.compressed_pub = n.create_publisher(CompressedImage, camera_topic + "/compressed", qos_profile_sensor_data)
+        ns = camera_topic.rsplit("/", 1)[0]
+        self.depth_pub = n.create_publisher(Image, f"{ns}/aligned_depth_to_color/image_raw", qos_profile_sensor_data)
+        self.info_pub = n.create_publisher(CameraInfo, f"{ns}/color/camera_info", qos_profile_sensor_data)
         n.create_subscription(DetectionArray, f"{node_name}/detections",
                               lambda m: self.detections.setdefault(m.header.frame_id, m), RELIABLE)
         n.create_subscription(SegmentationArray, f"{node_name}/segmentation",
@@ -113,8 +141,9 @@ def print_detections(m: DetectionArray, limit: int):
     print(f"  detections ({m.model}, {m.latency_ms:.0f} ms): {len(m.detections)}")
     for d in m.detections[:limit]:
         b = d.bbox
+        at = (f"  at ({d.position.x:+.2f}, {d.position.y:+.2f}, {d.position.z:.2f}) m" if d.has_position else "")
         print(f"    {d.score:6.3f}  {d.label:24s} center ({b.center.position.x:7.1f}, {b.center.position.y:7.1f})"
-              f"  size {b.size_x:6.1f} x {b.size_y:6.1f}")
+              f"  size {b.size_x:6.1f} x {b.size_y:6.1f}{at}")
     if len(m.detections) > limit:
         print(f"    ... {len(m.detections) - limit} more")
 
@@ -130,6 +159,7 @@ def main():
     ap.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the models to load")
     ap.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for each frame's results")
     ap.add_argument("--show", type=int, default=5, help="detections printed per frame")
+    ap.add_argument("--no-depth", action="store_true", help="do not publish the synthetic depth and CameraInfo")
     args = ap.parse_args()
 
     use_large_data_profile()
@@ -148,12 +178,19 @@ def main():
             frame_id = f"sample/{i}/{path.name}"
             msg = to_compressed_msg(path, frame_id) if args.compressed else to_image_msg(path, frame_id)
             pub = cam.compressed_pub if args.compressed else cam.raw_pub
+            if not args.no_depth:
+                from PIL import Image as PILImage
+                w, h = PILImage.open(path).size
+                depth, info = depth_and_info(w, h, msg.header)
             print(f"\n[{path.name}] published on {args.camera_topic}{'/compressed' if args.compressed else ''}",
                   flush=True)
             # best effort: publish again until the node's answer for this frame arrives
             det = None
             end = time.monotonic() + args.frame_timeout
             while det is None and time.monotonic() < end:
+                if not args.no_depth:
+                    cam.info_pub.publish(info)
+                    cam.depth_pub.publish(depth)
                 pub.publish(msg)
                 det = cam.spin_until(lambda: cam.detections.get(frame_id), 2.0)
             if det is None:
@@ -164,7 +201,9 @@ def main():
             entry = {"image": path.name, "detections": [
                 {"label": d.label, "score": round(d.score, 4),
                  "center": [round(d.bbox.center.position.x, 1), round(d.bbox.center.position.y, 1)],
-                 "size": [round(d.bbox.size_x, 1), round(d.bbox.size_y, 1)]} for d in det.detections]}
+                 "size": [round(d.bbox.size_x, 1), round(d.bbox.size_y, 1)],
+                 **({"position_m": [round(d.position.x, 3), round(d.position.y, 3), round(d.position.z, 3)]}
+                    if d.has_position else {})} for d in det.detections]}
             seg = cam.spin_until(lambda: cam.segmentations.get(frame_id), 1.0)
             if seg:
                 print(f"  segmentation ({seg.model}, {seg.latency_ms:.0f} ms):")
