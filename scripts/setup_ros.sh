@@ -296,7 +296,7 @@ export ROS_DISTRO=jazzy ROS_VERSION=2 ROS_PYTHON_VERSION=3
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 # r2r generates bindings only for these packages (it adds rcl_interfaces, builtin_interfaces,
 # unique_identifier_msgs and action_msgs itself); a smaller list builds faster.
-export IDL_PACKAGE_FILTER="std_msgs;sensor_msgs;geometry_msgs;builtin_interfaces;diagnostic_msgs;std_srvs;visualization_msgs;vlm_perception_msgs;rcl_interfaces;vision_msgs"
+export IDL_PACKAGE_FILTER="std_msgs;sensor_msgs;geometry_msgs;builtin_interfaces;diagnostic_msgs;std_srvs;visualization_msgs;vlm_perception_msgs;rcl_interfaces;vision_msgs;lifecycle_msgs"
 if [ -z "${HOME:-}" ]; then
   HOME="$(getent passwd "$(id -u)" 2>/dev/null | cut -d: -f6)"
   export HOME="${HOME:-/tmp}"

@@ -541,6 +541,11 @@ pub fn diagnostics(
 fn task_status(node: &str, s: &Snapshot, t: &TaskSnapshot) -> DiagnosticStatus {
     let (level, state, message) = match &t.state {
         ModelState::Disabled => (LEVEL_STALE, "disabled", "disabled by parameter".to_string()),
+        ModelState::Unconfigured => (
+            LEVEL_STALE,
+            "unconfigured",
+            "not loaded (lifecycle node not configured)".to_string(),
+        ),
         ModelState::Loading => (LEVEL_WARN, "loading", format!("loading `{}`", t.model)),
         ModelState::Ready => (LEVEL_OK, "ready", format!("`{}` ready", t.model)),
         ModelState::Failed(e) => (LEVEL_ERROR, "failed", format!("failed to load: {e}")),

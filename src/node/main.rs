@@ -10,6 +10,7 @@
 
 mod convert;
 mod depth_sync;
+mod lifecycle;
 mod live_params;
 mod params;
 mod worker;
@@ -306,8 +307,45 @@ fn run() -> Result<()> {
         .context("cannot create the parameter services")?;
     let timeout = ServiceTimeout::new(params.service_timeout);
 
-    let (handle, join) = worker::spawn(params.clone(), options, publishers, depth_sync.clone())
-        .context("cannot start the inference thread")?;
+    let lifecycle_io = if params.lifecycle {
+        Some((
+            node.create_service::<r2r::lifecycle_msgs::srv::ChangeState::Service>(
+                "~/change_state",
+                QosProfile::services_default(),
+            )?,
+            node.create_service::<r2r::lifecycle_msgs::srv::GetState::Service>(
+                "~/get_state",
+                QosProfile::services_default(),
+            )?,
+            node.create_service::<r2r::lifecycle_msgs::srv::GetAvailableStates::Service>(
+                "~/get_available_states",
+                QosProfile::services_default(),
+            )?,
+            node.create_service::<r2r::lifecycle_msgs::srv::GetAvailableTransitions::Service>(
+                "~/get_available_transitions",
+                QosProfile::services_default(),
+            )?,
+            node.create_service::<r2r::lifecycle_msgs::srv::GetAvailableTransitions::Service>(
+                "~/get_transition_graph",
+                QosProfile::services_default(),
+            )?,
+            node.create_publisher::<r2r::lifecycle_msgs::msg::TransitionEvent>(
+                "~/transition_event",
+                output_qos(),
+            )?,
+        ))
+    } else {
+        None
+    };
+
+    let (handle, join) = worker::spawn(
+        params.clone(),
+        options,
+        publishers,
+        depth_sync.clone(),
+        params.lifecycle,
+    )
+    .context("cannot start the inference thread")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -318,6 +356,21 @@ fn run() -> Result<()> {
     let shutdown_logger = logger.clone();
     let result = runtime.block_on(async move {
         tokio::spawn(param_services);
+        if let Some((change, get, states, transitions, graph, events)) = lifecycle_io {
+            let lc = Arc::new(lifecycle::Lifecycle::new(
+                handle.clone(),
+                events,
+                logger.clone(),
+            ));
+            tokio::spawn(lifecycle::serve(
+                lc,
+                change,
+                get,
+                states,
+                transitions,
+                graph,
+            ));
+        }
         tokio::spawn(parameter_changes(
             param_events,
             live,

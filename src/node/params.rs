@@ -82,6 +82,7 @@ pub mod defaults {
     pub const DEPTH_MIN_RANGE: f64 = vlm_perception::vision::depth::DEFAULT_MIN_DEPTH_M as f64;
     pub const DEPTH_MAX_RANGE: f64 = vlm_perception::vision::depth::DEFAULT_MAX_DEPTH_M as f64;
     pub const OVERLAY_ENABLED: bool = false;
+    pub const LIFECYCLE: bool = false;
     pub const SERVICE_TIMEOUT: f64 = 10.0;
     pub const DIAGNOSTICS_PERIOD: f64 = 1.0;
 }
@@ -170,6 +171,8 @@ pub struct NodeParams {
     pub overlay: bool,
     pub service_timeout: Duration,
     pub diagnostics_period: Duration,
+    /// A managed (lifecycle) node.
+    pub lifecycle: bool,
 }
 
 /// Every parameter the node knows; anything else in the params file is reported as unknown.
@@ -203,6 +206,7 @@ pub const KNOWN: &[&str] = &[
     "overlay.enabled",
     "services.timeout",
     "diagnostics.period",
+    "lifecycle",
     // set by ROS tooling, not ours
     "use_sim_time",
 ];
@@ -350,6 +354,11 @@ pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
     (
         "diagnostics.period",
         "Seconds between /diagnostics messages.",
+        false,
+    ),
+    (
+        "lifecycle",
+        "A managed node: models load on configure, frames are processed while active.",
         false,
     ),
 ];
@@ -588,6 +597,7 @@ impl NodeParams {
             overlay: r.bool("overlay.enabled", d::OVERLAY_ENABLED)?,
             service_timeout: Duration::from_secs_f64(timeout),
             diagnostics_period: Duration::from_secs_f64(period),
+            lifecycle: r.bool("lifecycle", d::LIFECYCLE)?,
         })
     }
 
@@ -643,6 +653,7 @@ impl NodeParams {
                 "diagnostics.period",
                 Value::Double(self.diagnostics_period.as_secs_f64()),
             ),
+            ("lifecycle", Value::Bool(self.lifecycle)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

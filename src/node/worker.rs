@@ -118,6 +118,10 @@ pub enum Request {
     },
     /// New parameter values (`ros2 param set`), already validated.
     Reconfigure(Box<NodeParams>),
+    /// Lifecycle `configure`: load the enabled models (fails when none loads).
+    Configure(Reply<String>),
+    /// Lifecycle `cleanup` / `shutdown`: free the models and the embedding caches.
+    Cleanup(Reply<String>),
     /// CLIPort-style pick/place targets.
     Ground {
         image: ImageArg,
@@ -143,6 +147,7 @@ impl Job {
             Request::Score { reply, .. } => reply.is_closed(),
             Request::Ground { reply, .. } => reply.is_closed(),
             Request::Reconfigure(_) => false,
+            Request::Configure(reply) | Request::Cleanup(reply) => reply.is_closed(),
         }
     }
 
@@ -170,6 +175,9 @@ impl Job {
                 let _ = reply.send(Err(message));
             }
             Request::Reconfigure(_) => {}
+            Request::Configure(reply) | Request::Cleanup(reply) => {
+                let _ = reply.send(Err(message));
+            }
         }
     }
 }
@@ -221,6 +229,8 @@ pub trait Sink: Send + 'static {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelState {
     Disabled,
+    /// Lifecycle node not configured yet (or cleaned up): the model is not in memory.
+    Unconfigured,
     Loading,
     Ready,
     Failed(String),
@@ -343,6 +353,8 @@ struct Shared {
     stats: Mutex<Stats>,
     tasks: Mutex<Vec<TaskSnapshot>>,
     loading: AtomicBool,
+    /// Lifecycle: frames are processed and services served only while active.
+    active: AtomicBool,
     started: Instant,
     /// `rate` (f64 bits): it changes at run time.
     rate: AtomicU64,
@@ -363,6 +375,9 @@ pub struct Handle {
 impl Handle {
     /// Offers a camera frame: it replaces any frame still waiting (counted as dropped).
     pub fn push_frame(&self, frame: Frame) {
+        if !self.active() {
+            return; // an inactive lifecycle node ignores the camera
+        }
         let frame = Arc::new(frame);
         *lock(&self.shared.latest) = Some(Arc::clone(&frame));
         let replaced = lock(&self.shared.inbox).frame.replace(frame).is_some();
@@ -396,6 +411,19 @@ impl Handle {
         s.service_calls += 1;
         if !success {
             s.service_failures += 1;
+        }
+    }
+
+    /// Whether the node is active (always, unless it is a lifecycle node not activated).
+    pub fn active(&self) -> bool {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    /// Lifecycle `activate` / `deactivate`.
+    pub fn set_active(&self, active: bool) {
+        self.shared.active.store(active, Ordering::Relaxed);
+        if !active {
+            lock(&self.shared.inbox).frame = None;
         }
     }
 
@@ -458,6 +486,7 @@ pub fn spawn<S: Sink>(
     options: LoadOptions,
     sink: S,
     depth: Option<Arc<DepthSync>>,
+    lifecycle: bool,
 ) -> std::io::Result<(Handle, std::thread::JoinHandle<()>)> {
     let tasks = Task::ALL
         .iter()
@@ -470,10 +499,10 @@ pub fn spawn<S: Sink>(
             TaskSnapshot {
                 task: t.label(),
                 model: model.clone(),
-                state: if enabled {
-                    ModelState::Loading
-                } else {
-                    ModelState::Disabled
+                state: match (enabled, lifecycle) {
+                    (false, _) => ModelState::Disabled,
+                    (true, false) => ModelState::Loading,
+                    (true, true) => ModelState::Unconfigured,
                 },
             }
         })
@@ -492,7 +521,8 @@ pub fn spawn<S: Sink>(
             ..Stats::default()
         }),
         tasks: Mutex::new(tasks),
-        loading: AtomicBool::new(true),
+        loading: AtomicBool::new(!lifecycle),
+        active: AtomicBool::new(!lifecycle),
         started: Instant::now(),
         rate: AtomicU64::new(params.rate.to_bits()),
         device: params.device.clone(),
@@ -516,6 +546,7 @@ pub fn spawn<S: Sink>(
         prompt_cache: EmbedCache::default(),
         limiter: LogLimiter::default(),
         next_frame_at: Instant::now(),
+        load_on_start: !lifecycle,
     };
     let join = std::thread::Builder::new()
         .name("inference".into())
@@ -616,12 +647,16 @@ struct Worker<S: Sink> {
     prompt_cache: EmbedCache<PromptEmbeddings>,
     limiter: LogLimiter,
     next_frame_at: Instant,
+    /// false for a lifecycle node: models load on `configure`.
+    load_on_start: bool,
 }
 
 impl<S: Sink> Worker<S> {
     fn run(mut self) {
-        self.load_models();
-        self.shared.loading.store(false, Ordering::Relaxed);
+        if self.load_on_start {
+            self.load_models();
+            self.shared.loading.store(false, Ordering::Relaxed);
+        }
         while let Some(next) = self.next() {
             let outcome = catch_unwind(AssertUnwindSafe(|| match next {
                 Next::Job(job) => self.serve(*job),
@@ -799,6 +834,10 @@ impl<S: Sink> Worker<S> {
                 task.group()
             ),
             ModelState::Loading => format!("{} model `{model}` is still loading", task.label()),
+            ModelState::Unconfigured => format!(
+                "{} model `{model}` is not loaded: configure the lifecycle node first",
+                task.label()
+            ),
             ModelState::Failed(e) => {
                 format!("{} model `{model}` failed to load: {e}", task.label())
             }
@@ -989,6 +1028,19 @@ impl<S: Sink> Worker<S> {
         if Instant::now() > job.deadline {
             return job.refuse(timeout_message(self.params.service_timeout, false));
         }
+        let inference = matches!(
+            job.request,
+            Request::Detect { .. }
+                | Request::Segment { .. }
+                | Request::Ask { .. }
+                | Request::Score { .. }
+                | Request::Ground { .. }
+        );
+        if inference && !self.shared.active.load(Ordering::Relaxed) {
+            return job.refuse(
+                "the node is not active (lifecycle): configure and activate it first".into(),
+            );
+        }
         match job.request {
             Request::SetVocabulary {
                 detection,
@@ -1049,6 +1101,13 @@ impl<S: Sink> Worker<S> {
                 let _ = reply.send(self.ground(image, depth, args));
             }
             Request::Reconfigure(params) => self.reconfigure(*params),
+            Request::Configure(reply) => {
+                let _ = reply.send(self.configure());
+            }
+            Request::Cleanup(reply) => {
+                self.cleanup();
+                let _ = reply.send(Ok("models freed".into()));
+            }
         }
     }
 
@@ -1133,6 +1192,43 @@ impl<S: Sink> Worker<S> {
             return Ok("nothing to change (both keep flags set)".into());
         }
         Ok(format!("set {}", notes.join(", ")))
+    }
+
+    /// Lifecycle `configure`: loads the enabled models; fails when none of them loads.
+    fn configure(&mut self) -> Result<String, String> {
+        for t in Task::ALL {
+            if self.state(t) == ModelState::Unconfigured {
+                self.set_state(t, ModelState::Loading);
+            }
+        }
+        self.shared.loading.store(true, Ordering::Relaxed);
+        self.load_models();
+        self.shared.loading.store(false, Ordering::Relaxed);
+        let tasks = lock(&self.shared.tasks).clone();
+        let ready: Vec<&str> = tasks
+            .iter()
+            .filter(|t| t.state == ModelState::Ready)
+            .map(|t| t.task)
+            .collect();
+        if ready.is_empty() {
+            // Nothing to free; the failures stay on /diagnostics.
+            return Err("no model loaded (see /diagnostics and the log)".into());
+        }
+        Ok(format!("loaded: {}", ready.join(", ")))
+    }
+
+    /// Lifecycle `cleanup`: frees the models and the cached embeddings.
+    fn cleanup(&mut self) {
+        self.detector = None;
+        self.segmenter = None;
+        self.vqa = None;
+        self.query_cache = EmbedCache::default();
+        self.prompt_cache = EmbedCache::default();
+        for t in Task::ALL {
+            if self.state(t) != ModelState::Disabled {
+                self.set_state(t, ModelState::Unconfigured);
+            }
+        }
     }
 
     /// Applies new parameter values. A changed `owlvit.queries` / `clipseg.prompts` replaces
@@ -1397,6 +1493,7 @@ mod tests {
             stats: Mutex::new(Stats::default()),
             tasks: Mutex::new(Vec::new()),
             loading: AtomicBool::new(false),
+            active: AtomicBool::new(true),
             started: Instant::now(),
             rate: AtomicU64::new(params.rate.to_bits()),
             device: params.device,
