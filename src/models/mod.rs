@@ -1,7 +1,7 @@
 //! Pure candle ports of the transformers models. Nothing here knows about ROS, files or
 //! images: configs deserialize `config.json`, modules take tensors.
 
-pub mod clip_towers;
+pub mod clip;
 pub mod clipseg;
 pub mod interpolate;
 pub mod owlvit;

@@ -5,20 +5,23 @@
 //! - Mirrors transformers v5.17.0 `models/owlvit/modeling_owlvit.py`
 //!   (<https://github.com/huggingface/transformers/blob/v5.17.0/src/transformers/models/owlvit/modeling_owlvit.py>).
 //!
-//! The text and vision towers are candle-transformers' CLIP towers (OWL-ViT's are CLIP's, with
-//! the vision pre-norm spelled `pre_layernorm`). Text queries are embedded once
+//! The towers are CLIP's ([`super::clip`]: the shared encoder and text tower); the vision
+//! embeddings and tower are written here, OWL-ViT spelling the vision pre-norm
+//! `pre_layernorm`. Text queries are embedded once
 //! ([`OwlVitForObjectDetection::get_text_features`]) and reused for every image.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{
-    layer_norm, linear, linear_no_bias, LayerNorm, LayerNormConfig, Linear, VarBuilder,
-};
-use candle_transformers::models::clip::{
-    text_model::ClipTextTransformer, vision_model::ClipVisionTransformer,
+    conv2d_no_bias, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, LayerNorm,
+    LayerNormConfig, Linear, VarBuilder,
 };
 use serde::Deserialize;
 
-use super::clip_towers::{clip_defaults, TextTower, VisionTower};
+use super::clip::encoder::{AttentionMask, ClipEncoder};
+use super::clip::text::{argmax_position, input_ids_to_vec, ClipTextConfig, ClipTextTransformer};
+use super::clip::{
+    check_patch_grid, clip_defaults, Activation, ClipEncoderConfig, TEXT_TOWER, VISION_TOWER,
+};
 
 /// Added to norms before dividing, as `OwlViTClassPredictionHead` does.
 const NORM_EPS: f64 = 1e-6;
@@ -101,16 +104,9 @@ impl OwlVitConfig {
         self.vision_config.image_size / self.vision_config.patch_size
     }
 
-    /// Checks what the architecture needs and maps the towers to candle's CLIP configs.
-    fn towers(
-        &self,
-        model: &str,
-    ) -> crate::Result<(
-        candle_transformers::models::clip::text_model::ClipTextConfig,
-        candle_transformers::models::clip::vision_model::ClipVisionConfig,
-    )> {
+    /// Checks what the architecture needs and returns the towers' configs (text, vision).
+    fn towers(&self, model: &str) -> crate::Result<(ClipTextConfig, ClipEncoderConfig)> {
         let t = &self.text_config;
-        let v = &self.vision_config;
         if self.projection_dim != t.hidden_size {
             // The class head compares projected query embeddings with image embeddings mapped
             // to text_config.hidden_size, so the two must agree (they do in every checkpoint).
@@ -122,32 +118,143 @@ impl OwlVitConfig {
                 ),
             });
         }
-        let text = TextTower {
-            vocab_size: t.vocab_size,
-            hidden_size: t.hidden_size,
-            intermediate_size: t.intermediate_size,
-            num_hidden_layers: t.num_hidden_layers,
-            num_attention_heads: t.num_attention_heads,
-            max_position_embeddings: t.max_position_embeddings,
-            hidden_act: &t.hidden_act,
-            layer_norm_eps: t.layer_norm_eps,
-            projection_dim: self.projection_dim,
+        Ok((
+            self.text_config.clip_config(model)?,
+            self.vision_config.encoder_config(model)?,
+        ))
+    }
+}
+
+impl OwlVitTextConfig {
+    /// The text tower's config, checked; `model` names the checkpoint in errors.
+    pub fn clip_config(&self, model: &str) -> crate::Result<ClipTextConfig> {
+        let encoder = ClipEncoderConfig {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            hidden_act: Activation::from_hf(&self.hidden_act, model, TEXT_TOWER)?,
+            layer_norm_eps: self.layer_norm_eps,
         }
-        .to_candle(model)?;
-        let vision = VisionTower {
-            hidden_size: v.hidden_size,
-            intermediate_size: v.intermediate_size,
-            num_hidden_layers: v.num_hidden_layers,
-            num_attention_heads: v.num_attention_heads,
-            num_channels: v.num_channels,
-            image_size: v.image_size,
-            patch_size: v.patch_size,
-            hidden_act: &v.hidden_act,
-            layer_norm_eps: v.layer_norm_eps,
-            projection_dim: self.projection_dim,
+        .checked(model, TEXT_TOWER)?;
+        Ok(ClipTextConfig {
+            vocab_size: self.vocab_size,
+            max_position_embeddings: self.max_position_embeddings,
+            encoder,
+        })
+    }
+}
+
+impl OwlVitVisionConfig {
+    /// The vision encoder's config, checked; `model` names the checkpoint in errors.
+    pub fn encoder_config(&self, model: &str) -> crate::Result<ClipEncoderConfig> {
+        check_patch_grid(model, self.image_size, self.patch_size)?;
+        ClipEncoderConfig {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            hidden_act: Activation::from_hf(&self.hidden_act, model, VISION_TOWER)?,
+            layer_norm_eps: self.layer_norm_eps,
         }
-        .to_candle(model)?;
-        Ok((text, vision))
+        .checked(model, VISION_TOWER)
+    }
+}
+
+/// transformers' `OwlViTVisionEmbeddings` at the config's image size (the detector never
+/// interpolates the position table): class token + patch embeddings + positions.
+#[derive(Debug, Clone)]
+pub struct OwlVitVisionEmbeddings {
+    /// (d,)
+    class_embedding: Tensor,
+    patch_embedding: Conv2d,
+    /// (1 + patches, d)
+    position_embedding: Tensor,
+    embed_dim: usize,
+}
+
+impl OwlVitVisionEmbeddings {
+    pub fn new(vb: VarBuilder, cfg: &OwlVitVisionConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let patch_embedding = conv2d_no_bias(
+            cfg.num_channels,
+            d,
+            cfg.patch_size,
+            Conv2dConfig {
+                stride: cfg.patch_size,
+                ..Default::default()
+            },
+            vb.pp("patch_embedding"),
+        )?;
+        let side = cfg.image_size / cfg.patch_size;
+        Ok(Self {
+            class_embedding: vb.get(d, "class_embedding")?,
+            patch_embedding,
+            position_embedding: vb.get((side * side + 1, d), "position_embedding.weight")?,
+            embed_dim: d,
+        })
+    }
+
+    /// (b, channels, image_size, image_size) -> (b, 1 + patches, d)
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let b = pixel_values.dim(0)?;
+        let pixel_values = pixel_values.to_dtype(self.class_embedding.dtype())?;
+        // (b, d, gh, gw) -> (b, patches, d)
+        let patch_embeds = self
+            .patch_embedding
+            .forward(&pixel_values)?
+            .flatten_from(2)?
+            .transpose(1, 2)?;
+        let tokens = 1 + patch_embeds.dim(1)?;
+        if tokens != self.position_embedding.dim(0)? {
+            bail!(
+                "pixel_values {:?} do not match the position table of {} tokens",
+                pixel_values.dims(),
+                self.position_embedding.dim(0)?
+            );
+        }
+        let class_embeds = self
+            .class_embedding
+            .reshape((1, 1, self.embed_dim))?
+            .broadcast_as((b, 1, self.embed_dim))?;
+        Tensor::cat(&[&class_embeds, &patch_embeds], 1)?.broadcast_add(&self.position_embedding)
+    }
+}
+
+/// transformers' `OwlViTVisionTransformer`.
+#[derive(Debug, Clone)]
+pub struct OwlVitVisionTransformer {
+    embeddings: OwlVitVisionEmbeddings,
+    pre_layernorm: LayerNorm,
+    encoder: ClipEncoder,
+    /// Applied by the detector to every token (and by `OwlViTVisionModel` to the class token).
+    post_layernorm: LayerNorm,
+}
+
+impl OwlVitVisionTransformer {
+    pub fn new(
+        vb: VarBuilder,
+        cfg: &OwlVitVisionConfig,
+        encoder_cfg: &ClipEncoderConfig,
+    ) -> Result<Self> {
+        let ln_cfg = LayerNormConfig {
+            eps: cfg.layer_norm_eps,
+            ..Default::default()
+        };
+        Ok(Self {
+            embeddings: OwlVitVisionEmbeddings::new(vb.pp("embeddings"), cfg)?,
+            pre_layernorm: layer_norm(cfg.hidden_size, ln_cfg, vb.pp("pre_layernorm"))?,
+            encoder: ClipEncoder::new(vb.pp("encoder"), encoder_cfg)?,
+            post_layernorm: layer_norm(cfg.hidden_size, ln_cfg, vb.pp("post_layernorm"))?,
+        })
+    }
+
+    /// `last_hidden_state` (before post_layernorm). (b, 1 + patches, d)
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let hidden_states = self
+            .pre_layernorm
+            .forward(&self.embeddings.forward(pixel_values)?)?;
+        self.encoder.forward(&hidden_states, AttentionMask::None)
     }
 }
 
@@ -246,10 +353,7 @@ pub struct OwlVitObjectDetectionOutput {
 pub struct OwlVitForObjectDetection {
     text_model: ClipTextTransformer,
     text_projection: Linear,
-    vision_model: ClipVisionTransformer,
-    /// The vision tower's post_layernorm, applied by the detector to every token.
-    post_layernorm: LayerNorm,
-    num_vision_layers: usize,
+    vision_model: OwlVitVisionTransformer,
     class_head: OwlVitClassPredictionHead,
     box_head: OwlVitBoxPredictionHead,
     layer_norm: LayerNorm,
@@ -268,12 +372,9 @@ impl OwlVitForObjectDetection {
     fn build(
         vb: VarBuilder,
         cfg: &OwlVitConfig,
-        text_cfg: &candle_transformers::models::clip::text_model::ClipTextConfig,
-        vision_cfg: &candle_transformers::models::clip::vision_model::ClipVisionConfig,
+        text_cfg: &ClipTextConfig,
+        vision_cfg: &ClipEncoderConfig,
     ) -> Result<Self> {
-        // candle's CLIP vision tower asks for CLIP's `pre_layrnorm`; OWL-ViT spells it
-        // `pre_layernorm`. (rename_f must wrap the root builder: it sees full key paths.)
-        let vb = vb.rename_f(|name| name.replace("pre_layrnorm", "pre_layernorm"));
         let owlvit = vb.pp("owlvit");
         let text_model = ClipTextTransformer::new(owlvit.pp("text_model"), text_cfg)?;
         let text_projection = linear_no_bias(
@@ -281,17 +382,12 @@ impl OwlVitForObjectDetection {
             cfg.projection_dim,
             owlvit.pp("text_projection"),
         )?;
-        let vision_model = ClipVisionTransformer::new(owlvit.pp("vision_model"), vision_cfg)?;
         let v = &cfg.vision_config;
+        let vision_model = OwlVitVisionTransformer::new(owlvit.pp("vision_model"), v, vision_cfg)?;
         let ln_cfg = LayerNormConfig {
             eps: v.layer_norm_eps,
             ..Default::default()
         };
-        let post_layernorm = layer_norm(
-            v.hidden_size,
-            ln_cfg,
-            owlvit.pp("vision_model").pp("post_layernorm"),
-        )?;
         let class_head = OwlVitClassPredictionHead::new(vb.pp("class_head"), cfg)?;
         let box_head = OwlVitBoxPredictionHead::new(vb.pp("box_head"), cfg)?;
         let layer_norm = layer_norm(v.hidden_size, ln_cfg, vb.pp("layer_norm"))?;
@@ -301,8 +397,6 @@ impl OwlVitForObjectDetection {
             text_model,
             text_projection,
             vision_model,
-            post_layernorm,
-            num_vision_layers: v.num_hidden_layers,
             class_head,
             box_head,
             layer_norm,
@@ -314,10 +408,16 @@ impl OwlVitForObjectDetection {
     /// Query embeddings for `input_ids` (queries, seq): the EOS-pooled text output, projected
     /// and L2-normalized, as `OwlViTModel` returns `text_embeds`. (queries, projection_dim)
     pub fn get_text_features(&self, input_ids: &Tensor) -> Result<Tensor> {
-        // candle's CLIP text tower pools at argmax(input_ids), i.e. the EOS token, like
-        // OwlViTTextTransformer; the causal mask alone decides what EOS attends to, so padding
-        // needs no extra mask.
-        let pooled = self.text_model.forward(input_ids)?;
+        // OwlViTTextTransformer pools at argmax(input_ids), the EOS token; the causal mask
+        // alone decides what EOS attends to, so padding needs no extra mask.
+        let positions: Vec<usize> = input_ids_to_vec(input_ids)?
+            .iter()
+            .map(|row| argmax_position(row))
+            .collect();
+        let last_hidden_state = self.text_model.forward(input_ids)?;
+        let pooled = self
+            .text_model
+            .pooled_output(&last_hidden_state, &positions)?;
         let text_embeds = self.text_projection.forward(&pooled)?;
         let norm = text_embeds.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
         text_embeds.broadcast_div(&norm)
@@ -326,10 +426,12 @@ impl OwlVitForObjectDetection {
     /// `image_embedder`: the vision tower, post_layernorm on every token, the class token merged
     /// into the patch tokens, then layer_norm. (b, patches_h, patches_w, d_vision)
     pub fn image_embedder(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let hidden_states = self.vision_model.output_hidden_states(pixel_values)?;
-        // One entry per encoder layer, then the pooled output.
-        let last_hidden_state = &hidden_states[self.num_vision_layers - 1];
-        let image_embeds = self.post_layernorm.forward(last_hidden_state)?;
+        let last_hidden_state = self.vision_model.forward(pixel_values)?;
+        let image_embeds = self
+            .vision_model
+            .post_layernorm
+            .forward(&last_hidden_state)?;
+        drop(last_hidden_state);
         let (b, tokens, d) = image_embeds.dims3()?;
         let class_token_out = image_embeds.narrow(1, 0, 1)?;
         let image_embeds = image_embeds

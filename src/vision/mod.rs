@@ -7,6 +7,7 @@ pub mod depth;
 pub mod draw;
 pub mod image_io;
 pub mod masks;
+pub mod owlv2_preprocess;
 pub mod peak;
 pub mod preprocess;
 pub mod resample;

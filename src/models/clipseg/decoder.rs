@@ -8,13 +8,14 @@
 //! [`ClipSegDecoder::decode`] runs the rest for a batch of prompts. Row for row these are the
 //! operations transformers runs on the image repeated per prompt.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{
     conv2d, conv_transpose2d, layer_norm, linear, Conv2d, Conv2dConfig, ConvTranspose2d,
     ConvTranspose2dConfig, LayerNorm, Linear, VarBuilder,
 };
 
 use super::ClipSegConfig;
+use crate::models::clip::encoder::{AttentionMask, ClipAttention};
 
 /// The complex head splits the patch-size upsampling into two transposed convolutions of
 /// kernel and stride `patch_size / 4` (`CLIPSegDecoder.__init__`).
@@ -22,58 +23,6 @@ pub const COMPLEX_UPSAMPLE_SPLIT: usize = 4;
 /// The complex head's first convolution: 3x3, padding 1.
 const COMPLEX_CONV_KERNEL: usize = 3;
 const COMPLEX_CONV_PADDING: usize = 1;
-
-/// transformers' `CLIPSegAttention` without a mask (the decoder attends to every token).
-#[derive(Debug, Clone)]
-pub struct ClipSegAttention {
-    k_proj: Linear,
-    v_proj: Linear,
-    q_proj: Linear,
-    out_proj: Linear,
-    num_heads: usize,
-    head_dim: usize,
-    scale: f64,
-}
-
-impl ClipSegAttention {
-    pub fn new(vb: VarBuilder, embed_dim: usize, num_heads: usize) -> Result<Self> {
-        let head_dim = embed_dim / num_heads;
-        Ok(Self {
-            k_proj: linear(embed_dim, embed_dim, vb.pp("k_proj"))?,
-            v_proj: linear(embed_dim, embed_dim, vb.pp("v_proj"))?,
-            q_proj: linear(embed_dim, embed_dim, vb.pp("q_proj"))?,
-            out_proj: linear(embed_dim, embed_dim, vb.pp("out_proj"))?,
-            num_heads,
-            head_dim,
-            scale: (head_dim as f64).powf(-0.5),
-        })
-    }
-
-    /// (b, t, d) -> (b, t, d)
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = xs.dims3()?;
-        let in_dtype = xs.dtype();
-        // (b, t, d) -> (b, heads, t, head_dim), in f32 for the softmax
-        let split = |x: Tensor| -> Result<Tensor> {
-            x.reshape((b, t, self.num_heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?
-                .to_dtype(DType::F32)
-        };
-        let q = split(self.q_proj.forward(xs)?)?;
-        let k = split(self.k_proj.forward(xs)?)?;
-        let v = split(self.v_proj.forward(xs)?)?;
-        // (b, heads, t, t)
-        let weights = (q.matmul(&k.t()?)? * self.scale)?;
-        let weights = candle_nn::ops::softmax_last_dim(&weights)?;
-        let out = weights
-            .matmul(&v)?
-            .to_dtype(in_dtype)?
-            .transpose(1, 2)?
-            .reshape((b, t, d))?;
-        self.out_proj.forward(&out)
-    }
-}
 
 /// transformers' `CLIPSegMLP` with the decoder's ReLU.
 #[derive(Debug, Clone)]
@@ -98,9 +47,10 @@ impl Module for ClipSegMlp {
 }
 
 /// transformers' `CLIPSegDecoderLayer`: the encoder layer with the norms after attention / MLP.
+/// Its `CLIPSegAttention` is CLIP's, unmasked ([`ClipAttention`]).
 #[derive(Debug, Clone)]
 pub struct ClipSegDecoderLayer {
-    self_attn: ClipSegAttention,
+    self_attn: ClipAttention,
     layer_norm1: LayerNorm,
     mlp: ClipSegMlp,
     layer_norm2: LayerNorm,
@@ -111,7 +61,7 @@ impl ClipSegDecoderLayer {
         let d = cfg.reduce_dim;
         let eps = cfg.vision_config.layer_norm_eps;
         Ok(Self {
-            self_attn: ClipSegAttention::new(
+            self_attn: ClipAttention::with_dims(
                 vb.pp("self_attn"),
                 d,
                 cfg.decoder_num_attention_heads,
@@ -125,7 +75,8 @@ impl ClipSegDecoderLayer {
 
 impl Module for ClipSegDecoderLayer {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = (self.self_attn.forward(xs)? + xs)?;
+        // residual + self_attn(xs)
+        let xs = self.self_attn.forward(xs, AttentionMask::None, xs)?;
         let xs = self.layer_norm1.forward(&xs)?;
         let xs = (self.mlp.forward(&xs)? + &xs)?;
         self.layer_norm2.forward(&xs)

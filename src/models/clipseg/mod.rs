@@ -5,9 +5,9 @@
 //! - Mirrors transformers v5.17.0 `models/clipseg/modeling_clipseg.py`
 //!   (<https://github.com/huggingface/transformers/blob/v5.17.0/src/transformers/models/clipseg/modeling_clipseg.py>).
 //!
-//! The text tower is candle-transformers' CLIP text tower (pooled here at the first EOS, as
-//! transformers does); the vision tower reuses candle's `ClipEncoder` behind CLIPSeg's own
-//! embeddings, whose position table is bicubically interpolated to the input size
+//! The text tower is CLIP's ([`super::clip::text`], pooled here at the first EOS, as
+//! transformers does); the vision tower runs CLIP's encoder ([`super::clip::encoder`]) behind
+//! CLIPSeg's own embeddings, whose position table is bicubically interpolated to the input size
 //! ([`vision`]). The decoder ([`decoder`]) reduces the `extract_layers` activations, applies
 //! FiLM with the prompt embedding and upsamples with transposed convolutions.
 //!
@@ -22,13 +22,14 @@ pub mod vision;
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{linear_no_bias, Linear, VarBuilder};
-use candle_transformers::models::clip::text_model::{ClipTextConfig, ClipTextTransformer};
-use candle_transformers::models::clip::vision_model::ClipVisionConfig;
 use serde::Deserialize;
 
 use self::decoder::{ClipSegDecoder, DecoderImageState};
 use self::vision::ClipSegVisionTransformer;
-use super::clip_towers::{clip_defaults, TextTower, VisionTower};
+use super::clip::text::{argmax_position, input_ids_to_vec, ClipTextConfig, ClipTextTransformer};
+use super::clip::{
+    check_patch_grid, clip_defaults, Activation, ClipEncoderConfig, TEXT_TOWER, VISION_TOWER,
+};
 
 /// Prompts decoded together against one image: the decoder's MLP activations take
 /// `prompts x tokens x decoder_intermediate_size` floats (~4 MB per prompt for
@@ -140,13 +141,12 @@ pub struct ClipSegConfig {
 }
 
 impl ClipSegConfig {
-    /// Checks what the architecture needs and maps the towers to candle's CLIP configs.
-    fn towers(&self, model: &str) -> crate::Result<(ClipTextConfig, ClipVisionConfig)> {
+    /// Checks what the architecture needs and returns the towers' configs (text, vision).
+    fn towers(&self, model: &str) -> crate::Result<(ClipTextConfig, ClipEncoderConfig)> {
         let unsupported = |reason: String| crate::Error::Unsupported {
             model: model.to_string(),
             reason,
         };
-        let t = &self.text_config;
         let v = &self.vision_config;
         if self.extract_layers.is_empty() {
             return Err(unsupported("extract_layers is empty".into()));
@@ -180,32 +180,46 @@ impl ClipSegConfig {
                 self.reduce_dim
             )));
         }
-        let text = TextTower {
-            vocab_size: t.vocab_size,
-            hidden_size: t.hidden_size,
-            intermediate_size: t.intermediate_size,
-            num_hidden_layers: t.num_hidden_layers,
-            num_attention_heads: t.num_attention_heads,
-            max_position_embeddings: t.max_position_embeddings,
-            hidden_act: &t.hidden_act,
-            layer_norm_eps: t.layer_norm_eps,
-            projection_dim: self.projection_dim,
+        Ok((
+            self.text_config.clip_config(model)?,
+            self.vision_config.encoder_config(model)?,
+        ))
+    }
+}
+
+impl ClipSegTextConfig {
+    /// The text tower's config, checked; `model` names the checkpoint in errors.
+    pub fn clip_config(&self, model: &str) -> crate::Result<ClipTextConfig> {
+        let encoder = ClipEncoderConfig {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            hidden_act: Activation::from_hf(&self.hidden_act, model, TEXT_TOWER)?,
+            layer_norm_eps: self.layer_norm_eps,
         }
-        .to_candle(model)?;
-        let vision = VisionTower {
-            hidden_size: v.hidden_size,
-            intermediate_size: v.intermediate_size,
-            num_hidden_layers: v.num_hidden_layers,
-            num_attention_heads: v.num_attention_heads,
-            num_channels: v.num_channels,
-            image_size: v.image_size,
-            patch_size: v.patch_size,
-            hidden_act: &v.hidden_act,
-            layer_norm_eps: v.layer_norm_eps,
-            projection_dim: self.projection_dim,
+        .checked(model, TEXT_TOWER)?;
+        Ok(ClipTextConfig {
+            vocab_size: self.vocab_size,
+            max_position_embeddings: self.max_position_embeddings,
+            encoder,
+        })
+    }
+}
+
+impl ClipSegVisionConfig {
+    /// The vision encoder's config, checked; `model` names the checkpoint in errors.
+    pub fn encoder_config(&self, model: &str) -> crate::Result<ClipEncoderConfig> {
+        check_patch_grid(model, self.image_size, self.patch_size)?;
+        ClipEncoderConfig {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            hidden_act: Activation::from_hf(&self.hidden_act, model, VISION_TOWER)?,
+            layer_norm_eps: self.layer_norm_eps,
         }
-        .to_candle(model)?;
-        Ok((text, vision))
+        .checked(model, VISION_TOWER)
     }
 }
 
@@ -247,7 +261,7 @@ impl ClipSegForImageSegmentation {
         vb: VarBuilder,
         cfg: &ClipSegConfig,
         text_cfg: &ClipTextConfig,
-        vision_cfg: &ClipVisionConfig,
+        vision_cfg: &ClipEncoderConfig,
     ) -> Result<Self> {
         let clip = vb.pp("clip");
         let text_model = ClipTextTransformer::new(clip.pp("text_model"), text_cfg)?;
@@ -293,14 +307,7 @@ impl ClipSegForImageSegmentation {
             .iter()
             .map(|row| {
                 if self.eos_token_id == LEGACY_EOS_TOKEN_ID {
-                    // torch.argmax returns the first maximum.
-                    row.iter()
-                        .enumerate()
-                        .fold(
-                            (0, 0),
-                            |best, (i, &id)| if id > best.1 { (i, id) } else { best },
-                        )
-                        .0
+                    argmax_position(row)
                 } else {
                     row.iter()
                         .position(|&id| id == self.eos_token_id)
@@ -314,19 +321,12 @@ impl ClipSegForImageSegmentation {
     /// normalized). `input_ids`: (prompts, seq). Padding after the EOS needs no mask: the
     /// causal mask alone decides what the pooled token sees. (prompts, projection_dim)
     pub fn get_text_features(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let (rows, seq) = input_ids.dims2()?;
-        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let positions = self.pooling_positions(&input_ids_to_vec(input_ids)?);
         // (rows, seq, d) after final_layer_norm
-        let hidden = self.text_model.forward_with_mask(input_ids, usize::MAX)?;
-        let flat_index: Vec<u32> = self
-            .pooling_positions(&ids)
-            .iter()
-            .enumerate()
-            .map(|(row, &pos)| (row * seq + pos) as u32)
-            .collect();
-        let index = Tensor::from_vec(flat_index, rows, hidden.device())?;
-        let d = hidden.dim(2)?;
-        let pooled = hidden.reshape((rows * seq, d))?.index_select(&index, 0)?;
+        let last_hidden_state = self.text_model.forward(input_ids)?;
+        let pooled = self
+            .text_model
+            .pooled_output(&last_hidden_state, &positions)?;
         self.text_projection.forward(&pooled)
     }
 
@@ -340,15 +340,8 @@ impl ClipSegForImageSegmentation {
     /// The vision activations the decoder reads: the outputs of the `extract_layers` encoder
     /// layers (transformers' `hidden_states[i + 1]`), in that order. Each (b, 1 + patches, d).
     pub fn image_activations(&self, pixel_values: &Tensor) -> Result<Vec<Tensor>> {
-        let hidden_states = self.vision_model.encoder_outputs(pixel_values)?;
-        self.extract_layers
-            .iter()
-            .map(|&l| {
-                hidden_states.get(l).cloned().ok_or_else(|| {
-                    candle_core::Error::Msg(format!("no output for vision layer {l}"))
-                })
-            })
-            .collect()
+        self.vision_model
+            .layer_outputs(pixel_values, &self.extract_layers)
     }
 
     /// Step 1 of transformers' forward plus every decoder step that does not depend on the

@@ -1,45 +1,20 @@
 //! CLIPSeg's vision tower: `CLIPSegVisionEmbeddings` (with `interpolate_pos_encoding`) in
-//! front of candle-transformers' CLIP encoder, `pre_layrnorm` and `post_layernorm`
-//! (`CLIPSegVisionModel` in transformers v5.17.0 `modeling_clipseg.py`).
+//! front of CLIP's encoder ([`crate::models::clip::encoder`]), `pre_layrnorm` and
+//! `post_layernorm` (`CLIPSegVisionModel` in transformers v5.17.0 `modeling_clipseg.py`).
 //!
-//! The encoder is loaded in two parts: the layers up to the last one the decoder extracts
-//! (run for every segmentation) and the rest (run only for image prompts, which need the pooled
-//! output of the last layer). Both parts read the checkpoint's own layer keys.
+//! Segmentation runs the encoder only up to the last layer the decoder extracts; image prompts,
+//! which need the pooled output of the last layer, run all of it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
 use candle_nn::{conv2d_no_bias, layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
-use candle_transformers::models::clip::{
-    text_model::ClipEncoder, vision_model::ClipVisionConfig, EncoderConfig,
-};
 
 use super::ClipSegVisionConfig;
+use crate::models::clip::encoder::{AttentionMask, ClipEncoder};
+use crate::models::clip::ClipEncoderConfig;
 use crate::models::interpolate;
-
-/// Prefix of the encoder layer keys under `vision_model`.
-const ENCODER_LAYERS_KEY: &str = "encoder.layers.";
-
-/// `name` with the layer index after `encoder.layers.` shifted by `offset`, so that a
-/// `ClipEncoder` built for layers 0..n reads the checkpoint's layers offset..offset + n.
-fn shift_layer_key(name: &str, offset: usize) -> String {
-    let Some(start) = name.find(ENCODER_LAYERS_KEY) else {
-        return name.to_string();
-    };
-    let rest = &name[start + ENCODER_LAYERS_KEY.len()..];
-    let Some((index, tail)) = rest.split_once('.') else {
-        return name.to_string();
-    };
-    match index.parse::<usize>() {
-        Ok(i) => format!(
-            "{}{ENCODER_LAYERS_KEY}{}.{tail}",
-            &name[..start],
-            i + offset
-        ),
-        Err(_) => name.to_string(),
-    }
-}
 
 /// transformers' `CLIPSegVisionEmbeddings`: class token + patch embeddings + a position table
 /// interpolated bicubically (align_corners=False) to the input's patch grid. Interpolated
@@ -146,11 +121,10 @@ impl ClipSegVisionEmbeddings {
 pub struct ClipSegVisionTransformer {
     embeddings: ClipSegVisionEmbeddings,
     pre_layrnorm: LayerNorm,
-    /// Layers 0..needed_layers.
-    encoder_head: ClipEncoder,
-    /// Layers needed_layers..num_hidden_layers, if any.
-    encoder_tail: Option<ClipEncoder>,
+    encoder: ClipEncoder,
     post_layernorm: LayerNorm,
+    /// Layers segmentation runs: 0..needed_layers.
+    needed_layers: usize,
 }
 
 impl ClipSegVisionTransformer {
@@ -158,44 +132,19 @@ impl ClipSegVisionTransformer {
     pub fn new(
         vb: VarBuilder,
         cfg: &ClipSegVisionConfig,
-        candle_cfg: &ClipVisionConfig,
+        encoder_cfg: &ClipEncoderConfig,
         needed_layers: usize,
     ) -> Result<Self> {
         let embeddings = ClipSegVisionEmbeddings::new(vb.pp("embeddings"), cfg)?;
         let pre_layrnorm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?;
         let post_layernorm =
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm"))?;
-        let total = cfg.num_hidden_layers;
-        let head_layers = needed_layers.clamp(1, total);
-        let head_cfg = ClipVisionConfig {
-            num_hidden_layers: head_layers,
-            ..candle_cfg.clone()
-        };
-        let encoder_head = ClipEncoder::new(vb.pp("encoder"), &EncoderConfig::Vision(head_cfg))?;
-        let encoder_tail = if head_layers < total {
-            let tail_cfg = ClipVisionConfig {
-                num_hidden_layers: total - head_layers,
-                ..candle_cfg.clone()
-            };
-            // candle's `rename_f` sees the full key path and hands the renamed path to the
-            // builder it wraps, which prepends its own prefix again: wrap the root builder and
-            // restore the prefix on top.
-            let tail_vb = vb
-                .root()
-                .rename_f(move |name| shift_layer_key(name, head_layers))
-                .set_prefix(vb.prefix());
-            Some(ClipEncoder::new(
-                tail_vb.pp("encoder"),
-                &EncoderConfig::Vision(tail_cfg),
-            )?)
-        } else {
-            None
-        };
+        let encoder = ClipEncoder::new(vb.pp("encoder"), encoder_cfg)?;
         Ok(Self {
             embeddings,
             pre_layrnorm,
-            encoder_head,
-            encoder_tail,
+            needed_layers: needed_layers.clamp(1, encoder.num_layers().max(1)),
+            encoder,
             post_layernorm,
         })
     }
@@ -204,48 +153,35 @@ impl ClipSegVisionTransformer {
         &self.embeddings
     }
 
+    /// The encoder's input: embeddings through pre_layrnorm. (b, 1 + patches, d)
+    fn encoder_input(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.pre_layrnorm
+            .forward(&self.embeddings.forward(pixel_values)?)
+    }
+
     /// Outputs of encoder layers 0..needed_layers, each (b, 1 + patches, d) (transformers'
     /// `hidden_states[1..]`, before post_layernorm).
     pub fn encoder_outputs(&self, pixel_values: &Tensor) -> Result<Vec<Tensor>> {
-        let hidden_states = self
-            .pre_layrnorm
-            .forward(&self.embeddings.forward(pixel_values)?)?;
-        self.encoder_head.output_hidden_states(&hidden_states, None)
+        let layers: Vec<usize> = (0..self.needed_layers.min(self.encoder.num_layers())).collect();
+        self.layer_outputs(pixel_values, &layers)
+    }
+
+    /// Outputs of the listed encoder layers, in that order, keeping no other layer's output
+    /// (transformers' `hidden_states[l + 1]`). Each (b, 1 + patches, d).
+    pub fn layer_outputs(&self, pixel_values: &Tensor, layers: &[usize]) -> Result<Vec<Tensor>> {
+        self.encoder.hidden_states(
+            &self.encoder_input(pixel_values)?,
+            AttentionMask::None,
+            layers,
+        )
     }
 
     /// `pooler_output`: the last layer's class token through post_layernorm. (b, d)
     pub fn pooled_output(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let hidden_states = self
-            .pre_layrnorm
-            .forward(&self.embeddings.forward(pixel_values)?)?;
-        let mut last = self.encoder_head.forward(&hidden_states, None)?;
-        if let Some(tail) = &self.encoder_tail {
-            last = tail.forward(&last, None)?;
-        }
-        self.post_layernorm.forward(&last.i((.., 0, ..))?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layer_keys_shift_only_the_layer_index() {
-        assert_eq!(
-            shift_layer_key("clip.vision_model.encoder.layers.0.mlp.fc1.weight", 3),
-            "clip.vision_model.encoder.layers.3.mlp.fc1.weight"
-        );
-        assert_eq!(
-            shift_layer_key(
-                "clip.vision_model.encoder.layers.12.self_attn.q_proj.bias",
-                2
-            ),
-            "clip.vision_model.encoder.layers.14.self_attn.q_proj.bias"
-        );
-        assert_eq!(
-            shift_layer_key("clip.vision_model.post_layernorm.weight", 3),
-            "clip.vision_model.post_layernorm.weight"
-        );
+        let last = self
+            .encoder
+            .forward(&self.encoder_input(pixel_values)?, AttentionMask::None)?;
+        self.post_layernorm
+            .forward(&last.i((.., 0, ..))?.contiguous()?)
     }
 }

@@ -1,0 +1,391 @@
+//! transformers' `CLIPAttention`, `CLIPMLP`, `CLIPEncoderLayer` and `CLIPEncoder`
+//! (v5.17.0 `models/clip/modeling_clip.py`,
+//! <https://github.com/huggingface/transformers/blob/v5.17.0/src/transformers/models/clip/modeling_clip.py>),
+//! the pre-norm layer stack shared by the OWL-ViT and CLIPSeg towers.
+//!
+//! Same checkpoint keys (`layers.N.self_attn.{q,k,v,out}_proj`, `layer_norm1`, `mlp.{fc1,fc2}`,
+//! `layer_norm2`), same computation, fewer tensors:
+//! - q/k/v are one (3d, d) projection, concatenated at load, with q's rows pre-multiplied by
+//!   `head_dim^-0.5` (transformers scales the scores `q k^T` by it; the product is the same);
+//! - on the CPU the heads are strided views into that projection's output (no transposed
+//!   copies); attention runs one image (or text) of the batch, and a chunk of heads, at a time
+//!   ([`MAX_SCORES_ALIVE`]), so a single small score tensor is alive, turned into
+//!   probabilities in place;
+//! - bias + activation and bias + residual run in one pass over each matmul output;
+//! - LayerNorm is candle's fused `layer_norm` op with the config's epsilon.
+
+use candle_core::{IndexOp, Module, Result, Tensor};
+use candle_nn::{layer_norm, LayerNorm, VarBuilder};
+
+use super::ops::{softmax_last_dim_, Epilogue, FusedLinear};
+use super::{Activation, ClipEncoderConfig};
+
+/// At most this many attention scores (4 MiB in f32) are alive at once: heads are attended
+/// in chunks below it (one head at a time past it). For OWL-ViT B/32 at 768 px (577 tokens)
+/// that is 3 of its 12 heads, against 16 MiB for all of them.
+pub const MAX_SCORES_ALIVE: usize = 1 << 20;
+
+/// How many heads to attend together for `n` tokens.
+fn heads_per_chunk(n: usize, num_heads: usize) -> usize {
+    (MAX_SCORES_ALIVE / (n * n).max(1)).clamp(1, num_heads.max(1))
+}
+
+/// The attention mask of a tower: none (vision), or causal (text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionMask {
+    None,
+    /// Token `i` attends to tokens `0..=i` (`_create_4d_causal_attention_mask`).
+    Causal,
+}
+
+/// transformers' `CLIPAttention`, with `q_proj`, `k_proj` and `v_proj` fused at load.
+#[derive(Debug, Clone)]
+pub struct ClipAttention {
+    /// `q_proj` (scaled by `head_dim^-0.5`), `k_proj`, `v_proj` stacked: (3d, d).
+    qkv_proj: FusedLinear,
+    out_proj: FusedLinear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl ClipAttention {
+    pub fn new(vb: VarBuilder, cfg: &ClipEncoderConfig) -> Result<Self> {
+        Self::with_dims(vb, cfg.hidden_size, cfg.num_attention_heads)
+    }
+
+    /// For attention outside a CLIP encoder config (CLIPSeg's decoder layers): `embed_dim`
+    /// split into `num_heads` heads.
+    pub fn with_dims(vb: VarBuilder, embed_dim: usize, num_heads: usize) -> Result<Self> {
+        if num_heads == 0 || embed_dim % num_heads != 0 {
+            candle_core::bail!("embed_dim {embed_dim} is not divisible by {num_heads} heads");
+        }
+        let d = embed_dim;
+        let head_dim = d / num_heads;
+        let scale = (head_dim as f64).powf(-0.5);
+        let proj = |name: &str| -> Result<(Tensor, Tensor)> {
+            let vb = vb.pp(name);
+            Ok((vb.get((d, d), "weight")?, vb.get(d, "bias")?))
+        };
+        let (q_w, q_b) = proj("q_proj")?;
+        let (k_w, k_b) = proj("k_proj")?;
+        let (v_w, v_b) = proj("v_proj")?;
+        let weight = Tensor::cat(&[&(q_w * scale)?, &k_w, &v_w], 0)?;
+        let bias = Tensor::cat(&[&(q_b * scale)?, &k_b, &v_b], 0)?;
+        Ok(Self {
+            qkv_proj: FusedLinear::new(weight, bias),
+            out_proj: FusedLinear::load(d, d, vb.pp("out_proj"))?,
+            num_heads,
+            head_dim,
+        })
+    }
+
+    /// `residual + attention(xs)`: the layer's first residual branch. (b, n, d) -> (b, n, d)
+    pub fn forward(&self, xs: &Tensor, mask: AttentionMask, residual: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = xs.dims3()?;
+        // (b, n, 3d) -> (b, n, 3, heads, head_dim)
+        let qkv = self.qkv_proj.forward(xs, Epilogue::Bias)?.reshape((
+            b,
+            n,
+            3,
+            self.num_heads,
+            self.head_dim,
+        ))?;
+        // candle's CPU matmul reads strided heads; other backends want them contiguous.
+        let strided = xs.device().is_cpu();
+        let chunk = heads_per_chunk(n, self.num_heads);
+        let mut outputs = Vec::with_capacity(b);
+        for item in 0..b {
+            let item = qkv.narrow(0, item, 1)?;
+            let mut parts = Vec::with_capacity(self.num_heads.div_ceil(chunk));
+            for first in (0..self.num_heads).step_by(chunk) {
+                let heads = chunk.min(self.num_heads - first);
+                // (1, heads, n, head_dim)
+                let head = |which: usize| -> Result<Tensor> {
+                    let t = item
+                        .i((.., .., which))?
+                        .narrow(2, first, heads)?
+                        .transpose(1, 2)?;
+                    if strided {
+                        Ok(t)
+                    } else {
+                        t.contiguous()
+                    }
+                };
+                let (q, k, v) = (head(0)?, head(1)?, head(2)?);
+                // (1, heads, n, n), scaled through q
+                let probs = softmax_last_dim_(q.matmul(&k.t()?)?, mask == AttentionMask::Causal)?;
+                // (1, heads, n, head_dim) -> (1, n, heads * head_dim)
+                let out = probs.matmul(&v)?;
+                drop(probs);
+                parts.push(
+                    out.transpose(1, 2)?
+                        .reshape((1, n, heads * self.head_dim))?,
+                );
+            }
+            outputs.push(match parts.len() {
+                1 => parts.swap_remove(0),
+                // the heads side by side: (1, n, d)
+                _ => Tensor::cat(&parts, 2)?,
+            });
+        }
+        drop(qkv);
+        let merged = match outputs.len() {
+            1 => outputs.swap_remove(0),
+            _ => Tensor::cat(&outputs, 0)?,
+        };
+        self.out_proj.forward(&merged, Epilogue::Residual(residual))
+    }
+}
+
+/// transformers' `CLIPMLP`.
+#[derive(Debug, Clone)]
+pub struct ClipMlp {
+    fc1: FusedLinear,
+    fc2: FusedLinear,
+    activation: Activation,
+}
+
+impl ClipMlp {
+    pub fn new(vb: VarBuilder, cfg: &ClipEncoderConfig) -> Result<Self> {
+        let (d, inner) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            fc1: FusedLinear::load(d, inner, vb.pp("fc1"))?,
+            fc2: FusedLinear::load(inner, d, vb.pp("fc2"))?,
+            activation: cfg.hidden_act,
+        })
+    }
+
+    /// `residual + fc2(act(fc1(xs)))`: the layer's second residual branch.
+    pub fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        // (b, n, intermediate)
+        let hidden = self
+            .fc1
+            .forward(xs, Epilogue::Activation(self.activation))?;
+        self.fc2.forward(&hidden, Epilogue::Residual(residual))
+    }
+}
+
+/// transformers' `CLIPEncoderLayer` (pre-norm).
+#[derive(Debug, Clone)]
+pub struct ClipEncoderLayer {
+    self_attn: ClipAttention,
+    layer_norm1: LayerNorm,
+    mlp: ClipMlp,
+    layer_norm2: LayerNorm,
+}
+
+impl ClipEncoderLayer {
+    pub fn new(vb: VarBuilder, cfg: &ClipEncoderConfig) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(Self {
+            self_attn: ClipAttention::new(vb.pp("self_attn"), cfg)?,
+            layer_norm1: layer_norm(d, eps, vb.pp("layer_norm1"))?,
+            mlp: ClipMlp::new(vb.pp("mlp"), cfg)?,
+            layer_norm2: layer_norm(d, eps, vb.pp("layer_norm2"))?,
+        })
+    }
+
+    /// (b, n, d) -> (b, n, d)
+    pub fn forward(&self, xs: &Tensor, mask: AttentionMask) -> Result<Tensor> {
+        let hidden = self
+            .self_attn
+            .forward(&self.layer_norm1.forward(xs)?, mask, xs)?;
+        self.mlp
+            .forward(&self.layer_norm2.forward(&hidden)?, &hidden)
+    }
+}
+
+/// transformers' `CLIPEncoder`: `layers.0` .. `layers.{num_hidden_layers - 1}`.
+#[derive(Debug, Clone)]
+pub struct ClipEncoder {
+    layers: Vec<ClipEncoderLayer>,
+}
+
+impl ClipEncoder {
+    pub fn new(vb: VarBuilder, cfg: &ClipEncoderConfig) -> Result<Self> {
+        let vb = vb.pp("layers");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| ClipEncoderLayer::new(vb.pp(i.to_string()), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// `last_hidden_state`. (b, n, d) -> (b, n, d)
+    pub fn forward(&self, xs: &Tensor, mask: AttentionMask) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for layer in &self.layers {
+            xs = layer.forward(&xs, mask)?;
+        }
+        Ok(xs)
+    }
+
+    /// The outputs of the layers listed in `layers`, in that order (transformers'
+    /// `hidden_states[l + 1]`); runs the layers up to the last one listed and keeps no other
+    /// output. Each (b, n, d).
+    pub fn hidden_states(
+        &self,
+        xs: &Tensor,
+        mask: AttentionMask,
+        layers: &[usize],
+    ) -> Result<Vec<Tensor>> {
+        let Some(&last) = layers.iter().max() else {
+            return Ok(Vec::new());
+        };
+        if last >= self.layers.len() {
+            candle_core::bail!(
+                "no encoder layer {last}: the encoder has {} layers",
+                self.layers.len()
+            );
+        }
+        let mut kept: Vec<Option<Tensor>> = vec![None; last + 1];
+        let mut xs = xs.clone();
+        for (i, layer) in self.layers[..=last].iter().enumerate() {
+            xs = layer.forward(&xs, mask)?;
+            if layers.contains(&i) {
+                kept[i] = Some(xs.clone());
+            }
+        }
+        layers
+            .iter()
+            .map(|&l| {
+                kept[l]
+                    .clone()
+                    .ok_or_else(|| candle_core::Error::Msg(format!("no output for layer {l}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, D};
+    use std::collections::HashMap;
+
+    /// candle-transformers' unfused formulation of the same layer, from the same weights.
+    fn reference_layer(
+        w: &HashMap<String, Tensor>,
+        xs: &Tensor,
+        heads: usize,
+        act: Activation,
+        causal: bool,
+    ) -> Tensor {
+        let lin = |name: &str, x: &Tensor| {
+            candle_nn::Linear::new(
+                w[&format!("{name}.weight")].clone(),
+                Some(w[&format!("{name}.bias")].clone()),
+            )
+            .forward(x)
+            .unwrap()
+        };
+        let ln = |name: &str, x: &Tensor| {
+            candle_nn::LayerNorm::new(
+                w[&format!("{name}.weight")].clone(),
+                w[&format!("{name}.bias")].clone(),
+                1e-5,
+            )
+            .forward(x)
+            .unwrap()
+        };
+        let (b, n, d) = xs.dims3().unwrap();
+        let hd = d / heads;
+        let split = |x: Tensor| {
+            x.reshape((b, n, heads, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let h = ln("layer_norm1", xs);
+        let q = split(lin("self_attn.q_proj", &h));
+        let k = split(lin("self_attn.k_proj", &h));
+        let v = split(lin("self_attn.v_proj", &h));
+        let mut scores = (q.matmul(&k.t().unwrap()).unwrap() * (hd as f64).powf(-0.5)).unwrap();
+        if causal {
+            let mask: Vec<f32> = (0..n)
+                .flat_map(|i| (0..n).map(move |j| if j > i { f32::MIN } else { 0.0 }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (n, n), &Device::Cpu).unwrap();
+            scores = scores.broadcast_add(&mask).unwrap();
+        }
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        let attn = probs
+            .matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, n, d))
+            .unwrap();
+        let hidden = (lin("self_attn.out_proj", &attn) + xs).unwrap();
+        let m = ln("layer_norm2", &hidden);
+        let m = act.forward(&lin("mlp.fc1", &m)).unwrap();
+        (lin("mlp.fc2", &m) + &hidden).unwrap()
+    }
+
+    #[test]
+    fn fused_layer_matches_the_unfused_formulation() {
+        let (d, inner, heads) = (16, 24, 4);
+        let dev = Device::Cpu;
+        let mut w = HashMap::new();
+        for (name, shape) in [
+            ("self_attn.q_proj", (d, d)),
+            ("self_attn.k_proj", (d, d)),
+            ("self_attn.v_proj", (d, d)),
+            ("self_attn.out_proj", (d, d)),
+            ("mlp.fc1", (inner, d)),
+            ("mlp.fc2", (d, inner)),
+        ] {
+            let weight = (Tensor::randn(0f32, 1f32, shape, &dev).unwrap() * 0.3).unwrap();
+            let bias = Tensor::randn(0f32, 1f32, shape.0, &dev).unwrap();
+            w.insert(format!("{name}.weight"), weight);
+            w.insert(format!("{name}.bias"), bias);
+        }
+        for name in ["layer_norm1", "layer_norm2"] {
+            let weight = (Tensor::randn(0f32, 1f32, d, &dev).unwrap() + 1.0).unwrap();
+            w.insert(format!("{name}.weight"), weight);
+            w.insert(
+                format!("{name}.bias"),
+                Tensor::randn(0f32, 1f32, d, &dev).unwrap(),
+            );
+        }
+        let vb = VarBuilder::from_tensors(w.clone(), DType::F32, &dev);
+        // 600 tokens: the heads go in chunks of 2
+        assert_eq!(heads_per_chunk(600, heads), 2);
+        for (act, (b, n)) in [
+            (Activation::QuickGelu, (3, 7)),
+            (Activation::Gelu, (3, 7)),
+            (Activation::QuickGelu, (2, 600)),
+        ] {
+            let xs = Tensor::randn(0f32, 1f32, (b, n, d), &dev).unwrap();
+            let cfg = ClipEncoderConfig {
+                hidden_size: d,
+                intermediate_size: inner,
+                num_hidden_layers: 1,
+                num_attention_heads: heads,
+                hidden_act: act,
+                layer_norm_eps: 1e-5,
+            };
+            let layer = ClipEncoderLayer::new(vb.clone(), &cfg).unwrap();
+            for (mask, causal) in [(AttentionMask::None, false), (AttentionMask::Causal, true)] {
+                let ours = layer.forward(&xs, mask).unwrap();
+                let reference = reference_layer(&w, &xs, heads, act, causal);
+                let diff = (ours - reference)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(diff < 1e-4, "{act:?} {mask:?}: {diff}");
+            }
+        }
+    }
+}

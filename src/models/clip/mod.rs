@@ -1,0 +1,199 @@
+//! The CLIP transformer that OWL-ViT and CLIPSeg are built on: the encoder layer stack
+//! ([`encoder`]) and the causal text tower ([`text`]). Each model keeps its own vision
+//! embeddings and tower around [`encoder::ClipEncoder`]; CLIPSeg's decoder layers reuse
+//! [`encoder::ClipAttention`].
+//!
+//! - Paper: [Learning Transferable Visual Models From Natural Language Supervision](https://arxiv.org/abs/2103.00020)
+//! - Model card: [openai/clip-vit-base-patch32](https://huggingface.co/openai/clip-vit-base-patch32)
+//! - Mirrors transformers v5.17.0 `models/clip/modeling_clip.py` (`CLIPAttention`, `CLIPMLP`,
+//!   `CLIPEncoderLayer`, `CLIPEncoder`, `CLIPTextEmbeddings`, `CLIPTextTransformer`;
+//!   <https://github.com/huggingface/transformers/blob/v5.17.0/src/transformers/models/clip/modeling_clip.py>),
+//!   which `modeling_owlvit.py` and `modeling_clipseg.py` copy.
+//!
+//! Written here rather than reusing candle-transformers' CLIP towers for memory and speed on
+//! the CPU: q/k/v are one fused projection whose heads are read as strided views, the softmax
+//! runs in place over a few heads at a time (one score tensor of at most 4 MiB alive instead of
+//! four of every head's), and bias, activation and residual are applied in one pass over
+//! each projection's output ([`ops`]). The towers also take `hidden_act` (`quick_gelu` or
+//! `gelu`) and `layer_norm_eps` from the config.
+
+pub mod encoder;
+pub mod ops;
+pub mod text;
+
+use candle_core::{Module, Result, Tensor};
+
+/// `ACT2FN["quick_gelu"]`: `x * sigmoid(1.702 * x)`.
+pub const QUICK_GELU_ALPHA: f32 = 1.702;
+
+/// The config section names used in errors.
+pub const TEXT_TOWER: &str = "text_config";
+pub const VISION_TOWER: &str = "vision_config";
+
+/// Defaults of transformers' CLIP-style configs (`CLIPTextConfig` / `CLIPVisionConfig`), which
+/// OWL-ViT's and CLIPSeg's config classes copy; used as `serde(default = ...)`. The values that
+/// differ per model (max positions, image size, pad token) stay in each model's file.
+pub mod clip_defaults {
+    pub fn vocab_size() -> usize {
+        49408
+    }
+    pub fn text_hidden() -> usize {
+        512
+    }
+    pub fn text_intermediate() -> usize {
+        2048
+    }
+    pub fn text_heads() -> usize {
+        8
+    }
+    pub fn layers() -> usize {
+        12
+    }
+    pub fn act() -> String {
+        "quick_gelu".into()
+    }
+    pub fn eps() -> f64 {
+        1e-5
+    }
+    pub fn vision_hidden() -> usize {
+        768
+    }
+    pub fn vision_intermediate() -> usize {
+        3072
+    }
+    pub fn vision_heads() -> usize {
+        12
+    }
+    pub fn channels() -> usize {
+        3
+    }
+    pub fn patch_size() -> usize {
+        32
+    }
+    pub fn projection_dim() -> usize {
+        512
+    }
+}
+
+/// The `hidden_act` values of CLIP-style configs that the encoder implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `quick_gelu`: `x * sigmoid(1.702 x)`.
+    QuickGelu,
+    /// `gelu`: the exact (erf) GELU, `nn.functional.gelu`.
+    Gelu,
+}
+
+impl Activation {
+    /// Maps transformers' `hidden_act`; anything else is refused, naming `model` and `tower`.
+    pub fn from_hf(name: &str, model: &str, tower: &str) -> crate::Result<Self> {
+        match name {
+            "quick_gelu" => Ok(Self::QuickGelu),
+            "gelu" => Ok(Self::Gelu),
+            other => Err(crate::Error::Unsupported {
+                model: model.to_string(),
+                reason: format!("{tower}: hidden_act `{other}` (only quick_gelu and gelu)"),
+            }),
+        }
+    }
+
+    /// The activation of one value, computed in f32.
+    #[inline(always)]
+    pub fn apply_f32(self, x: f32) -> f32 {
+        match self {
+            Self::QuickGelu => x / (1.0 + (-QUICK_GELU_ALPHA * x).exp()),
+            Self::Gelu => {
+                0.5 * x
+                    * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+            }
+        }
+    }
+}
+
+impl Module for Activation {
+    /// The same activation from candle ops (devices and dtypes without a fused kernel).
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * QUICK_GELU_ALPHA as f64)?)?,
+            Self::Gelu => xs.gelu_erf(),
+        }
+    }
+}
+
+/// What the encoder needs from a transformers CLIP-style tower config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipEncoderConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+}
+
+impl ClipEncoderConfig {
+    /// Checks that the heads split the hidden size; `tower` names the config section.
+    pub fn checked(self, model: &str, tower: &str) -> crate::Result<Self> {
+        let heads = self.num_attention_heads;
+        if heads == 0 || self.hidden_size % heads != 0 {
+            return Err(crate::Error::Unsupported {
+                model: model.to_string(),
+                reason: format!(
+                    "{tower}: hidden_size {} is not divisible by num_attention_heads {heads}",
+                    self.hidden_size
+                ),
+            });
+        }
+        Ok(self)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// Checks that the patches tile a vision config's (square) image.
+pub fn check_patch_grid(model: &str, image_size: usize, patch_size: usize) -> crate::Result<()> {
+    if patch_size == 0 || image_size % patch_size != 0 {
+        return Err(crate::Error::Unsupported {
+            model: model.to_string(),
+            reason: format!(
+                "{VISION_TOWER}: image_size {image_size} is not a multiple of patch_size {patch_size}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activations_match_candle_ops() {
+        let xs: Vec<f32> = (-40..=40).map(|i| i as f32 * 0.2).collect();
+        let t = Tensor::new(xs.as_slice(), &candle_core::Device::Cpu).unwrap();
+        for act in [Activation::QuickGelu, Activation::Gelu] {
+            let reference = act.forward(&t).unwrap().to_vec1::<f32>().unwrap();
+            for (x, r) in xs.iter().zip(&reference) {
+                let d = (act.apply_f32(*x) - r).abs();
+                assert!(d <= 1e-6 * r.abs().max(1.0), "{act:?}({x}): {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_activation_and_bad_heads_are_refused() {
+        let err = Activation::from_hf("relu", "m", TEXT_TOWER).unwrap_err();
+        assert!(err.to_string().contains("hidden_act `relu`"), "{err}");
+        let cfg = ClipEncoderConfig {
+            hidden_size: 10,
+            intermediate_size: 20,
+            num_hidden_layers: 1,
+            num_attention_heads: 3,
+            hidden_act: Activation::Gelu,
+            layer_norm_eps: 1e-5,
+        };
+        assert!(cfg.checked("m", VISION_TOWER).is_err());
+    }
+}
