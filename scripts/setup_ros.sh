@@ -201,6 +201,28 @@ fi
 # 6. The interface package msg/ -> $ws/install (merged install: one ament prefix)
 # ---------------------------------------------------------------------------------------------
 install="$ws/install"
+
+# colcon_build NAME BASE_PATH: builds the packages under BASE_PATH into $install (merged: one
+# ament prefix), output in $ws/colcon-NAME.out; stops the script when it fails.
+colcon_build() {
+  local name=$1 base=$2
+  if ! (
+    export PATH="$ros/bin:$PATH" AMENT_PREFIX_PATH="$install:$ros" CMAKE_PREFIX_PATH="$install:$ros" ROS_DISTRO=jazzy
+    export LD_LIBRARY_PATH="$ros/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export COLCON_HOME="$ws/.colcon" PYTHONDONTWRITEBYTECODE=1
+    unset PYTHONPATH
+    cd "$ws"
+    "$ros/bin/colcon" --log-base "$ws/log-$name" build --merge-install \
+      --base-paths "$base" --build-base "$ws/build-$name" --install-base "$install" \
+      --parallel-workers 1 --event-handlers console_direct- console_stderr- \
+      --cmake-args -DPython3_EXECUTABLE="$vpy" -DPython3_FIND_VIRTUALENV=ONLY -DBUILD_TESTING=OFF \
+      -DCMAKE_BUILD_TYPE=Release
+  ) > "$ws/colcon-$name.out" 2>&1; then
+    tail -n 60 "$ws/colcon-$name.out" >&2
+    die "colcon build of $base failed (full output: $ws/colcon-$name.out, logs: $ws/log-$name)"
+  fi
+}
+
 msgs_hash="$( (echo "$pip_hash"; cd "$root" && find msg -type f ! -name '*~' -print0 | LC_ALL=C sort -z \
   | xargs -0 sha256sum) | sha256sum | cut -c1-16)"
 msgs_stamp="$ros/.stamp-msgs"
@@ -209,21 +231,7 @@ if [ "$force" = 1 ] || [ "$(cat "$msgs_stamp" 2>/dev/null)" != "$msgs_hash" ] \
   log "colcon build vlm_perception_msgs ($(elapsed))"
   rm -rf "$ws" "$msgs_stamp"
   mkdir -p "$ws"
-  if ! (
-    export PATH="$ros/bin:$PATH" AMENT_PREFIX_PATH="$ros" CMAKE_PREFIX_PATH="$ros" ROS_DISTRO=jazzy
-    export LD_LIBRARY_PATH="$ros/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    export COLCON_HOME="$ws/.colcon" PYTHONDONTWRITEBYTECODE=1
-    unset PYTHONPATH
-    cd "$ws"
-    "$ros/bin/colcon" --log-base "$ws/log" build --merge-install \
-      --base-paths "$root/msg" --build-base "$ws/build" --install-base "$install" \
-      --parallel-workers 1 --event-handlers console_direct- console_stderr- \
-      --cmake-args -DPython3_EXECUTABLE="$vpy" -DPython3_FIND_VIRTUALENV=ONLY -DBUILD_TESTING=OFF \
-      -DCMAKE_BUILD_TYPE=Release
-  ) > "$ws/colcon.out" 2>&1; then
-    tail -n 60 "$ws/colcon.out" >&2
-    die "colcon build of msg/ failed (full output: $ws/colcon.out, logs: $ws/log)"
-  fi
+  colcon_build msgs "$root/msg"
   echo "$msgs_hash" > "$msgs_stamp"
 fi
 
@@ -241,23 +249,10 @@ if [ -d "$extras/wheels" ] && [ -d "$extras/src" ]; then
      || [ ! -f "$install/share/vision_msgs/package.xml" ]; then
     log "ROS 2 extras from $extras: wheels + colcon build composition_interfaces vision_msgs ($(elapsed))"
     "$vpy" -m pip install -q --disable-pip-version-check --no-deps "$extras"/wheels/*.whl
-    "$vpy" -m pip install -q --disable-pip-version-check lark pyyaml packaging psutil argcomplete \
-      importlib-metadata
-    if ! (
-      export PATH="$ros/bin:$PATH" AMENT_PREFIX_PATH="$install:$ros" CMAKE_PREFIX_PATH="$install:$ros" ROS_DISTRO=jazzy
-      export LD_LIBRARY_PATH="$ros/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-      export COLCON_HOME="$ws/.colcon" PYTHONDONTWRITEBYTECODE=1
-      unset PYTHONPATH
-      cd "$ws"
-      "$ros/bin/colcon" --log-base "$ws/log-extras" build --merge-install \
-        --base-paths "$extras/src" --build-base "$ws/build-extras" --install-base "$install" \
-        --parallel-workers 1 --event-handlers console_direct- console_stderr- \
-        --cmake-args -DPython3_EXECUTABLE="$vpy" -DPython3_FIND_VIRTUALENV=ONLY -DBUILD_TESTING=OFF \
-        -DCMAKE_BUILD_TYPE=Release
-    ) > "$ws/colcon-extras.out" 2>&1; then
-      tail -n 60 "$ws/colcon-extras.out" >&2
-      die "colcon build of the ROS 2 extras failed (full output: $ws/colcon-extras.out)"
-    fi
+    # their Python dependencies (pinned like the rest)
+    "$vpy" -m pip install -q --disable-pip-version-check 'lark==1.3.1' 'pyyaml==6.0.4' \
+      'packaging==26.4' 'psutil==7.2.2' 'argcomplete==3.7.2' 'importlib-metadata==10.2.0' 
+    colcon_build extras "$extras/src"
     echo "$extras_hash" > "$extras_stamp"
   fi
 else

@@ -634,9 +634,27 @@ fn image_arg(image: &mut Image) -> ImageArg {
     }
 }
 
-/// `<= 0` (or NaN) means the node's default.
-fn positive(v: f32) -> Option<f32> {
-    (v > 0.0).then_some(v)
+/// A request's threshold: `<= 0` (or NaN) means the node's default; above 1 is refused.
+fn threshold_arg(v: f32) -> Result<Option<f32>, String> {
+    match v {
+        v if v > 1.0 => Err(format!("threshold must be in [0, 1], got {v}")),
+        v if v > 0.0 => Ok(Some(v)),
+        _ => Ok(None),
+    }
+}
+
+/// A failed service answer: `success=false`, the message, everything else default.
+macro_rules! failure {
+    ($($response:ident)::+, $message:expr) => {
+        (
+            false,
+            $($response)::+ {
+                success: false,
+                message: $message,
+                ..Default::default()
+            },
+        )
+    };
 }
 
 async fn set_queries_call(
@@ -664,10 +682,10 @@ async fn detect_call(
     mut req: srv::Detect::Request,
 ) -> (bool, srv::Detect::Response) {
     let image = image_arg(&mut req.image);
-    let threshold = positive(req.threshold);
-    if let Some(t) = threshold.filter(|t| *t > 1.0) {
-        return failure_detect(format!("threshold must be in [0, 1], got {t}"));
-    }
+    let threshold = match threshold_arg(req.threshold) {
+        Ok(t) => t,
+        Err(e) => return failure!(srv::Detect::Response, e),
+    };
     let r = ask_worker(&handle, timeout, |reply| Request::Detect {
         image,
         queries: req.queries,
@@ -689,19 +707,8 @@ async fn detect_call(
                 detections: convert::detection_array(&header, &model, &result, &[], latency),
             },
         ),
-        Err(e) => failure_detect(e),
+        Err(e) => failure!(srv::Detect::Response, e),
     }
-}
-
-fn failure_detect(message: String) -> (bool, srv::Detect::Response) {
-    (
-        false,
-        srv::Detect::Response {
-            success: false,
-            message,
-            ..Default::default()
-        },
-    )
 }
 
 async fn segment_call(
@@ -710,20 +717,11 @@ async fn segment_call(
     mut req: srv::Segment::Request,
 ) -> (bool, srv::Segment::Response) {
     let image = image_arg(&mut req.image);
-    let threshold = positive(req.threshold);
-    let fail = |message: String| {
-        (
-            false,
-            srv::Segment::Response {
-                success: false,
-                message,
-                ..Default::default()
-            },
-        )
+    let fail = |message: String| failure!(srv::Segment::Response, message);
+    let threshold = match threshold_arg(req.threshold) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
     };
-    if let Some(t) = threshold.filter(|t| *t > 1.0) {
-        return fail(format!("threshold must be in [0, 1], got {t}"));
-    }
     let r = ask_worker(&handle, timeout, |reply| Request::Segment {
         image,
         prompts: req.prompts,
@@ -773,14 +771,7 @@ async fn ask_call(
                 answer: convert::answer(&o.header, &o.model, &o.result, o.latency),
             },
         ),
-        Err(message) => (
-            false,
-            srv::Ask::Response {
-                success: false,
-                message,
-                ..Default::default()
-            },
-        ),
+        Err(message) => failure!(srv::Ask::Response, message),
     }
 }
 
@@ -800,20 +791,11 @@ async fn score_call(
     timeout: Duration,
     mut req: srv::Score::Request,
 ) -> (bool, srv::Score::Response) {
-    let fail = |message: String| {
-        (
-            false,
-            srv::Score::Response {
-                success: false,
-                message,
-                ..Default::default()
-            },
-        )
+    let fail = |message: String| failure!(srv::Score::Response, message);
+    let threshold = match threshold_arg(req.threshold) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
     };
-    let threshold = positive(req.threshold);
-    if let Some(t) = threshold.filter(|t| *t > 1.0) {
-        return fail(format!("threshold must be in [0, 1], got {t}"));
-    }
     let depth = depth_arg(&req.depth, &req.camera_info);
     let image = image_arg(&mut req.image);
     let r = ask_worker(&handle, timeout, |reply| Request::Score {
@@ -851,20 +833,11 @@ async fn ground_call(
     timeout: Duration,
     mut req: srv::Ground::Request,
 ) -> (bool, srv::Ground::Response) {
-    let fail = |message: String| {
-        (
-            false,
-            srv::Ground::Response {
-                success: false,
-                message,
-                ..Default::default()
-            },
-        )
+    let fail = |message: String| failure!(srv::Ground::Response, message);
+    let threshold = match threshold_arg(req.threshold) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
     };
-    let threshold = positive(req.threshold);
-    if let Some(t) = threshold.filter(|t| *t > 1.0) {
-        return fail(format!("threshold must be in [0, 1], got {t}"));
-    }
     let depth = depth_arg(&req.depth, &req.camera_info);
     let image = image_arg(&mut req.image);
     let place = Some(req.place.trim().to_string()).filter(|p| !p.is_empty());
