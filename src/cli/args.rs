@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Open-vocabulary perception for robots: OWL-ViT detection, CLIPSeg segmentation and ViLT
+/// Open-vocabulary perception for robots: OWL-ViT / OWLv2 detection, CLIPSeg segmentation and ViLT
 /// visual question answering, on CPU or NVIDIA GPUs.
 #[derive(Debug, Parser)]
 #[command(name = "vlm-perception", version, about)]
@@ -19,7 +19,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Detect objects named by text queries (OWL-ViT).
+    /// Detect objects named by text queries (OWL-ViT or OWLv2, from the checkpoint).
     Detect(DetectArgs),
     /// Segment the regions described by text prompts (CLIPSeg).
     Segment(SegmentArgs),
@@ -65,6 +65,12 @@ pub struct DetectArgs {
     /// 1 or more disables NMS (the transformers reference applies none).
     #[arg(long, default_value_t = 1.0)]
     pub nms_iou: f32,
+
+    /// OWLv2 only: keep boxes whose objectness (sigmoid of the objectness logit) is above
+    /// this, applied with --threshold before NMS; 0 disables it. An error with OWL-ViT
+    /// checkpoints, which have no objectness head.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub min_objectness: f32,
 
     /// Print one JSON object instead of a table.
     #[arg(long)]

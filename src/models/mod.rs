@@ -4,5 +4,6 @@
 pub mod clip;
 pub mod clipseg;
 pub mod interpolate;
+pub mod owlv2;
 pub mod owlvit;
 pub mod vilt;

@@ -27,6 +27,8 @@ use super::clip::{
 const NORM_EPS: f64 = 1e-6;
 /// Offset inside the logits of `compute_box_bias`.
 const BOX_BIAS_EPS: f32 = 1e-4;
+/// `OwlViTPreTrainedModel.base_model_prefix`: the checkpoint key of the towers.
+pub const BASE_MODEL_PREFIX: &str = "owlvit";
 
 fn default_text_max_positions() -> usize {
     16
@@ -317,11 +319,17 @@ impl OwlVitBoxPredictionHead {
     const OUT_DIM: usize = 4;
 
     pub fn new(vb: VarBuilder, cfg: &OwlVitConfig) -> Result<Self> {
+        Self::with_out_dim(vb, cfg, Self::OUT_DIM)
+    }
+
+    /// The head with `out_dim` outputs (`OwlViTBoxPredictionHead(config, out_dim)`; OWLv2's
+    /// objectness head is this MLP with one output).
+    pub fn with_out_dim(vb: VarBuilder, cfg: &OwlVitConfig, out_dim: usize) -> Result<Self> {
         let width = cfg.vision_config.hidden_size;
         Ok(Self {
             dense0: linear(width, width, vb.pp("dense0"))?,
             dense1: linear(width, width, vb.pp("dense1"))?,
-            dense2: linear(width, Self::OUT_DIM, vb.pp("dense2"))?,
+            dense2: linear(width, out_dim, vb.pp("dense2"))?,
         })
     }
 }
@@ -365,8 +373,25 @@ pub struct OwlVitForObjectDetection {
 impl OwlVitForObjectDetection {
     /// `model` names the checkpoint in configuration errors.
     pub fn new(vb: VarBuilder, cfg: &OwlVitConfig, model: &str) -> crate::Result<Self> {
+        Self::with_base_model_prefix(vb, cfg, model, BASE_MODEL_PREFIX)
+    }
+
+    /// The detector with its towers under `base_model_prefix` (`owlvit`; `owlv2` for the
+    /// OWLv2 checkpoints, whose modules are all copied from OWL-ViT's).
+    pub fn with_base_model_prefix(
+        vb: VarBuilder,
+        cfg: &OwlVitConfig,
+        model: &str,
+        base_model_prefix: &str,
+    ) -> crate::Result<Self> {
         let (text_cfg, vision_cfg) = cfg.towers(model)?;
-        Ok(Self::build(vb, cfg, &text_cfg, &vision_cfg)?)
+        Ok(Self::build(
+            vb,
+            cfg,
+            &text_cfg,
+            &vision_cfg,
+            base_model_prefix,
+        )?)
     }
 
     fn build(
@@ -374,8 +399,9 @@ impl OwlVitForObjectDetection {
         cfg: &OwlVitConfig,
         text_cfg: &ClipTextConfig,
         vision_cfg: &ClipEncoderConfig,
+        base_model_prefix: &str,
     ) -> Result<Self> {
-        let owlvit = vb.pp("owlvit");
+        let owlvit = vb.pp(base_model_prefix);
         let text_model = ClipTextTransformer::new(owlvit.pp("text_model"), text_cfg)?;
         let text_projection = linear_no_bias(
             cfg.text_config.hidden_size,

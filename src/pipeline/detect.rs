@@ -1,5 +1,5 @@
-//! Open-vocabulary detection with OWL-ViT: queries are encoded once per vocabulary and cached,
-//! so a frame costs one vision pass.
+//! Open-vocabulary detection with OWL-ViT or OWLv2 (recognised from config.json): queries are
+//! encoded once per vocabulary and cached, so a frame costs one vision pass.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 use image::RgbImage;
 
 use super::{
-    checkpoint::Checkpoint,
+    checkpoint::{Checkpoint, PREPROCESSOR_FILE},
     device::LoadOptions,
     text_cache::TextCache,
     tokenizer::{Padding, TextTokenizer, TokenizerKind},
@@ -16,17 +16,27 @@ use super::{
     validate_texts,
 };
 use crate::error::{Error, Result};
+use crate::models::owlv2::{Owlv2Config, Owlv2ForObjectDetection, Owlv2ObjectDetectionOutput};
 use crate::models::owlvit::{OwlVitConfig, OwlVitForObjectDetection, OwlVitObjectDetectionOutput};
 use crate::vision::{
     boxes::{batched_nms, BBox},
+    owlv2_preprocess::Owlv2ImageProcessor,
     preprocess::{
         ImageProcessor, PreprocessorConfig, ProcessorDefaults, Resample, SizeSpec,
         OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
     },
 };
 
-/// config.json `architectures` this task accepts.
+/// config.json `architectures` of OWL-ViT checkpoints.
 pub const OWLVIT_ARCHITECTURES: &[&str] = &["OwlViTForObjectDetection"];
+/// config.json `architectures` of OWLv2 checkpoints.
+pub const OWLV2_ARCHITECTURES: &[&str] = &["Owlv2ForObjectDetection"];
+/// `Owlv2Config.model_type`, which identifies an OWLv2 checkpoint whose config.json lists no
+/// `architectures`.
+pub const OWLV2_MODEL_TYPE: &str = "owlv2";
+/// The `image_processor_type` prefix of OWLv2's processors (`Owlv2ImageProcessor`, `...Fast`,
+/// `...Pil`).
+const OWLV2_PROCESSOR_PREFIX: &str = "Owlv2ImageProcessor";
 /// transformers' default `threshold` of `post_process_object_detection`.
 pub const DEFAULT_THRESHOLD: f32 = 0.1;
 
@@ -68,12 +78,177 @@ impl QueryEmbeddings {
     }
 }
 
-/// OWL-ViT detector on one device.
+/// The detection architectures this task loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetectorFamily {
+    /// `OwlViTForObjectDetection`.
+    OwlVit,
+    /// `Owlv2ForObjectDetection`: OWL-ViT plus an objectness head.
+    Owlv2,
+}
+
+impl DetectorFamily {
+    /// Recognises the family from config.json's first `architectures` entry (or its
+    /// `model_type` when there is none).
+    pub fn of_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        let found = ckpt.architecture()?;
+        if OWLVIT_ARCHITECTURES.contains(&found.as_str()) {
+            Ok(Self::OwlVit)
+        } else if OWLV2_ARCHITECTURES.contains(&found.as_str()) || found == OWLV2_MODEL_TYPE {
+            Ok(Self::Owlv2)
+        } else {
+            Err(Error::WrongArchitecture {
+                model: ckpt.name.clone(),
+                found,
+                expected: [OWLVIT_ARCHITECTURES, OWLV2_ARCHITECTURES]
+                    .concat()
+                    .join(" or "),
+            })
+        }
+    }
+
+    /// The name used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OwlVit => "OWL-ViT",
+            Self::Owlv2 => "OWLv2",
+        }
+    }
+}
+
+/// The model of either family.
+#[derive(Debug, Clone)]
+enum DetectionModel {
+    OwlVit(OwlVitForObjectDetection),
+    Owlv2(Owlv2ForObjectDetection),
+}
+
+impl DetectionModel {
+    fn get_text_features(&self, input_ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::OwlVit(m) => m.get_text_features(input_ids),
+            Self::Owlv2(m) => m.get_text_features(input_ids),
+        }
+    }
+
+    fn detect(&self, pixel_values: &Tensor, query_embeds: &Tensor) -> Result<DetectorOutput> {
+        Ok(match self {
+            Self::OwlVit(m) => m.detect(pixel_values, query_embeds)?.into(),
+            Self::Owlv2(m) => m.detect(pixel_values, query_embeds)?.into(),
+        })
+    }
+}
+
+/// The image processor of a detection checkpoint, as its preprocessor_config.json's
+/// `image_processor_type` names it (the architecture's own when the type is not given). It
+/// also decides how boxes are scaled back, as each transformers processor's
+/// `post_process_object_detection` does.
+#[derive(Debug, Clone)]
+pub enum DetectionProcessor {
+    /// `OwlViTImageProcessor`: resize to the vision tower's size; boxes scale to (W, H).
+    OwlVit(ImageProcessor),
+    /// `Owlv2ImageProcessor`: pad to a square, blur, resize; boxes scale by max(H, W).
+    Owlv2(Owlv2ImageProcessor),
+}
+
+impl DetectionProcessor {
+    /// Preprocessed pixel values (1, 3, H, W) in f32.
+    pub fn preprocess(&self, image: &RgbImage, device: &candle_core::Device) -> Result<Tensor> {
+        match self {
+            Self::OwlVit(p) => p.preprocess(image, device),
+            Self::Owlv2(p) => p.preprocess(image, device),
+        }
+    }
+
+    /// How post-processing maps normalised boxes to original-image pixels.
+    pub fn box_scale(&self) -> BoxScale {
+        match self {
+            Self::OwlVit(_) => BoxScale::ImageSize,
+            Self::Owlv2(_) => BoxScale::PaddedSquare,
+        }
+    }
+}
+
+/// How normalised (cx, cy, w, h) boxes are scaled to original-image pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoxScale {
+    /// `OwlViTImageProcessor`: x by the width, y by the height.
+    ImageSize,
+    /// `Owlv2ImageProcessor` (`_scale_boxes`): both axes by max(H, W), the side of the padded
+    /// square the model saw (transformers does so whether or not `do_pad` is set).
+    PaddedSquare,
+}
+
+impl BoxScale {
+    /// The (x, y) factors for an image of `width` x `height`.
+    pub fn factors(self, width: u32, height: u32) -> (f32, f32) {
+        match self {
+            Self::ImageSize => (width as f32, height as f32),
+            Self::PaddedSquare => {
+                let side = width.max(height) as f32;
+                (side, side)
+            }
+        }
+    }
+}
+
+/// Raw outputs of either family for a batch of images: logits and boxes in f32.
+#[derive(Debug, Clone)]
+pub struct DetectorOutput {
+    /// (b, patches, queries)
+    pub logits: Tensor,
+    /// (b, patches, 4), normalized (cx, cy, w, h) (of the padded square for OWLv2)
+    pub pred_boxes: Tensor,
+    /// (b, patches) in f32; OWLv2 only.
+    pub objectness_logits: Option<Tensor>,
+    /// (b, patches_h, patches_w, d_vision)
+    pub image_embeds: Tensor,
+    /// (b, patches, d_text)
+    pub class_embeds: Tensor,
+}
+
+impl From<OwlVitObjectDetectionOutput> for DetectorOutput {
+    fn from(o: OwlVitObjectDetectionOutput) -> Self {
+        Self {
+            logits: o.logits,
+            pred_boxes: o.pred_boxes,
+            objectness_logits: None,
+            image_embeds: o.image_embeds,
+            class_embeds: o.class_embeds,
+        }
+    }
+}
+
+impl From<Owlv2ObjectDetectionOutput> for DetectorOutput {
+    fn from(o: Owlv2ObjectDetectionOutput) -> Self {
+        Self {
+            logits: o.logits,
+            pred_boxes: o.pred_boxes,
+            objectness_logits: Some(o.objectness_logits),
+            image_embeds: o.image_embeds,
+            class_embeds: o.class_embeds,
+        }
+    }
+}
+
+/// One image's raw outputs on the host: what post-processing reads.
+#[derive(Debug, Clone, Default)]
+pub struct RawDetections {
+    /// (patches, queries) class logits.
+    pub logits: Vec<Vec<f32>>,
+    /// (patches, 4) normalized (cx, cy, w, h).
+    pub boxes: Vec<Vec<f32>>,
+    /// (patches,) objectness logits; OWLv2 only.
+    pub objectness_logits: Option<Vec<f32>>,
+}
+
+/// OWL-ViT or OWLv2 detector on one device.
 pub struct Detector {
     name: String,
-    model: OwlVitForObjectDetection,
+    family: DetectorFamily,
+    model: DetectionModel,
     tokenizer: TextTokenizer,
-    processor: ImageProcessor,
+    processor: DetectionProcessor,
     options: LoadOptions,
     cache: TextCache<QueryEmbeddings>,
 }
@@ -92,47 +267,41 @@ const OWLVIT_PROCESSOR_DEFAULTS: ProcessorDefaults = ProcessorDefaults {
 };
 
 impl Detector {
-    /// Loads an `OwlViTForObjectDetection` checkpoint (directory or hub id).
+    /// Loads an `OwlViTForObjectDetection` or `Owlv2ForObjectDetection` checkpoint (directory
+    /// or hub id).
     pub fn load(model: &str, options: &LoadOptions) -> Result<Self> {
         Self::from_checkpoint(&Checkpoint::resolve(model)?, options)
     }
 
     pub fn from_checkpoint(ckpt: &Checkpoint, options: &LoadOptions) -> Result<Self> {
         let _span = tracing::info_span!("load", model = %ckpt.name).entered();
-        ckpt.expect_architecture(OWLVIT_ARCHITECTURES)?;
-        let config: OwlVitConfig = ckpt.config()?;
+        let family = DetectorFamily::of_checkpoint(ckpt)?;
         let vb = ckpt.var_builder(options.dtype, &options.device)?;
-        let model = OwlVitForObjectDetection::new(vb, &config, &ckpt.name)
-            .map_err(|e| ckpt.load_error(e))?;
+        let (model, config) = match family {
+            DetectorFamily::OwlVit => {
+                let config: OwlVitConfig = ckpt.config()?;
+                let model = OwlVitForObjectDetection::new(vb, &config, &ckpt.name)
+                    .map_err(|e| ckpt.load_error(e))?;
+                (DetectionModel::OwlVit(model), config)
+            }
+            DetectorFamily::Owlv2 => {
+                let config: Owlv2Config = ckpt.config()?;
+                let model = Owlv2ForObjectDetection::new(vb, &config, &ckpt.name)
+                    .map_err(|e| ckpt.load_error(e))?;
+                (DetectionModel::Owlv2(model), config.0)
+            }
+        };
         let tokenizer = TextTokenizer::load(
             ckpt,
             TokenizerKind::ClipBpe,
             config.text_config.max_position_embeddings,
             config.text_config.pad_token_id,
         )?;
-        let pre: PreprocessorConfig = ckpt.preprocessor_config()?;
-        let mut defaults = OWLVIT_PROCESSOR_DEFAULTS;
-        let side = config.vision_config.image_size;
-        defaults.size = SizeSpec::HeightWidth {
-            height: side,
-            width: side,
-        };
-        let processor = ImageProcessor::from_config(pre, &defaults)?;
-        let expected = (side, side);
-        let produced = processor
-            .center_crop
-            .unwrap_or_else(|| processor.resized_size(side, side));
-        if produced != expected {
-            return Err(Error::Unsupported {
-                model: ckpt.name.clone(),
-                reason: format!(
-                    "preprocessor_config.json produces {}x{} inputs but the vision tower takes {side}x{side}",
-                    produced.1, produced.0
-                ),
-            });
-        }
+        let processor = load_processor(ckpt, family, config.vision_config.image_size)?;
+        tracing::debug!(model = %ckpt.name, family = family.name(), ?processor, "detector loaded");
         Ok(Self {
             name: ckpt.name.clone(),
+            family,
             model,
             tokenizer,
             processor,
@@ -149,7 +318,16 @@ impl Detector {
         &self.options
     }
 
-    pub fn processor(&self) -> &ImageProcessor {
+    pub fn family(&self) -> DetectorFamily {
+        self.family
+    }
+
+    /// Whether detections carry an objectness score (OWLv2).
+    pub fn has_objectness(&self) -> bool {
+        self.family == DetectorFamily::Owlv2
+    }
+
+    pub fn processor(&self) -> &DetectionProcessor {
         &self.processor
     }
 
@@ -192,8 +370,8 @@ impl Detector {
         &self,
         pixel_values: &Tensor,
         queries: &QueryEmbeddings,
-    ) -> Result<OwlVitObjectDetectionOutput> {
-        Ok(self.model.detect(pixel_values, &queries.embeds)?)
+    ) -> Result<DetectorOutput> {
+        self.model.detect(pixel_values, &queries.embeds)
     }
 
     /// Detects `queries` in `image`: preprocess, one vision pass, post-process.
@@ -203,9 +381,45 @@ impl Detector {
         queries: &QueryEmbeddings,
         params: &DetectParams,
     ) -> Result<DetectionResult> {
+        self.detect_with_min_objectness(image, queries, params, 0.0)
+    }
+
+    /// [`Self::detect`], keeping only boxes whose objectness is above `min_objectness`
+    /// (applied with the score threshold, before NMS; 0 keeps all). Objectness is OWLv2's:
+    /// `min_objectness > 0` with an OWL-ViT checkpoint is an error.
+    pub fn detect_with_min_objectness(
+        &self,
+        image: &RgbImage,
+        queries: &QueryEmbeddings,
+        params: &DetectParams,
+        min_objectness: f32,
+    ) -> Result<DetectionResult> {
+        if !(0.0..=1.0).contains(&min_objectness) {
+            return Err(Error::InvalidInput(format!(
+                "min_objectness must be in [0, 1], got {min_objectness}"
+            )));
+        }
+        if min_objectness > 0.0 && !self.has_objectness() {
+            return Err(Error::Unsupported {
+                model: self.name.clone(),
+                reason: format!(
+                    "min_objectness needs an OWLv2 checkpoint ({} has no objectness head)",
+                    self.family.name()
+                ),
+            });
+        }
         let _span = tracing::info_span!("detect", model = %self.name).entered();
-        self.run(image, queries, |logits, boxes, width, height| {
-            post_process_object_detection(logits, boxes, &queries.texts, params, width, height)
+        let scale = self.processor.box_scale();
+        self.run(image, queries, |raw, width, height| {
+            post_process_raw_detections(
+                raw,
+                &queries.texts,
+                params,
+                min_objectness,
+                scale,
+                width,
+                height,
+            )
         })
     }
 
@@ -218,8 +432,9 @@ impl Detector {
         queries: &QueryEmbeddings,
     ) -> Result<DetectionResult> {
         let _span = tracing::info_span!("best_per_query", model = %self.name).entered();
-        self.run(image, queries, |logits, boxes, width, height| {
-            best_box_per_query(logits, boxes, &queries.texts, width, height)
+        let scale = self.processor.box_scale();
+        self.run(image, queries, |raw, width, height| {
+            best_box_per_query_raw(raw, &queries.texts, scale, width, height)
         })
     }
 
@@ -228,26 +443,26 @@ impl Detector {
         &self,
         image: &RgbImage,
         queries: &QueryEmbeddings,
-        post: impl FnOnce(&[Vec<f32>], &[Vec<f32>], u32, u32) -> Result<Vec<Detection>>,
+        post: impl FnOnce(&RawDetections, u32, u32) -> Result<Vec<Detection>>,
     ) -> Result<DetectionResult> {
         let t0 = Instant::now();
         let pixel_values = self.pixel_values(image)?;
         let t1 = Instant::now();
         let out = self.forward(&pixel_values, queries)?;
-        // (patches, queries), (patches, 4): bring them to the host once.
-        let logits = out
-            .logits
-            .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
-        let boxes = out
-            .pred_boxes
-            .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
+        // (patches, queries), (patches, 4), (patches,): bring them to the host once.
+        let host2 = |t: &Tensor| t.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>();
+        let raw = RawDetections {
+            logits: host2(&out.logits)?,
+            boxes: host2(&out.pred_boxes)?,
+            objectness_logits: out
+                .objectness_logits
+                .as_ref()
+                .map(|t| t.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>())
+                .transpose()?,
+        };
         let t2 = Instant::now();
         let (width, height) = image.dimensions();
-        let detections = post(&logits, &boxes, width, height)?;
+        let detections = post(&raw, width, height)?;
         let t3 = Instant::now();
         Ok(DetectionResult {
             width,
@@ -262,9 +477,64 @@ impl Detector {
     }
 }
 
-/// transformers' `post_process_object_detection` for one image, plus optional per-query NMS:
-/// per box the best query, its sigmoid score, (cx, cy, w, h) -> corners scaled to the original
-/// `width` x `height` (not clamped); boxes with score > threshold, by descending score.
+/// The image processor for `family`'s checkpoint, checked against the vision tower's
+/// `side` x `side` input.
+fn load_processor(
+    ckpt: &Checkpoint,
+    family: DetectorFamily,
+    side: usize,
+) -> Result<DetectionProcessor> {
+    let pre: PreprocessorConfig = ckpt.preprocessor_config()?;
+    let owlv2 = match pre.image_processor_type.as_deref() {
+        Some(t) => t.starts_with(OWLV2_PROCESSOR_PREFIX),
+        None => family == DetectorFamily::Owlv2,
+    };
+    let produced = if owlv2 {
+        let processor = Owlv2ImageProcessor::from_config(&pre).map_err(|e| match e {
+            Error::InvalidInput(reason) => Error::Config {
+                path: ckpt.dir.join(PREPROCESSOR_FILE),
+                reason,
+            },
+            other => other,
+        })?;
+        let Some(size) = processor.size else {
+            return Err(Error::Unsupported {
+                model: ckpt.name.clone(),
+                reason: format!(
+                    "preprocessor_config.json has do_resize false (inputs of the padded image's \
+                     size) but the vision tower takes {side}x{side}"
+                ),
+            });
+        };
+        (DetectionProcessor::Owlv2(processor), size)
+    } else {
+        let mut defaults = OWLVIT_PROCESSOR_DEFAULTS;
+        defaults.size = SizeSpec::HeightWidth {
+            height: side,
+            width: side,
+        };
+        let processor = ImageProcessor::from_config(pre, &defaults)?;
+        let size = processor
+            .center_crop
+            .unwrap_or_else(|| processor.resized_size(side, side));
+        (DetectionProcessor::OwlVit(processor), size)
+    };
+    let (processor, (h, w)) = produced;
+    if (h, w) != (side, side) {
+        return Err(Error::Unsupported {
+            model: ckpt.name.clone(),
+            reason: format!(
+                "preprocessor_config.json produces {w}x{h} inputs but the vision tower takes {side}x{side}"
+            ),
+        });
+    }
+    Ok(processor)
+}
+
+/// transformers' `OwlViTImageProcessor.post_process_object_detection` for one image, plus
+/// optional per-query NMS: per box the best query, its sigmoid score, (cx, cy, w, h) -> corners
+/// scaled to the original `width` x `height` (not clamped); boxes with score > threshold, by
+/// descending score.
 pub fn post_process_object_detection(
     logits: &[Vec<f32>],
     boxes: &[Vec<f32>],
@@ -273,15 +543,40 @@ pub fn post_process_object_detection(
     width: u32,
     height: u32,
 ) -> Result<Vec<Detection>> {
-    if logits.len() != boxes.len() {
-        return Err(Error::InvalidInput(format!(
-            "{} logit rows for {} boxes",
-            logits.len(),
-            boxes.len()
-        )));
-    }
+    let raw = RawDetections {
+        logits: logits.to_vec(),
+        boxes: boxes.to_vec(),
+        objectness_logits: None,
+    };
+    post_process_raw_detections(
+        &raw,
+        labels,
+        params,
+        0.0,
+        BoxScale::ImageSize,
+        width,
+        height,
+    )
+}
+
+/// `post_process_object_detection` of either family for one image, plus our options: per box
+/// the best query (the first maximum, as torch.max), its sigmoid score, (cx, cy, w, h) ->
+/// corners scaled by `scale` (not clamped), the objectness sigmoid when the outputs have one;
+/// boxes with score > `params.threshold` and, when `min_objectness > 0`, objectness >
+/// `min_objectness`; then per-query NMS (`params.nms_iou`); by descending score.
+pub fn post_process_raw_detections(
+    raw: &RawDetections,
+    labels: &[String],
+    params: &DetectParams,
+    min_objectness: f32,
+    scale: BoxScale,
+    width: u32,
+    height: u32,
+) -> Result<Vec<Detection>> {
+    check_rows(raw)?;
+    let (sx, sy) = scale.factors(width, height);
     let mut candidates = Vec::new();
-    for (row, b) in logits.iter().zip(boxes) {
+    for (i, (row, b)) in raw.logits.iter().zip(&raw.boxes).enumerate() {
         let Some((query_index, &logit)) = row
             .iter()
             .enumerate()
@@ -294,19 +589,17 @@ pub fn post_process_object_detection(
         if score <= params.threshold {
             continue;
         }
-        let &[cx, cy, w, h] = b.as_slice() else {
-            return Err(Error::InvalidInput(format!("box with {} values", b.len())));
-        };
+        let objectness = raw.objectness_logits.as_ref().map(|o| sigmoid(o[i]));
+        if min_objectness > 0.0 && objectness.is_some_and(|o| o <= min_objectness) {
+            continue;
+        }
         let label = labels
             .get(query_index)
-            .cloned()
             .ok_or_else(|| Error::InvalidInput(format!("query {query_index} has no label")))?;
-        candidates.push(Detection {
-            query_index,
-            label,
-            score,
-            bbox: BBox::from_center_normalized([cx, cy, w, h], width as f32, height as f32),
-        });
+        candidates.push(
+            Detection::new(query_index, label.as_str(), score, corners(b, sx, sy)?)
+                .with_objectness(objectness),
+        );
     }
     let bboxes: Vec<BBox> = candidates.iter().map(|d| d.bbox).collect();
     let scores: Vec<f32> = candidates.iter().map(|d| d.score).collect();
@@ -316,8 +609,8 @@ pub fn post_process_object_detection(
 }
 
 /// For each query (column of `logits`), the box with the highest logit for it (the first on
-/// ties, as torch.max), scored by its sigmoid; corners in original-image pixels. Queries in
-/// order; a query is absent only when there are no boxes.
+/// ties, as torch.max), scored by its sigmoid; corners in original-image pixels (OWL-ViT's
+/// scaling). Queries in order; a query is absent only when there are no boxes.
 pub fn best_box_per_query(
     logits: &[Vec<f32>],
     boxes: &[Vec<f32>],
@@ -325,17 +618,29 @@ pub fn best_box_per_query(
     width: u32,
     height: u32,
 ) -> Result<Vec<Detection>> {
-    if logits.len() != boxes.len() {
-        return Err(Error::InvalidInput(format!(
-            "{} logit rows for {} boxes",
-            logits.len(),
-            boxes.len()
-        )));
-    }
+    let raw = RawDetections {
+        logits: logits.to_vec(),
+        boxes: boxes.to_vec(),
+        objectness_logits: None,
+    };
+    best_box_per_query_raw(&raw, labels, BoxScale::ImageSize, width, height)
+}
+
+/// [`best_box_per_query`] for either family: boxes scaled by `scale`, with the box's
+/// objectness when the outputs have one.
+pub fn best_box_per_query_raw(
+    raw: &RawDetections,
+    labels: &[String],
+    scale: BoxScale,
+    width: u32,
+    height: u32,
+) -> Result<Vec<Detection>> {
+    check_rows(raw)?;
+    let (sx, sy) = scale.factors(width, height);
     let mut best = Vec::with_capacity(labels.len());
     for (query_index, label) in labels.iter().enumerate() {
         let mut top: Option<(usize, f32)> = None;
-        for (i, row) in logits.iter().enumerate() {
+        for (i, row) in raw.logits.iter().enumerate() {
             let logit = *row.get(query_index).ok_or_else(|| {
                 Error::InvalidInput(format!("logit row {i} has no query {query_index}"))
             })?;
@@ -344,22 +649,135 @@ pub fn best_box_per_query(
             }
         }
         let Some((i, logit)) = top else { continue };
-        let &[cx, cy, w, h] = boxes[i].as_slice() else {
-            return Err(Error::InvalidInput(format!(
-                "box with {} values",
-                boxes[i].len()
-            )));
-        };
-        best.push(Detection {
-            query_index,
-            label: label.clone(),
-            score: sigmoid(logit),
-            bbox: BBox::from_center_normalized([cx, cy, w, h], width as f32, height as f32),
-        });
+        let objectness = raw.objectness_logits.as_ref().map(|o| sigmoid(o[i]));
+        best.push(
+            Detection::new(
+                query_index,
+                label.as_str(),
+                sigmoid(logit),
+                corners(&raw.boxes[i], sx, sy)?,
+            )
+            .with_objectness(objectness),
+        );
     }
     Ok(best)
 }
 
+/// Checks that logits, boxes and objectness have one row per box.
+fn check_rows(raw: &RawDetections) -> Result<()> {
+    let n = raw.boxes.len();
+    let objectness = raw.objectness_logits.as_ref().map_or(n, Vec::len);
+    if raw.logits.len() != n || objectness != n {
+        return Err(Error::InvalidInput(format!(
+            "{} logit rows and {objectness} objectness values for {n} boxes",
+            raw.logits.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `center_to_corners_format` of one normalized (cx, cy, w, h) box, scaled by (sx, sy).
+fn corners(b: &[f32], sx: f32, sy: f32) -> Result<BBox> {
+    let &[cx, cy, w, h] = b else {
+        return Err(Error::InvalidInput(format!("box with {} values", b.len())));
+    };
+    Ok(BBox::from_center_normalized([cx, cy, w, h], sx, sy))
+}
+
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Vec<String> {
+        vec!["a".into(), "b".into()]
+    }
+
+    #[test]
+    fn padded_square_scales_both_axes_by_the_longer_side() {
+        assert_eq!(BoxScale::PaddedSquare.factors(20, 64), (64.0, 64.0));
+        assert_eq!(BoxScale::PaddedSquare.factors(451, 300), (451.0, 451.0));
+        assert_eq!(BoxScale::ImageSize.factors(451, 300), (451.0, 300.0));
+    }
+
+    #[test]
+    fn min_objectness_gates_candidates_before_nms() {
+        // Two overlapping boxes of query 0: the better-scored one is no object. Gated first, it
+        // cannot suppress the other.
+        let raw = RawDetections {
+            logits: vec![vec![3.0, 0.0], vec![2.0, 0.0]],
+            boxes: vec![vec![0.5, 0.5, 0.2, 0.2], vec![0.51, 0.5, 0.2, 0.2]],
+            objectness_logits: Some(vec![-3.0, 3.0]),
+        };
+        let params = DetectParams {
+            threshold: 0.0,
+            nms_iou: 0.5,
+        };
+        let run = |min| {
+            post_process_raw_detections(
+                &raw,
+                &labels(),
+                &params,
+                min,
+                BoxScale::PaddedSquare,
+                100,
+                50,
+            )
+            .unwrap()
+        };
+        let all = run(0.0);
+        assert_eq!(all.len(), 1, "NMS keeps the better box");
+        assert_eq!(all[0].objectness, Some(sigmoid(-3.0)));
+        // scaled by 100 on both axes
+        for (a, b) in all[0].bbox.to_array().iter().zip([40.0, 40.0, 60.0, 60.0]) {
+            assert!((a - b).abs() < 1e-4, "{:?}", all[0].bbox);
+        }
+        let kept = run(0.5);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].objectness, Some(sigmoid(3.0)));
+        assert_eq!(kept[0].score, sigmoid(2.0));
+    }
+
+    #[test]
+    fn owlvit_outputs_have_no_objectness() {
+        let logits = vec![vec![1.0, 2.0]];
+        let boxes = vec![vec![0.5, 0.5, 1.0, 1.0]];
+        let d = post_process_object_detection(
+            &logits,
+            &boxes,
+            &labels(),
+            &DetectParams::default(),
+            40,
+            20,
+        )
+        .unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].query_index, d[0].objectness), (1, None));
+        assert_eq!(d[0].bbox.to_array(), [0.0, 0.0, 40.0, 20.0]);
+        let json = serde_json::to_string(&d[0]).unwrap();
+        assert!(!json.contains("objectness"), "{json}");
+    }
+
+    #[test]
+    fn mismatched_rows_are_an_error() {
+        let raw = RawDetections {
+            logits: vec![vec![1.0]],
+            boxes: vec![vec![0.5, 0.5, 1.0, 1.0]],
+            objectness_logits: Some(vec![]),
+        };
+        let err = post_process_raw_detections(
+            &raw,
+            &labels(),
+            &DetectParams::default(),
+            0.0,
+            BoxScale::PaddedSquare,
+            1,
+            1,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("0 objectness values"), "{err}");
+    }
 }

@@ -160,17 +160,12 @@ mod tests {
     use super::*;
 
     fn det(query_index: usize, score: f32, bbox: [f32; 4]) -> Detection {
-        Detection {
+        Detection::new(
             query_index,
-            label: format!("q{query_index}"),
+            format!("q{query_index}"),
             score,
-            bbox: BBox {
-                x_min: bbox[0],
-                y_min: bbox[1],
-                x_max: bbox[2],
-                y_max: bbox[3],
-            },
-        }
+            BBox::from(bbox),
+        )
     }
 
     #[test]

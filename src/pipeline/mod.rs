@@ -1,13 +1,13 @@
 //! The library API the front ends use: resolve a checkpoint, load a task object on a device,
 //! run it on images. One task object per model family:
-//! - [`Detector`]: OWL-ViT open-vocabulary detection.
+//! - [`Detector`]: OWL-ViT / OWLv2 open-vocabulary detection.
 //! - [`Segmenter`]: CLIPSeg text-prompted segmentation.
 //! - [`VqaModel`]: ViLT visual question answering.
 
 pub mod checkpoint;
 pub mod detect;
-pub mod grounding;
 pub mod device;
+pub mod grounding;
 pub mod segment;
 mod text_cache;
 pub mod tokenizer;
@@ -16,7 +16,7 @@ pub mod vqa;
 pub mod weights;
 
 pub use checkpoint::Checkpoint;
-pub use detect::{DetectParams, Detector, QueryEmbeddings};
+pub use detect::{DetectParams, Detector, DetectorFamily, QueryEmbeddings};
 pub use device::LoadOptions;
 pub use segment::{
     PromptEmbeddings, PromptMask, SegmentParams, SegmentationLogits, SegmentationResult, Segmenter,

@@ -31,6 +31,28 @@ pub struct Detection {
     pub score: f32,
     /// Corners in original-image pixels (not clamped to the image, as transformers).
     pub bbox: BBox,
+    /// OWLv2: sigmoid of the box's objectness logit, in [0, 1] (whatever the queries); `None`
+    /// for OWL-ViT, which has no objectness head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objectness: Option<f32>,
+}
+
+impl Detection {
+    /// A detection without objectness (OWL-ViT); see [`Self::with_objectness`].
+    pub fn new(query_index: usize, label: impl Into<String>, score: f32, bbox: BBox) -> Self {
+        Self {
+            query_index,
+            label: label.into(),
+            score,
+            bbox,
+            objectness: None,
+        }
+    }
+
+    /// The same detection with an objectness score (OWLv2).
+    pub fn with_objectness(self, objectness: Option<f32>) -> Self {
+        Self { objectness, ..self }
+    }
 }
 
 /// Detections on one image, by descending score.
