@@ -232,6 +232,13 @@ if [ "$force" = 1 ] || [ "$(cat "$msgs_stamp" 2>/dev/null)" != "$msgs_hash" ] \
   rm -rf "$ws" "$msgs_stamp"
   mkdir -p "$ws"
   colcon_build msgs "$root/msg"
+  # r2r (and r2r_msg_gen) regenerate their bindings only when their watched environment changes,
+  # not when a message definition does, and cache them in their build dirs: drop those (and their
+  # fingerprints) so that the next cargo build sees the new fields instead of stale layouts.
+  for t in "$root/target" "$root/target-cuda"; do
+    rm -rf "$t"/*/build/r2r-* "$t"/*/build/r2r_msg_gen-* \
+      "$t"/*/.fingerprint/r2r-* "$t"/*/.fingerprint/r2r_msg_gen-*
+  done
   echo "$msgs_hash" > "$msgs_stamp"
 fi
 

@@ -369,6 +369,7 @@ pub(crate) fn detection_msg(d: &Detection, position: Option<&Object3d>) -> vmsg:
         label: d.label.clone(),
         query_index: d.query_index as i32,
         score: d.score,
+        objectness: d.objectness.unwrap_or(-1.0),
         bbox: bbox_msg(&d.bbox),
         has_position: position.is_some(),
         position: position

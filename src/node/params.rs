@@ -67,6 +67,8 @@ pub mod defaults {
     /// transformers' `post_process_object_detection` default.
     pub const OWLVIT_SCORE_THRESHOLD: f64 = 0.1;
     pub const OWLVIT_NMS_IOU: f64 = 0.5;
+    /// Off: OWLv2 detections are not filtered by objectness.
+    pub const OWLVIT_MIN_OBJECTNESS: f64 = 0.0;
     pub const CLIPSEG_ENABLED: bool = true;
     pub const CLIPSEG_MODEL: &str = "CIDAS/clipseg-rd64-refined";
     pub const CLIPSEG_MASK_THRESHOLD: f64 = 0.4;
@@ -128,6 +130,8 @@ pub struct DetectionParams {
     pub queries: Vec<String>,
     pub score_threshold: f32,
     pub nms_iou: f32,
+    /// OWLv2 only: drop detections with a lower objectness (0 = off).
+    pub min_objectness: f32,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +194,7 @@ pub const KNOWN: &[&str] = &[
     "owlvit.queries",
     "owlvit.score_threshold",
     "owlvit.nms_iou",
+    "owlvit.min_objectness",
     "clipseg.enabled",
     "clipseg.model",
     "clipseg.prompts",
@@ -274,6 +279,11 @@ pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
     (
         "owlvit.nms_iou",
         "Per-query NMS IoU; 1.0 or more disables NMS.",
+        true,
+    ),
+    (
+        "owlvit.min_objectness",
+        "OWLv2 only: drop detections whose objectness is below this, in [0, 1]; 0 = off.",
         true,
     ),
     (
@@ -520,6 +530,7 @@ impl NodeParams {
             queries: r.texts("owlvit.queries", d::OWLVIT_QUERIES, "query")?,
             score_threshold: r.fraction("owlvit.score_threshold", d::OWLVIT_SCORE_THRESHOLD)?,
             nms_iou: nms_iou as f32,
+            min_objectness: r.fraction("owlvit.min_objectness", d::OWLVIT_MIN_OBJECTNESS)?,
         };
         let clipseg = SegmentationParams {
             enabled: r.bool("clipseg.enabled", d::CLIPSEG_ENABLED)?,
@@ -628,6 +639,7 @@ impl NodeParams {
             ("owlvit.queries", texts(&self.owlvit.queries)),
             ("owlvit.score_threshold", f(self.owlvit.score_threshold)),
             ("owlvit.nms_iou", f(self.owlvit.nms_iou)),
+            ("owlvit.min_objectness", f(self.owlvit.min_objectness)),
             ("clipseg.enabled", Value::Bool(self.clipseg.enabled)),
             ("clipseg.model", Value::String(self.clipseg.model.clone())),
             ("clipseg.prompts", texts(&self.clipseg.prompts)),

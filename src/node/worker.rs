@@ -974,8 +974,19 @@ impl<S: Sink> Worker<S> {
         };
         let emb = self.query_embeddings(&queries, true)?;
         match &self.detector {
-            Some(d) => d.detect(image, &emb, &params).map_err(|e| e.to_string()),
+            Some(d) => d
+                .detect_with_min_objectness(image, &emb, &params, self.min_objectness(d))
+                .map_err(|e| e.to_string()),
             None => Err("no detection model".to_string()),
+        }
+    }
+
+    /// `owlvit.min_objectness` for an OWLv2 checkpoint; OWL-ViT has no objectness (0: off).
+    fn min_objectness(&self, d: &Detector) -> f32 {
+        if d.has_objectness() {
+            self.params.owlvit.min_objectness
+        } else {
+            0.0
         }
     }
 
@@ -1305,7 +1316,9 @@ impl<S: Sink> Worker<S> {
             .detector
             .as_ref()
             .ok_or_else(|| self.unavailable(Task::Detection))?;
-        let result = d.detect(&img, &emb, &params).map_err(|e| e.to_string())?;
+        let result = d
+            .detect_with_min_objectness(&img, &emb, &params, self.min_objectness(d))
+            .map_err(|e| e.to_string())?;
         Ok(Outcome {
             header,
             model: d.name().to_string(),

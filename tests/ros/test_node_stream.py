@@ -83,3 +83,21 @@ def test_diagnostics_report_the_stream_and_each_task(node):
     det = diag["detection (owlvit)"]
     assert det[0] == 0 and det[2]["state"] == "ready" and det[2]["model"].endswith("owlvit-tiny-p16")
     assert set(diag) >= {"stream", "detection (owlvit)", "segmentation (clipseg)", "vqa (vilt)"}
+
+
+def test_owlv2_checkpoint_streams_with_objectness(start_node):
+    # an OWLv2 checkpoint through the same owlvit.model parameter: detections carry objectness,
+    # equal to the CLI's, and owlvit.min_objectness filters them
+    from conftest import MODELS, base_params, cli_detect, image_msg, load_rgb
+    owlv2 = str(MODELS / "owlv2-tiny-p16")
+    queries = ["a photo of a cat", "a coffee cup"]
+    proc, client = start_node(base_params(owlvit={"model": owlv2, "queries": queries, "min_objectness": 0.0},
+                                          clipseg={"enabled": False}, vilt={"enabled": False}), "owlv2")
+    frame_id = f"owlv2-{time.monotonic_ns()}"
+    msg = image_msg(load_rgb(IMAGES / "chelsea.png"), "rgb8", frame_id=frame_id)
+    got = client.publish_until(lambda: client.image_pub.publish(msg), lambda: client.detections_for(frame_id),
+                               "OWLv2 detections")
+    cli = cli_detect(IMAGES / "chelsea.png", queries, model=owlv2)["detections"]
+    assert [round(d.score, 5) for d in got.detections] == [round(d["score"], 5) for d in cli]
+    assert [d.objectness for d in got.detections] == pytest.approx([d["objectness"] for d in cli], abs=1e-5)
+    assert all(0.0 <= d.objectness <= 1.0 for d in got.detections)
