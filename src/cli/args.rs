@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// Open-vocabulary perception for robots: OWL-ViT / OWLv2 detection, CLIPSeg segmentation and ViLT
 /// visual question answering, on CPU or NVIDIA GPUs.
@@ -19,7 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Detect objects named by text queries (OWL-ViT or OWLv2, from the checkpoint).
+    /// Detect objects named by text queries, or looking like query images (OWL-ViT or OWLv2,
+    /// from the checkpoint).
     Detect(DetectArgs),
     /// Segment the regions described by text prompts (CLIPSeg).
     Segment(SegmentArgs),
@@ -45,31 +46,47 @@ pub struct ModelArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("query_kind").required(true).args(["queries", "query_images"])))]
 pub struct DetectArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// The image to search (PNG or JPEG).
+    /// The image to search (PNG, JPEG, WebP, GIF, BMP, TIFF).
     #[arg(long)]
     pub image: PathBuf,
 
-    /// A text query, e.g. "a red block"; repeat for several.
-    #[arg(long = "query", required = true)]
+    /// A text query, e.g. "a red block"; repeat for several. Exactly one kind of query:
+    /// --query or --query-image.
+    #[arg(long = "query", value_name = "TEXT")]
     pub queries: Vec<String>,
 
-    /// Keep boxes whose score is above this.
-    #[arg(long, default_value_t = vlm_perception::pipeline::detect::DEFAULT_THRESHOLD)]
-    pub threshold: f32,
+    /// Image-guided (one-shot) detection: find what looks like this image, e.g. a crop of the
+    /// object (transformers' `image_guided_detection`); repeat for several, one query each,
+    /// labelled by file name.
+    #[arg(long = "query-image", value_name = "PATH")]
+    pub query_images: Vec<PathBuf>,
 
-    /// Suppress lower-scored boxes of the same query that overlap more than this IoU;
-    /// 1 or more disables NMS (the transformers reference applies none).
-    #[arg(long, default_value_t = 1.0)]
-    pub nms_iou: f32,
+    /// Text queries: keep boxes whose score is above this [default: 0.1]. Query images: zero
+    /// the scores below this before they are scaled to alphas [default: 0.0] (as
+    /// transformers' `post_process_image_guided_detection`).
+    #[arg(long, value_name = "T")]
+    pub threshold: Option<f32>,
 
-    /// OWLv2 only: keep boxes whose objectness (sigmoid of the objectness logit) is above
-    /// this, applied with --threshold before NMS; 0 disables it. An error with OWL-ViT
+    /// Text queries: suppress lower-scored boxes of the same query that overlap more than this
+    /// IoU [default: 1.0: no NMS, as the transformers reference]. Query images: transformers'
+    /// greedy NMS over all boxes [default: 0.3]. 1 or more disables NMS.
+    #[arg(long, value_name = "IOU")]
+    pub nms_iou: Option<f32>,
+
+    /// OWLv2 text queries only: keep boxes whose objectness (sigmoid of the objectness logit)
+    /// is above this, applied with --threshold before NMS; 0 disables it. An error with OWL-ViT
     /// checkpoints, which have no objectness head.
-    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "F",
+        conflicts_with = "query_images"
+    )]
     pub min_objectness: f32,
 
     /// Print one JSON object instead of a table.

@@ -1,19 +1,41 @@
 //! `vlm-perception detect`.
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use vlm_perception::{
-    pipeline::{DetectParams, Detector, LoadOptions},
+    pipeline::{
+        detect::{DEFAULT_IMAGE_GUIDED_NMS_IOU, DEFAULT_IMAGE_GUIDED_THRESHOLD, DEFAULT_THRESHOLD},
+        DetectParams, Detector, LoadOptions, QueryKind,
+    },
     vision::{draw, image_io},
 };
 
 use crate::args::DetectArgs;
 
+/// `--nms-iou`'s default with text queries: no NMS, as transformers' `post_process_object_detection`.
+const DEFAULT_TEXT_NMS_IOU: f32 = 1.0;
+
 pub fn run(args: &DetectArgs) -> Result<()> {
-    if !(0.0..=1.0).contains(&args.threshold) {
-        anyhow::bail!("--threshold must be in [0, 1], got {}", args.threshold);
+    // clap guarantees exactly one kind of query.
+    let image_guided = !args.query_images.is_empty();
+    let params = DetectParams {
+        threshold: args.threshold.unwrap_or(if image_guided {
+            DEFAULT_IMAGE_GUIDED_THRESHOLD
+        } else {
+            DEFAULT_THRESHOLD
+        }),
+        nms_iou: args.nms_iou.unwrap_or(if image_guided {
+            DEFAULT_IMAGE_GUIDED_NMS_IOU
+        } else {
+            DEFAULT_TEXT_NMS_IOU
+        }),
+    };
+    if !(0.0..=1.0).contains(&params.threshold) {
+        anyhow::bail!("--threshold must be in [0, 1], got {}", params.threshold);
     }
-    if args.nms_iou.is_nan() || args.nms_iou <= 0.0 {
-        anyhow::bail!("--nms-iou must be positive, got {}", args.nms_iou);
+    if params.nms_iou.is_nan() || params.nms_iou <= 0.0 {
+        anyhow::bail!("--nms-iou must be positive, got {}", params.nms_iou);
     }
     if !(0.0..=1.0).contains(&args.min_objectness) {
         anyhow::bail!(
@@ -23,6 +45,12 @@ pub fn run(args: &DetectArgs) -> Result<()> {
     }
     let options = LoadOptions::parse(&args.model.device, &args.model.dtype)?;
     let image = image_io::load_rgb(&args.image)?;
+    // Query images are read before the model loads, so that a bad one fails fast.
+    let query_images = args
+        .query_images
+        .iter()
+        .map(|path| image_io::load_rgb(path).context("cannot read --query-image"))
+        .collect::<Result<Vec<_>>>()?;
     let detector = Detector::load(&args.model.model, &options)
         .with_context(|| format!("cannot load detection model `{}`", args.model.model))?;
     if args.min_objectness > 0.0 && !detector.has_objectness() {
@@ -32,13 +60,17 @@ pub fn run(args: &DetectArgs) -> Result<()> {
             detector.family().name()
         );
     }
-    let queries = detector.encode_queries(&args.queries)?;
-    let params = DetectParams {
-        threshold: args.threshold,
-        nms_iou: args.nms_iou,
+    let result = if image_guided {
+        let labels: Vec<String> = args.query_images.iter().map(|p| file_label(p)).collect();
+        let queries = detector.encode_query_images(&query_images, &labels)?;
+        if let QueryKind::Image { best_box_indices } = &queries.kind {
+            tracing::info!(?labels, ?best_box_indices, "query boxes chosen");
+        }
+        detector.detect_image_guided(&image, &queries, &params)?
+    } else {
+        let queries = detector.encode_queries(&args.queries)?;
+        detector.detect_with_min_objectness(&image, &queries, &params, args.min_objectness)?
     };
-    let result =
-        detector.detect_with_min_objectness(&image, &queries, &params, args.min_objectness)?;
 
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
@@ -50,8 +82,8 @@ pub fn run(args: &DetectArgs) -> Result<()> {
             result.height,
             result.timings.total().as_secs_f64() * 1e3
         );
-        // OWLv2 detections get an objectness column.
-        let objectness = detector.has_objectness();
+        // OWLv2 detections of text queries get an objectness column.
+        let objectness = result.detections.iter().any(|d| d.objectness.is_some());
         if !result.detections.is_empty() {
             println!(
                 "{:>5}  {:<32} {:>6}  {:>8} {:>8} {:>8} {:>8}{}",
@@ -96,6 +128,14 @@ pub fn run(args: &DetectArgs) -> Result<()> {
             .with_context(|| format!("cannot write overlay `{}`", path.display()))?;
     }
     Ok(())
+}
+
+/// A query image's label: its file name (the whole path when it has none).
+fn file_label(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -13,12 +13,19 @@
 //! the image processor ([`crate::vision::owlv2_preprocess`]: pad to a square, blur, resize)
 //! and post-processing, which scales boxes by the padded square's side
 //! ([`crate::pipeline::detect`]).
+//!
+//! Image-guided (one-shot) detection is OWL-ViT's too (`embed_image_query` and
+//! `image_guided_detection` are copied): the objectness head plays no part in choosing the
+//! query box or in scoring, and `Owlv2ImageGuidedObjectDetectionOutput` has no objectness.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{de::Error as _, Deserialize, Deserializer};
 
-use super::owlvit::{OwlVitBoxPredictionHead, OwlVitConfig, OwlVitForObjectDetection};
+use super::owlvit::{
+    OwlVitBoxPredictionHead, OwlVitConfig, OwlVitForObjectDetection,
+    OwlVitImageGuidedObjectDetectionOutput, OwlVitImageQuery,
+};
 
 /// `Owlv2PreTrainedModel.base_model_prefix`: the checkpoint key of the towers.
 pub const BASE_MODEL_PREFIX: &str = "owlv2";
@@ -149,6 +156,23 @@ impl Owlv2ForObjectDetection {
     ) -> Result<Owlv2ObjectDetectionOutput> {
         let query_embeds = self.get_text_features(input_ids)?;
         self.detect(pixel_values, &query_embeds)
+    }
+
+    /// `embed_image_query`: OWL-ViT's ([`OwlVitForObjectDetection::embed_image_query`]; the
+    /// query boxes are relative to the query image's padded square).
+    pub fn embed_image_query(&self, query_feature_map: &Tensor) -> Result<OwlVitImageQuery> {
+        self.base.embed_image_query(query_feature_map)
+    }
+
+    /// `image_guided_detection(pixel_values, query_pixel_values)`: OWL-ViT's, without
+    /// objectness (as transformers).
+    pub fn image_guided_detection(
+        &self,
+        pixel_values: &Tensor,
+        query_pixel_values: &Tensor,
+    ) -> Result<OwlVitImageGuidedObjectDetectionOutput> {
+        self.base
+            .image_guided_detection(pixel_values, query_pixel_values)
     }
 }
 

@@ -8,7 +8,9 @@
 //! The towers are CLIP's ([`super::clip`]: the shared encoder and text tower); the vision
 //! embeddings and tower are written here, OWL-ViT spelling the vision pre-norm
 //! `pre_layernorm`. Text queries are embedded once
-//! ([`OwlVitForObjectDetection::get_text_features`]) and reused for every image.
+//! ([`OwlVitForObjectDetection::get_text_features`]) and reused for every image; so are image
+//! queries ([`OwlVitForObjectDetection::embed_image_query`], one-shot detection: the class
+//! embedding of one box predicted on the query image).
 
 use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{
@@ -22,11 +24,22 @@ use super::clip::text::{argmax_position, input_ids_to_vec, ClipTextConfig, ClipT
 use super::clip::{
     check_patch_grid, clip_defaults, Activation, ClipEncoderConfig, TEXT_TOWER, VISION_TOWER,
 };
+use crate::vision::boxes::BBox;
 
 /// Added to norms before dividing, as `OwlViTClassPredictionHead` does.
 const NORM_EPS: f64 = 1e-6;
 /// Offset inside the logits of `compute_box_bias`.
 const BOX_BIAS_EPS: f32 = 1e-4;
+/// `embed_image_query`'s adaptive threshold: query-image boxes whose IoU with the whole image
+/// is at least this fraction of the best one are candidates for the query embedding.
+const QUERY_BOX_IOU_FRACTION: f32 = 0.8;
+/// `embed_image_query`'s reference box: the whole query image, normalized corners.
+const WHOLE_IMAGE_BOX: BBox = BBox {
+    x_min: 0.0,
+    y_min: 0.0,
+    x_max: 1.0,
+    y_max: 1.0,
+};
 /// `OwlViTPreTrainedModel.base_model_prefix`: the checkpoint key of the towers.
 pub const BASE_MODEL_PREFIX: &str = "owlvit";
 
@@ -279,16 +292,24 @@ impl OwlVitClassPredictionHead {
         })
     }
 
+    /// `forward(image_embeds, query_embeds=None)`: the class embeddings `dense0(image_embeds)`,
+    /// not normalized (what `embed_image_query` picks a query from).
+    /// (b, patches, d_vision) -> (b, patches, d_text)
+    pub fn image_class_embeds(&self, image_embeds: &Tensor) -> Result<Tensor> {
+        self.dense0.forward(image_embeds)
+    }
+
     /// `image_embeds`: (b, patches, d_vision); `query_embeds`: (queries, d_text), shared by the
-    /// batch. Returns `(pred_logits (b, patches, queries), normalized image_class_embeds)`.
+    /// batch, or (b, queries, d_text), per image (image-guided detection: one query image per
+    /// target). Returns `(pred_logits (b, patches, queries), normalized image_class_embeds)`.
     pub fn forward(
         &self,
         image_embeds: &Tensor,
         query_embeds: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let image_norm = normalize(&self.dense0.forward(image_embeds)?)?;
+        let image_norm = normalize(&self.image_class_embeds(image_embeds)?)?;
         let query_norm = normalize(query_embeds)?;
-        // (b, p, d) x (d, q) -> (b, p, q)
+        // (b, p, d) x ([b,] d, q) -> (b, p, q)
         let pred_logits = image_norm.broadcast_matmul(&query_norm.t()?)?;
         let logit_shift = self.logit_shift.forward(image_embeds)?;
         let logit_scale = (self.logit_scale.forward(image_embeds)?.elu(1.0)? + 1.0)?;
@@ -354,6 +375,42 @@ pub struct OwlVitObjectDetectionOutput {
     pub image_embeds: Tensor,
     /// (b, patches, d_text)
     pub class_embeds: Tensor,
+}
+
+/// What `embed_image_query` returns for a batch of query images.
+#[derive(Debug, Clone)]
+pub struct OwlVitImageQuery {
+    /// (b, d_text): per query image, the class embedding (`dense0` output, not normalized) of
+    /// the box chosen, in the model's dtype.
+    pub query_embeds: Tensor,
+    /// Per query image, the index (patch) of the box chosen.
+    pub best_box_indices: Vec<usize>,
+    /// (b, patches, 4) in f32: the boxes predicted on the query images, normalized
+    /// (cx, cy, w, h).
+    pub query_pred_boxes: Tensor,
+}
+
+/// The raw outputs of image-guided (one-shot) detection
+/// (`OwlViTImageGuidedObjectDetectionOutput`, plus `embed_image_query`'s choice).
+#[derive(Debug, Clone)]
+pub struct OwlVitImageGuidedObjectDetectionOutput {
+    /// (b, patches, 1): each target scored against its query image's embedding.
+    pub logits: Tensor,
+    /// (b, patches_h, patches_w, d_vision): the targets' feature maps.
+    pub image_embeds: Tensor,
+    /// (b, patches_h, patches_w, d_vision): the query images' feature maps.
+    pub query_image_embeds: Tensor,
+    /// (b, patches, 4), normalized (cx, cy, w, h) on the targets.
+    pub target_pred_boxes: Tensor,
+    /// (b, patches, 4), normalized (cx, cy, w, h) on the query images.
+    pub query_pred_boxes: Tensor,
+    /// (b, patches, d_text): the targets' normalized class embeddings.
+    pub class_embeds: Tensor,
+    /// (b, d_text): the query embeddings (not in transformers' output).
+    pub query_embeds: Tensor,
+    /// Per query image, the box whose class embedding is the query (not in transformers'
+    /// output).
+    pub best_box_indices: Vec<usize>,
 }
 
 /// transformers' `OwlViTForObjectDetection`.
@@ -502,6 +559,115 @@ impl OwlVitForObjectDetection {
         let query_embeds = self.get_text_features(input_ids)?;
         self.detect(pixel_values, &query_embeds)
     }
+
+    /// `embed_image_query` on the query images' feature maps (b, patches_h, patches_w,
+    /// d_vision) from [`Self::image_embedder`]: per query image, among its predicted boxes
+    /// whose IoU with the whole image is at least 0.8 times the best (generalized IoU when no
+    /// box overlaps it), the one whose class embedding is least similar to the image's mean
+    /// class embedding; its class embedding is the query. Usable as `query_embeds` of
+    /// [`Self::detect`] like text embeddings (the class head normalizes both).
+    pub fn embed_image_query(&self, query_feature_map: &Tensor) -> Result<OwlVitImageQuery> {
+        let (b, h, w, d) = query_feature_map.dims4()?;
+        // (b, patches, d_vision)
+        let query_image_feats = query_feature_map.reshape((b, h * w, d))?;
+        // (b, patches, d_text)
+        let class_embeds = self.class_head.image_class_embeds(&query_image_feats)?;
+        // (b, patches, 4)
+        let pred_boxes = self
+            .box_predictor(&query_image_feats)?
+            .to_dtype(DType::F32)?;
+        // (b, patches): each box's class embedding against the mean one, in f32.
+        let class_f32 = class_embeds.to_dtype(DType::F32)?;
+        let mean_embeds = class_f32.mean_keepdim(1)?;
+        let mean_sim = class_f32.matmul(&mean_embeds.t()?)?.squeeze(D::Minus1)?;
+        let boxes = pred_boxes.to_vec3::<f32>()?;
+        let sims = mean_sim.to_vec2::<f32>()?;
+        let mut best_box_indices = Vec::with_capacity(b);
+        let mut query_embeds = Vec::with_capacity(b);
+        for (i, (boxes, sims)) in boxes.iter().zip(&sims).enumerate() {
+            let corners: Vec<BBox> = boxes
+                .iter()
+                .map(|b| BBox::from_center_normalized([b[0], b[1], b[2], b[3]], 1.0, 1.0))
+                .collect();
+            let Some(best) = select_query_box(&corners, sims) else {
+                // transformers silently drops such a query image (and with it the alignment
+                // of queries and targets).
+                bail!(
+                    "query image {i}: no predicted box overlaps the image, so there is no box \
+                     to take the query embedding from"
+                );
+            };
+            best_box_indices.push(best);
+            query_embeds.push(class_embeds.get(i)?.get(best)?);
+        }
+        Ok(OwlVitImageQuery {
+            query_embeds: Tensor::stack(&query_embeds, 0)?,
+            best_box_indices,
+            query_pred_boxes: pred_boxes,
+        })
+    }
+
+    /// transformers' `image_guided_detection(pixel_values, query_pixel_values)`: one query
+    /// image per target image (the same batch size), each target scored against its own query
+    /// image's embedding. To score one target against several query images, embed them once
+    /// ([`Self::embed_image_query`]) and pass the stacked `query_embeds` to [`Self::detect`].
+    pub fn image_guided_detection(
+        &self,
+        pixel_values: &Tensor,
+        query_pixel_values: &Tensor,
+    ) -> Result<OwlVitImageGuidedObjectDetectionOutput> {
+        let (b, qb) = (pixel_values.dim(0)?, query_pixel_values.dim(0)?);
+        if b != qb {
+            bail!("{qb} query images for {b} target images: pass one query image per target");
+        }
+        let query_feature_map = self.image_embedder(query_pixel_values)?;
+        let query = self.embed_image_query(&query_feature_map)?;
+        // (b, 1, d_text): one query per target.
+        let out = self.detect(pixel_values, &query.query_embeds.unsqueeze(1)?)?;
+        Ok(OwlVitImageGuidedObjectDetectionOutput {
+            logits: out.logits,
+            image_embeds: out.image_embeds,
+            query_image_embeds: query_feature_map,
+            target_pred_boxes: out.pred_boxes,
+            query_pred_boxes: query.query_pred_boxes,
+            class_embeds: out.class_embeds,
+            query_embeds: query.query_embeds,
+            best_box_indices: query.best_box_indices,
+        })
+    }
+}
+
+/// `embed_image_query`'s choice for one query image, from its predicted boxes (normalized
+/// corners) and each box's class-embedding similarity to the mean one: among the boxes whose
+/// IoU with the whole image is at least 0.8 times the best IoU (generalized IoU when every IoU
+/// is 0), the one least similar to the mean (the first on ties, as torch.argmin). `None` when
+/// nothing qualifies: no boxes, non-finite IoUs, or no box overlapping the image (all
+/// generalized IoUs are then negative but for boxes touching its edge, and 0.8 times a
+/// negative best is above it).
+pub fn select_query_box(boxes: &[BBox], mean_sim: &[f32]) -> Option<usize> {
+    let mut ious: Vec<f32> = boxes.iter().map(|b| WHOLE_IMAGE_BOX.iou(b)).collect();
+    if ious.iter().all(|&v| v == 0.0) {
+        ious = boxes
+            .iter()
+            .map(|b| WHOLE_IMAGE_BOX.generalized_iou(b))
+            .collect();
+    }
+    // torch.max propagates NaN: then nothing passes the threshold.
+    let best = ious.iter().copied().reduce(|a, v| {
+        if a.is_nan() || v.is_nan() {
+            f32::NAN
+        } else {
+            a.max(v)
+        }
+    })?;
+    let iou_threshold = best * QUERY_BOX_IOU_FRACTION;
+    ious.iter()
+        .zip(mean_sim)
+        .enumerate()
+        .filter(|(_, (&iou, _))| iou >= iou_threshold)
+        // torch.argmin: the first minimum.
+        .reduce(|min, cur| if cur.1 .1 < min.1 .1 { cur } else { min })
+        .map(|(i, _)| i)
 }
 
 /// `compute_box_bias`: a patch's box centre is biased towards its grid cell's far corner
@@ -543,6 +709,38 @@ mod tests {
         );
         assert_eq!(cfg.num_patches_side(), 24);
         assert_eq!(cfg.projection_dim, 512);
+    }
+
+    fn corners(b: [f32; 4]) -> BBox {
+        BBox::from(b)
+    }
+
+    #[test]
+    fn query_box_is_the_least_typical_of_the_near_whole_image_boxes() {
+        // Boxes 0 and 2 cover most of the image (IoU 0.81 and 0.9, both >= 0.8 * 0.9); box 1
+        // is small. Of the two, box 0 is less similar to the mean embedding.
+        let boxes = [
+            corners([0.0, 0.0, 0.9, 0.9]),
+            corners([0.4, 0.4, 0.5, 0.5]),
+            corners([0.0, 0.0, 1.0, 0.9]),
+        ];
+        assert_eq!(select_query_box(&boxes, &[0.2, -5.0, 0.3]), Some(0));
+        assert_eq!(select_query_box(&boxes, &[0.4, -5.0, 0.3]), Some(2));
+        // Ties: the first.
+        assert_eq!(select_query_box(&boxes, &[0.3, -5.0, 0.3]), Some(0));
+    }
+
+    #[test]
+    fn query_box_falls_back_to_generalized_iou() {
+        // No box overlaps the image: generalized IoUs are <= 0, and the 0.8 * best threshold
+        // then passes only a box whose GIoU is exactly 0 (one touching the image edge to edge).
+        let far = corners([1.5, 1.5, 2.0, 2.0]);
+        let touching = corners([1.0, 0.0, 2.0, 1.0]);
+        assert_eq!(select_query_box(&[far, touching], &[0.0, 1.0]), Some(1));
+        // Otherwise nothing qualifies (transformers then drops the query image).
+        let near = corners([1.1, 0.0, 1.6, 1.0]);
+        assert_eq!(select_query_box(&[far, near], &[0.0, 1.0]), None);
+        assert_eq!(select_query_box(&[], &[]), None);
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! Open-vocabulary detection with OWL-ViT or OWLv2 (recognised from config.json): queries are
 //! encoded once per vocabulary and cached, so a frame costs one vision pass.
+//!
+//! Queries are text ([`Detector::encode_queries`]) or images ([`Detector::encode_query_images`]:
+//! image-guided, one-shot detection, transformers' `image_guided_detection`); both become
+//! [`QueryEmbeddings`] scored by the same class head. Text detections are post-processed as
+//! `post_process_object_detection` ([`Detector::detect`]), image-guided ones as
+//! `post_process_image_guided_detection` ([`Detector::detect_image_guided`]).
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +26,8 @@ use crate::error::{Error, Result};
 use crate::models::owlv2::{Owlv2Config, Owlv2ForObjectDetection, Owlv2ObjectDetectionOutput};
 use crate::models::owlvit::{OwlVitConfig, OwlVitForObjectDetection, OwlVitObjectDetectionOutput};
 use crate::vision::{
-    boxes::{batched_nms, BBox},
+    boxes::{batched_nms, suppress_overlapping_scores, BBox},
+    image_io::check_size,
     owlv2_preprocess::Owlv2ImageProcessor,
     preprocess::{
         ImageProcessor, PreprocessorConfig, ProcessorDefaults, Resample, SizeSpec,
@@ -39,13 +47,25 @@ pub const OWLV2_MODEL_TYPE: &str = "owlv2";
 const OWLV2_PROCESSOR_PREFIX: &str = "Owlv2ImageProcessor";
 /// transformers' default `threshold` of `post_process_object_detection`.
 pub const DEFAULT_THRESHOLD: f32 = 0.1;
+/// transformers' default `threshold` of `post_process_image_guided_detection`.
+pub const DEFAULT_IMAGE_GUIDED_THRESHOLD: f32 = 0.0;
+/// transformers' default `nms_threshold` of `post_process_image_guided_detection`.
+pub const DEFAULT_IMAGE_GUIDED_NMS_IOU: f32 = 0.3;
+/// `post_process_image_guided_detection`: added to the best score before it scales the others.
+const IMAGE_GUIDED_MAX_SCORE_EPS: f32 = 1e-6;
+/// `post_process_image_guided_detection`: the fraction of the best score that maps to alpha 0
+/// ("the best box for each query has alpha 1.0 and the worst box has alpha 0.1").
+const IMAGE_GUIDED_ALPHA_FLOOR: f32 = 0.1;
 
 /// Post-processing parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct DetectParams {
-    /// Keep boxes whose score is strictly greater than this.
+    /// Text queries: keep boxes whose score is strictly greater than this. Image-guided: zero
+    /// the scores below this before computing alphas (transformers' `threshold`).
     pub threshold: f32,
-    /// IoU above which a lower-scored box of the same query is suppressed; `>= 1` disables NMS.
+    /// Text queries: IoU above which a lower-scored box of the same query is suppressed.
+    /// Image-guided: transformers' `nms_threshold`, over all boxes whatever their query.
+    /// `>= 1` disables NMS.
     pub nms_iou: f32,
 }
 
@@ -58,14 +78,38 @@ impl Default for DetectParams {
     }
 }
 
-/// Encoded text queries: compute once per vocabulary, reuse for every frame.
+impl DetectParams {
+    /// The defaults of `post_process_image_guided_detection` (threshold 0, NMS at IoU 0.3),
+    /// for [`Detector::detect_image_guided`].
+    pub fn image_guided() -> Self {
+        Self {
+            threshold: DEFAULT_IMAGE_GUIDED_THRESHOLD,
+            nms_iou: DEFAULT_IMAGE_GUIDED_NMS_IOU,
+        }
+    }
+}
+
+/// Where query embeddings come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryKind {
+    /// Text queries: projected, L2-normalized text embeddings.
+    Text,
+    /// Query images (`embed_image_query`): per image, the index (patch) of the box predicted
+    /// on it whose class embedding is the query.
+    Image { best_box_indices: Vec<usize> },
+}
+
+/// Encoded queries, text or images: compute once per vocabulary, reuse for every frame.
 #[derive(Debug, Clone)]
 pub struct QueryEmbeddings {
+    /// The query texts; for query images, the labels given (e.g. file names).
     pub texts: Vec<String>,
-    /// (queries, projection_dim), L2-normalized, on the model's device.
+    /// (queries, projection_dim) on the model's device: L2-normalized text embeddings, or the
+    /// query images' chosen class embeddings (the class head normalizes both).
     pub embeds: Tensor,
-    /// Whether each query was cut to the text tower's length.
+    /// Whether each query was cut to the text tower's length (always false for images).
     pub truncated: Vec<bool>,
+    pub kind: QueryKind,
 }
 
 impl QueryEmbeddings {
@@ -137,6 +181,41 @@ impl DetectionModel {
             Self::Owlv2(m) => m.detect(pixel_values, query_embeds)?.into(),
         })
     }
+
+    /// The query images' feature maps, then `embed_image_query` on them.
+    fn embed_query_images(&self, query_pixel_values: &Tensor) -> Result<ImageQueryOutput> {
+        let (query_image_embeds, query) = match self {
+            Self::OwlVit(m) => {
+                let map = m.image_embedder(query_pixel_values)?;
+                let query = m.embed_image_query(&map)?;
+                (map, query)
+            }
+            Self::Owlv2(m) => {
+                let map = m.image_embedder(query_pixel_values)?;
+                let query = m.embed_image_query(&map)?;
+                (map, query)
+            }
+        };
+        Ok(ImageQueryOutput {
+            query_embeds: query.query_embeds,
+            best_box_indices: query.best_box_indices,
+            query_pred_boxes: query.query_pred_boxes,
+            query_image_embeds,
+        })
+    }
+}
+
+/// Raw outputs of embedding a batch of query images (`embed_image_query`).
+#[derive(Debug, Clone)]
+pub struct ImageQueryOutput {
+    /// (b, d_text): per query image, the chosen box's class embedding (not normalized).
+    pub query_embeds: Tensor,
+    /// Per query image, the index (patch) of the chosen box.
+    pub best_box_indices: Vec<usize>,
+    /// (b, patches, 4) in f32, normalized (cx, cy, w, h) (of the padded square for OWLv2).
+    pub query_pred_boxes: Tensor,
+    /// (b, patches_h, patches_w, d_vision): the query images' feature maps.
+    pub query_image_embeds: Tensor,
 }
 
 /// The image processor of a detection checkpoint, as its preprocessor_config.json's
@@ -251,6 +330,8 @@ pub struct Detector {
     processor: DetectionProcessor,
     options: LoadOptions,
     cache: TextCache<QueryEmbeddings>,
+    /// Query images, keyed by label and content ([`image_query_key`]).
+    image_cache: TextCache<QueryEmbeddings>,
 }
 
 /// `OwlViTImageProcessor`'s class defaults.
@@ -307,6 +388,7 @@ impl Detector {
             processor,
             options: options.clone(),
             cache: TextCache::new(),
+            image_cache: TextCache::new(),
         })
     }
 
@@ -347,6 +429,7 @@ impl Detector {
             texts: queries.iter().map(|q| q.as_ref().to_string()).collect(),
             embeds,
             truncated: batch.truncated,
+            kind: QueryKind::Text,
         })
     }
 
@@ -355,6 +438,68 @@ impl Detector {
     pub fn queries<S: AsRef<str>>(&self, queries: &[S]) -> Result<Arc<QueryEmbeddings>> {
         self.cache
             .get_or_encode(queries, || self.encode_queries(queries))
+    }
+
+    /// Embeds query images for image-guided (one-shot) detection, one query per image, named
+    /// by `labels` in results: each image through the processor and the vision tower, then
+    /// transformers' `embed_image_query` (always computed; see [`Self::query_images`] for the
+    /// cache). Images are embedded one at a time, so memory does not grow with their number.
+    pub fn encode_query_images<S: AsRef<str>>(
+        &self,
+        images: &[RgbImage],
+        labels: &[S],
+    ) -> Result<QueryEmbeddings> {
+        check_query_images(images, labels)?;
+        let _span =
+            tracing::info_span!("encode_query_images", model = %self.name, n = images.len())
+                .entered();
+        let mut embeds = Vec::with_capacity(images.len());
+        let mut best_box_indices = Vec::with_capacity(images.len());
+        for (image, label) in images.iter().zip(labels) {
+            let label = label.as_ref();
+            check_size(image.width(), image.height(), label)?;
+            let out = self
+                .embed_query_pixel_values(&self.pixel_values(image)?)
+                .map_err(|e| Error::Image {
+                    name: label.to_string(),
+                    reason: format!("cannot embed it as a query: {e}"),
+                })?;
+            embeds.push(out.query_embeds);
+            best_box_indices.extend(out.best_box_indices);
+        }
+        Ok(QueryEmbeddings {
+            texts: labels.iter().map(|l| l.as_ref().to_string()).collect(),
+            embeds: Tensor::cat(&embeds, 0)?,
+            truncated: vec![false; images.len()],
+            kind: QueryKind::Image { best_box_indices },
+        })
+    }
+
+    /// The embeddings of query `images` (named by `labels`), re-encoded only when a label or
+    /// an image's pixels changed since the last call: a stream detecting the same query images
+    /// embeds them once.
+    pub fn query_images<S: AsRef<str>>(
+        &self,
+        images: &[RgbImage],
+        labels: &[S],
+    ) -> Result<Arc<QueryEmbeddings>> {
+        check_query_images(images, labels)?;
+        let keys: Vec<String> = images
+            .iter()
+            .zip(labels)
+            .map(|(image, label)| image_query_key(label.as_ref(), image))
+            .collect();
+        self.image_cache
+            .get_or_encode(&keys, || self.encode_query_images(images, labels))
+    }
+
+    /// `embed_image_query` on preprocessed query pixel values (b, 3, H, W): the raw outputs,
+    /// one query per image.
+    pub fn embed_query_pixel_values(
+        &self,
+        query_pixel_values: &Tensor,
+    ) -> Result<ImageQueryOutput> {
+        self.model.embed_query_images(query_pixel_values)
     }
 
     /// Preprocessed pixel values (1, 3, H, W) in the model's dtype.
@@ -420,6 +565,44 @@ impl Detector {
                 width,
                 height,
             )
+        })
+    }
+
+    /// Image-guided (one-shot) detection: `image` scored against query embeddings (from
+    /// [`Self::encode_query_images`]; text queries work too), post-processed as transformers'
+    /// `post_process_image_guided_detection` (see [`post_process_image_guided_detection`];
+    /// [`DetectParams::image_guided`] has its defaults). Scores are its display alphas, by
+    /// descending score; no objectness (transformers' image-guided outputs have none).
+    pub fn detect_image_guided(
+        &self,
+        image: &RgbImage,
+        queries: &QueryEmbeddings,
+        params: &DetectParams,
+    ) -> Result<DetectionResult> {
+        if queries.is_empty() {
+            return Err(Error::InvalidInput("no queries given".into()));
+        }
+        if !params.threshold.is_finite() || params.nms_iou.is_nan() {
+            return Err(Error::InvalidInput(format!(
+                "invalid image-guided parameters: threshold {}, NMS IoU {}",
+                params.threshold, params.nms_iou
+            )));
+        }
+        let _span = tracing::info_span!("detect_image_guided", model = %self.name).entered();
+        let scale = self.processor.box_scale();
+        self.run(image, queries, |raw, width, height| {
+            let mut detections = post_process_image_guided_detection(
+                raw,
+                &queries.texts,
+                params.threshold,
+                params.nms_iou,
+                scale,
+                width,
+                height,
+            )?;
+            // transformers returns them in box order; ours are by descending score (stable).
+            detections.sort_by(|a, b| b.score.total_cmp(&a.score));
+            Ok(detections)
         })
     }
 
@@ -663,6 +846,110 @@ pub fn best_box_per_query_raw(
     Ok(best)
 }
 
+/// transformers' `post_process_image_guided_detection(outputs, threshold, nms_threshold,
+/// target_sizes)` for one image (OWL-ViT's and OWLv2's differ only in `scale`): per box the
+/// best query (the first maximum) and its sigmoid score; a greedy NMS by descending score over
+/// all boxes that zeroes the scores of boxes overlapping a kept one by IoU `> nms_threshold`
+/// (on the normalized corners; none when `nms_threshold >= 1`); nothing when every score is
+/// then 0; scores `< threshold` set to 0; then the display alphas `clip((s - 0.1 m) / (0.9 m),
+/// 0, 1)` with `m` the best score + 1e-6, keeping boxes with alpha > 0. Returns them in box
+/// (patch) order as transformers does, alpha as the score, `query_index` the best query,
+/// corners scaled by `scale` to the `width` x `height` image (not clamped); no objectness.
+pub fn post_process_image_guided_detection(
+    raw: &RawDetections,
+    labels: &[String],
+    threshold: f32,
+    nms_threshold: f32,
+    scale: BoxScale,
+    width: u32,
+    height: u32,
+) -> Result<Vec<Detection>> {
+    check_rows(raw)?;
+    // probs = torch.max(logits, dim=-1): the first maximum.
+    let best: Vec<(usize, f32)> = raw
+        .logits
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            row.iter()
+                .copied()
+                .enumerate()
+                .reduce(|best, cur| if cur.1 > best.1 { cur } else { best })
+                .map(|(q, logit)| (q, sigmoid(logit)))
+                .ok_or_else(|| Error::InvalidInput(format!("logit row {i} has no queries")))
+        })
+        .collect::<Result<_>>()?;
+    let normalized: Vec<BBox> = raw
+        .boxes
+        .iter()
+        .map(|b| corners(b, 1.0, 1.0))
+        .collect::<Result<_>>()?;
+    let mut scores: Vec<f32> = best.iter().map(|&(_, s)| s).collect();
+    suppress_overlapping_scores(&normalized, &mut scores, nms_threshold);
+    if scores.iter().all(|&s| s == 0.0) {
+        return Ok(Vec::new());
+    }
+    for s in &mut scores {
+        if *s < threshold {
+            *s = 0.0;
+        }
+    }
+    let max_score =
+        scores.iter().copied().fold(f32::NEG_INFINITY, f32::max) + IMAGE_GUIDED_MAX_SCORE_EPS;
+    let floor = max_score * IMAGE_GUIDED_ALPHA_FLOOR;
+    let span = max_score * (1.0 - IMAGE_GUIDED_ALPHA_FLOOR);
+    let (sx, sy) = scale.factors(width, height);
+    let mut detections = Vec::new();
+    for (i, (&score, &(query_index, _))) in scores.iter().zip(&best).enumerate() {
+        let alpha = ((score - floor) / span).clamp(0.0, 1.0);
+        if alpha > 0.0 {
+            let label = labels
+                .get(query_index)
+                .ok_or_else(|| Error::InvalidInput(format!("query {query_index} has no label")))?;
+            detections.push(Detection::new(
+                query_index,
+                label.as_str(),
+                alpha,
+                corners(&raw.boxes[i], sx, sy)?,
+            ));
+        }
+    }
+    Ok(detections)
+}
+
+/// Checks a list of query images and their labels: as many of each, labels as text queries.
+fn check_query_images<S: AsRef<str>>(images: &[RgbImage], labels: &[S]) -> Result<()> {
+    validate_texts(labels, "query image label")?;
+    if images.len() != labels.len() {
+        return Err(Error::InvalidInput(format!(
+            "{} query images but {} labels",
+            images.len(),
+            labels.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A cache key for one query image: its label, size and a 128-bit digest of its pixels (two
+/// passes of std's `DefaultHasher` with different prefixes; the key lives only in this
+/// process), so that an image changed under the same name is embedded again.
+fn image_query_key(label: &str, image: &RgbImage) -> String {
+    let digest = |seed: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        seed.hash(&mut h);
+        image.dimensions().hash(&mut h);
+        image.as_raw().hash(&mut h);
+        h.finish()
+    };
+    format!(
+        "{label}\u{0}{}x{}\u{0}{:016x}{:016x}",
+        image.width(),
+        image.height(),
+        digest(0),
+        digest(1)
+    )
+}
+
 /// Checks that logits, boxes and objectness have one row per box.
 fn check_rows(raw: &RawDetections) -> Result<()> {
     let n = raw.boxes.len();
@@ -759,6 +1046,77 @@ mod tests {
         assert_eq!(d[0].bbox.to_array(), [0.0, 0.0, 40.0, 20.0]);
         let json = serde_json::to_string(&d[0]).unwrap();
         assert!(!json.contains("objectness"), "{json}");
+    }
+
+    #[test]
+    fn image_guided_alphas_scale_by_the_best_score_after_nms() {
+        // Box 1 (query 1) overlaps box 0 and beats it; box 2 stands apart; box 3 scores low.
+        let raw = RawDetections {
+            logits: vec![
+                vec![1.0, 0.0],
+                vec![0.0, 2.0],
+                vec![0.5, 0.0],
+                vec![-3.0, -4.0],
+            ],
+            boxes: vec![
+                vec![0.5, 0.5, 0.2, 0.2],
+                vec![0.51, 0.5, 0.2, 0.2],
+                vec![0.1, 0.1, 0.1, 0.1],
+                vec![0.9, 0.9, 0.1, 0.1],
+            ],
+            objectness_logits: None,
+        };
+        let run = |threshold, nms| {
+            post_process_image_guided_detection(
+                &raw,
+                &labels(),
+                threshold,
+                nms,
+                BoxScale::ImageSize,
+                200,
+                100,
+            )
+            .unwrap()
+        };
+        let alpha = |s: f32, best: f32| {
+            let m = best + IMAGE_GUIDED_MAX_SCORE_EPS;
+            ((s - 0.1 * m) / (0.9 * m)).clamp(0.0, 1.0)
+        };
+        let best = sigmoid(2.0);
+        let kept = run(0.0, 0.3);
+        // In box order: box 0 suppressed, box 3's alpha (sigmoid(-3) < 0.1 * best) is 0.
+        let got: Vec<(usize, &str, f32)> = kept
+            .iter()
+            .map(|d| (d.query_index, d.label.as_str(), d.score))
+            .collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].0, got[0].1), (1, "b"));
+        assert!((got[0].2 - alpha(best, best)).abs() < 1e-6);
+        assert_eq!((got[1].0, got[1].1), (0, "a"));
+        assert!((got[1].2 - alpha(sigmoid(0.5), best)).abs() < 1e-6);
+        // Boxes scale by (W, H), not clamped.
+        for (a, b) in kept[1].bbox.to_array().iter().zip([10.0, 5.0, 30.0, 15.0]) {
+            assert!((a - b).abs() < 1e-4, "{:?}", kept[1].bbox);
+        }
+        // Without NMS box 0 comes back; a threshold above its score zeroes it again.
+        assert_eq!(run(0.0, 1.0).len(), 3);
+        assert_eq!(run(sigmoid(1.0) + 1e-3, 1.0).len(), 1);
+        // Every score zeroed by the threshold: no box has a positive alpha.
+        assert!(run(0.99, 1.0).is_empty());
+    }
+
+    #[test]
+    fn image_query_keys_follow_label_and_pixels() {
+        let a = RgbImage::new(4, 3);
+        let mut b = a.clone();
+        b.get_pixel_mut(3, 2).0[2] = 1;
+        assert_eq!(image_query_key("x", &a), image_query_key("x", &a.clone()));
+        assert_ne!(image_query_key("x", &a), image_query_key("y", &a));
+        assert_ne!(image_query_key("x", &a), image_query_key("x", &b));
+        assert_ne!(
+            image_query_key("x", &a),
+            image_query_key("x", &RgbImage::new(3, 4))
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@ pub mod vqa;
 pub mod weights;
 
 pub use checkpoint::Checkpoint;
-pub use detect::{DetectParams, Detector, DetectorFamily, QueryEmbeddings};
+pub use detect::{
+    DetectParams, Detector, DetectorFamily, ImageQueryOutput, QueryEmbeddings, QueryKind,
+};
 pub use device::LoadOptions;
 pub use segment::{
     PromptEmbeddings, PromptMask, SegmentParams, SegmentationLogits, SegmentationResult, Segmenter,

@@ -1,5 +1,6 @@
-//! Box formats and non-maximum suppression (the helpers of transformers' `image_transforms`
-//! and torchvision's `batched_nms`), on plain numbers.
+//! Box formats, IoU and non-maximum suppression (the helpers of transformers'
+//! `image_transforms` and `loss_for_object_detection`, torchvision's `batched_nms`, and the NMS
+//! of OWL-ViT's `post_process_image_guided_detection`), on plain numbers.
 
 use serde::{Deserialize, Serialize};
 
@@ -69,15 +70,36 @@ impl BBox {
 
     /// Intersection over union; 0 for degenerate boxes.
     pub fn iou(&self, other: &Self) -> f32 {
-        let iw = (self.x_max.min(other.x_max) - self.x_min.max(other.x_min)).max(0.0);
-        let ih = (self.y_max.min(other.y_max) - self.y_min.max(other.y_min)).max(0.0);
-        let inter = iw * ih;
-        let union = self.area() + other.area() - inter;
+        let (inter, union) = self.intersection_union(other);
         if union > 0.0 {
             inter / union
         } else {
             0.0
         }
+    }
+
+    /// Generalized IoU (<https://giou.stanford.edu/>, transformers' `generalized_box_iou`):
+    /// the IoU minus the fraction of the smallest enclosing box that the union leaves empty, in
+    /// [-1, 1]. 0 for degenerate boxes.
+    pub fn generalized_iou(&self, other: &Self) -> f32 {
+        let (inter, union) = self.intersection_union(other);
+        let cw = (self.x_max.max(other.x_max) - self.x_min.min(other.x_min)).max(0.0);
+        let ch = (self.y_max.max(other.y_max) - self.y_min.min(other.y_min)).max(0.0);
+        let enclosing = cw * ch;
+        if union > 0.0 && enclosing > 0.0 {
+            inter / union - (enclosing - union) / enclosing
+        } else {
+            0.0
+        }
+    }
+
+    /// (intersection, union) areas, in transformers' `box_iou` operation order (so that IoUs
+    /// compared with a threshold land on the same side as torch's).
+    fn intersection_union(&self, other: &Self) -> (f32, f32) {
+        let iw = (self.x_max.min(other.x_max) - self.x_min.max(other.x_min)).max(0.0);
+        let ih = (self.y_max.min(other.y_max) - self.y_min.max(other.y_min)).max(0.0);
+        let inter = iw * ih;
+        (inter, self.area() + other.area() - inter)
     }
 }
 
@@ -106,6 +128,30 @@ pub fn batched_nms(
     keep
 }
 
+/// The NMS of transformers' `post_process_image_guided_detection` (OWL-ViT and OWLv2), in
+/// place: boxes are visited once by descending score (the order of the scores as given); a box
+/// whose score is still non-zero zeroes the score of every other box overlapping it by IoU
+/// `> iou_threshold`, whatever their query. `iou_threshold >= 1` does nothing, as transformers
+/// skips the NMS for `nms_threshold >= 1`. The IoUs are those of `boxes` as given
+/// (transformers: the normalized corners, before scaling to the image).
+pub fn suppress_overlapping_scores(boxes: &[BBox], scores: &mut [f32], iou_threshold: f32) {
+    if iou_threshold >= 1.0 {
+        return;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    for i in order {
+        if scores[i] == 0.0 {
+            continue;
+        }
+        for (j, other) in boxes.iter().enumerate() {
+            if j != i && boxes[i].iou(other) > iou_threshold {
+                scores[j] = 0.0;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +178,34 @@ mod tests {
         let iou = b(0.0, 0.0, 2.0, 1.0).iou(&b(1.0, 0.0, 3.0, 1.0));
         assert!((iou - 1.0 / 3.0).abs() < 1e-6);
         assert_eq!(b(0.0, 0.0, 0.0, 0.0).iou(&b(0.0, 0.0, 0.0, 0.0)), 0.0);
+    }
+
+    #[test]
+    fn generalized_iou_penalises_the_empty_enclosure() {
+        let unit = b(0.0, 0.0, 1.0, 1.0);
+        // Identical boxes: 1; disjoint boxes: negative, by the empty part of the enclosure.
+        assert_eq!(unit.generalized_iou(&unit), 1.0);
+        let g = unit.generalized_iou(&b(2.0, 0.0, 3.0, 1.0));
+        assert!((g - (0.0 - (3.0 - 2.0) / 3.0)).abs() < 1e-6, "{g}");
+        let half = b(0.0, 0.0, 2.0, 1.0).generalized_iou(&b(1.0, 0.0, 3.0, 1.0));
+        assert!((half - 1.0 / 3.0).abs() < 1e-6, "{half}");
+    }
+
+    #[test]
+    fn image_guided_nms_zeroes_overlaps_of_any_query() {
+        let boxes = [
+            b(0., 0., 10., 10.),
+            b(1., 1., 10., 10.),
+            b(50., 50., 60., 60.),
+            b(0., 0., 9., 10.),
+        ];
+        let mut scores = [0.8, 0.9, 0.7, 0.0];
+        suppress_overlapping_scores(&boxes, &mut scores, 0.3);
+        // Box 1 (best) zeroes box 0; box 3 was already 0; box 2 overlaps nothing.
+        assert_eq!(scores, [0.0, 0.9, 0.7, 0.0]);
+        let mut kept = [0.8, 0.9, 0.7, 0.1];
+        suppress_overlapping_scores(&boxes, &mut kept, 1.0);
+        assert_eq!(kept, [0.8, 0.9, 0.7, 0.1]);
     }
 
     #[test]

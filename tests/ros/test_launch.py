@@ -63,7 +63,10 @@ def launched(ros, tmp_path):
 
 
 def _ros2(*args, timeout=60):
-    return subprocess.run([ros2, *args], capture_output=True, text=True, timeout=timeout)
+    """A `ros2` verb without the daemon (a fresh daemon may not have discovered the node yet),
+    spinning long enough for discovery on a loaded machine."""
+    return subprocess.run([ros2, *args, "--no-daemon", "--spin-time", "5"], capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_launch_file_runs_the_node_with_its_arguments(ros, launched):
