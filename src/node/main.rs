@@ -515,6 +515,7 @@ async fn vocabulary_topic(
         let job = Job {
             request: Request::SetVocabulary {
                 detection,
+                detection_images: Vec::new(),
                 prompts,
                 origin,
                 reply: None,
@@ -664,8 +665,10 @@ async fn set_queries_call(
 ) -> (bool, srv::SetQueries::Response) {
     let detection = (!req.keep_detection).then_some(req.detection_queries);
     let prompts = (!req.keep_segmentation).then_some(req.segmentation_prompts);
+    let detection_images = query_images(req.detection_query_images);
     let r = ask_worker(&handle, timeout, |reply| Request::SetVocabulary {
         detection,
+        detection_images,
         prompts,
         origin: "~/set_queries",
         reply: Some(reply),
@@ -686,9 +689,11 @@ async fn detect_call(
         Ok(t) => t,
         Err(e) => return failure!(srv::Detect::Response, e),
     };
+    let query_images = query_images(std::mem::take(&mut req.query_images));
     let r = ask_worker(&handle, timeout, |reply| Request::Detect {
         image,
         queries: req.queries,
+        query_images,
         threshold,
         reply,
     })
@@ -773,6 +778,20 @@ async fn ask_call(
         ),
         Err(message) => failure!(srv::Ask::Response, message),
     }
+}
+
+/// A request's query images, labelled by their `header.frame_id` (the pixels are moved).
+fn query_images(images: Vec<Image>) -> Vec<worker::QueryImage> {
+    images
+        .into_iter()
+        .map(|msg| {
+            let (header, image) = RawImage::from_image(msg);
+            worker::QueryImage {
+                label: header.frame_id,
+                image,
+            }
+        })
+        .collect()
 }
 
 /// A request's depth: the one sent with it, else the stream's pairing by the image's stamp.

@@ -29,7 +29,9 @@ use crate::depth_sync::{stamp_ns, DepthSync};
 use crate::params::{NodeParams, MAX_TOP_K};
 use vlm_perception::vision::depth::Object3d;
 
+mod image_queries;
 mod planner;
+pub use image_queries::QueryImage;
 pub use planner::{DepthArg, GroundAnswer, GroundArgs, ScoreAnswer, Target};
 use vlm_perception::pipeline::{
     PromptEmbeddings, SegmentParams, SegmentationResult, Segmenter, VqaModel, VqaResult,
@@ -83,6 +85,8 @@ pub enum Request {
     /// Replace the detection vocabulary and/or the segmentation prompts (`None`: keep).
     SetVocabulary {
         detection: Option<Vec<String>>,
+        /// Query images as the detection vocabulary instead (when not empty).
+        detection_images: Vec<QueryImage>,
         prompts: Option<Vec<String>>,
         /// `~/set_queries` or `~/queries`, for messages.
         origin: &'static str,
@@ -92,6 +96,8 @@ pub enum Request {
         image: ImageArg,
         /// Empty: the current vocabulary.
         queries: Vec<String>,
+        /// Image-guided detection instead, when not empty.
+        query_images: Vec<QueryImage>,
         threshold: Option<f32>,
         reply: Reply<Outcome<DetectionResult>>,
     },
@@ -542,6 +548,7 @@ pub fn spawn<S: Sink>(
         segmenter: None,
         vqa: None,
         depth,
+        image_vocabulary: None,
         query_cache: EmbedCache::default(),
         prompt_cache: EmbedCache::default(),
         limiter: LogLimiter::default(),
@@ -640,6 +647,8 @@ struct Worker<S: Sink> {
     vqa: Option<VqaModel>,
     /// Depth pairing, when `depth.enabled`.
     depth: Option<Arc<DepthSync>>,
+    /// Query images as the stream's vocabulary (set through `~/set_queries`), in place of text.
+    image_vocabulary: Option<Arc<QueryEmbeddings>>,
     /// The stream's detection vocabulary and segmentation prompts.
     queries: Vec<String>,
     prompts: Vec<String>,
@@ -959,6 +968,9 @@ impl<S: Sink> Worker<S> {
 
     /// The stream vocabulary on one frame.
     fn detect_frame(&mut self, image: &RgbImage) -> Result<DetectionResult, String> {
+        if let Some(r) = self.detect_frame_images(image) {
+            return r;
+        }
         let queries = self.queries.clone();
         if queries.is_empty() {
             return Ok(DetectionResult {
@@ -1055,11 +1067,20 @@ impl<S: Sink> Worker<S> {
         match job.request {
             Request::SetVocabulary {
                 detection,
+                detection_images,
                 prompts,
                 origin,
                 reply,
             } => {
-                let r = self.set_vocabulary(detection, prompts, origin);
+                let r = if detection_images.is_empty() {
+                    self.set_vocabulary(detection, prompts, origin)
+                } else {
+                    self.set_image_vocabulary(detection_images)
+                        .and_then(|images| {
+                            let rest = self.set_vocabulary(None, prompts, origin)?;
+                            Ok(format!("{images}; {rest}"))
+                        })
+                };
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
                 }
@@ -1067,10 +1088,15 @@ impl<S: Sink> Worker<S> {
             Request::Detect {
                 image,
                 queries,
+                query_images,
                 threshold,
                 reply,
             } => {
-                let r = self.detect(image, queries, threshold);
+                let r = if query_images.is_empty() {
+                    self.detect(image, queries, threshold)
+                } else {
+                    self.detect_images(image, query_images, threshold)
+                };
                 let _ = reply.send(r);
             }
             Request::Segment {
@@ -1160,6 +1186,7 @@ impl<S: Sink> Worker<S> {
         let mut notes = Vec::new();
         let mut failed = Vec::new();
         if let Some(q) = detection {
+            self.image_vocabulary = None;
             if self.detector.is_some() {
                 self.query_embeddings(&q, true)
                     .map_err(|e| format!("cannot encode the detection queries: {e}"))?;
@@ -1235,6 +1262,7 @@ impl<S: Sink> Worker<S> {
         self.vqa = None;
         self.query_cache = EmbedCache::default();
         self.prompt_cache = EmbedCache::default();
+        self.image_vocabulary = None;
         for t in Task::ALL {
             if self.state(t) != ModelState::Disabled {
                 self.set_state(t, ModelState::Unconfigured);
@@ -1482,6 +1510,7 @@ mod tests {
             let r = handle.submit(Job {
                 request: Request::SetVocabulary {
                     detection: None,
+                    detection_images: Vec::new(),
                     prompts: None,
                     origin: "test",
                     reply: Some(tx),

@@ -258,3 +258,41 @@ def test_ask_accepts_small_images_and_refuses_what_transformers_refuses(node):
     req.question = "what colour is this?"
     r = client.call(Ask, "ask", req)
     assert not r.success and "500x1" in r.message and "less than one" in r.message, r.message
+
+
+def test_detect_with_query_images_matches_the_cli(node):
+    # image-guided (one-shot) detection: a crop of the coffee photo as the query
+    _, client = node
+    req = Detect.Request()
+    req.image = image_msg(load_rgb(IMAGES / "coffee.png"), "rgb8", frame_id="target")
+    req.query_images = [image_msg(load_rgb(IMAGES / "coffee_64x64.png"), "rgb8", frame_id="the cup")]
+    r = client.call(Detect, "detect", req)
+    assert r.success, r.message
+    cli = cli_json("detect", "--model", base_params()["owlvit"]["model"], "--image", str(IMAGES / "coffee.png"),
+                   "--query-image", str(IMAGES / "coffee_64x64.png"))
+    assert r.detections.detections, "image-guided detection found nothing"
+    assert [d.label for d in r.detections.detections] == ["the cup"] * len(cli["detections"])
+    assert [d.score for d in r.detections.detections] == pytest.approx([d["score"] for d in cli["detections"]],
+                                                                       abs=1e-5)
+    # a corrupt query image: a clear error naming it
+    bad = image_msg(load_rgb(IMAGES / "coffee_64x64.png"), "rgb8", frame_id="broken")
+    bad.data = bytes(bad.data[:10])
+    req.query_images = [bad]
+    r = client.call(Detect, "detect", req)
+    assert not r.success and "broken" in r.message, r.message
+
+
+def test_query_images_as_the_stream_vocabulary(node):
+    _, client = node
+    req = SetQueries.Request()
+    req.detection_query_images = [image_msg(load_rgb(IMAGES / "coffee_64x64.png"), "rgb8", frame_id="my mug")]
+    req.keep_segmentation = True
+    r = client.call(SetQueries, "set_queries", req)
+    assert r.success and "1 detection query image" in r.message, r.message
+    try:
+        _, got = _stream_frame(client, "coffee.png", "imgvocab")
+        assert got.detections and {d.label for d in got.detections} == {"my mug"}
+    finally:
+        r = client.call(SetQueries, "set_queries", SetQueries.Request(detection_queries=QUERIES,
+                                                                     keep_segmentation=True))
+        assert r.success, r.message
