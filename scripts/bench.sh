@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark, one run: vlm_perception (vlm-bench) and transformers + PyTorch
 # (scripts/bench_reference.py) on the same checkpoint, image, queries, device and dtype.
-#   scripts/bench.sh [--device cpu|cuda] [--dtype f32|f16|bf16] [--iters N]
-# The checkpoint is a random-weight google/owlvit-base-patch32 architecture (BENCH_MODEL to
-# use another dir, e.g. the real weights). Results go to stdout as JSON lines.
+#   scripts/bench.sh [--arch owlvit|owlv2] [--device cpu|cuda] [--dtype f32|f16|bf16] [--iters N]
+# The checkpoint is a random-weight google/owlvit-base-patch32 (--arch owlvit, the default) or
+# google/owlv2-base-patch16 (--arch owlv2, 960 px) architecture (BENCH_MODEL to use another dir,
+# e.g. the real weights). Results go to stdout as JSON lines.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-device=cpu dtype=f32 iters=20
+device=cpu dtype=f32 iters=20 arch=owlvit
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
     --dtype) dtype="$2"; shift 2 ;;
     --iters) iters="$2"; shift 2 ;;
+    --arch) arch="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -25,9 +27,14 @@ if [ -z "$bench_bin" ]; then
   cargo build --release --quiet --bin vlm-bench
   bench_bin="$root/target/release/vlm-bench"
 fi
-model="${BENCH_MODEL:-$root/target/bench/owlvit-base-patch32-random}"
+case "$arch" in
+  owlvit) default_model="$root/target/bench/owlvit-base-patch32-random" ;;
+  owlv2) default_model="$root/target/bench/owlv2-base-patch16-random" ;;
+  *) echo "unknown --arch $arch (owlvit or owlv2)" >&2; exit 2 ;;
+esac
+model="${BENCH_MODEL:-$default_model}"
 if [ ! -f "$model/config.json" ]; then
-  "$python" scripts/bench_reference.py make-checkpoint "$model" >/dev/null
+  "$python" scripts/bench_reference.py make-checkpoint "$model" --arch "$arch" >/dev/null
 fi
 image="$root/tests/fixtures/images/chelsea.png"
 queries=(--query "a photo of a cat" --query "a cup of coffee" --query "a rocket" --query "a remote control")

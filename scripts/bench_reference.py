@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The transformers + PyTorch half of the side-by-side benchmark (scripts/bench.sh).
 
-  bench_reference.py make-checkpoint OUT_DIR [--arch owlvit|clipseg|vilt] [--format safetensors|bin]
+  bench_reference.py make-checkpoint OUT_DIR [--arch owlvit|owlv2|clipseg|vilt] [--format safetensors|bin]
       Writes a randomly initialised checkpoint with the architecture of the reference checkpoint
       (transformers' config defaults: owlvit = google/owlvit-base-patch32, ViT-B/32 at 768x768,
-      12+12 layers; clipseg = CIDAS/clipseg-rd64 at 352x352; vilt = ViLT-B/32 with the 3129
+      12+12 layers; owlv2 = google/owlv2-base-patch16 at 960x960; clipseg = CIDAS/clipseg-rd64 at 352x352; vilt = ViLT-B/32 with the 3129
       answers of dandelin/vilt-b32-finetuned-vqa) in hub layout, with the tokenizer of the
       fixtures. Speed and memory do not depend on the weights, and the real checkpoints cannot
       be downloaded here.
@@ -31,7 +31,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MODELS = ROOT / "tests" / "fixtures" / "models"
 # Tokenizer and processor files per architecture, from the fixture checkpoints (real vocabularies).
-TOKENIZER_FROM = {"owlvit": "owlvit-tiny-p16", "clipseg": "clipseg-tiny-rd16", "vilt": "vilt-tiny-vqa"}
+# (the OWLv2 fixtures have a cut-down vocabulary: the full CLIP one comes from OWL-ViT's)
+TOKENIZER_FROM = {"owlvit": "owlvit-tiny-p16", "owlv2": "owlvit-tiny-p16", "clipseg": "clipseg-tiny-rd16", "vilt": "vilt-tiny-vqa"}
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt"]
 # The answer vocabulary size of dandelin/vilt-b32-finetuned-vqa (VQAv2's 3129 answers).
 VILT_VQA_LABELS = 3129
@@ -45,6 +46,10 @@ def make_checkpoint(out: Path, arch: str = "owlvit", fmt: str = "safetensors") -
         config = tf.OwlViTConfig()  # defaults = google/owlvit-base-patch32
         model_cls, side = tf.OwlViTForObjectDetection, config.vision_config.image_size
         config.architectures = ["OwlViTForObjectDetection"]
+    elif arch == "owlv2":
+        config = tf.Owlv2Config()  # defaults = google/owlv2-base-patch16(-ensemble): 960 px, 3600 patches
+        model_cls, side = tf.Owlv2ForObjectDetection, config.vision_config.image_size
+        config.architectures = ["Owlv2ForObjectDetection"]
     elif arch == "clipseg":
         config = tf.CLIPSegConfig()  # defaults = CIDAS/clipseg-rd64
         model_cls, side = tf.CLIPSegForImageSegmentation, 352  # the processor size of CIDAS/clipseg-rd64-refined
@@ -75,7 +80,8 @@ def make_checkpoint(out: Path, arch: str = "owlvit", fmt: str = "safetensors") -
         tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
         tok_cfg["model_max_length"] = config.max_position_embeddings
         (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
-    pre = json.loads((src / "preprocessor_config.json").read_text())
+    pre_src = FIXTURE_MODELS / ("owlv2-tiny-p16" if arch == "owlv2" else TOKENIZER_FROM[arch])
+    pre = json.loads((pre_src / "preprocessor_config.json").read_text())
     if arch == "vilt":
         pre["size"] = {"shortest_edge": side}
     else:
@@ -104,14 +110,16 @@ def stats(values):
 
 
 def detect(args) -> None:
-    from transformers import AutoProcessor, OwlViTForObjectDetection
+    from transformers import AutoConfig, AutoProcessor, Owlv2ForObjectDetection, OwlViTForObjectDetection
 
     device = torch.device("cuda:0" if args.device.startswith("cuda") else "cpu")
     dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t = time.perf_counter()
     processor = AutoProcessor.from_pretrained(args.model)
-    model = OwlViTForObjectDetection.from_pretrained(args.model, dtype=dtype).to(device).eval()
+    arch = (AutoConfig.from_pretrained(args.model).architectures or ["OwlViTForObjectDetection"])[0]
+    model_cls = Owlv2ForObjectDetection if arch == "Owlv2ForObjectDetection" else OwlViTForObjectDetection
+    model = model_cls.from_pretrained(args.model, dtype=dtype).to(device).eval()
     load_ms = (time.perf_counter() - t) * 1e3
     image = Image.open(args.image).convert("RGB")
     queries = [args.queries]
@@ -178,7 +186,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     mk = sub.add_parser("make-checkpoint")
     mk.add_argument("out", type=Path)
-    mk.add_argument("--arch", choices=["owlvit", "clipseg", "vilt"], default="owlvit")
+    mk.add_argument("--arch", choices=["owlvit", "owlv2", "clipseg", "vilt"], default="owlvit")
     mk.add_argument("--format", choices=["safetensors", "bin"], default="safetensors")
     pr = sub.add_parser("peak-rss")
     pr.add_argument("command", nargs=argparse.REMAINDER)
