@@ -145,7 +145,8 @@ def detect(args) -> None:
                 full.append(ms(t0))
             # Query embeddings once (text tower) ...
             t0 = time.perf_counter()
-            text_embeds = model.owlvit.get_text_features(
+            tower = model.owlv2 if hasattr(model, "owlv2") else model.owlvit
+            text_embeds = tower.get_text_features(
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
             ).pooler_output
             sync()
