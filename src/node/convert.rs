@@ -113,11 +113,16 @@ impl RawImage {
 
     /// A service request's image: `None` when it carries no data (use the latest frame).
     pub fn from_request(msg: &mut Image) -> Option<(FrameHeader, Self)> {
-        if msg.data.is_empty() && msg.width == 0 && msg.height == 0 {
+        if is_unset(msg) {
             return None;
         }
         Some(Self::from_image(std::mem::take(msg)))
     }
+}
+
+/// Whether an optional image field of a request was left empty ("use the latest frame").
+pub(crate) fn is_unset(msg: &Image) -> bool {
+    msg.data.is_empty() && msg.width == 0 && msg.height == 0
 }
 
 /// Why a camera frame or request image was rejected.

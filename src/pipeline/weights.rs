@@ -13,21 +13,13 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Result, Shape, Tensor, WithDType};
 use candle_nn::var_builder::SimpleBackend;
-use serde::Deserialize;
+use safetensors::tensor::Metadata;
+use safetensors::Dtype;
 
 /// The 8-byte little-endian header length that opens a safetensors file.
 const HEADER_LEN_BYTES: u64 = 8;
-/// The safetensors format's own bound on the JSON header (`safetensors::MAX_HEADER_SIZE`).
+/// The safetensors format's own bound on the JSON header (`safetensors`' `MAX_HEADER_SIZE`).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
-/// The header key holding free-form metadata rather than a tensor.
-const METADATA_KEY: &str = "__metadata__";
-
-#[derive(Deserialize)]
-struct HeaderEntry {
-    dtype: String,
-    shape: Vec<usize>,
-    data_offsets: [u64; 2],
-}
 
 /// Where one tensor lies in the file and how it is stored.
 #[derive(Debug, Clone)]
@@ -47,19 +39,20 @@ enum Stored {
 }
 
 impl Stored {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "F64" => Self::Native(DType::F64),
-            "F32" => Self::Native(DType::F32),
-            "F16" => Self::Native(DType::F16),
-            "BF16" => Self::Native(DType::BF16),
-            "I64" => Self::Native(DType::I64),
-            "I32" => Self::Native(DType::I32),
-            "I16" => Self::Native(DType::I16),
-            "U32" => Self::Native(DType::U32),
-            "U8" => Self::Native(DType::U8),
-            "U16" => Self::U16,
-            "BOOL" => Self::Bool,
+    /// The storage types candle's own safetensors loader reads too.
+    fn from_dtype(dtype: Dtype) -> Option<Self> {
+        Some(match dtype {
+            Dtype::F64 => Self::Native(DType::F64),
+            Dtype::F32 => Self::Native(DType::F32),
+            Dtype::F16 => Self::Native(DType::F16),
+            Dtype::BF16 => Self::Native(DType::BF16),
+            Dtype::I64 => Self::Native(DType::I64),
+            Dtype::I32 => Self::Native(DType::I32),
+            Dtype::I16 => Self::Native(DType::I16),
+            Dtype::U32 => Self::Native(DType::U32),
+            Dtype::U8 => Self::Native(DType::U8),
+            Dtype::U16 => Self::U16,
+            Dtype::BOOL => Self::Bool,
             _ => return None,
         })
     }
@@ -107,36 +100,34 @@ impl SafetensorsFile {
         let mut header = vec![0u8; header_len as usize];
         file.read_exact(&mut header)
             .map_err(|e| bad(e.to_string()))?;
-        let entries: HashMap<String, serde_json::Value> =
+        // The header's JSON (dtypes, shapes, offsets, `__metadata__`) as the safetensors crate
+        // parses it; where the bytes lie is checked here, against the file.
+        let metadata: Metadata =
             serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
         let data_start = HEADER_LEN_BYTES + header_len;
         let data_len = file_len - data_start;
+        let entries = metadata.tensors();
         let mut tensors = HashMap::with_capacity(entries.len());
-        for (name, value) in entries {
-            if name == METADATA_KEY {
-                continue;
-            }
-            let entry: HeaderEntry =
-                serde_json::from_value(value).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
-            let stored = Stored::parse(&entry.dtype).ok_or_else(|| {
+        for (name, info) in entries {
+            let stored = Stored::from_dtype(info.dtype).ok_or_else(|| {
                 bad(format!(
-                    "tensor `{name}` has unsupported dtype {}",
-                    entry.dtype
+                    "tensor `{name}` has unsupported dtype {:?}",
+                    info.dtype
                 ))
             })?;
-            let [start, end] = entry.data_offsets;
-            let expected = entry.shape.iter().product::<usize>() * stored.size_in_bytes();
+            let (start, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
+            let expected = info.shape.iter().product::<usize>() * stored.size_in_bytes();
             if start > end || end > data_len || end - start != expected as u64 {
                 return Err(bad(format!(
-                    "tensor `{name}` ({} {:?}) spans bytes {start}..{end} of {data_len}",
-                    entry.dtype, entry.shape
+                    "tensor `{name}` ({:?} {:?}) spans bytes {start}..{end} of {data_len}",
+                    info.dtype, info.shape
                 )));
             }
             tensors.insert(
                 name,
                 TensorInfo {
                     stored,
-                    shape: entry.shape,
+                    shape: info.shape.clone(),
                     offset: data_start + start,
                 },
             );
@@ -146,11 +137,6 @@ impl SafetensorsFile {
             file: Mutex::new(file),
             tensors,
         })
-    }
-
-    /// The tensor names in the file.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
     }
 
     /// Reads `n` values of `T` at `offset` into a fresh, correctly aligned buffer.

@@ -374,16 +374,7 @@ mod tests {
             for (mask, causal) in [(AttentionMask::None, false), (AttentionMask::Causal, true)] {
                 let ours = layer.forward(&xs, mask).unwrap();
                 let reference = reference_layer(&w, &xs, heads, act, causal);
-                let diff = (ours - reference)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = super::super::ops::tests::max_diff(&ours, &reference);
                 assert!(diff < 1e-4, "{act:?} {mask:?}: {diff}");
             }
         }

@@ -43,7 +43,7 @@ pub fn depth_image(msg: &Image) -> Result<DepthImage, String> {
 
 /// A request's optional depth image: `None` when it carries no data.
 pub fn request_depth(msg: &Image) -> Option<Result<DepthImage, String>> {
-    (!(msg.data.is_empty() && msg.width == 0 && msg.height == 0)).then(|| depth_image(msg))
+    (!super::is_unset(msg)).then(|| depth_image(msg))
 }
 
 /// The calibration of a `sensor_msgs/CameraInfo` (rectified images assumed: D is not used).

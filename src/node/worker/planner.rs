@@ -151,12 +151,12 @@ impl<S: Sink> Worker<S> {
         let scores = phrase_scores(&best, &phrases, threshold);
         let (positions, depth_note) = match self.depth_for(&header, img.dimensions(), depth) {
             Ok(pair) => {
-                let dets: Vec<Detection> =
-                    scores.iter().filter_map(|s| s.detection.clone()).collect();
-                let mut located = self.positions(&pair, &dets, None).into_iter();
                 let positions = scores
                     .iter()
-                    .map(|s| s.detection.as_ref().and_then(|_| located.next().flatten()))
+                    .map(|s| {
+                        let d = s.detection.as_ref()?;
+                        self.positions(&pair, std::slice::from_ref(d), None).pop()?
+                    })
                     .collect();
                 (positions, None)
             }
