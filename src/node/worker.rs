@@ -29,6 +29,7 @@ use crate::depth_sync::{stamp_ns, DepthSync};
 use crate::params::{NodeParams, MAX_TOP_K};
 use vlm_perception::vision::depth::Object3d;
 
+mod control;
 mod image_queries;
 mod planner;
 pub use image_queries::QueryImage;
@@ -1230,66 +1231,6 @@ impl<S: Sink> Worker<S> {
             return Ok("nothing to change (both keep flags set)".into());
         }
         Ok(format!("set {}", notes.join(", ")))
-    }
-
-    /// Lifecycle `configure`: loads the enabled models; fails when none of them loads.
-    fn configure(&mut self) -> Result<String, String> {
-        for t in Task::ALL {
-            if self.state(t) == ModelState::Unconfigured {
-                self.set_state(t, ModelState::Loading);
-            }
-        }
-        self.shared.loading.store(true, Ordering::Relaxed);
-        self.load_models();
-        self.shared.loading.store(false, Ordering::Relaxed);
-        let tasks = lock(&self.shared.tasks).clone();
-        let ready: Vec<&str> = tasks
-            .iter()
-            .filter(|t| t.state == ModelState::Ready)
-            .map(|t| t.task)
-            .collect();
-        if ready.is_empty() {
-            // Nothing to free; the failures stay on /diagnostics.
-            return Err("no model loaded (see /diagnostics and the log)".into());
-        }
-        Ok(format!("loaded: {}", ready.join(", ")))
-    }
-
-    /// Lifecycle `cleanup`: frees the models and the cached embeddings.
-    fn cleanup(&mut self) {
-        self.detector = None;
-        self.segmenter = None;
-        self.vqa = None;
-        self.query_cache = EmbedCache::default();
-        self.prompt_cache = EmbedCache::default();
-        self.image_vocabulary = None;
-        for t in Task::ALL {
-            if self.state(t) != ModelState::Disabled {
-                self.set_state(t, ModelState::Unconfigured);
-            }
-        }
-    }
-
-    /// Applies new parameter values. A changed `owlvit.queries` / `clipseg.prompts` replaces
-    /// the stream's vocabulary (as `~/set_queries` does); the rest is read where it is used.
-    fn reconfigure(&mut self, new: NodeParams) {
-        let queries =
-            (new.owlvit.queries != self.params.owlvit.queries).then(|| new.owlvit.queries.clone());
-        let prompts = (new.clipseg.prompts != self.params.clipseg.prompts)
-            .then(|| new.clipseg.prompts.clone());
-        if let Some(d) = &self.depth {
-            d.set_slop(new.depth.slop);
-        }
-        self.shared
-            .rate
-            .store(new.rate.to_bits(), Ordering::Relaxed);
-        if new.rate != self.params.rate {
-            self.next_frame_at = Instant::now();
-        }
-        self.params = new;
-        if queries.is_some() || prompts.is_some() {
-            let _ = self.set_vocabulary(queries, prompts, "parameters");
-        }
     }
 
     /// The request's image, or the latest camera frame.

@@ -28,6 +28,7 @@ use crate::models::owlvit::{OwlVitConfig, OwlVitForObjectDetection, OwlVitObject
 use crate::vision::{
     boxes::{batched_nms, suppress_overlapping_scores, BBox},
     image_io::check_size,
+    masks::sigmoid,
     owlv2_preprocess::Owlv2ImageProcessor,
     preprocess::{
         ImageProcessor, PreprocessorConfig, ProcessorDefaults, Resample, SizeSpec,
@@ -617,7 +618,7 @@ impl Detector {
         let _span = tracing::info_span!("best_per_query", model = %self.name).entered();
         let scale = self.processor.box_scale();
         self.run(image, queries, |raw, width, height| {
-            best_box_per_query_raw(raw, &queries.texts, scale, width, height)
+            best_box_per_query(raw, &queries.texts, scale, width, height)
         })
     }
 
@@ -791,27 +792,11 @@ pub fn post_process_raw_detections(
     Ok(keep.into_iter().map(|i| candidates[i].clone()).collect())
 }
 
-/// For each query (column of `logits`), the box with the highest logit for it (the first on
-/// ties, as torch.max), scored by its sigmoid; corners in original-image pixels (OWL-ViT's
-/// scaling). Queries in order; a query is absent only when there are no boxes.
+/// For each query (column of the logits), the box with the highest logit for it (the first on
+/// ties, as torch.max), scored by its sigmoid; corners scaled by `scale`, with the box's
+/// objectness when the outputs have one. Queries in order; a query is absent only when there
+/// are no boxes.
 pub fn best_box_per_query(
-    logits: &[Vec<f32>],
-    boxes: &[Vec<f32>],
-    labels: &[String],
-    width: u32,
-    height: u32,
-) -> Result<Vec<Detection>> {
-    let raw = RawDetections {
-        logits: logits.to_vec(),
-        boxes: boxes.to_vec(),
-        objectness_logits: None,
-    };
-    best_box_per_query_raw(&raw, labels, BoxScale::ImageSize, width, height)
-}
-
-/// [`best_box_per_query`] for either family: boxes scaled by `scale`, with the box's
-/// objectness when the outputs have one.
-pub fn best_box_per_query_raw(
     raw: &RawDetections,
     labels: &[String],
     scale: BoxScale,
@@ -969,10 +954,6 @@ fn corners(b: &[f32], sx: f32, sy: f32) -> Result<BBox> {
         return Err(Error::InvalidInput(format!("box with {} values", b.len())));
     };
     Ok(BBox::from_center_normalized([cx, cy, w, h], sx, sy))
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 #[cfg(test)]
