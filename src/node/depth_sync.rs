@@ -180,12 +180,14 @@ impl DepthSync {
     }
 
     /// [`Self::pair`], waiting up to the slop (wall time) for a depth image stamped at or after
-    /// `stamp` when none has come yet: drivers publish a frameset's colour and depth images
-    /// separately, and the colour one often arrives first.
+    /// `stamp` while the depth stream lags behind it: drivers publish a frameset's colour and
+    /// depth images separately, and the colour one often arrives first. No wait without a depth
+    /// stream or a usable calibration: the frame goes on in 2D at once.
     pub fn wait_pair(&self, stamp: StampNs, colour: (u32, u32)) -> Result<DepthPair, String> {
         let deadline = Instant::now() + self.slop();
         let mut s = self.lock();
-        while s.depth.back().is_none_or(|(t, _)| *t < stamp) {
+        let calibrated = matches!(s.camera, Some(Ok(_)));
+        while calibrated && s.depth.back().is_some_and(|(t, _)| *t < stamp) {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -257,15 +259,42 @@ mod tests {
     }
 
     #[test]
+    fn waits_up_to_the_slop_only_while_a_depth_stream_lags() {
+        let sync = DepthSync::new(Duration::from_millis(20));
+        sync.set_camera(Ok(camera()));
+        // no depth stream at all: no wait
+        let t0 = Instant::now();
+        assert!(sync.wait_pair(10, (640, 480)).is_err());
+        assert!(t0.elapsed() < Duration::from_millis(20));
+        // a stream whose newest image is older than the frame: wait for the slop, then give up
+        sync.push_depth(0, Ok(depth(640, 480)));
+        let t0 = Instant::now();
+        assert!(sync.wait_pair(1_000_000_000, (640, 480)).is_err());
+        assert!(t0.elapsed() >= Duration::from_millis(20));
+        // ... or take the image that arrives in time
+        let late = std::sync::Arc::new(DepthSync::new(Duration::from_millis(500)));
+        late.set_camera(Ok(camera()));
+        late.push_depth(0, Ok(depth(640, 480)));
+        let pusher = std::sync::Arc::clone(&late);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            pusher.push_depth(1_000_000_000, Ok(depth(320, 240)));
+        });
+        let p = late.wait_pair(1_000_000_000, (640, 480)).unwrap();
+        assert_eq!(p.depth.width(), 320);
+        t.join().unwrap();
+    }
+
+    #[test]
     fn bad_inputs_are_counted_and_explained() {
         let sync = DepthSync::new(Duration::from_millis(20));
         sync.set_camera(Err("K is all zeros".into()));
         assert!(sync.camera().unwrap_err().contains("K is all zeros"));
         sync.push_depth(5, Err("bad encoding".into()));
-        // waits (at most the slop) for a depth image that does not come
+        // without a usable calibration the frame goes on in 2D without waiting
         let t0 = Instant::now();
         assert!(sync.wait_pair(10, (4, 3)).is_err());
-        assert!(t0.elapsed() >= Duration::from_millis(20));
+        assert!(t0.elapsed() < Duration::from_millis(20));
         let c = sync.counters();
         assert_eq!(
             (c.camera_info_bad, c.depth_bad, c.depth_received),
