@@ -1,28 +1,80 @@
-//! `vlm-bench`: times the library on one image, the Rust half of the side-by-side benchmark
+//! `vlm-bench`: times the library, the Rust half of the side-by-side benchmark
 //! (scripts/bench.sh runs scripts/bench_reference.py on the same inputs in the same run).
-//! Prints one JSON object: per-stage medians and p95 in milliseconds.
+//! Each subcommand prints one JSON object: per-stage medians and p95 in milliseconds, the
+//! thread count and the peak resident set size.
+//!
+//! - `detect`: OWL-ViT / OWLv2, query embeddings once (as the node), then frames;
+//! - `segment`: CLIPSeg, prompt embeddings once, then frames (one image pass, prompts batched);
+//! - `ask`: ViLT VQA, one question per frame;
+//! - `gemm`: one large f32 matmul, the machine's compute floor for the rest.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Parser;
-use vlm_perception::pipeline::{DetectParams, Detector, LoadOptions, Timings};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Parser, Subcommand};
+use vlm_perception::pipeline::{
+    DetectParams, Detector, LoadOptions, SegmentParams, Segmenter, Timings, VqaModel,
+};
 use vlm_perception::vision::image_io;
 
-/// Times OWL-ViT detection: query encoding once, then `--iters` frames.
 #[derive(Debug, Parser)]
-#[command(name = "vlm-bench")]
-struct Args {
+#[command(name = "vlm-bench", about = "Times vlm_perception on one image")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// OWL-ViT / OWLv2 detection: query encoding once, then `--iters` frames.
+    Detect {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Text queries.
+        #[arg(long = "query", required = true)]
+        queries: Vec<String>,
+    },
+    /// CLIPSeg segmentation: prompt encoding once, then `--iters` frames.
+    Segment {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Text prompts.
+        #[arg(long = "prompt", required = true)]
+        prompts: Vec<String>,
+    },
+    /// ViLT visual question answering: `--iters` frames with one question.
+    Ask {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long)]
+        question: String,
+    },
+    /// One f32 matmul (m, k) x (k, n) on the CPU: the machine's GEMM rate in GFLOP/s.
+    Gemm {
+        #[arg(long, default_value_t = 2048)]
+        m: usize,
+        #[arg(long, default_value_t = 2048)]
+        k: usize,
+        #[arg(long, default_value_t = 2048)]
+        n: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+    },
+}
+
+/// What every model benchmark takes.
+#[derive(Debug, Args)]
+struct RunArgs {
     /// Checkpoint directory or hub id.
     #[arg(long)]
     model: String,
     /// Image to run on.
     #[arg(long)]
     image: PathBuf,
-    /// Text queries.
-    #[arg(long = "query", required = true)]
-    queries: Vec<String>,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -51,59 +103,211 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
-    anyhow::ensure!(args.iters > 0, "--iters must be positive");
-    let options = LoadOptions::parse(&args.device, &args.dtype)?;
-    let image = image_io::load_rgb(&args.image)?;
-    let t = Instant::now();
-    let detector = Detector::load(&args.model, &options)
-        .with_context(|| format!("loading `{}`", args.model))?;
-    let load_ms = ms(t.elapsed());
+/// Peak resident set size of this process so far (`VmHWM`), in MiB; `None` off Linux.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
 
-    let params = DetectParams::default();
-    let mut encode = Vec::new();
-    for i in 0..args.warmup + args.iters {
+/// The CPU threads candle's kernels use (`RAYON_NUM_THREADS`, else every core).
+fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// Runs `frame` `warmup + iters` times; the timed runs' wall times and stage timings.
+fn time_frames(
+    run: &RunArgs,
+    mut frame: impl FnMut() -> Result<Timings>,
+) -> Result<(Vec<f64>, Vec<Timings>)> {
+    anyhow::ensure!(run.iters > 0, "--iters must be positive");
+    let (mut totals, mut stages) = (Vec::new(), Vec::new());
+    for i in 0..run.warmup + run.iters {
         let t = Instant::now();
-        let q = detector.encode_queries(&args.queries)?;
-        // Synchronize: the embeddings are used on the host side of the first detect anyway.
-        q.embeds
-            .to_dtype(candle_core::DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()?;
-        if i >= args.warmup {
-            encode.push(ms(t.elapsed()));
-        }
-    }
-    let queries = detector.encode_queries(&args.queries)?;
-    let mut frames: Vec<Timings> = Vec::new();
-    let mut totals = Vec::new();
-    let mut detections = 0;
-    for i in 0..args.warmup + args.iters {
-        let t = Instant::now();
-        let result = detector.detect(&image, &queries, &params)?;
-        if i >= args.warmup {
+        let timings = frame()?;
+        if i >= run.warmup {
             totals.push(ms(t.elapsed()));
-            frames.push(result.timings);
-            detections = result.detections.len();
+            stages.push(timings);
         }
     }
-    let out = serde_json::json!({
+    Ok((totals, stages))
+}
+
+/// Times `encode` (a text tower) `warmup + iters` times.
+fn time_encode(run: &RunArgs, mut encode: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let mut times = Vec::new();
+    for i in 0..run.warmup + run.iters {
+        let t = Instant::now();
+        encode()?;
+        if i >= run.warmup {
+            times.push(ms(t.elapsed()));
+        }
+    }
+    Ok(times)
+}
+
+/// The JSON common to the model benchmarks; `extra` is merged in.
+fn report(
+    run: &RunArgs,
+    task: &str,
+    load_ms: f64,
+    totals: Vec<f64>,
+    stages: &[Timings],
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut out = serde_json::json!({
         "impl": "vlm_perception (candle)",
-        "model": args.model,
-        "device": args.device,
-        "dtype": args.dtype,
-        "image": args.image,
-        "queries": args.queries.len(),
-        "iters": args.iters,
+        "task": task,
+        "model": run.model,
+        "device": run.device,
+        "dtype": run.dtype,
+        "threads": threads(),
+        "image": run.image,
+        "iters": run.iters,
         "load_ms": load_ms,
-        "encode_queries": stats(encode),
-        "preprocess": stats(frames.iter().map(|t| ms(t.preprocess)).collect()),
-        "forward": stats(frames.iter().map(|t| ms(t.forward)).collect()),
-        "postprocess": stats(frames.iter().map(|t| ms(t.postprocess)).collect()),
+        "preprocess": stats(stages.iter().map(|t| ms(t.preprocess)).collect()),
+        "forward": stats(stages.iter().map(|t| ms(t.forward)).collect()),
+        "postprocess": stats(stages.iter().map(|t| ms(t.postprocess)).collect()),
         "frame": stats(totals),
-        "detections": detections,
+        "peak_rss_mib": peak_rss_mib(),
     });
+    if let (Some(out), serde_json::Value::Object(extra)) = (out.as_object_mut(), extra) {
+        out.extend(extra);
+    }
+    out
+}
+
+/// Forces a device tensor to the host: the GPU backends run asynchronously.
+fn sync(t: &Tensor) -> Result<()> {
+    t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    Ok(())
+}
+
+fn detect(run: &RunArgs, queries: &[String]) -> Result<serde_json::Value> {
+    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let image = image_io::load_rgb(&run.image)?;
+    let t = Instant::now();
+    let detector =
+        Detector::load(&run.model, &options).with_context(|| format!("loading `{}`", run.model))?;
+    let load_ms = ms(t.elapsed());
+    let encode = time_encode(run, || sync(&detector.encode_queries(queries)?.embeds))?;
+    let embeds = detector.encode_queries(queries)?;
+    let params = DetectParams::default();
+    let mut detections = 0;
+    let (totals, stages) = time_frames(run, || {
+        let result = detector.detect(&image, &embeds, &params)?;
+        detections = result.detections.len();
+        Ok(result.timings)
+    })?;
+    Ok(report(
+        run,
+        "detect",
+        load_ms,
+        totals,
+        &stages,
+        serde_json::json!({
+            "queries": queries.len(),
+            "encode_queries": stats(encode),
+            "detections": detections,
+        }),
+    ))
+}
+
+fn segment(run: &RunArgs, prompts: &[String]) -> Result<serde_json::Value> {
+    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let image = image_io::load_rgb(&run.image)?;
+    let t = Instant::now();
+    let segmenter = Segmenter::load(&run.model, &options)
+        .with_context(|| format!("loading `{}`", run.model))?;
+    let load_ms = ms(t.elapsed());
+    let encode = time_encode(run, || sync(&segmenter.encode_prompts(prompts)?.embeds))?;
+    let embeds = segmenter.encode_prompts(prompts)?;
+    let params = SegmentParams::default();
+    let (totals, stages) = time_frames(run, || {
+        Ok(segmenter.segment(&image, &embeds, &params)?.timings)
+    })?;
+    Ok(report(
+        run,
+        "segment",
+        load_ms,
+        totals,
+        &stages,
+        serde_json::json!({"prompts": prompts.len(), "encode_prompts": stats(encode)}),
+    ))
+}
+
+fn ask(run: &RunArgs, question: &str) -> Result<serde_json::Value> {
+    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let image = image_io::load_rgb(&run.image)?;
+    let t = Instant::now();
+    let model =
+        VqaModel::load(&run.model, &options).with_context(|| format!("loading `{}`", run.model))?;
+    let load_ms = ms(t.elapsed());
+    let tokens = model.tokenize(question)?.ids.first().map_or(0, Vec::len);
+    let mut answer = String::new();
+    let (totals, stages) = time_frames(run, || {
+        let result = model.ask(&image, question, 1)?;
+        answer = result
+            .answers
+            .first()
+            .map(|a| a.answer.clone())
+            .unwrap_or_default();
+        Ok(result.timings)
+    })?;
+    Ok(report(
+        run,
+        "ask",
+        load_ms,
+        totals,
+        &stages,
+        serde_json::json!({"question_tokens": tokens, "answer": answer}),
+    ))
+}
+
+fn gemm(m: usize, k: usize, n: usize, warmup: usize, iters: usize) -> Result<serde_json::Value> {
+    anyhow::ensure!(iters > 0, "--iters must be positive");
+    let dev = Device::Cpu;
+    let a = Tensor::randn(0f32, 1f32, (m, k), &dev)?;
+    let b = Tensor::randn(0f32, 1f32, (k, n), &dev)?;
+    let mut times = Vec::new();
+    for i in 0..warmup + iters {
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        let elapsed = ms(t.elapsed());
+        drop(c);
+        if i >= warmup {
+            times.push(elapsed);
+        }
+    }
+    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let flop = 2.0 * (m * k * n) as f64;
+    Ok(serde_json::json!({
+        "impl": "vlm_perception (candle)",
+        "task": "gemm",
+        "shape": [m, k, n],
+        "threads": threads(),
+        "time": stats(times),
+        "gflops_median": flop / percentile(&sorted, 0.5) / 1e6,
+        "gflops_best": flop / best / 1e6,
+    }))
+}
+
+fn main() -> Result<()> {
+    let out = match Cli::parse().command {
+        Command::Detect { run, queries } => detect(&run, &queries)?,
+        Command::Segment { run, prompts } => segment(&run, &prompts)?,
+        Command::Ask { run, question } => ask(&run, &question)?,
+        Command::Gemm {
+            m,
+            k,
+            n,
+            warmup,
+            iters,
+        } => gemm(m, k, n, warmup, iters)?,
+    };
     println!("{out}");
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod clip;
 pub mod clipseg;
 pub mod interpolate;
+pub mod kernels;
 pub mod owlv2;
 pub mod owlvit;
 pub mod vilt;

@@ -22,12 +22,13 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
 use candle_nn::{
-    conv2d, embedding, layer_norm, linear, linear_b, Conv2d, Conv2dConfig, Embedding, LayerNorm,
-    Linear, VarBuilder,
+    conv2d, embedding, layer_norm, linear, Conv2d, Conv2dConfig, Embedding, LayerNorm, Linear,
+    VarBuilder,
 };
 use serde::Deserialize;
 
 use super::interpolate;
+use super::kernels::{attention, Activation, AttentionMask, Epilogue, FusedLinear};
 
 /// `nn.LayerNorm`'s default epsilon, used by the classifier (`nn.LayerNorm(hidden_size * 2)`).
 const CLASSIFIER_LAYER_NORM_EPS: f64 = 1e-5;
@@ -145,15 +146,7 @@ impl ViltConfig {
     }
 
     fn activation(&self, model: &str) -> crate::Result<Activation> {
-        match self.hidden_act.as_str() {
-            "gelu" => Ok(Activation::GeluErf),
-            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
-            "relu" => Ok(Activation::Relu),
-            other => Err(crate::Error::Unsupported {
-                model: model.to_string(),
-                reason: format!("hidden_act `{other}` (supported: gelu, gelu_new, relu)"),
-            }),
-        }
+        Activation::from_hf(&self.hidden_act, model, "config")
     }
 
     fn check(&self, model: &str) -> crate::Result<()> {
@@ -180,26 +173,6 @@ impl ViltConfig {
             )));
         }
         Ok(())
-    }
-}
-
-/// The activations transformers' `ACT2FN` maps ViLT's `hidden_act` to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `gelu`: the exact (erf) GELU.
-    GeluErf,
-    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
-    GeluTanh,
-    Relu,
-}
-
-impl Module for Activation {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::GeluErf => xs.gelu_erf(),
-            Self::GeluTanh => xs.gelu(),
-            Self::Relu => xs.relu(),
-        }
     }
 }
 
@@ -472,12 +445,11 @@ impl ViltEmbeddings {
     }
 }
 
-/// transformers' `ViltSelfAttention`.
+/// transformers' `ViltSelfAttention`, with `query`, `key` and `value` fused at load.
 #[derive(Debug, Clone)]
 pub struct ViltSelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// `query` (scaled by `head_dim^-0.5`), `key`, `value` stacked: (3d, d).
+    qkv: FusedLinear,
     num_heads: usize,
     head_dim: usize,
 }
@@ -485,36 +457,41 @@ pub struct ViltSelfAttention {
 impl ViltSelfAttention {
     pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
         let d = cfg.hidden_size;
+        let head_dim = d / cfg.num_attention_heads;
+        // transformers divides the scores by sqrt(head_dim); scaling q's rows is the same
+        let scale = (head_dim as f64).powf(-0.5);
+        let proj = |name: &str| -> Result<(Tensor, Tensor)> {
+            let vb = vb.pp(name);
+            let bias = if cfg.qkv_bias {
+                vb.get(d, "bias")?
+            } else {
+                Tensor::zeros(d, vb.dtype(), vb.device())?
+            };
+            Ok((vb.get((d, d), "weight")?, bias))
+        };
+        let (q_w, q_b) = proj("query")?;
+        let (k_w, k_b) = proj("key")?;
+        let (v_w, v_b) = proj("value")?;
+        let weight = Tensor::cat(&[&(q_w * scale)?, &k_w, &v_w], 0)?;
+        let bias = Tensor::cat(&[&(q_b * scale)?, &k_b, &v_b], 0)?;
         Ok(Self {
-            query: linear_b(d, d, cfg.qkv_bias, vb.pp("query"))?,
-            key: linear_b(d, d, cfg.qkv_bias, vb.pp("key"))?,
-            value: linear_b(d, d, cfg.qkv_bias, vb.pp("value"))?,
+            qkv: FusedLinear::new(weight, bias)?,
             num_heads: cfg.num_attention_heads,
-            head_dim: d / cfg.num_attention_heads,
+            head_dim,
         })
     }
 
-    /// `xs` (b, t, d); `mask` additive, (b, 1, 1, t) f32. Returns (b, t, d).
+    /// `xs` (b, t, d); `mask` additive per key, (b, t) f32. Returns (b, t, d).
     pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = xs.dims3()?;
-        let in_dtype = xs.dtype();
-        let split = |x: Tensor| -> Result<Tensor> {
-            x.reshape((b, t, self.num_heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?
-                .to_dtype(DType::F32)
-        };
-        let q = split(self.query.forward(xs)?)?;
-        let k = split(self.key.forward(xs)?)?;
-        let v = split(self.value.forward(xs)?)?;
-        // (b, heads, t, t): q k^T / sqrt(head_dim) + mask
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        probs
-            .matmul(&v)?
-            .to_dtype(in_dtype)?
-            .transpose(1, 2)?
-            .reshape((b, t, d))
+        let (b, t, _) = xs.dims3()?;
+        let qkv = self.qkv.forward(xs, Epilogue::Bias)?.reshape((
+            b,
+            t,
+            3,
+            self.num_heads,
+            self.head_dim,
+        ))?;
+        attention(&qkv, AttentionMask::KeyBias(mask))
     }
 }
 
@@ -522,7 +499,7 @@ impl ViltSelfAttention {
 #[derive(Debug, Clone)]
 pub struct ViltAttention {
     attention: ViltSelfAttention,
-    output: Linear,
+    output: FusedLinear,
 }
 
 impl ViltAttention {
@@ -530,12 +507,14 @@ impl ViltAttention {
         let d = cfg.hidden_size;
         Ok(Self {
             attention: ViltSelfAttention::new(vb.pp("attention"), cfg)?,
-            output: linear(d, d, vb.pp("output").pp("dense"))?,
+            output: FusedLinear::load(d, d, vb.pp("output").pp("dense"))?,
         })
     }
 
-    pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        self.output.forward(&self.attention.forward(xs, mask)?)
+    /// `residual + output(attention(xs))`: the layer's first residual branch.
+    pub fn forward(&self, xs: &Tensor, mask: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let attended = self.attention.forward(xs, mask)?;
+        self.output.forward(&attended, Epilogue::Residual(residual))
     }
 }
 
@@ -544,9 +523,9 @@ impl ViltAttention {
 pub struct ViltLayer {
     attention: ViltAttention,
     /// `intermediate.dense`
-    intermediate: Linear,
+    intermediate: FusedLinear,
     /// `output.dense`
-    output: Linear,
+    output: FusedLinear,
     layernorm_before: LayerNorm,
     layernorm_after: LayerNorm,
     activation: Activation,
@@ -555,10 +534,11 @@ pub struct ViltLayer {
 impl ViltLayer {
     pub fn new(vb: VarBuilder, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
         let d = cfg.hidden_size;
+        let inner = cfg.intermediate_size;
         Ok(Self {
             attention: ViltAttention::new(vb.pp("attention"), cfg)?,
-            intermediate: linear(d, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
-            output: linear(cfg.intermediate_size, d, vb.pp("output").pp("dense"))?,
+            intermediate: FusedLinear::load(d, inner, vb.pp("intermediate").pp("dense"))?,
+            output: FusedLinear::load(inner, d, vb.pp("output").pp("dense"))?,
             layernorm_before: layer_norm(d, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
             layernorm_after: layer_norm(d, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
             activation,
@@ -566,15 +546,14 @@ impl ViltLayer {
     }
 
     pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let attn = self
+        let hidden = self
             .attention
-            .forward(&self.layernorm_before.forward(xs)?, mask)?;
-        let hidden = (attn + xs)?;
-        let mlp = self
-            .intermediate
-            .forward(&self.layernorm_after.forward(&hidden)?)?;
-        let mlp = self.output.forward(&self.activation.forward(&mlp)?)?;
-        mlp + hidden
+            .forward(&self.layernorm_before.forward(xs)?, mask, xs)?;
+        let mlp = self.intermediate.forward(
+            &self.layernorm_after.forward(&hidden)?,
+            Epilogue::Activation(self.activation),
+        )?;
+        self.output.forward(&mlp, Epilogue::Residual(&hidden))
     }
 }
 
@@ -651,13 +630,11 @@ impl ViltModel {
 }
 
 /// `create_bidirectional_mask`: 0 where a key is attended, the most negative f32 where it is
-/// padding. (b, t) u32 -> (b, 1, 1, t) f32
+/// padding. (b, t) u32 -> (b, t) f32
 fn additive_mask(mask: &Tensor) -> Result<Tensor> {
-    let (b, t) = mask.dims2()?;
     let keep = mask.to_dtype(DType::F32)?;
     // (1 - keep) * f32::MIN
-    let masked = ((keep.ones_like()? - keep)? * f64::from(f32::MIN))?;
-    masked.reshape((b, 1, 1, t))
+    (keep.ones_like()? - keep)? * f64::from(f32::MIN)
 }
 
 /// The raw output of [`ViltForQuestionAnswering::forward`].

@@ -7,36 +7,19 @@
 //! `layer_norm2`), same computation, fewer tensors:
 //! - q/k/v are one (3d, d) projection, concatenated at load, with q's rows pre-multiplied by
 //!   `head_dim^-0.5` (transformers scales the scores `q k^T` by it; the product is the same);
-//! - on the CPU the heads are strided views into that projection's output (no transposed
-//!   copies); attention runs one image (or text) of the batch, and a chunk of heads, at a time
-//!   ([`MAX_SCORES_ALIVE`]), so a single small score tensor is alive, turned into
-//!   probabilities in place;
-//! - bias + activation and bias + residual run in one pass over each matmul output;
+//! - attention reads the heads from that projection's output in place
+//!   ([`crate::models::kernels::attention`]: per head and block of queries on the CPU);
+//! - bias + activation and bias + residual are fused into each projection
+//!   ([`crate::models::kernels::FusedLinear`]);
 //! - LayerNorm is candle's fused `layer_norm` op with the config's epsilon.
 
-use candle_core::{IndexOp, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
-use super::ops::{softmax_last_dim_, Epilogue, FusedLinear};
-use super::{Activation, ClipEncoderConfig};
+pub use crate::models::kernels::AttentionMask;
+use crate::models::kernels::{attention, Activation, Epilogue, FusedLinear};
 
-/// At most this many attention scores (4 MiB in f32) are alive at once: heads are attended
-/// in chunks below it (one head at a time past it). For OWL-ViT B/32 at 768 px (577 tokens)
-/// that is 3 of its 12 heads, against 16 MiB for all of them.
-pub const MAX_SCORES_ALIVE: usize = 1 << 20;
-
-/// How many heads to attend together for `n` tokens.
-fn heads_per_chunk(n: usize, num_heads: usize) -> usize {
-    (MAX_SCORES_ALIVE / (n * n).max(1)).clamp(1, num_heads.max(1))
-}
-
-/// The attention mask of a tower: none (vision), or causal (text).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionMask {
-    None,
-    /// Token `i` attends to tokens `0..=i` (`_create_4d_causal_attention_mask`).
-    Causal,
-}
+use super::ClipEncoderConfig;
 
 /// transformers' `CLIPAttention`, with `q_proj`, `k_proj` and `v_proj` fused at load.
 #[derive(Debug, Clone)]
@@ -72,7 +55,7 @@ impl ClipAttention {
         let weight = Tensor::cat(&[&(q_w * scale)?, &k_w, &v_w], 0)?;
         let bias = Tensor::cat(&[&(q_b * scale)?, &k_b, &v_b], 0)?;
         Ok(Self {
-            qkv_proj: FusedLinear::new(weight, bias),
+            qkv_proj: FusedLinear::new(weight, bias)?,
             out_proj: FusedLinear::load(d, d, vb.pp("out_proj"))?,
             num_heads,
             head_dim,
@@ -90,49 +73,8 @@ impl ClipAttention {
             self.num_heads,
             self.head_dim,
         ))?;
-        // candle's CPU matmul reads strided heads; other backends want them contiguous.
-        let strided = xs.device().is_cpu();
-        let chunk = heads_per_chunk(n, self.num_heads);
-        let mut outputs = Vec::with_capacity(b);
-        for item in 0..b {
-            let item = qkv.narrow(0, item, 1)?;
-            let mut parts = Vec::with_capacity(self.num_heads.div_ceil(chunk));
-            for first in (0..self.num_heads).step_by(chunk) {
-                let heads = chunk.min(self.num_heads - first);
-                // (1, heads, n, head_dim)
-                let head = |which: usize| -> Result<Tensor> {
-                    let t = item
-                        .i((.., .., which))?
-                        .narrow(2, first, heads)?
-                        .transpose(1, 2)?;
-                    if strided {
-                        Ok(t)
-                    } else {
-                        t.contiguous()
-                    }
-                };
-                let (q, k, v) = (head(0)?, head(1)?, head(2)?);
-                // (1, heads, n, n), scaled through q
-                let probs = softmax_last_dim_(q.matmul(&k.t()?)?, mask == AttentionMask::Causal)?;
-                // (1, heads, n, head_dim) -> (1, n, heads * head_dim)
-                let out = probs.matmul(&v)?;
-                drop(probs);
-                parts.push(
-                    out.transpose(1, 2)?
-                        .reshape((1, n, heads * self.head_dim))?,
-                );
-            }
-            outputs.push(match parts.len() {
-                1 => parts.swap_remove(0),
-                // the heads side by side: (1, n, d)
-                _ => Tensor::cat(&parts, 2)?,
-            });
-        }
+        let merged = attention(&qkv, mask)?;
         drop(qkv);
-        let merged = match outputs.len() {
-            1 => outputs.swap_remove(0),
-            _ => Tensor::cat(&outputs, 0)?,
-        };
         self.out_proj.forward(&merged, Epilogue::Residual(residual))
     }
 }
@@ -354,8 +296,7 @@ mod tests {
             );
         }
         let vb = VarBuilder::from_tensors(w.clone(), DType::F32, &dev);
-        // 600 tokens: the heads go in chunks of 2
-        assert_eq!(heads_per_chunk(600, heads), 2);
+        // 600 tokens: ten blocks of queries
         for (act, (b, n)) in [
             (Activation::QuickGelu, (3, 7)),
             (Activation::Gelu, (3, 7)),
@@ -374,7 +315,7 @@ mod tests {
             for (mask, causal) in [(AttentionMask::None, false), (AttentionMask::Causal, true)] {
                 let ours = layer.forward(&xs, mask).unwrap();
                 let reference = reference_layer(&w, &xs, heads, act, causal);
-                let diff = super::super::ops::tests::max_diff(&ours, &reference);
+                let diff = crate::models::kernels::tests::max_diff(&ours, &reference);
                 assert!(diff < 1e-4, "{act:?} {mask:?}: {diff}");
             }
         }

@@ -12,19 +12,15 @@
 //!
 //! Written here rather than reusing candle-transformers' CLIP towers for memory and speed on
 //! the CPU: q/k/v are one fused projection whose heads are read as strided views, the softmax
-//! runs in place over a few heads at a time (one score tensor of at most 4 MiB alive instead of
-//! four of every head's), and bias, activation and residual are applied in one pass over
-//! each projection's output ([`ops`]). The towers also take `hidden_act` (`quick_gelu` or
+//! is computed per head and block of queries with the scores kept in cache (no score tensor of
+//! every head), and bias, activation and residual are fused into each projection
+//! ([`crate::models::kernels`], which ViLT shares). The towers also take `hidden_act` (`quick_gelu` or
 //! `gelu`) and `layer_norm_eps` from the config.
 
 pub mod encoder;
-pub mod ops;
 pub mod text;
 
-use candle_core::{Module, Result, Tensor};
-
-/// `ACT2FN["quick_gelu"]`: `x * sigmoid(1.702 * x)`.
-pub const QUICK_GELU_ALPHA: f32 = 1.702;
+pub use crate::models::kernels::Activation;
 
 /// The config section names used in errors.
 pub const TEXT_TOWER: &str = "text_config";
@@ -72,51 +68,6 @@ pub mod clip_defaults {
     }
     pub fn projection_dim() -> usize {
         512
-    }
-}
-
-/// The `hidden_act` values of CLIP-style configs that the encoder implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `quick_gelu`: `x * sigmoid(1.702 x)`.
-    QuickGelu,
-    /// `gelu`: the exact (erf) GELU, `nn.functional.gelu`.
-    Gelu,
-}
-
-impl Activation {
-    /// Maps transformers' `hidden_act`; anything else is refused, naming `model` and `tower`.
-    pub fn from_hf(name: &str, model: &str, tower: &str) -> crate::Result<Self> {
-        match name {
-            "quick_gelu" => Ok(Self::QuickGelu),
-            "gelu" => Ok(Self::Gelu),
-            other => Err(crate::Error::Unsupported {
-                model: model.to_string(),
-                reason: format!("{tower}: hidden_act `{other}` (only quick_gelu and gelu)"),
-            }),
-        }
-    }
-
-    /// The activation of one value, computed in f32.
-    #[inline(always)]
-    pub fn apply_f32(self, x: f32) -> f32 {
-        match self {
-            Self::QuickGelu => x / (1.0 + (-QUICK_GELU_ALPHA * x).exp()),
-            Self::Gelu => {
-                0.5 * x
-                    * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
-            }
-        }
-    }
-}
-
-impl Module for Activation {
-    /// The same activation from candle ops (devices and dtypes without a fused kernel).
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * QUICK_GELU_ALPHA as f64)?)?,
-            Self::Gelu => xs.gelu_erf(),
-        }
     }
 }
 
@@ -170,22 +121,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn activations_match_candle_ops() {
-        let xs: Vec<f32> = (-40..=40).map(|i| i as f32 * 0.2).collect();
-        let t = Tensor::new(xs.as_slice(), &candle_core::Device::Cpu).unwrap();
-        for act in [Activation::QuickGelu, Activation::Gelu] {
-            let reference = act.forward(&t).unwrap().to_vec1::<f32>().unwrap();
-            for (x, r) in xs.iter().zip(&reference) {
-                let d = (act.apply_f32(*x) - r).abs();
-                assert!(d <= 1e-6 * r.abs().max(1.0), "{act:?}({x}): {d}");
-            }
-        }
-    }
-
-    #[test]
-    fn unknown_activation_and_bad_heads_are_refused() {
-        let err = Activation::from_hf("relu", "m", TEXT_TOWER).unwrap_err();
-        assert!(err.to_string().contains("hidden_act `relu`"), "{err}");
+    fn bad_heads_are_refused() {
         let cfg = ClipEncoderConfig {
             hidden_size: 10,
             intermediate_size: 20,

@@ -1,0 +1,413 @@
+//! Multi-head self-attention from a fused q/k/v projection, `softmax(q k^T + mask) v` per head
+//! (transformers' `eager_attention_forward` with the scaling folded into q at load).
+//!
+//! f32 on the CPU: one rayon task per (batch item, head, block of [`QUERY_BLOCK`] queries)
+//! computes the block's scores against every key with the `gemm` crate, turns them into
+//! probabilities in place while they are in cache, and multiplies by v - no score tensor, no
+//! transposed copies of q, k or v. Elsewhere the same computation runs from candle ops, a few
+//! heads at a time ([`MAX_SCORES_ALIVE`]) so that one small score tensor is alive at once.
+
+use std::cell::RefCell;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, DType, Device, IndexOp, InplaceOp1, Layout, Result, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{matmul, MatRef};
+use super::{cpu_f32_slice, has_kernel, span_mut, vmath, Elem};
+
+/// Queries per task of the CPU kernel: their scores against 577 keys (OWL-ViT B/32) take
+/// 144 KiB, 900 KiB against OWLv2's 3601 - within a core's L2.
+pub const QUERY_BLOCK: usize = 64;
+
+/// The candle-op path attends heads in chunks with at most this many scores alive (4 MiB in
+/// f32); one head at a time past it.
+pub const MAX_SCORES_ALIVE: usize = 1 << 20;
+
+/// Which keys each query sees.
+#[derive(Debug, Clone, Copy)]
+pub enum AttentionMask<'a> {
+    /// Every key (vision towers).
+    None,
+    /// Query `i` sees keys `0..=i` (`_create_4d_causal_attention_mask`; the text towers).
+    Causal,
+    /// Added to every query's scores, per key: (b, n) f32, 0 for a key attended and a large
+    /// negative value for padding (`create_bidirectional_mask`; ViLT).
+    KeyBias(&'a Tensor),
+}
+
+/// Attention over `qkv` (b, n, 3, heads, head_dim): q (already scaled by `head_dim^-0.5`),
+/// k and v of every token. Returns the heads side by side, (b, n, heads * head_dim).
+pub fn attention(qkv: &Tensor, mask: AttentionMask) -> Result<Tensor> {
+    let (b, n, three, heads, head_dim) = qkv.dims5()?;
+    if three != 3 {
+        bail!(
+            "attention: expected q, k and v on dimension 2, got {:?}",
+            qkv.dims()
+        );
+    }
+    if let AttentionMask::KeyBias(bias) = mask {
+        if bias.dims() != [b, n] {
+            bail!(
+                "attention: key mask {:?} for {b} items of {n} tokens",
+                bias.dims()
+            );
+        }
+    }
+    if let Some(out) = attention_f32_cpu(qkv, mask)? {
+        // (b, heads, n, head_dim) -> (b, n, heads * head_dim)
+        return Tensor::from_vec(out, (b, heads, n, head_dim), &Device::Cpu)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, n, heads * head_dim));
+    }
+    attention_candle(qkv, mask)
+}
+
+thread_local! {
+    /// Each worker thread's score block, reused across tasks and calls.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The CPU kernel; `None` when `qkv` is not a contiguous f32 CPU tensor. Output layout
+/// (b, heads, n, head_dim), so that every task writes one contiguous block.
+fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32>>> {
+    let (b, n, _, heads, hd) = qkv.dims5()?;
+    if !qkv.device().is_cpu() || qkv.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let key_bias = match mask {
+        AttentionMask::KeyBias(bias) => {
+            Some(bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        }
+        _ => None,
+    };
+    let causal = matches!(mask, AttentionMask::Causal);
+    let d = heads * hd;
+    let token = 3 * d; // one token's q, k and v
+    let blocks = n.div_ceil(QUERY_BLOCK).max(1);
+    let rows = n.div_ceil(blocks); // queries per block, balanced
+    Ok(cpu_f32_slice(qkv, |qkv| {
+        let mut out = vec![0f32; b * d * n];
+        out.par_chunks_mut(n * hd)
+            .enumerate()
+            .for_each(|(item_head, head_out)| {
+                let (item, head) = (item_head / heads, item_head % heads);
+                let base = item * n * token + head * hd;
+                let key_bias = key_bias.as_deref().map(|k| &k[item * n..(item + 1) * n]);
+                head_out
+                    .par_chunks_mut(rows * hd)
+                    .enumerate()
+                    .for_each(|(block, block_out)| {
+                        let first = block * rows;
+                        let m = block_out.len() / hd;
+                        let q = MatRef {
+                            data: &qkv[base + first * token..],
+                            rows: m,
+                            cols: hd,
+                            row_stride: token,
+                            col_stride: 1,
+                        };
+                        // k^T: (hd, n), read from k's rows
+                        let k_t = MatRef {
+                            data: &qkv[base + d..],
+                            rows: hd,
+                            cols: n,
+                            row_stride: 1,
+                            col_stride: token,
+                        };
+                        let v = MatRef {
+                            data: &qkv[base + 2 * d..],
+                            rows: n,
+                            cols: hd,
+                            row_stride: token,
+                            col_stride: 1,
+                        };
+                        SCORES.with(|scores| {
+                            let mut scores = scores.borrow_mut();
+                            scores.resize(m * n, 0.0);
+                            let scores = &mut scores[..m * n];
+                            matmul(scores, n, q, k_t, false, false);
+                            for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+                                if let Some(bias) = key_bias {
+                                    vmath::add_row(row, bias);
+                                }
+                                let valid = if causal { first + i + 1 } else { n };
+                                vmath::softmax_row(row, valid);
+                            }
+                            let probs = MatRef {
+                                data: scores,
+                                rows: m,
+                                cols: n,
+                                row_stride: n,
+                                col_stride: 1,
+                            };
+                            matmul(block_out, hd, probs, v, false, false);
+                        });
+                    });
+            });
+        out
+    }))
+}
+
+/// The same computation from candle ops (other devices and dtypes).
+fn attention_candle(qkv: &Tensor, mask: AttentionMask) -> Result<Tensor> {
+    let (b, n, _, heads, head_dim) = qkv.dims5()?;
+    // candle's CPU matmul reads strided heads; other backends want them contiguous.
+    let strided = qkv.device().is_cpu();
+    let chunk = (MAX_SCORES_ALIVE / (n * n).max(1)).clamp(1, heads.max(1));
+    let mut outputs = Vec::with_capacity(b);
+    for item in 0..b {
+        let item_qkv = qkv.narrow(0, item, 1)?;
+        let key_bias = match mask {
+            AttentionMask::KeyBias(bias) => Some(
+                bias.narrow(0, item, 1)?
+                    .reshape((1, 1, 1, n))?
+                    .to_dtype(qkv.dtype())?,
+            ),
+            _ => None,
+        };
+        let mut parts = Vec::with_capacity(heads.div_ceil(chunk));
+        for first in (0..heads).step_by(chunk) {
+            let count = chunk.min(heads - first);
+            // (1, count, n, head_dim)
+            let head = |which: usize| -> Result<Tensor> {
+                let t = item_qkv
+                    .i((.., .., which))?
+                    .narrow(2, first, count)?
+                    .transpose(1, 2)?;
+                if strided {
+                    Ok(t)
+                } else {
+                    t.contiguous()
+                }
+            };
+            let (q, k, v) = (head(0)?, head(1)?, head(2)?);
+            // (1, count, n, n), scaled through q
+            let mut scores = q.matmul(&k.t()?)?;
+            if let Some(bias) = &key_bias {
+                scores = scores.broadcast_add(bias)?;
+            }
+            let probs = softmax_last_dim_(scores, matches!(mask, AttentionMask::Causal))?;
+            let out = probs.matmul(&v)?;
+            drop(probs);
+            parts.push(out.transpose(1, 2)?.reshape((1, n, count * head_dim))?);
+        }
+        outputs.push(match parts.len() {
+            1 => parts.swap_remove(0),
+            // the heads side by side: (1, n, heads * head_dim)
+            _ => Tensor::cat(&parts, 2)?,
+        });
+    }
+    match outputs.len() {
+        1 => Ok(outputs.swap_remove(0)),
+        _ => Tensor::cat(&outputs, 0),
+    }
+}
+
+/// Softmax over the last dimension of `scores`, written over them on the CPU. `causal`: the
+/// scores are (.., n, n) and query `i` only sees keys `0..=i`, as transformers' causal mask
+/// (`finfo.min` added above the diagonal: those probabilities are exactly 0).
+pub fn softmax_last_dim_(scores: Tensor, causal: bool) -> Result<Tensor> {
+    let n = scores.dim(candle_core::D::Minus1)?;
+    if causal && scores.dim(candle_core::D::Minus2)? != n {
+        bail!(
+            "causal softmax needs square scores, got {:?}",
+            scores.shape()
+        );
+    }
+    if has_kernel(&scores) && scores.is_contiguous() {
+        scores.inplace_op1(&Softmax { causal })?;
+        return Ok(scores);
+    }
+    let dtype = scores.dtype();
+    let mut scores = scores.to_dtype(DType::F32)?;
+    if causal {
+        let mask: Vec<f32> = (0..n)
+            .flat_map(|i| (0..n).map(move |j| if j > i { f32::MIN } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (n, n), scores.device())?;
+        scores = scores.broadcast_add(&mask)?;
+    }
+    candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)
+}
+
+/// Row-wise softmax over the last dimension, in place.
+struct Softmax {
+    causal: bool,
+}
+
+impl Softmax {
+    fn run<T: Elem>(&self, data: &mut [T], layout: &Layout) {
+        let dims = layout.dims();
+        let n = dims[dims.len() - 1];
+        let causal = self.causal;
+        data.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+            // rows of the (n, n) blocks are queries 0..n in turn
+            let valid = if causal { r % n + 1 } else { n };
+            let mut f: Vec<f32> = row.iter().map(|x| x.to_f32()).collect();
+            vmath::softmax_row(&mut f, valid);
+            for (x, p) in row.iter_mut().zip(f) {
+                *x = T::from_f32(p);
+            }
+        });
+    }
+}
+
+impl InplaceOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "attention-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let op = InplaceOp1::name(self);
+        match storage {
+            CpuStorage::F32(d) => {
+                let n = layout.dims()[layout.dims().len() - 1];
+                let causal = self.causal;
+                span_mut(d, layout, op)?
+                    .par_chunks_mut(n)
+                    .enumerate()
+                    .for_each(|(r, row)| {
+                        vmath::softmax_row(row, if causal { r % n + 1 } else { n })
+                    });
+            }
+            CpuStorage::F16(d) => self.run(span_mut(d, layout, op)?, layout),
+            CpuStorage::BF16(d) => self.run(span_mut(d, layout, op)?, layout),
+            d => bail!("{op}: unsupported dtype {:?}", d.dtype()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{max_diff, randn};
+    use super::*;
+    use candle_core::D;
+
+    /// The textbook formulation, in f64: per item and head, softmax(q k^T + mask) v.
+    fn reference(qkv: &Tensor, mask: AttentionMask) -> Tensor {
+        let (b, n, _, heads, hd) = qkv.dims5().unwrap();
+        let qkv = qkv.to_dtype(DType::F64).unwrap();
+        let part = |which: usize| {
+            qkv.i((.., .., which))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (part(0), part(1), part(2));
+        let mut scores = q.matmul(&k.t().unwrap()).unwrap();
+        match mask {
+            AttentionMask::None => {}
+            AttentionMask::Causal => {
+                let m: Vec<f64> = (0..n)
+                    .flat_map(|i| (0..n).map(move |j| if j > i { -1e300 } else { 0.0 }))
+                    .collect();
+                let m = Tensor::from_vec(m, (n, n), &Device::Cpu).unwrap();
+                scores = scores.broadcast_add(&m).unwrap();
+            }
+            AttentionMask::KeyBias(bias) => {
+                let bias = bias
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .reshape((b, 1, 1, n))
+                    .unwrap();
+                scores = scores.broadcast_add(&bias).unwrap();
+            }
+        }
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        probs
+            .matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, n, heads * hd))
+            .unwrap()
+    }
+
+    #[test]
+    fn kernel_and_candle_paths_match_the_textbook_formula() {
+        // 150 tokens: three query blocks of 50; 7 tokens: one block
+        for (b, n, heads, hd) in [(2, 150, 3, 8), (3, 7, 2, 4)] {
+            let qkv = randn(&[b, n, 3, heads, hd]);
+            let pad: Vec<f32> = (0..b * n)
+                .map(|i| if i % n >= n - 2 { f32::MIN } else { 0.0 })
+                .collect();
+            let pad = Tensor::from_vec(pad, (b, n), &Device::Cpu).unwrap();
+            for mask in [
+                AttentionMask::None,
+                AttentionMask::Causal,
+                AttentionMask::KeyBias(&pad),
+            ] {
+                let want = reference(&qkv, mask);
+                let kernel = attention(&qkv, mask).unwrap();
+                assert_eq!(kernel.dims(), [b, n, heads * hd]);
+                let d = max_diff(&kernel, &want);
+                assert!(d < 2e-5, "kernel {mask:?} ({b}, {n}): {d}");
+                // f64 takes the candle-op path (its softmax in f32)
+                let fallback = attention(&qkv.to_dtype(DType::F64).unwrap(), mask).unwrap();
+                let d = max_diff(&fallback, &want);
+                assert!(d < 2e-5, "candle path {mask:?} ({b}, {n}): {d}");
+                // bf16: candle's matmul with the in-place softmax
+                let half = attention(&qkv.to_dtype(DType::BF16).unwrap(), mask).unwrap();
+                assert!(max_diff(&half, &want) < 0.1, "bf16 {mask:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_inputs_are_refused() {
+        assert!(attention(&randn(&[1, 4, 2, 2, 3]), AttentionMask::None).is_err());
+        let wrong = randn(&[1, 5]);
+        assert!(attention(&randn(&[1, 4, 3, 2, 3]), AttentionMask::KeyBias(&wrong)).is_err());
+    }
+
+    #[test]
+    fn softmax_matches_candle_with_and_without_causal_mask() {
+        let scores = randn(&[3, 7, 7]);
+        let reference = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        let ours = softmax_last_dim_(scores.copy().unwrap(), false).unwrap();
+        assert!(max_diff(&ours, &reference) < 1e-6);
+
+        let mask: Vec<f32> = (0..7)
+            .flat_map(|i| (0..7).map(move |j| if j > i { f32::MIN } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (7, 7), &Device::Cpu).unwrap();
+        let reference =
+            candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask).unwrap()).unwrap();
+        let ours = softmax_last_dim_(scores.copy().unwrap(), true).unwrap();
+        assert!(max_diff(&ours, &reference) < 1e-6);
+        let row0 = ours
+            .get(1)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(row0[0], 1.0);
+        assert!(row0[1..].iter().all(|&p| p == 0.0));
+        // f64 has no kernel: the candle-op path
+        for causal in [false, true] {
+            let ours = softmax_last_dim_(scores.copy().unwrap(), causal).unwrap();
+            let fallback = softmax_last_dim_(scores.to_dtype(DType::F64).unwrap(), causal).unwrap();
+            assert_eq!(fallback.dtype(), DType::F64);
+            assert!(max_diff(&ours, &fallback) < 1e-6, "causal {causal}");
+        }
+    }
+
+    #[test]
+    fn half_softmax_is_computed_in_f32() {
+        let scores = (randn(&[2, 4, 9]) * 4.0).unwrap();
+        let reference = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        let ours = softmax_last_dim_(scores.to_dtype(DType::F16).unwrap(), false).unwrap();
+        assert_eq!(ours.dtype(), DType::F16);
+        // f16 inputs round the scores; the result is then one f16 rounding from the reference
+        assert!(max_diff(&ours, &reference) < 5e-3);
+        let sums = ours.to_dtype(DType::F32).unwrap().sum(D::Minus1).unwrap();
+        let ones = Tensor::ones((2, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(max_diff(&sums, &ones) < 5e-3);
+    }
+}

@@ -1,0 +1,171 @@
+//! A checked, slice-based entry to the `gemm` crate (the f32 matmul candle's CPU backend uses),
+//! for the kernels that need what `Tensor::matmul` does not give: strided operands read in
+//! place, accumulation into a prefilled destination, and a single-threaded call from inside a
+//! rayon task.
+
+/// A matrix inside a slice: element (i, j) is `data[i * row_stride + j * col_stride]`.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl MatRef<'_> {
+    /// Whether every element lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
+    }
+}
+
+/// `dst = lhs @ rhs` (`accumulate`: `dst += lhs @ rhs`), `dst` row-major with `dst_row_stride`.
+/// `threaded`: split the product over the rayon pool (else run on the calling thread).
+///
+/// # Panics
+/// If the shapes do not chain or an operand reaches outside its slice (a bug in the caller).
+pub fn matmul(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    lhs: MatRef,
+    rhs: MatRef,
+    accumulate: bool,
+    threaded: bool,
+) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "matmul: inner dimensions differ");
+    let dst_view = MatRef {
+        data: dst,
+        rows: m,
+        cols: n,
+        row_stride: dst_row_stride,
+        col_stride: 1,
+    };
+    assert!(
+        lhs.in_bounds() && rhs.in_bounds() && dst_view.in_bounds(),
+        "matmul: operand out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for row in dst.chunks_mut(dst_row_stride.max(1)).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let parallelism = if threaded {
+        gemm::Parallelism::Rayon(candle_core::utils::get_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: all three views were checked to lie inside their slices; `dst` is borrowed
+    // mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_row_stride as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &MatRef, b: &MatRef) -> Vec<f32> {
+        let mut out = vec![0f32; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                out[i * b.cols + j] = (0..a.cols)
+                    .map(|p| {
+                        a.data[i * a.row_stride + p * a.col_stride]
+                            * b.data[p * b.row_stride + j * b.col_stride]
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn strided_operands_and_accumulation() {
+        let data: Vec<f32> = (0..400)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25)
+            .collect();
+        // a: 5x3 read with row stride 10; b: 3x4 read transposed (col stride 9)
+        let a = MatRef {
+            data: &data,
+            rows: 5,
+            cols: 3,
+            row_stride: 10,
+            col_stride: 1,
+        };
+        let b = MatRef {
+            data: &data[50..],
+            rows: 3,
+            cols: 4,
+            row_stride: 1,
+            col_stride: 9,
+        };
+        let want = naive(&a, &b);
+        for threaded in [false, true] {
+            let mut dst = vec![1f32; 5 * 6];
+            matmul(&mut dst, 6, a, b, true, threaded);
+            for i in 0..5 {
+                for j in 0..4 {
+                    assert!((dst[i * 6 + j] - 1.0 - want[i * 4 + j]).abs() < 1e-5);
+                }
+                assert_eq!(&dst[i * 6 + 4..i * 6 + 6], &[1.0, 1.0]);
+            }
+            matmul(&mut dst, 6, a, b, false, threaded);
+            assert!((dst[6 + 2] - want[4 + 2]).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn out_of_bounds_views_are_refused() {
+        let data = vec![0f32; 10];
+        // the last row of `a` ends at element 11
+        let a = MatRef {
+            data: &data,
+            rows: 4,
+            cols: 3,
+            row_stride: 3,
+            col_stride: 1,
+        };
+        let b = MatRef {
+            data: &data,
+            rows: 3,
+            cols: 2,
+            row_stride: 2,
+            col_stride: 1,
+        };
+        let mut dst = vec![0f32; 8];
+        matmul(&mut dst, 2, a, b, false, false);
+    }
+}

@@ -1,0 +1,333 @@
+//! [`FusedLinear`]: `nn.Linear` (with bias) and what follows it, in one pass where the device
+//! allows:
+//!
+//! - f32 on the CPU: the output is prefilled with the bias (plus the residual) and the `gemm`
+//!   crate accumulates `x @ W^T` onto it, reading `W^T` transposed once at load; an activation
+//!   then runs vectorised over the result;
+//! - f16/bf16 on the CPU: candle's matmul, then bias (+ activation, or + residual) in one
+//!   in-place pass;
+//! - other devices: the same from candle ops (`broadcast_add`, [`Activation`]'s module).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, Device, InplaceOp2, InplaceOp3, Layout, Module, Result, Tensor,
+};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+use super::gemm::{matmul, MatRef};
+use super::{cpu_f32_slice, has_kernel, span, span_mut, vmath, Activation, Elem};
+
+/// What follows the matmul of a [`FusedLinear`], in the same pass as its bias.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `x @ W^T + b`
+    Bias,
+    /// `act(x @ W^T + b)`
+    Activation(Activation),
+    /// `x @ W^T + b + residual` (the residual has the output's shape)
+    Residual(&'a Tensor),
+}
+
+/// Elements per rayon task of the activation pass (enough to amortise the task).
+const ACTIVATION_CHUNK: usize = 1 << 14;
+
+/// An `nn.Linear` with bias whose output gets an [`Epilogue`].
+#[derive(Debug, Clone)]
+pub struct FusedLinear {
+    /// `weight^T`: (in, out), contiguous (the matmul reads it row by row).
+    weight_t: Tensor,
+    /// (out,)
+    bias: Tensor,
+}
+
+impl FusedLinear {
+    /// From the checkpoint's `weight` (out, in) and `bias` (out,).
+    pub fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
+        let (out_dim, _) = weight.dims2()?;
+        if bias.dims() != [out_dim] {
+            bail!(
+                "linear bias {:?} does not match weight {:?}",
+                bias.dims(),
+                weight.dims()
+            );
+        }
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+
+    /// Reads `weight` (out, in) and `bias` (out,) under `vb`, as `nn.Linear(in, out)`.
+    pub fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Self::new(
+            vb.get((out_dim, in_dim), "weight")?,
+            vb.get(out_dim, "bias")?,
+        )
+    }
+
+    /// (.., in) -> (.., out)
+    pub fn forward(&self, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        let mut dims = xs.dims().to_vec();
+        let in_dim = dims.pop().unwrap_or(1);
+        let rows = dims.iter().product::<usize>();
+        let out_dim = self.bias.dim(0)?;
+        dims.push(out_dim);
+        let xs = xs.contiguous()?.reshape((rows, in_dim))?;
+        if let Some(ys) = self.forward_f32_cpu(&xs, epilogue, &dims)? {
+            return Tensor::from_vec(ys, dims, &Device::Cpu);
+        }
+        // (rows, in) x (in, out): a fresh (rows, out) tensor owned here alone.
+        let ys = xs.matmul(&self.weight_t)?;
+        let fused = has_kernel(&ys)
+            && self.bias.dtype() == ys.dtype()
+            && self.bias.is_contiguous()
+            && match epilogue {
+                Epilogue::Residual(r) => {
+                    r.dtype() == ys.dtype() && r.is_contiguous() && r.dims() == dims.as_slice()
+                }
+                _ => true,
+            };
+        if fused {
+            match epilogue {
+                Epilogue::Bias => ys.inplace_op2(&self.bias, &BiasAct(None))?,
+                Epilogue::Activation(act) => ys.inplace_op2(&self.bias, &BiasAct(Some(act)))?,
+                Epilogue::Residual(r) => ys.inplace_op3(&self.bias, r, &BiasResidual)?,
+            }
+            return ys.reshape(dims);
+        }
+        let ys = ys.broadcast_add(&self.bias)?.reshape(dims)?;
+        match epilogue {
+            Epilogue::Bias => Ok(ys),
+            Epilogue::Activation(act) => act.forward(&ys),
+            Epilogue::Residual(r) => ys + r,
+        }
+    }
+
+    /// The f32 CPU path: `xs` is (rows, in), contiguous. `None` when an operand is not a
+    /// contiguous f32 CPU tensor (the caller takes the candle path).
+    fn forward_f32_cpu(
+        &self,
+        xs: &Tensor,
+        epilogue: Epilogue,
+        out_dims: &[usize],
+    ) -> Result<Option<Vec<f32>>> {
+        let (rows, in_dim) = xs.dims2()?;
+        let out_dim = self.bias.dim(0)?;
+        let run = |x: &[f32], w: &[f32], b: &[f32], residual: Option<&[f32]>| {
+            let mut ys = vec![0f32; rows * out_dim];
+            let chunk = ACTIVATION_CHUNK.div_ceil(out_dim).max(1) * out_dim;
+            match residual {
+                Some(r) => ys
+                    .par_chunks_mut(chunk)
+                    .zip(r.par_chunks(chunk))
+                    .for_each(|(d, r)| vmath::fill_rows(d, b, Some(r))),
+                None => ys
+                    .par_chunks_mut(chunk)
+                    .for_each(|d| vmath::fill_rows(d, b, None)),
+            }
+            let lhs = MatRef {
+                data: x,
+                rows,
+                cols: in_dim,
+                row_stride: in_dim,
+                col_stride: 1,
+            };
+            let rhs = MatRef {
+                data: w,
+                rows: in_dim,
+                cols: out_dim,
+                row_stride: out_dim,
+                col_stride: 1,
+            };
+            matmul(&mut ys, out_dim, lhs, rhs, true, true);
+            if let Epilogue::Activation(act) = epilogue {
+                ys.par_chunks_mut(ACTIVATION_CHUNK)
+                    .for_each(|chunk| act.apply_slice(chunk));
+            }
+            ys
+        };
+        let with_weights = |residual: Option<&[f32]>| {
+            cpu_f32_slice(xs, |x| {
+                cpu_f32_slice(&self.weight_t, |w| {
+                    cpu_f32_slice(&self.bias, |b| run(x, w, b, residual))
+                })
+            })
+            .flatten()
+            .flatten()
+        };
+        Ok(match epilogue {
+            Epilogue::Residual(r) => {
+                if r.dims() != out_dims {
+                    bail!(
+                        "residual {:?} does not match the output {out_dims:?}",
+                        r.dims()
+                    );
+                }
+                cpu_f32_slice(r, |r| with_weights(Some(r))).flatten()
+            }
+            _ => with_weights(None),
+        })
+    }
+}
+
+/// `dst = act(dst + bias)` per row.
+struct BiasAct(Option<Activation>);
+
+impl BiasAct {
+    fn run<T: Elem>(&self, dst: &mut [T], bias: &[T]) {
+        let act = self.0;
+        dst.par_chunks_mut(bias.len()).for_each(|row| {
+            for (x, &b) in row.iter_mut().zip(bias) {
+                let v = x.to_f32() + b.to_f32();
+                *x = T::from_f32(match act {
+                    Some(act) => act.apply_f32(v),
+                    None => v,
+                });
+            }
+        });
+    }
+}
+
+impl InplaceOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "linear-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let op = InplaceOp2::name(self);
+        match (s1, s2) {
+            (CpuStorage::F32(d), CpuStorage::F32(b)) => {
+                self.run(span_mut(d, l1, op)?, span(b, l2, op)?)
+            }
+            (CpuStorage::F16(d), CpuStorage::F16(b)) => {
+                self.run(span_mut(d, l1, op)?, span(b, l2, op)?)
+            }
+            (CpuStorage::BF16(d), CpuStorage::BF16(b)) => {
+                self.run(span_mut(d, l1, op)?, span(b, l2, op)?)
+            }
+            (d, b) => bail!("{op}: unsupported dtypes {:?}, {:?}", d.dtype(), b.dtype()),
+        }
+        Ok(())
+    }
+}
+
+/// `dst = dst + bias + residual` per row.
+struct BiasResidual;
+
+impl BiasResidual {
+    fn run<T: Elem>(dst: &mut [T], bias: &[T], residual: &[T]) {
+        let cols = bias.len();
+        dst.par_chunks_mut(cols)
+            .zip(residual.par_chunks(cols))
+            .for_each(|(row, res)| {
+                for ((x, &b), &r) in row.iter_mut().zip(bias).zip(res) {
+                    *x = T::from_f32(x.to_f32() + b.to_f32() + r.to_f32());
+                }
+            });
+    }
+}
+
+impl InplaceOp3 for BiasResidual {
+    fn name(&self) -> &'static str {
+        "linear-bias-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let op = InplaceOp3::name(self);
+        match (s1, s2, s3) {
+            (CpuStorage::F32(d), CpuStorage::F32(b), CpuStorage::F32(r)) => {
+                Self::run(span_mut(d, l1, op)?, span(b, l2, op)?, span(r, l3, op)?)
+            }
+            (CpuStorage::F16(d), CpuStorage::F16(b), CpuStorage::F16(r)) => {
+                Self::run(span_mut(d, l1, op)?, span(b, l2, op)?, span(r, l3, op)?)
+            }
+            (CpuStorage::BF16(d), CpuStorage::BF16(b), CpuStorage::BF16(r)) => {
+                Self::run(span_mut(d, l1, op)?, span(b, l2, op)?, span(r, l3, op)?)
+            }
+            (d, ..) => bail!("{op}: unsupported dtype {:?}", d.dtype()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{max_diff, randn};
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn fused_epilogues_match_candle_ops() {
+        let xs = randn(&[2, 5, 8]);
+        let w = randn(&[6, 8]);
+        let b = randn(&[6]);
+        let residual = randn(&[2, 5, 6]);
+        let plain = candle_nn::Linear::new(w.clone(), Some(b.clone()))
+            .forward(&xs)
+            .unwrap();
+        let cases = [
+            (Epilogue::Bias, plain.clone()),
+            (
+                Epilogue::Activation(Activation::QuickGelu),
+                Activation::QuickGelu.forward(&plain).unwrap(),
+            ),
+            (
+                Epilogue::Activation(Activation::Gelu),
+                plain.gelu_erf().unwrap(),
+            ),
+            (Epilogue::Residual(&residual), (&plain + &residual).unwrap()),
+        ];
+        for dtype in [DType::F32, DType::BF16, DType::F64] {
+            // f32: our gemm path; bf16: candle's matmul + in-place epilogue; f64: candle ops
+            let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
+            let lin = FusedLinear::new(cast(&w), cast(&b)).unwrap();
+            let residual = cast(&residual);
+            for (epilogue, reference) in &cases {
+                let epilogue = match epilogue {
+                    Epilogue::Residual(_) => Epilogue::Residual(&residual),
+                    e => *e,
+                };
+                let ours = lin.forward(&cast(&xs), epilogue).unwrap();
+                assert_eq!(ours.dims(), [2, 5, 6]);
+                assert_eq!(ours.dtype(), dtype);
+                let bound = if dtype == DType::BF16 { 0.1 } else { 1e-5 };
+                let d = max_diff(&ours, reference);
+                assert!(d < bound, "{dtype:?} {epilogue:?}: {d}");
+            }
+        }
+        // the residual is read, not written
+        assert_eq!(residual.dims(), [2, 5, 6]);
+    }
+
+    #[test]
+    fn strided_inputs_and_mismatched_shapes() {
+        let w = randn(&[6, 8]);
+        let b = randn(&[6]);
+        let lin = FusedLinear::new(w.clone(), b.clone()).unwrap();
+        // a transposed (non-contiguous) input gives the same as its contiguous copy
+        let xs = randn(&[8, 5]).t().unwrap();
+        let ours = lin.forward(&xs, Epilogue::Bias).unwrap();
+        let reference = lin
+            .forward(&xs.contiguous().unwrap(), Epilogue::Bias)
+            .unwrap();
+        assert_eq!(max_diff(&ours, &reference), 0.0);
+        let wrong = randn(&[5, 7]);
+        assert!(lin.forward(&xs, Epilogue::Residual(&wrong)).is_err());
+        assert!(FusedLinear::new(w, randn(&[5])).is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! The transformer-layer kernels the models share (the CLIP towers of OWL-ViT, OWLv2 and
+//! CLIPSeg, and ViLT's encoder):
+//!
+//! - [`linear::FusedLinear`]: `x @ W^T + b` with its epilogue (activation, or residual) fused;
+//! - [`attention::attention`]: multi-head self-attention from a fused q/k/v projection;
+//! - [`Activation`]: the `hidden_act` values they implement.
+//!
+//! On the CPU in f32 these run our own loops around the `gemm` crate's matmul ([`gemm`]):
+//! weights pre-transposed at load, bias and residual prefilled so the matmul accumulates onto
+//! them, attention computed per (head, block of queries) with the scores kept in cache, and
+//! vectorised `exp`/`erf` ([`vmath`]). f16/bf16 on the CPU run candle's matmul and in-place
+//! epilogues; other devices run the same computation from candle ops.
+
+pub mod attention;
+pub mod gemm;
+pub mod linear;
+pub mod vmath;
+
+pub use attention::{attention, AttentionMask};
+pub use linear::{Epilogue, FusedLinear};
+
+use candle_core::{bail, DType, Layout, Module, Result, Tensor};
+use half::{bf16, f16};
+
+/// `ACT2FN["quick_gelu"]`: `x * sigmoid(1.702 * x)`.
+pub const QUICK_GELU_ALPHA: f32 = 1.702;
+
+/// The `hidden_act` values of transformers' `ACT2FN` that the layers implement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `quick_gelu`: `x * sigmoid(1.702 x)`.
+    QuickGelu,
+    /// `gelu`: the exact (erf) GELU, `nn.functional.gelu`.
+    Gelu,
+    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh,
+    /// `relu`.
+    Relu,
+}
+
+impl Activation {
+    /// Maps transformers' `hidden_act`; anything else is refused, naming `model` and the
+    /// config section `section`.
+    pub fn from_hf(name: &str, model: &str, section: &str) -> crate::Result<Self> {
+        match name {
+            "quick_gelu" => Ok(Self::QuickGelu),
+            "gelu" => Ok(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Self::GeluTanh),
+            "relu" => Ok(Self::Relu),
+            other => Err(crate::Error::Unsupported {
+                model: model.to_string(),
+                reason: format!(
+                    "{section}: hidden_act `{other}` (supported: quick_gelu, gelu, gelu_new, \
+                     gelu_pytorch_tanh, relu)"
+                ),
+            }),
+        }
+    }
+
+    /// The activation of one value, computed in f32 (the half-precision CPU epilogues).
+    #[inline(always)]
+    pub fn apply_f32(self, x: f32) -> f32 {
+        match self {
+            Self::QuickGelu => x / (1.0 + vmath::exp(-QUICK_GELU_ALPHA * x)),
+            Self::Gelu => 0.5 * x * (1.0 + vmath::erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Self::GeluTanh => {
+                0.5 * x * (1.0 + vmath::tanh(0.797_884_6 * (x + 0.044_715 * x * x * x)))
+            }
+            Self::Relu => x.max(0.0),
+        }
+    }
+
+    /// The activation over `xs` in place, vectorised (the f32 CPU epilogue).
+    pub fn apply_slice(self, xs: &mut [f32]) {
+        match self {
+            Self::QuickGelu => vmath::x_sigmoid(xs, QUICK_GELU_ALPHA),
+            Self::Gelu => vmath::gelu_erf(xs),
+            Self::GeluTanh => vmath::gelu_tanh(xs),
+            Self::Relu => vmath::relu(xs),
+        }
+    }
+}
+
+impl Module for Activation {
+    /// The same activation from candle ops (devices and dtypes without a fused kernel).
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * QUICK_GELU_ALPHA as f64)?)?,
+            Self::Gelu => xs.gelu_erf(),
+            Self::GeluTanh => xs.gelu(),
+            Self::Relu => xs.relu(),
+        }
+    }
+}
+
+/// Whether the CPU kernels here handle `t` (f32 fully; f16/bf16 through candle's matmul and
+/// in-place epilogues).
+fn has_kernel(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// The floats the in-place kernels take, computed in f32.
+trait Elem: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+impl Elem for bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+/// The contiguous span of a storage that `layout` covers.
+fn span<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: operand is not contiguous"),
+    }
+}
+
+fn span_mut<'a, T>(data: &'a mut [T], layout: &Layout, op: &str) -> Result<&'a mut [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
+        None => bail!("{op}: operand is not contiguous"),
+    }
+}
+
+/// A contiguous f32 CPU tensor's values, or `None` (other device, dtype or layout).
+fn cpu_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) => Some(f(&data[start..end])),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Largest absolute difference (f32), for the layers' tests.
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    pub(crate) fn randn(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn activations_match_candle_ops() {
+        let xs: Vec<f32> = (-40..=40).map(|i| i as f32 * 0.2).collect();
+        let t = Tensor::new(xs.as_slice(), &Device::Cpu).unwrap();
+        for act in [
+            Activation::QuickGelu,
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::Relu,
+        ] {
+            let reference = act.forward(&t).unwrap().to_vec1::<f32>().unwrap();
+            let mut vectorised = xs.clone();
+            act.apply_slice(&mut vectorised);
+            for ((x, r), v) in xs.iter().zip(&reference).zip(&vectorised) {
+                let bound = 1e-6 * r.abs().max(1.0);
+                assert!((act.apply_f32(*x) - r).abs() <= bound, "{act:?}({x})");
+                assert!((v - r).abs() <= bound, "{act:?}({x}) vectorised");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_activations_are_refused_by_name() {
+        assert_eq!(
+            Activation::from_hf("gelu_new", "m", "text_config").unwrap(),
+            Activation::GeluTanh
+        );
+        let err = Activation::from_hf("mish", "m", "text_config").unwrap_err();
+        assert!(err.to_string().contains("hidden_act `mish`"), "{err}");
+    }
+}

@@ -1,0 +1,263 @@
+//! The elementwise f32 math of the kernels, written so that LLVM vectorises it: a branch-free
+//! `exp` and `erf`, and row loops kept in lane-wise arrays (no float reductions for the
+//! compiler to refuse to reorder). [`multiversion!`] compiles each loop for AVX-512 and for
+//! AVX2+FMA besides the baseline, and picks one at run time.
+
+/// Defines `fn $name(args)` that runs `$body` compiled for the best of AVX-512, AVX2+FMA and
+/// the build's baseline that the CPU has (detected at run time, cached by std).
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features `v4` was compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above, for `v3`.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
+/// Lanes of the lane-wise accumulators: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+// Cephes' `expf`: exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln 2 / 2, ln 2 split in two
+// parts so that `x - n ln 2` is exact, and a degree-5 polynomial for exp(r) (about 1 ulp).
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+/// Inputs are clamped here: above, exp overflows f32; below, 2^n leaves the normal range
+/// (the results there, under 1.2e-38, vanish next to any other term they are used with).
+const EXP_MAX: f32 = 88.376_26;
+const EXP_MIN: f32 = -87.336_54;
+/// 1.5 * 2^23: adding it rounds an f32 of magnitude < 2^22 to an integer, kept in the low
+/// mantissa bits.
+const ROUND: f32 = 12_582_912.0;
+
+/// `e^x` in f32, branch-free (vectorisable); within 2 ulp of `f32::exp` on [-87, 88].
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(EXP_MIN, EXP_MAX);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = EXP_P[0];
+    for c in &EXP_P[1..] {
+        p = p * r + c;
+    }
+    let y = p * (r * r) + r + 1.0;
+    // 2^n from the integer in t's low mantissa bits
+    let n = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    y * f32::from_bits(((n + 127) << 23) as u32)
+}
+
+/// `erf(x)`, branch-free: Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, plus f32
+/// rounding), the formula PyTorch's vectorised CPU `erf` uses too.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        1.061_405_4,
+        -1.453_152_1,
+        1.421_413_7,
+        -0.284_496_74,
+        0.254_829_6,
+    ];
+    let ax = x.abs();
+    let t = 1.0 / (1.0 + P * ax);
+    let mut poly = A[0];
+    for c in &A[1..] {
+        poly = poly * t + c;
+    }
+    let y = 1.0 - poly * t * exp(-ax * ax);
+    y.copysign(x)
+}
+
+/// `tanh(x)` = 1 - 2 / (e^{2x} + 1), branch-free.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
+
+multiversion! {
+    /// Softmax of `row[..valid]` in place, zeros after it (keys a causal mask hides).
+    pub fn softmax_row(row: &mut [f32], valid: usize) {
+        let (seen, masked) = row.split_at_mut(valid.min(row.len()));
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let mut chunks = seen.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (m, &x) in lanes.iter_mut().zip(c) {
+                *m = m.max(x);
+            }
+        }
+        let max = chunks
+            .remainder()
+            .iter()
+            .fold(lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
+        let mut lanes = [0f32; LANES];
+        let mut chunks = seen.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for (s, x) in lanes.iter_mut().zip(c.iter_mut()) {
+                *x = exp(*x - max);
+                *s += *x;
+            }
+        }
+        let mut sum: f32 = lanes.iter().sum();
+        for x in chunks.into_remainder() {
+            *x = exp(*x - max);
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        for x in seen.iter_mut() {
+            *x *= inv;
+        }
+        masked.fill(0.0);
+    }
+}
+
+multiversion! {
+    /// `row[j] += bias[j]` (an additive attention mask on one query's scores).
+    pub fn add_row(row: &mut [f32], bias: &[f32]) {
+        for (x, &b) in row.iter_mut().zip(bias) {
+            *x += b;
+        }
+    }
+}
+
+multiversion! {
+    /// Fills each `cols`-wide row of `dst` with `bias`, plus the same row of `residual` if
+    /// given (the start value a matmul then accumulates into).
+    pub fn fill_rows(dst: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
+        let cols = bias.len();
+        match residual {
+            Some(residual) => {
+                for (row, res) in dst.chunks_exact_mut(cols).zip(residual.chunks_exact(cols)) {
+                    for ((x, &b), &r) in row.iter_mut().zip(bias).zip(res) {
+                        *x = b + r;
+                    }
+                }
+            }
+            None => {
+                for row in dst.chunks_exact_mut(cols) {
+                    row.copy_from_slice(bias);
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `x * sigmoid(alpha * x)` over `xs`, in place (quick GELU, SiLU).
+    pub fn x_sigmoid(xs: &mut [f32], alpha: f32) {
+        for x in xs.iter_mut() {
+            *x /= 1.0 + exp(-alpha * *x);
+        }
+    }
+}
+
+multiversion! {
+    /// The exact (erf) GELU over `xs`, in place.
+    pub fn gelu_erf(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
+multiversion! {
+    /// The tanh-approximated GELU (`gelu_new`, `gelu_pytorch_tanh`) over `xs`, in place.
+    pub fn gelu_tanh(xs: &mut [f32]) {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        for x in xs.iter_mut() {
+            let v = *x;
+            *x = 0.5 * v * (1.0 + tanh(SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)));
+        }
+    }
+}
+
+multiversion! {
+    /// `max(x, 0)` over `xs`, in place.
+    pub fn relu(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            *x = x.max(0.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i32 - b.to_bits() as i32).unsigned_abs()
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_std() {
+        let mut worst = 0;
+        for i in -870_000..=880_000 {
+            let x = i as f32 * 1e-4;
+            let (ours, std) = (exp(x), x.exp());
+            worst = worst.max(ulps(ours, std));
+        }
+        assert!(worst <= 2, "{worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        // clamped, finite, and negligible far below
+        assert!(exp(-1e30) < 1.2e-38 && exp(f32::MIN) >= 0.0);
+        assert!(exp(100.0).is_finite());
+    }
+
+    #[test]
+    fn erf_and_tanh_match_reference_values() {
+        for i in -600..=600 {
+            let x = i as f32 * 0.01;
+            let reference = candle_core::cpu::erf::erf_f64(x as f64) as f32;
+            assert!((erf(x) - reference).abs() < 4e-7, "erf({x})");
+            assert!((tanh(x) - x.tanh()).abs() < 3e-7, "tanh({x})");
+        }
+    }
+
+    #[test]
+    fn softmax_row_matches_the_plain_formula() {
+        for n in [1usize, 7, 16, 33, 577] {
+            let row: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 1.3).collect();
+            for valid in [1, n.div_ceil(2), n] {
+                let mut ours = row.clone();
+                softmax_row(&mut ours, valid);
+                let max = row[..valid].iter().cloned().fold(f32::MIN, f32::max);
+                let sum: f64 = row[..valid].iter().map(|&x| ((x - max) as f64).exp()).sum();
+                for (j, &p) in ours.iter().enumerate() {
+                    let want = if j < valid {
+                        (((row[j] - max) as f64).exp() / sum) as f32
+                    } else {
+                        0.0
+                    };
+                    assert!((p - want).abs() <= 2e-7 * want.max(1e-3), "{n} {valid} {j}");
+                }
+            }
+        }
+    }
+}
