@@ -14,8 +14,7 @@
 
 use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{
-    conv2d_no_bias, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, LayerNorm,
-    LayerNormConfig, Linear, VarBuilder,
+    layer_norm, linear, linear_no_bias, LayerNorm, LayerNormConfig, Linear, VarBuilder,
 };
 use serde::Deserialize;
 
@@ -24,6 +23,7 @@ use super::clip::text::{argmax_position, input_ids_to_vec, ClipTextConfig, ClipT
 use super::clip::{
     check_patch_grid, clip_defaults, Activation, ClipEncoderConfig, TEXT_TOWER, VISION_TOWER,
 };
+use super::kernels::{Epilogue, FusedLinear, PatchEmbedding};
 use crate::vision::boxes::BBox;
 
 /// Added to norms before dividing, as `OwlViTClassPredictionHead` does.
@@ -182,7 +182,7 @@ impl OwlVitVisionConfig {
 pub struct OwlVitVisionEmbeddings {
     /// (d,)
     class_embedding: Tensor,
-    patch_embedding: Conv2d,
+    patch_embedding: PatchEmbedding,
     /// (1 + patches, d)
     position_embedding: Tensor,
     embed_dim: usize,
@@ -191,15 +191,12 @@ pub struct OwlVitVisionEmbeddings {
 impl OwlVitVisionEmbeddings {
     pub fn new(vb: VarBuilder, cfg: &OwlVitVisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
-        let patch_embedding = conv2d_no_bias(
+        let patch_embedding = PatchEmbedding::new(
+            vb.pp("patch_embedding"),
             cfg.num_channels,
             d,
             cfg.patch_size,
-            Conv2dConfig {
-                stride: cfg.patch_size,
-                ..Default::default()
-            },
-            vb.pp("patch_embedding"),
+            false,
         )?;
         let side = cfg.image_size / cfg.patch_size;
         Ok(Self {
@@ -214,12 +211,8 @@ impl OwlVitVisionEmbeddings {
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let b = pixel_values.dim(0)?;
         let pixel_values = pixel_values.to_dtype(self.class_embedding.dtype())?;
-        // (b, d, gh, gw) -> (b, patches, d)
-        let patch_embeds = self
-            .patch_embedding
-            .forward(&pixel_values)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
+        // (b, patches, d)
+        let patch_embeds = self.patch_embedding.forward(&pixel_values)?;
         let tokens = 1 + patch_embeds.dim(1)?;
         if tokens != self.position_embedding.dim(0)? {
             bail!(
@@ -330,9 +323,9 @@ fn normalize(x: &Tensor) -> Result<Tensor> {
 /// transformers' `OwlViTBoxPredictionHead`.
 #[derive(Debug, Clone)]
 pub struct OwlVitBoxPredictionHead {
-    dense0: Linear,
-    dense1: Linear,
-    dense2: Linear,
+    dense0: FusedLinear,
+    dense1: FusedLinear,
+    dense2: FusedLinear,
 }
 
 impl OwlVitBoxPredictionHead {
@@ -348,9 +341,9 @@ impl OwlVitBoxPredictionHead {
     pub fn with_out_dim(vb: VarBuilder, cfg: &OwlVitConfig, out_dim: usize) -> Result<Self> {
         let width = cfg.vision_config.hidden_size;
         Ok(Self {
-            dense0: linear(width, width, vb.pp("dense0"))?,
-            dense1: linear(width, width, vb.pp("dense1"))?,
-            dense2: linear(width, out_dim, vb.pp("dense2"))?,
+            dense0: FusedLinear::load(width, width, vb.pp("dense0"))?,
+            dense1: FusedLinear::load(width, width, vb.pp("dense1"))?,
+            dense2: FusedLinear::load(width, out_dim, vb.pp("dense2"))?,
         })
     }
 }
@@ -358,9 +351,10 @@ impl OwlVitBoxPredictionHead {
 impl Module for OwlVitBoxPredictionHead {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // nn.GELU() is the exact (erf) GELU.
-        let xs = self.dense0.forward(xs)?.gelu_erf()?;
-        let xs = self.dense1.forward(&xs)?.gelu_erf()?;
-        self.dense2.forward(&xs)
+        let gelu = Epilogue::Activation(Activation::Gelu);
+        let xs = self.dense0.forward(xs, gelu)?;
+        let xs = self.dense1.forward(&xs, gelu)?;
+        self.dense2.forward(&xs, Epilogue::Bias)
     }
 }
 

@@ -21,14 +21,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
-use candle_nn::{
-    conv2d, embedding, layer_norm, linear, Conv2d, Conv2dConfig, Embedding, LayerNorm, Linear,
-    VarBuilder,
-};
+use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::interpolate;
-use super::kernels::{attention, Activation, AttentionMask, Epilogue, FusedLinear};
+use super::kernels::{attention, Activation, AttentionMask, Epilogue, FusedLinear, PatchEmbedding};
 
 /// `nn.LayerNorm`'s default epsilon, used by the classifier (`nn.LayerNorm(hidden_size * 2)`).
 const CLASSIFIER_LAYER_NORM_EPS: f64 = 1e-5;
@@ -224,42 +221,15 @@ impl TextEmbeddings {
     }
 }
 
-/// transformers' `ViltPatchEmbeddings`: a conv of kernel and stride `patch_size`.
-#[derive(Debug, Clone)]
-pub struct ViltPatchEmbeddings {
-    projection: Conv2d,
-}
-
-impl ViltPatchEmbeddings {
-    pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
-        let projection = conv2d(
-            cfg.num_channels,
-            cfg.hidden_size,
-            cfg.patch_size,
-            Conv2dConfig {
-                stride: cfg.patch_size,
-                ..Default::default()
-            },
-            vb.pp("projection"),
-        )?;
-        Ok(Self { projection })
-    }
-}
-
-impl Module for ViltPatchEmbeddings {
-    /// (b, c, H, W) -> (b, d, H / patch, W / patch)
-    fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.projection.forward(pixel_values)
-    }
-}
-
 /// transformers' `ViltEmbeddings`.
 #[derive(Debug, Clone)]
 pub struct ViltEmbeddings {
     text_embeddings: TextEmbeddings,
     /// (1, 1, d)
     cls_token: Tensor,
-    patch_embeddings: ViltPatchEmbeddings,
+    /// `patch_embeddings.projection`: a conv of kernel and stride `patch_size`
+    /// (transformers' `ViltPatchEmbeddings`).
+    patch_embeddings: PatchEmbedding,
     /// (1, 1 + side * side, d)
     position_embeddings: Tensor,
     /// The patch rows of the position table as `d` planes of `side x side`, f32, on the host.
@@ -287,7 +257,13 @@ impl ViltEmbeddings {
         Ok(Self {
             text_embeddings: TextEmbeddings::new(vb.pp("text_embeddings"), cfg)?,
             cls_token: vb.get((1, 1, d), "cls_token")?,
-            patch_embeddings: ViltPatchEmbeddings::new(vb.pp("patch_embeddings"), cfg)?,
+            patch_embeddings: PatchEmbedding::new(
+                vb.pp("patch_embeddings").pp("projection"),
+                cfg.num_channels,
+                cfg.hidden_size,
+                cfg.patch_size,
+                true,
+            )?,
             position_embeddings,
             position_planes: Arc::new(interpolate::tokens_to_planes(&patch_rows, d)),
             table_side: side,
@@ -333,12 +309,14 @@ impl ViltEmbeddings {
         pixel_mask: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         let pixel_values = pixel_values.to_dtype(self.cls_token.dtype())?;
-        // (b, d, gh, gw)
-        let x = self.patch_embeddings.forward(&pixel_values)?;
-        let (b, d, gh, gw) = x.dims4()?;
+        let (b, _, h, w) = pixel_values.dims4()?;
+        let (gh, gw) = self.patch_embeddings.grid(h, w);
         if gh == 0 || gw == 0 {
             candle_core::bail!("input is smaller than one patch");
         }
+        // (b, gh * gw, d)
+        let x = self.patch_embeddings.forward(&pixel_values)?;
+        let d = x.dim(2)?;
         let device = x.device().clone();
         // Patch-level mask, as `F.interpolate(pixel_mask, size=(gh, gw))` (nearest).
         let masks: Vec<Vec<bool>> = match pixel_mask {
@@ -360,8 +338,6 @@ impl ViltEmbeddings {
                     .collect()
             }
         };
-        // (b, gh * gw, d)
-        let x = x.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
         let class_pos = self.position_embeddings.i((0, 0..1, ..))?;
         let mut rows = Vec::with_capacity(b);
         let mut kept_counts = Vec::with_capacity(b);

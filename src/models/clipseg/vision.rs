@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
-use candle_nn::{conv2d_no_bias, layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 use super::ClipSegVisionConfig;
 use crate::models::clip::encoder::{AttentionMask, ClipEncoder};
 use crate::models::clip::ClipEncoderConfig;
 use crate::models::interpolate;
+use crate::models::kernels::PatchEmbedding;
 
 /// transformers' `CLIPSegVisionEmbeddings`: class token + patch embeddings + a position table
 /// interpolated bicubically (align_corners=False) to the input's patch grid. Interpolated
@@ -22,7 +23,7 @@ use crate::models::interpolate;
 #[derive(Debug, Clone)]
 pub struct ClipSegVisionEmbeddings {
     class_embedding: Tensor,
-    patch_embedding: Conv2d,
+    patch_embedding: PatchEmbedding,
     /// (1 + side * side, d) as stored in the checkpoint.
     position_embedding: Tensor,
     /// The same table on the host, f32, row-major.
@@ -38,15 +39,12 @@ impl ClipSegVisionEmbeddings {
     pub fn new(vb: VarBuilder, cfg: &ClipSegVisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let class_embedding = vb.get(d, "class_embedding")?;
-        let patch_embedding = conv2d_no_bias(
+        let patch_embedding = PatchEmbedding::new(
+            vb.pp("patch_embedding"),
             cfg.num_channels,
             d,
             cfg.patch_size,
-            Conv2dConfig {
-                stride: cfg.patch_size,
-                ..Default::default()
-            },
-            vb.pp("patch_embedding"),
+            false,
         )?;
         let table_side = cfg.image_size / cfg.patch_size;
         let num_positions = table_side * table_side + 1;
@@ -101,12 +99,8 @@ impl ClipSegVisionEmbeddings {
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let (b, _c, h, w) = pixel_values.dims4()?;
         let pixel_values = pixel_values.to_dtype(self.class_embedding.dtype())?;
-        // (b, d, gh, gw) -> (b, patches, d)
-        let patch_embeds = self
-            .patch_embedding
-            .forward(&pixel_values)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
+        // (b, patches, d)
+        let patch_embeds = self.patch_embedding.forward(&pixel_values)?;
         let class_embeds = self
             .class_embedding
             .reshape((1, 1, self.embed_dim))?

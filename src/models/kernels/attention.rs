@@ -13,7 +13,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Device, IndexOp, InplaceOp1, Layout, Result, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{matmul, MatRef};
+use super::gemm::{matmul, MatRef, SharedOut};
 use super::{cpu_f32_slice, has_kernel, span_mut, vmath, Elem};
 
 /// Queries per task of the CPU kernel: their scores against 577 keys (OWL-ViT B/32) take
@@ -55,11 +55,7 @@ pub fn attention(qkv: &Tensor, mask: AttentionMask) -> Result<Tensor> {
         }
     }
     if let Some(out) = attention_f32_cpu(qkv, mask)? {
-        // (b, heads, n, head_dim) -> (b, n, heads * head_dim)
-        return Tensor::from_vec(out, (b, heads, n, head_dim), &Device::Cpu)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, n, heads * head_dim));
+        return Tensor::from_vec(out, (b, n, heads * head_dim), &Device::Cpu);
     }
     attention_candle(qkv, mask)
 }
@@ -69,8 +65,8 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The CPU kernel; `None` when `qkv` is not a contiguous f32 CPU tensor. Output layout
-/// (b, heads, n, head_dim), so that every task writes one contiguous block.
+/// The CPU kernel; `None` when `qkv` is not a contiguous f32 CPU tensor. Output (b, n, d):
+/// every task writes its queries' columns of its head.
 fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32>>> {
     let (b, n, _, heads, hd) = qkv.dims5()?;
     if !qkv.device().is_cpu() || qkv.dtype() != DType::F32 {
@@ -88,64 +84,64 @@ fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32
     let blocks = n.div_ceil(QUERY_BLOCK).max(1);
     let rows = n.div_ceil(blocks); // queries per block, balanced
     Ok(cpu_f32_slice(qkv, |qkv| {
-        let mut out = vec![0f32; b * d * n];
-        out.par_chunks_mut(n * hd)
-            .enumerate()
-            .for_each(|(item_head, head_out)| {
-                let (item, head) = (item_head / heads, item_head % heads);
-                let base = item * n * token + head * hd;
-                let key_bias = key_bias.as_deref().map(|k| &k[item * n..(item + 1) * n]);
-                head_out
-                    .par_chunks_mut(rows * hd)
-                    .enumerate()
-                    .for_each(|(block, block_out)| {
-                        let first = block * rows;
-                        let m = block_out.len() / hd;
-                        let q = MatRef {
-                            data: &qkv[base + first * token..],
-                            rows: m,
-                            cols: hd,
-                            row_stride: token,
-                            col_stride: 1,
-                        };
-                        // k^T: (hd, n), read from k's rows
-                        let k_t = MatRef {
-                            data: &qkv[base + d..],
-                            rows: hd,
-                            cols: n,
-                            row_stride: 1,
-                            col_stride: token,
-                        };
-                        let v = MatRef {
-                            data: &qkv[base + 2 * d..],
-                            rows: n,
-                            cols: hd,
-                            row_stride: token,
-                            col_stride: 1,
-                        };
-                        SCORES.with(|scores| {
-                            let mut scores = scores.borrow_mut();
-                            scores.resize(m * n, 0.0);
-                            let scores = &mut scores[..m * n];
-                            matmul(scores, n, q, k_t, false, false);
-                            for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                                if let Some(bias) = key_bias {
-                                    vmath::add_row(row, bias);
-                                }
-                                let valid = if causal { first + i + 1 } else { n };
-                                vmath::softmax_row(row, valid);
-                            }
-                            let probs = MatRef {
-                                data: scores,
-                                rows: m,
-                                cols: n,
-                                row_stride: n,
-                                col_stride: 1,
-                            };
-                            matmul(block_out, hd, probs, v, false, false);
-                        });
-                    });
+        let mut out = vec![0f32; b * n * d];
+        let shared = SharedOut::new(&mut out, d);
+        (0..b * heads * blocks).into_par_iter().for_each(|task| {
+            let (item, head, block) = (
+                task / (heads * blocks),
+                task / blocks % heads,
+                task % blocks,
+            );
+            let first = block * rows;
+            let m = rows.min(n.saturating_sub(first));
+            let base = item * n * token + head * hd;
+            let q = MatRef {
+                data: &qkv[base + first * token..],
+                rows: m,
+                cols: hd,
+                row_stride: token,
+                col_stride: 1,
+            };
+            // k^T: (hd, n), read from k's rows
+            let k_t = MatRef {
+                data: &qkv[base + d..],
+                rows: hd,
+                cols: n,
+                row_stride: 1,
+                col_stride: token,
+            };
+            let v = MatRef {
+                data: &qkv[base + 2 * d..],
+                rows: n,
+                cols: hd,
+                row_stride: token,
+                col_stride: 1,
+            };
+            let key_bias = key_bias.as_deref().map(|k| &k[item * n..(item + 1) * n]);
+            SCORES.with(|scores| {
+                let mut scores = scores.borrow_mut();
+                scores.resize(m * n, 0.0);
+                let scores = &mut scores[..m * n];
+                matmul(scores, n, q, k_t, false, false);
+                for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+                    if let Some(bias) = key_bias {
+                        vmath::add_row(row, bias);
+                    }
+                    let valid = if causal { first + i + 1 } else { n };
+                    vmath::softmax_row(row, valid);
+                }
+                let probs = MatRef {
+                    data: scores,
+                    rows: m,
+                    cols: n,
+                    row_stride: n,
+                    col_stride: 1,
+                };
+                // SAFETY: each task writes its own queries' columns of its own head, while
+                // `out` is borrowed by `shared` alone.
+                unsafe { shared.matmul_into(item * n + first, head * hd, probs, v) };
             });
+        });
         out
     }))
 }

@@ -3,6 +3,8 @@
 //! place, accumulation into a prefilled destination, and a single-threaded call from inside a
 //! rayon task.
 
+use std::marker::PhantomData;
+
 /// A matrix inside a slice: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Debug, Clone, Copy)]
 pub struct MatRef<'a> {
@@ -20,6 +22,81 @@ impl MatRef<'_> {
             || self.cols == 0
             || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
                 < self.data.len()
+    }
+}
+
+/// A matrix being written by several tasks at once, each to its own block of rows and
+/// columns (blocks a `&mut [f32]` cannot express: their rows interleave in memory).
+#[derive(Debug, Clone, Copy)]
+pub struct SharedOut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    row_stride: usize,
+    _buffer: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: tasks only write through `SharedOut::matmul_into`, whose callers promise disjoint
+// blocks; the buffer is mutably borrowed for as long as the `SharedOut` lives.
+unsafe impl Send for SharedOut<'_> {}
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    /// Shares `data`, a row-major matrix with `row_stride`, for the duration of the borrow.
+    pub fn new(data: &'a mut [f32], row_stride: usize) -> Self {
+        Self {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            row_stride,
+            _buffer: PhantomData,
+        }
+    }
+
+    /// `block = lhs @ rhs` on the calling thread, for the block starting at (`row`, `col`)
+    /// with `lhs.rows` rows and `rhs.cols` columns.
+    ///
+    /// # Safety
+    /// No other task may read or write this block while it runs.
+    ///
+    /// # Panics
+    /// If the block or an operand reaches outside its buffer.
+    pub unsafe fn matmul_into(&self, row: usize, col: usize, lhs: MatRef, rhs: MatRef) {
+        let (m, n) = (lhs.rows, rhs.cols);
+        assert_eq!(rhs.rows, lhs.cols, "matmul: inner dimensions differ");
+        let fits = m == 0
+            || n == 0
+            || ((row + m - 1) * self.row_stride + col + n - 1 < self.len
+                && col + n <= self.row_stride);
+        assert!(
+            fits && lhs.in_bounds() && rhs.in_bounds(),
+            "matmul: operand out of bounds"
+        );
+        if m == 0 || n == 0 || lhs.cols == 0 {
+            return;
+        }
+        // SAFETY: in bounds (checked above), disjoint from other tasks (the caller's promise).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                lhs.cols,
+                self.ptr.add(row * self.row_stride + col),
+                1,
+                self.row_stride as isize,
+                false,
+                lhs.data.as_ptr(),
+                lhs.col_stride as isize,
+                lhs.row_stride as isize,
+                rhs.data.as_ptr(),
+                rhs.col_stride as isize,
+                rhs.row_stride as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
     }
 }
 

@@ -66,6 +66,11 @@ impl FusedLinear {
         )
     }
 
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> candle_core::DType {
+        self.weight_t.dtype()
+    }
+
     /// (.., in) -> (.., out)
     pub fn forward(&self, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let mut dims = xs.dims().to_vec();

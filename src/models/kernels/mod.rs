@@ -3,6 +3,7 @@
 //!
 //! - [`linear::FusedLinear`]: `x @ W^T + b` with its epilogue (activation, or residual) fused;
 //! - [`attention::attention`]: multi-head self-attention from a fused q/k/v projection;
+//! - [`patch::PatchEmbedding`]: the ViT patch embedding (a strided conv) as one matmul;
 //! - [`Activation`]: the `hidden_act` values they implement.
 //!
 //! On the CPU in f32 these run our own loops around the `gemm` crate's matmul ([`gemm`]):
@@ -14,10 +15,12 @@
 pub mod attention;
 pub mod gemm;
 pub mod linear;
+pub mod patch;
 pub mod vmath;
 
 pub use attention::{attention, AttentionMask};
 pub use linear::{Epilogue, FusedLinear};
+pub use patch::PatchEmbedding;
 
 use candle_core::{bail, DType, Layout, Module, Result, Tensor};
 use half::{bf16, f16};
