@@ -1,23 +1,62 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark, one run: vlm_perception (vlm-bench) and transformers + PyTorch
-# (scripts/bench_reference.py) on the same checkpoint, image, queries, device and dtype.
-#   scripts/bench.sh [--arch owlvit|owlv2] [--device cpu|cuda] [--dtype f32|f16|bf16] [--iters N]
-# The checkpoint is a random-weight google/owlvit-base-patch32 (--arch owlvit, the default) or
-# google/owlv2-base-patch16 (--arch owlv2, 960 px) architecture (BENCH_MODEL to use another dir,
-# e.g. the real weights). Results go to stdout as JSON lines.
+# (scripts/bench_reference.py) on the same checkpoint, image, inputs, device and dtype; per case
+# ours first, then the reference, each one JSON line on stdout (a "# case ..." header per case
+# and the machine on stderr).
+#   scripts/bench.sh [--case CASE] [--device cpu|cuda] [--dtype f32|f16|bf16] [--iters N] [--warmup N]
+#   CASE (default owlvit-b32):
+#     owlvit-b32  OWL-ViT B/32 @768 (google/owlvit-base-patch32 architecture), 4 queries
+#     owlvit-b16  OWL-ViT B/16 @768 (google/owlvit-base-patch16), 4 queries
+#     owlv2       OWLv2 B/16 @960 (google/owlv2-base-patch16), 4 queries
+#     clipseg-1   CLIPSeg rd64 @352 (CIDAS/clipseg-rd64-refined, ViT-B/16), 1 prompt
+#     clipseg-4   CLIPSeg rd64 @352, 4 prompts
+#     vilt        ViLT B/32 VQA (dandelin/vilt-b32-finetuned-vqa) @384x576, a 12-token question
+#     gemm        one f32 matmul on the CPU, 2048x2048x2048 and the encoder's fc1 shape
+#                 577x768x3072 (m x k x n): the machine's GEMM rate, ours and PyTorch's
+#     all         every case above in sequence
+#   --arch owlvit|owlv2 are the older spellings of --case owlvit-b32|owlv2.
+# Detection and segmentation run on tests/fixtures/images/chelsea.png (451x300); ViLT on
+# target/bench/chelsea-576x384.png (made from it on first use). The checkpoints are random-weight
+# full-size ones of those architectures under target/bench/, made on first use by
+# `bench_reference.py make-checkpoint` (speed does not depend on the weights); BENCH_MODEL points
+# a single model case at another directory (e.g. the real weights). BENCH_BIN: a built vlm-bench
+# (default: cargo build --release); BENCH_PYTHON: the reference python (default: the venv of
+# scripts/setup_reference.sh). Per frame = RGB8 image in memory -> results on the host; see the
+# docstring of bench_reference.py for what each of its keys times.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-device=cpu dtype=f32 iters=20 arch=owlvit
+device=cpu dtype=f32 iters=20 warmup=3 case_=owlvit-b32
+all_cases=(owlvit-b32 owlvit-b16 owlv2 clipseg-1 clipseg-4 vilt gemm)
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
     --dtype) dtype="$2"; shift 2 ;;
     --iters) iters="$2"; shift 2 ;;
-    --arch) arch="$2"; shift 2 ;;
+    --warmup) warmup="$2"; shift 2 ;;
+    --case) case_="$2"; shift 2 ;;
+    --arch)
+      case "$2" in
+        owlvit) case_=owlvit-b32 ;;
+        owlv2) case_=owlv2 ;;
+        *) echo "unknown --arch $2 (owlvit or owlv2; see --case)" >&2; exit 2 ;;
+      esac
+      shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
+if [ "$case_" = all ]; then
+  cases=("${all_cases[@]}")
+else
+  case " ${all_cases[*]} " in
+    *" $case_ "*) cases=("$case_") ;;
+    *) echo "unknown --case $case_ (${all_cases[*]} or all)" >&2; exit 2 ;;
+  esac
+fi
+if [ -n "${BENCH_MODEL:-}" ] && [ "${#cases[@]}" -gt 1 ]; then
+  echo "BENCH_MODEL names one checkpoint: use it with a single --case" >&2
+  exit 2
+fi
 python="${BENCH_PYTHON:-}"
 if [ -z "$python" ]; then
   python="$(bash scripts/setup_reference.sh)/bin/python"
@@ -27,18 +66,87 @@ if [ -z "$bench_bin" ]; then
   cargo build --release --quiet --bin vlm-bench
   bench_bin="$root/target/release/vlm-bench"
 fi
-case "$arch" in
-  owlvit) default_model="$root/target/bench/owlvit-base-patch32-random" ;;
-  owlv2) default_model="$root/target/bench/owlv2-base-patch16-random" ;;
-  *) echo "unknown --arch $arch (owlvit or owlv2)" >&2; exit 2 ;;
-esac
-model="${BENCH_MODEL:-$default_model}"
-if [ ! -f "$model/config.json" ]; then
-  "$python" scripts/bench_reference.py make-checkpoint "$model" --arch "$arch" >/dev/null
-fi
+ref=("$python" scripts/bench_reference.py)
 image="$root/tests/fixtures/images/chelsea.png"
-queries=(--query "a photo of a cat" --query "a cup of coffee" --query "a rocket" --query "a remote control")
-echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores; device=$device dtype=$dtype iters=$iters" >&2
-"$bench_bin" --model "$model" --image "$image" "${queries[@]}" --device "$device" --dtype "$dtype" --iters "$iters"
-"$python" scripts/bench_reference.py detect --model "$model" --image "$image" "${queries[@]}" \
-  --device "$device" --dtype "$dtype" --iters "$iters"
+common=(--device "$device" --dtype "$dtype" --warmup "$warmup" --iters "$iters")
+
+# The checkpoint of a model case: BENCH_MODEL, else target/bench/NAME, made if missing.
+checkpoint() { # NAME ARCH
+  local dir="${BENCH_MODEL:-$root/target/bench/$1}"
+  if [ ! -f "$dir/config.json" ]; then
+    echo "# making $dir (make-checkpoint --arch $2)" >&2
+    "${ref[@]}" make-checkpoint "$dir" --arch "$2" >/dev/null
+  fi
+  echo "$dir"
+}
+
+# ViLT's input: chelsea.png resized (Pillow, bicubic, deterministic) to 576x384 (width x height).
+# ViltImageProcessor scales the shorter edge to 384 (unchanged here), caps the longer one at
+# 1333/800 * 384 = 640 (576 is below) and floors both to multiples of 32 (384 = 12 * 32,
+# 576 = 18 * 32): pixel_values 384x576 (216 patches of 32 px), which bench_reference checks.
+vilt_image() {
+  local out="$root/target/bench/chelsea-576x384.png"
+  if [ ! -f "$out" ]; then
+    mkdir -p "$(dirname "$out")"
+    "$python" - "$image" "$out" <<'PY'
+import sys
+from PIL import Image
+Image.open(sys.argv[1]).convert("RGB").resize((576, 384), Image.Resampling.BICUBIC).save(sys.argv[2])
+PY
+  fi
+  echo "$out"
+}
+
+detect_queries=(--query "a photo of a cat" --query "a cup of coffee" --query "a rocket" --query "a remote control")
+# 12 tokens with [CLS] and [SEP] (BERT uncased: what color is the cat lying on the blanket ?).
+vilt_question="what color is the cat lying on the blanket?"
+
+run_case() {
+  local c="$1" model inputs
+  case "$c" in
+    owlvit-b32|owlvit-b16|owlv2)
+      case "$c" in
+        owlvit-b32) model="$(checkpoint owlvit-random-safetensors owlvit)" ;;
+        owlvit-b16) model="$(checkpoint owlvit-b16-random-safetensors owlvit-b16)" ;;
+        # (not target/bench/owlv2-base-patch16-random: make-checkpoint made that at 768 px before)
+        owlv2) model="$(checkpoint owlv2-b16-960-random-safetensors owlv2)" ;;
+      esac
+      echo "# case $c: detect, 4 queries, model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
+      "$bench_bin" detect --model "$model" --image "$image" "${detect_queries[@]}" "${common[@]}"
+      "${ref[@]}" detect --model "$model" --image "$image" "${detect_queries[@]}" "${common[@]}"
+      ;;
+    clipseg-1|clipseg-4)
+      model="$(checkpoint clipseg-rd64-refined-random-safetensors clipseg)"
+      if [ "$c" = clipseg-1 ]; then
+        inputs=(--prompt "a cat")
+      else
+        inputs=(--prompt "a cat" --prompt "a remote control" --prompt "a blanket" --prompt "a cup of coffee")
+      fi
+      echo "# case $c: segment, ${c#clipseg-} prompt(s), model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
+      "$bench_bin" segment --model "$model" --image "$image" "${inputs[@]}" "${common[@]}"
+      "${ref[@]}" segment --model "$model" --image "$image" "${inputs[@]}" "${common[@]}"
+      ;;
+    vilt)
+      model="$(checkpoint vilt-random-safetensors vilt)"
+      local img
+      img="$(vilt_image)"
+      echo "# case $c: ask, \"$vilt_question\", model=$model image=$img device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
+      "$bench_bin" ask --model "$model" --image "$img" --question "$vilt_question" "${common[@]}"
+      "${ref[@]}" ask --model "$model" --image "$img" --question "$vilt_question" --expect-hw 384 576 "${common[@]}"
+      ;;
+    gemm)
+      local shape m k n
+      for shape in 2048x2048x2048 577x768x3072; do
+        IFS=x read -r m k n <<<"$shape"
+        echo "# case gemm: f32 CPU matmul m x k x n = $shape warmup=$warmup iters=$iters" >&2
+        "$bench_bin" gemm --m "$m" --k "$k" --n "$n" --warmup "$warmup" --iters "$iters"
+        "${ref[@]}" gemm --m "$m" --k "$k" --n "$n" --warmup "$warmup" --iters "$iters"
+      done
+      ;;
+  esac
+}
+
+echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores; device=$device dtype=$dtype iters=$iters cases: ${cases[*]}" >&2
+for c in "${cases[@]}"; do
+  run_case "$c"
+done

@@ -17,7 +17,10 @@ image="$root/tests/fixtures/images/chelsea.png"
 echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores" >&2
 for arch in owlvit clipseg vilt; do
   for fmt in safetensors bin; do
-    model="$root/target/bench/$arch-random-$fmt"
+    dir="$arch"
+    # the real CLIPSeg checkpoint's architecture (ViT-B/16, refined head); clipseg-random-* was B/32
+    [ "$arch" = clipseg ] && dir=clipseg-rd64-refined
+    model="$root/target/bench/$dir-random-$fmt"
     [ -f "$model/config.json" ] || "$python" scripts/bench_reference.py make-checkpoint "$model" --arch "$arch" --format "$fmt" >/dev/null
     if [ "$fmt" = safetensors ]; then file="$model/model.safetensors"; else file="$model/pytorch_model.bin"; fi
     weights="$(stat -c %s "$file")"

@@ -16,6 +16,7 @@ use candle_nn::{
 
 use super::ClipSegConfig;
 use crate::models::clip::encoder::{AttentionMask, ClipAttention};
+use crate::models::kernels::{Activation, Epilogue, FusedLinear};
 
 /// The complex head splits the patch-size upsampling into two transposed convolutions of
 /// kernel and stride `patch_size / 4` (`CLIPSegDecoder.__init__`).
@@ -27,22 +28,24 @@ const COMPLEX_CONV_PADDING: usize = 1;
 /// transformers' `CLIPSegMLP` with the decoder's ReLU.
 #[derive(Debug, Clone)]
 pub struct ClipSegMlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: FusedLinear,
+    fc2: FusedLinear,
 }
 
 impl ClipSegMlp {
     pub fn new(vb: VarBuilder, hidden: usize, intermediate: usize) -> Result<Self> {
         Ok(Self {
-            fc1: linear(hidden, intermediate, vb.pp("fc1"))?,
-            fc2: linear(intermediate, hidden, vb.pp("fc2"))?,
+            fc1: FusedLinear::load(hidden, intermediate, vb.pp("fc1"))?,
+            fc2: FusedLinear::load(intermediate, hidden, vb.pp("fc2"))?,
         })
     }
-}
 
-impl Module for ClipSegMlp {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(xs)?.relu()?)
+    /// `residual + fc2(relu(fc1(xs)))`
+    pub fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let hidden = self
+            .fc1
+            .forward(xs, Epilogue::Activation(Activation::Relu))?;
+        self.fc2.forward(&hidden, Epilogue::Residual(residual))
     }
 }
 
@@ -78,7 +81,7 @@ impl Module for ClipSegDecoderLayer {
         // residual + self_attn(xs)
         let xs = self.self_attn.forward(xs, AttentionMask::None, xs)?;
         let xs = self.layer_norm1.forward(&xs)?;
-        let xs = (self.mlp.forward(&xs)? + &xs)?;
+        let xs = self.mlp.forward(&xs, &xs)?;
         self.layer_norm2.forward(&xs)
     }
 }
@@ -181,7 +184,7 @@ pub struct ClipSegDecoder {
     film_mul: Linear,
     film_add: Linear,
     transposed_convolution: TransposedConvolution,
-    reduces: Vec<Linear>,
+    reduces: Vec<FusedLinear>,
     layers: Vec<ClipSegDecoderLayer>,
     conditional_layer: usize,
 }
@@ -191,7 +194,7 @@ impl ClipSegDecoder {
         let depth = cfg.extract_layers.len();
         let reduces = (0..depth)
             .map(|i| {
-                linear(
+                FusedLinear::load(
                     cfg.vision_config.hidden_size,
                     cfg.reduce_dim,
                     vb.pp("reduces").pp(i.to_string()),
@@ -234,7 +237,7 @@ impl ClipSegDecoder {
         let mut state: Option<Tensor> = None;
         let mut reduced = Vec::new();
         for (i, activation) in activations.iter().rev().enumerate() {
-            let r = self.reduces[i].forward(activation)?;
+            let r = self.reduces[i].forward(activation, Epilogue::Bias)?;
             if i < self.conditional_layer {
                 let x = match state.take() {
                     Some(s) => (r + s)?,

@@ -1,7 +1,7 @@
 //! Multi-head self-attention from a fused q/k/v projection, `softmax(q k^T + mask) v` per head
 //! (transformers' `eager_attention_forward` with the scaling folded into q at load).
 //!
-//! f32 on the CPU: one rayon task per (batch item, head, block of [`QUERY_BLOCK`] queries)
+//! f32 on the CPU: one rayon task per (batch item, head, block of queries; [`query_blocks`])
 //! computes the block's scores against every key with the `gemm` crate, turns them into
 //! probabilities in place while they are in cache, and multiplies by v - no score tensor, no
 //! transposed copies of q, k or v. Elsewhere the same computation runs from candle ops, a few
@@ -16,9 +16,23 @@ use rayon::prelude::*;
 use super::gemm::{matmul, MatRef, SharedOut};
 use super::{cpu_f32_slice, has_kernel, span_mut, vmath, Elem};
 
-/// Queries per task of the CPU kernel: their scores against 577 keys (OWL-ViT B/32) take
-/// 144 KiB, 900 KiB against OWLv2's 3601 - within a core's L2.
-pub const QUERY_BLOCK: usize = 64;
+/// At most this many scores (4 MiB in f32) per task of the CPU kernel: whole heads up to
+/// 1024 tokens (OWL-ViT B/32: 577), blocks of 291 queries at OWLv2's 3601 tokens.
+pub const MAX_TASK_SCORES: usize = 1 << 20;
+/// Tasks per CPU thread the kernel aims at (load balance), when heads alone are too few.
+const TASKS_PER_THREAD: usize = 4;
+/// ... but not in blocks of fewer queries than this: every block multiplies against all of
+/// k and v, which the matmul packs again per block (small blocks were measured slower).
+const MIN_QUERY_BLOCK: usize = 128;
+
+/// How many blocks to split each head's `n` queries into, for `heads` (item, head) pairs.
+fn query_blocks(heads: usize, n: usize) -> usize {
+    let for_balance =
+        (TASKS_PER_THREAD * candle_core::utils::get_num_threads()).div_ceil(heads.max(1));
+    let for_balance = for_balance.min(n.div_ceil(MIN_QUERY_BLOCK));
+    let for_memory = (n * n).div_ceil(MAX_TASK_SCORES);
+    for_balance.max(for_memory).clamp(1, n.max(1))
+}
 
 /// The candle-op path attends heads in chunks with at most this many scores alive (4 MiB in
 /// f32); one head at a time past it.
@@ -81,7 +95,7 @@ fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32
     let causal = matches!(mask, AttentionMask::Causal);
     let d = heads * hd;
     let token = 3 * d; // one token's q, k and v
-    let blocks = n.div_ceil(QUERY_BLOCK).max(1);
+    let blocks = query_blocks(b * heads, n);
     let rows = n.div_ceil(blocks); // queries per block, balanced
     Ok(cpu_f32_slice(qkv, |qkv| {
         let mut out = vec![0f32; b * n * d];
@@ -326,8 +340,10 @@ mod tests {
 
     #[test]
     fn kernel_and_candle_paths_match_the_textbook_formula() {
-        // 150 tokens: three query blocks of 50; 7 tokens: one block
-        for (b, n, heads, hd) in [(2, 150, 3, 8), (3, 7, 2, 4)] {
+        // 1100 tokens: split into query blocks whatever the thread count (the scores of a
+        // head exceed MAX_TASK_SCORES); 7 tokens: one block
+        assert!(query_blocks(2, 1100) >= 2);
+        for (b, n, heads, hd) in [(1, 1100, 2, 8), (2, 150, 3, 8), (3, 7, 2, 4)] {
             let qkv = randn(&[b, n, 3, heads, hd]);
             let pad: Vec<f32> = (0..b * n)
                 .map(|i| if i % n >= n - 2 { f32::MIN } else { 0.0 })

@@ -102,6 +102,13 @@ pub fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (exp(2.0 * x) + 1.0)
 }
 
+/// Softmax terms `e^(x - max)` below `e^-64` (1.6e-28) are set to 0: next to the largest
+/// term (1) they are far below f32 precision, and divided by the sum they would become
+/// subnormal floats, which the matmul that reads the probabilities then processes through
+/// microcode assists (tens of times slower: peaked attention, as with random weights, spent
+/// most of its time there).
+const SOFTMAX_NEGLIGIBLE: f32 = -64.0;
+
 multiversion! {
     /// Softmax of `row[..valid]` in place, zeros after it (keys a causal mask hides).
     pub fn softmax_row(row: &mut [f32], valid: usize) {
@@ -119,15 +126,23 @@ multiversion! {
             .fold(lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
         let mut lanes = [0f32; LANES];
         let mut chunks = seen.chunks_exact_mut(LANES);
+        let term = |x: f32| {
+            let z = x - max;
+            if z < SOFTMAX_NEGLIGIBLE {
+                0.0
+            } else {
+                exp(z)
+            }
+        };
         for c in &mut chunks {
             for (s, x) in lanes.iter_mut().zip(c.iter_mut()) {
-                *x = exp(*x - max);
+                *x = term(*x);
                 *s += *x;
             }
         }
         let mut sum: f32 = lanes.iter().sum();
         for x in chunks.into_remainder() {
-            *x = exp(*x - max);
+            *x = term(*x);
             sum += *x;
         }
         let inv = 1.0 / sum;
@@ -259,5 +274,12 @@ mod tests {
                 }
             }
         }
+        // a peaked row: the negligible terms are exact zeros, never subnormal
+        let mut row = vec![0f32, -70.0, -90.0, -200.0, f32::MIN];
+        softmax_row(&mut row, 5);
+        assert_eq!(row, [1.0, 0.0, 0.0, 0.0, 0.0]);
+        let mut row = vec![0f32, -20.0];
+        softmax_row(&mut row, 2);
+        assert!(row[1] > 2e-9 && row[1].is_normal());
     }
 }
