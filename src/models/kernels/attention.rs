@@ -137,14 +137,17 @@ fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32
                 scores.resize(m * n, 0.0);
                 let scores = &mut scores[..m * n];
                 matmul(scores, n, q, k_t, false, false);
+                // unnormalised: each output row is divided by its sum after the product
+                // (m x head_dim divisions instead of m x n)
+                let mut inv_sums = vec![0f32; m];
                 for (i, row) in scores.chunks_exact_mut(n).enumerate() {
                     if let Some(bias) = key_bias {
                         vmath::add_row(row, bias);
                     }
                     let valid = if causal { first + i + 1 } else { n };
-                    vmath::softmax_row(row, valid);
+                    inv_sums[i] = 1.0 / vmath::exp_row(row, valid);
                 }
-                let probs = MatRef {
+                let exps = MatRef {
                     data: scores,
                     rows: m,
                     cols: n,
@@ -153,7 +156,10 @@ fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32
                 };
                 // SAFETY: each task writes its own queries' columns of its own head, while
                 // `out` is borrowed by `shared` alone.
-                unsafe { shared.matmul_into(item * n + first, head * hd, probs, v) };
+                unsafe {
+                    shared.matmul_into(item * n + first, head * hd, exps, v, false);
+                    shared.scale_rows(item * n + first, head * hd, hd, &inv_sums);
+                }
             });
         });
         out

@@ -109,9 +109,26 @@ pub fn tanh(x: f32) -> f32 {
 /// most of its time there).
 const SOFTMAX_NEGLIGIBLE: f32 = -64.0;
 
+/// Softmax of `row[..valid]` in place, zeros after it (keys a causal mask hides).
+pub fn softmax_row(row: &mut [f32], valid: usize) {
+    let valid = valid.min(row.len());
+    let inv = 1.0 / exp_row(row, valid);
+    scale(&mut row[..valid], inv);
+}
+
 multiversion! {
-    /// Softmax of `row[..valid]` in place, zeros after it (keys a causal mask hides).
-    pub fn softmax_row(row: &mut [f32], valid: usize) {
+    /// `x * s` over `xs`, in place.
+    pub fn scale(xs: &mut [f32], s: f32) {
+        for x in xs.iter_mut() {
+            *x *= s;
+        }
+    }
+}
+
+multiversion! {
+    /// The numerators of a softmax: `row[j] = e^(row[j] - max)` over `row[..valid]` (max of
+    /// that span), zeros after it; returns their sum, the denominator.
+    pub fn exp_row(row: &mut [f32], valid: usize) -> f32 {
         let (seen, masked) = row.split_at_mut(valid.min(row.len()));
         let mut lanes = [f32::NEG_INFINITY; LANES];
         let mut chunks = seen.chunks_exact(LANES);
@@ -145,11 +162,8 @@ multiversion! {
             *x = term(*x);
             sum += *x;
         }
-        let inv = 1.0 / sum;
-        for x in seen.iter_mut() {
-            *x *= inv;
-        }
         masked.fill(0.0);
+        sum
     }
 }
 
