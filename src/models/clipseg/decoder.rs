@@ -9,14 +9,11 @@
 //! operations transformers runs on the image repeated per prompt.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{
-    conv2d, conv_transpose2d, layer_norm, linear, Conv2d, Conv2dConfig, ConvTranspose2d,
-    ConvTranspose2dConfig, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{conv2d, layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 
 use super::ClipSegConfig;
 use crate::models::clip::encoder::{AttentionMask, ClipAttention};
-use crate::models::kernels::{Activation, Epilogue, FusedLinear};
+use crate::models::kernels::{Activation, Epilogue, FusedLinear, PatchExpansion};
 
 /// The complex head splits the patch-size upsampling into two transposed convolutions of
 /// kernel and stride `patch_size / 4` (`CLIPSegDecoder.__init__`).
@@ -91,11 +88,12 @@ impl Module for ClipSegDecoderLayer {
 /// convolutions of kernel and stride `patch_size / 4` with a ReLU between.
 #[derive(Debug, Clone)]
 pub enum TransposedConvolution {
-    Simple(ConvTranspose2d),
+    Simple(PatchExpansion),
     Complex {
         conv: Conv2d,
-        up1: ConvTranspose2d,
-        up2: ConvTranspose2d,
+        /// with the ReLU that follows it
+        up1: PatchExpansion,
+        up2: PatchExpansion,
     },
 }
 
@@ -105,10 +103,6 @@ impl TransposedConvolution {
         let d = cfg.reduce_dim;
         if cfg.use_complex_transposed_convolution {
             let k = patch / COMPLEX_UPSAMPLE_SPLIT;
-            let up = ConvTranspose2dConfig {
-                stride: k,
-                ..Default::default()
-            };
             Ok(Self::Complex {
                 conv: conv2d(
                     d,
@@ -120,15 +114,11 @@ impl TransposedConvolution {
                     },
                     vb.pp("0"),
                 )?,
-                up1: conv_transpose2d(d, d / 2, k, up, vb.pp("2"))?,
-                up2: conv_transpose2d(d / 2, 1, k, up, vb.pp("4"))?,
+                up1: PatchExpansion::new(vb.pp("2"), d, d / 2, k, Some(Activation::Relu))?,
+                up2: PatchExpansion::new(vb.pp("4"), d / 2, 1, k, None)?,
             })
         } else {
-            let up = ConvTranspose2dConfig {
-                stride: patch,
-                ..Default::default()
-            };
-            Ok(Self::Simple(conv_transpose2d(d, 1, patch, up, vb)?))
+            Ok(Self::Simple(PatchExpansion::new(vb, d, 1, patch, None)?))
         }
     }
 }
@@ -140,8 +130,7 @@ impl Module for TransposedConvolution {
             Self::Simple(up) => up.forward(xs),
             Self::Complex { conv, up1, up2 } => {
                 let xs = conv.forward(xs)?.relu()?;
-                let xs = up1.forward(&xs)?.relu()?;
-                up2.forward(&xs)
+                up2.forward(&up1.forward(&xs)?)
             }
         }
     }

@@ -7,10 +7,11 @@ use std::marker::PhantomData;
 
 use rayon::prelude::*;
 
-/// Output column blocks per CPU thread of a threaded [`matmul`] (load balance).
+/// Output blocks per CPU thread of a threaded [`matmul`] (load balance).
 const TASKS_PER_THREAD: usize = 4;
-/// ... of at least this many columns (narrower panels pack the left operand too often).
-const MIN_COLUMN_BLOCK: usize = 64;
+/// ... of at least this many columns or rows (smaller blocks repack the other operand too
+/// often).
+const MIN_BLOCK: usize = 64;
 
 /// A matrix inside a slice: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Debug, Clone, Copy)]
@@ -148,8 +149,8 @@ impl SharedOut<'_> {
 }
 
 /// `dst = lhs @ rhs` (`accumulate`: `dst += lhs @ rhs`), `dst` row-major with `dst_row_stride`.
-/// `threaded`: split the product's columns over the rayon pool (else run on the calling
-/// thread).
+/// `threaded`: split the product over the rayon pool in blocks of output columns (or rows,
+/// for narrow outputs); else run on the calling thread.
 ///
 /// # Panics
 /// If the shapes do not chain or an operand reaches outside its slice (a bug in the caller).
@@ -186,22 +187,36 @@ pub fn matmul(
         return;
     }
     if threaded {
-        // Column blocks of the output, one single-threaded product each: every task packs
-        // its own slice of `rhs` (the weights) and no more, with no barrier inside the
-        // product (measured a little faster than gemm's own row split at these sizes).
-        let tasks = TASKS_PER_THREAD * candle_core::utils::get_num_threads();
-        let chunk = n.div_ceil(tasks).next_multiple_of(16).max(MIN_COLUMN_BLOCK);
+        // Blocks of the output, one single-threaded product each, with no barrier inside the
+        // products: column blocks where the output is wide enough (each task then packs only
+        // its slice of `rhs`, the weights), row blocks where it is narrow (a 64-wide output).
+        let target = TASKS_PER_THREAD * candle_core::utils::get_num_threads();
         let shared = SharedOut::new(dst, dst_row_stride);
-        (0..n.div_ceil(chunk)).into_par_iter().for_each(|block| {
-            let first = block * chunk;
-            let rhs = MatRef {
-                data: &rhs.data[first * rhs.col_stride..],
-                cols: chunk.min(n - first),
-                ..rhs
-            };
-            // SAFETY: every task writes its own columns of `dst`, which `shared` borrows.
-            unsafe { shared.matmul_into(0, first, lhs, rhs, accumulate) };
-        });
+        if n.div_ceil(MIN_BLOCK) >= target || n >= m {
+            let chunk = n.div_ceil(target).next_multiple_of(16).max(MIN_BLOCK);
+            (0..n.div_ceil(chunk)).into_par_iter().for_each(|block| {
+                let first = block * chunk;
+                let rhs = MatRef {
+                    data: &rhs.data[first * rhs.col_stride..],
+                    cols: chunk.min(n - first),
+                    ..rhs
+                };
+                // SAFETY: every task writes its own columns of `dst`, which `shared` borrows.
+                unsafe { shared.matmul_into(0, first, lhs, rhs, accumulate) };
+            });
+        } else {
+            let chunk = m.div_ceil(target).max(MIN_BLOCK);
+            (0..m.div_ceil(chunk)).into_par_iter().for_each(|block| {
+                let first = block * chunk;
+                let lhs = MatRef {
+                    data: &lhs.data[first * lhs.row_stride..],
+                    rows: chunk.min(m - first),
+                    ..lhs
+                };
+                // SAFETY: every task writes its own rows of `dst`, which `shared` borrows.
+                unsafe { shared.matmul_into(first, 0, lhs, rhs, accumulate) };
+            });
+        }
         return;
     }
     // SAFETY: all three views were checked to lie inside their slices; `dst` is borrowed
@@ -272,6 +287,8 @@ mod tests {
         };
         let want = naive(&a, &b);
         for threaded in [false, true] {
+            // (the threaded path of a 5x4 output is one block; `split_products_match` covers
+            // the splits)
             let mut dst = vec![1f32; 5 * 6];
             matmul(&mut dst, 6, a, b, true, threaded);
             for i in 0..5 {
@@ -282,6 +299,39 @@ mod tests {
             }
             matmul(&mut dst, 6, a, b, false, threaded);
             assert!((dst[6 + 2] - want[4 + 2]).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn split_products_match() {
+        // wide (column blocks) and narrow, tall (row blocks) outputs
+        for (m, k, n) in [(70, 9, 300), (300, 9, 20)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 5 % 17) as f32 - 8.0) * 0.125)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 3 % 11) as f32 - 5.0) * 0.25)
+                .collect();
+            let a = MatRef {
+                data: &a,
+                rows: m,
+                cols: k,
+                row_stride: k,
+                col_stride: 1,
+            };
+            let b = MatRef {
+                data: &b,
+                rows: k,
+                cols: n,
+                row_stride: n,
+                col_stride: 1,
+            };
+            let want = naive(&a, &b);
+            let mut dst = vec![0.5f32; m * n];
+            matmul(&mut dst, n, a, b, true, true);
+            for (got, want) in dst.iter().zip(&want) {
+                assert!((got - 0.5 - want).abs() < 1e-4, "{m}x{k}x{n}");
+            }
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! - [`linear::FusedLinear`]: `x @ W^T + b` with its epilogue (activation, or residual) fused;
 //! - [`attention::attention`]: multi-head self-attention from a fused q/k/v projection;
-//! - [`patch::PatchEmbedding`]: the ViT patch embedding (a strided conv) as one matmul;
+//! - [`patch::PatchEmbedding`], [`patch::PatchExpansion`]: convolutions whose kernel is their
+//!   stride (the ViT patch embedding, CLIPSeg's transposed head) as one matmul each;
 //! - [`Activation`]: the `hidden_act` values they implement.
 //!
 //! On the CPU in f32 these run our own loops around the `gemm` crate's matmul ([`gemm`]):
@@ -20,7 +21,7 @@ pub mod vmath;
 
 pub use attention::{attention, AttentionMask};
 pub use linear::{Epilogue, FusedLinear};
-pub use patch::PatchEmbedding;
+pub use patch::{PatchEmbedding, PatchExpansion};
 
 use candle_core::{bail, DType, Layout, Module, Result, Tensor};
 use half::{bf16, f16};

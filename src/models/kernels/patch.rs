@@ -1,13 +1,18 @@
-//! [`PatchEmbedding`]: the ViT patch embedding, `nn.Conv2d(channels, d, kernel_size=patch,
-//! stride=patch)`, as what it is - a linear map of each non-overlapping patch. The patches are
-//! gathered into rows (a copy of the pixels, no im2col of overlapping windows) and projected
-//! by one [`FusedLinear`] with the conv's weight read as (d, channels * patch * patch).
+//! Convolutions whose kernel equals their stride, as what they are - a linear map per
+//! non-overlapping patch, one [`FusedLinear`]:
+//!
+//! - [`PatchEmbedding`]: the ViT patch embedding, `nn.Conv2d(channels, d, kernel_size=patch,
+//!   stride=patch)`: the patches are gathered into rows (a copy of the pixels, no im2col of
+//!   overlapping windows) and projected with the conv's weight read as (d, channels * p * p);
+//! - [`PatchExpansion`]: its transpose, `nn.ConvTranspose2d(c_in, c_out, kernel_size=k,
+//!   stride=k)` (CLIPSeg's decoder head): every pixel's channels map to its own k x k block of
+//!   output pixels.
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::{cpu_f32_slice, Epilogue, FusedLinear};
+use super::{cpu_f32_slice, Activation, Epilogue, FusedLinear};
 
 /// A conv of kernel and stride `patch`, without padding, over (b, channels, H, W).
 #[derive(Debug, Clone)]
@@ -106,6 +111,64 @@ impl PatchEmbedding {
     }
 }
 
+/// `nn.ConvTranspose2d(c_in, c_out, kernel_size=k, stride=k)` (no padding), with an optional
+/// activation fused after the bias.
+#[derive(Debug, Clone)]
+pub struct PatchExpansion {
+    /// (c_in) -> (c_out * k * k) per pixel
+    proj: FusedLinear,
+    activation: Option<Activation>,
+    out_channels: usize,
+    kernel: usize,
+}
+
+impl PatchExpansion {
+    /// Reads `weight` (c_in, c_out, k, k) and `bias` (c_out,) under `vb` (the module's names).
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        activation: Option<Activation>,
+    ) -> Result<Self> {
+        let block = out_channels * kernel * kernel;
+        let weight = vb
+            .get((in_channels, out_channels, kernel, kernel), "weight")?
+            .reshape((in_channels, block))?
+            .t()?;
+        // every output pixel of channel c gets bias[c]
+        let bias = vb
+            .get(out_channels, "bias")?
+            .reshape((out_channels, 1))?
+            .broadcast_as((out_channels, kernel * kernel))?
+            .reshape(block)?;
+        Ok(Self {
+            proj: FusedLinear::new(weight, bias)?,
+            activation,
+            out_channels,
+            kernel,
+        })
+    }
+
+    /// (b, c_in, h, w) -> (b, c_out, h * k, w * k)
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, _, h, w) = xs.dims4()?;
+        let (c, k) = (self.out_channels, self.kernel);
+        let epilogue = match self.activation {
+            Some(act) => Epilogue::Activation(act),
+            None => Epilogue::Bias,
+        };
+        // per pixel: (b, h, w, c_in) -> (b, h, w, c_out * k * k)
+        let blocks = self.proj.forward(&xs.permute((0, 2, 3, 1))?, epilogue)?;
+        // (b, h, w, c_out, ky, kx) -> (b, c_out, h, ky, w, kx)
+        blocks
+            .reshape((b, h, w, c, k, k))?
+            .permute((0, 3, 1, 4, 2, 5))?
+            .contiguous()?
+            .reshape((b, c, h * k, w * k))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::{max_diff, randn};
@@ -167,5 +230,34 @@ mod tests {
         let ours = PatchEmbedding::new(vb, c, d, p, true).unwrap();
         assert!(ours.forward(&randn(&[1, 2, 8, 8])).is_err());
         assert!(ours.forward(&randn(&[1, 3, 3, 8])).is_err());
+    }
+
+    #[test]
+    fn expansion_matches_the_strided_transposed_conv() {
+        let (c_in, c_out, k) = (6, 3, 4);
+        let weight = randn(&[c_in, c_out, k, k]);
+        let bias = randn(&[c_out]);
+        let tensors = HashMap::from([
+            ("weight".to_string(), weight.clone()),
+            ("bias".to_string(), bias.clone()),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let cfg = candle_nn::ConvTranspose2dConfig {
+            stride: k,
+            ..Default::default()
+        };
+        let conv = candle_nn::ConvTranspose2d::new(weight, Some(bias), cfg);
+        let xs = randn(&[2, c_in, 5, 7]);
+        let want = conv.forward(&xs).unwrap();
+        for act in [None, Some(Activation::Relu)] {
+            let ours = PatchExpansion::new(vb.clone(), c_in, c_out, k, act).unwrap();
+            let got = ours.forward(&xs).unwrap();
+            assert_eq!(got.dims(), [2, c_out, 20, 28]);
+            let want = match act {
+                Some(a) => a.forward(&want).unwrap(),
+                None => want.clone(),
+            };
+            assert!(max_diff(&got, &want) < 1e-5, "{act:?}");
+        }
     }
 }
