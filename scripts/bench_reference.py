@@ -182,6 +182,17 @@ def setup(args):
     return device, dtype, sync
 
 
+def load(args, model_cls):
+    """The processor and the model on the device; the load time and the RSS before it."""
+    from transformers import AutoProcessor
+
+    rss_before_load = rss_now_mib()
+    t = time.perf_counter()
+    processor = AutoProcessor.from_pretrained(args.model)
+    model = model_cls.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(setup(args)[0]).eval()
+    return processor, model, (time.perf_counter() - t) * 1e3, rss_before_load
+
+
 def common(args, task, load_ms, rss_before_load):
     """The JSON fields every model benchmark shares (vlm-bench's names)."""
     return {
@@ -217,16 +228,12 @@ def standard_and_cheapest(pre_std, fwd_std, pre, fwd):
 
 
 def detect(args) -> None:
-    from transformers import AutoConfig, AutoProcessor, Owlv2ForObjectDetection, OwlViTForObjectDetection
+    from transformers import AutoConfig, Owlv2ForObjectDetection, OwlViTForObjectDetection
 
     device, dtype, sync = setup(args)
-    rss_before_load = rss_now_mib()
-    t = time.perf_counter()
-    processor = AutoProcessor.from_pretrained(args.model)
     arch = (AutoConfig.from_pretrained(args.model).architectures or ["OwlViTForObjectDetection"])[0]
     model_cls = Owlv2ForObjectDetection if arch == "Owlv2ForObjectDetection" else OwlViTForObjectDetection
-    model = model_cls.from_pretrained(args.model, dtype=dtype).to(device).eval()
-    load_ms = (time.perf_counter() - t) * 1e3
+    processor, model, load_ms, rss_before_load = load(args, model_cls)
     image = Image.open(args.image).convert("RGB")
     queries = [args.queries]
     tower = model.owlv2 if hasattr(model, "owlv2") else model.owlvit
@@ -285,14 +292,10 @@ def detect(args) -> None:
 
 
 def segment(args) -> None:
-    from transformers import AutoProcessor, CLIPSegForImageSegmentation
+    from transformers import CLIPSegForImageSegmentation
 
     device, dtype, sync = setup(args)
-    rss_before_load = rss_now_mib()
-    t = time.perf_counter()
-    processor = AutoProcessor.from_pretrained(args.model)
-    model = CLIPSegForImageSegmentation.from_pretrained(args.model, dtype=dtype).to(device).eval()
-    load_ms = (time.perf_counter() - t) * 1e3
+    processor, model, load_ms, rss_before_load = load(args, CLIPSegForImageSegmentation)
     image = Image.open(args.image).convert("RGB")
     prompts = args.prompts
     n = len(prompts)
@@ -389,14 +392,10 @@ def segment(args) -> None:
 
 
 def ask(args) -> None:
-    from transformers import AutoProcessor, ViltForQuestionAnswering
+    from transformers import ViltForQuestionAnswering
 
     device, dtype, sync = setup(args)
-    rss_before_load = rss_now_mib()
-    t = time.perf_counter()
-    processor = AutoProcessor.from_pretrained(args.model)
-    model = ViltForQuestionAnswering.from_pretrained(args.model, dtype=dtype).to(device).eval()
-    load_ms = (time.perf_counter() - t) * 1e3
+    processor, model, load_ms, rss_before_load = load(args, ViltForQuestionAnswering)
     image = Image.open(args.image).convert("RGB")
 
     pre, fwd = [], []

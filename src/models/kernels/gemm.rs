@@ -219,31 +219,8 @@ pub fn matmul(
         }
         return;
     }
-    // SAFETY: all three views were checked to lie inside their slices; `dst` is borrowed
-    // mutably, so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_row_stride as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    // SAFETY: one block, the whole of `dst`, which `shared` borrows alone.
+    unsafe { SharedOut::new(dst, dst_row_stride).matmul_into(0, 0, lhs, rhs, accumulate) };
 }
 
 #[cfg(test)]
