@@ -4,6 +4,9 @@
 # ours first, then the reference, each one JSON line on stdout (a "# case ..." header per case
 # and the machine on stderr).
 #   scripts/bench.sh [--case CASE] [--device cpu|cuda] [--dtype f32|f16|bf16] [--iters N] [--warmup N]
+#                    [--rounds N]
+#   --rounds N repeats the whole sequence N times (ours and the reference alternate case by case):
+#   on a shared machine whose speed drifts over minutes, compare the rounds, not one run.
 #   CASE (default owlvit-b32):
 #     owlvit-b32  OWL-ViT B/32 @768 (google/owlvit-base-patch32 architecture), 4 queries
 #     owlvit-b16  OWL-ViT B/16 @768 (google/owlvit-base-patch16), 4 queries
@@ -26,7 +29,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-device=cpu dtype=f32 iters=20 warmup=3 case_=owlvit-b32
+device=cpu dtype=f32 iters=20 warmup=3 case_=owlvit-b32 rounds=1
 all_cases=(owlvit-b32 owlvit-b16 owlv2 clipseg-1 clipseg-4 vilt gemm)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -35,6 +38,7 @@ while [ $# -gt 0 ]; do
     --iters) iters="$2"; shift 2 ;;
     --warmup) warmup="$2"; shift 2 ;;
     --case) case_="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
     --arch)
       case "$2" in
         owlvit) case_=owlvit-b32 ;;
@@ -146,7 +150,10 @@ run_case() {
   esac
 }
 
-echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores; device=$device dtype=$dtype iters=$iters cases: ${cases[*]}" >&2
-for c in "${cases[@]}"; do
-  run_case "$c"
+echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores; device=$device dtype=$dtype iters=$iters rounds=$rounds cases: ${cases[*]}" >&2
+for round in $(seq "$rounds"); do
+  for c in "${cases[@]}"; do
+    echo "# round $round" >&2
+    run_case "$c"
+  done
 done
