@@ -2,9 +2,9 @@
 //! (transformers' `eager_attention_forward` with the scaling folded into q at load).
 //!
 //! f32 on the CPU: one rayon task per (batch item, head, block of queries; [`query_blocks`])
-//! computes the block's scores against every key with the `gemm` crate, turns them into
-//! probabilities in place while they are in cache, and multiplies by v - no score tensor, no
-//! transposed copies of q, k or v. Elsewhere the same computation runs from candle ops, a few
+//! computes the block's scores against every key with the `gemm` crate, turns them into the
+//! softmax's exponentials in place while they are in cache, multiplies by v and divides each
+//! output row by its sum - no score tensor, no transposed copies of q, k or v. Elsewhere the same computation runs from candle ops, a few
 //! heads at a time ([`MAX_SCORES_ALIVE`]) so that one small score tensor is alive at once.
 
 use std::cell::RefCell;
@@ -17,7 +17,7 @@ use super::gemm::{matmul, MatRef, SharedOut};
 use super::{cpu_f32_slice, has_kernel, span_mut, vmath, Elem};
 
 /// At most this many scores (4 MiB in f32) per task of the CPU kernel: whole heads up to
-/// 1024 tokens (OWL-ViT B/32: 577), blocks of 291 queries at OWLv2's 3601 tokens.
+/// 1024 tokens (OWL-ViT B/32: 577), blocks of 277 queries at OWLv2's 3601 tokens.
 pub const MAX_TASK_SCORES: usize = 1 << 20;
 /// Tasks per CPU thread the kernel aims at (load balance), when heads alone are too few.
 const TASKS_PER_THREAD: usize = 4;
