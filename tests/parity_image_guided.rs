@@ -29,9 +29,7 @@ use vlm_perception::models::owlvit::{
 use vlm_perception::pipeline::detect::{
     post_process_image_guided_detection, BoxScale, RawDetections,
 };
-use vlm_perception::pipeline::{
-    Checkpoint, DetectParams, Detector, LoadOptions, QueryEmbeddings, QueryKind,
-};
+use vlm_perception::pipeline::{Checkpoint, DetectParams, Detector, QueryEmbeddings, QueryKind};
 use vlm_perception::vision::image_io::load_rgb;
 
 /// (model, target image stem) of each reference.
@@ -56,10 +54,6 @@ fn case_dir(model: &str, stem: &str) -> PathBuf {
 
 fn case_meta(model: &str, stem: &str) -> serde_json::Value {
     json(&case_dir(model, stem).join("meta.json"))
-}
-
-fn load(model: &str) -> Detector {
-    Detector::load(model_dir(model).to_str().unwrap(), &LoadOptions::default()).unwrap()
 }
 
 /// A tensor whose path meta.json gives relative to tests/fixtures.
@@ -146,13 +140,6 @@ fn post_processed(model: &str, stem: &str) -> Vec<PostProcessed> {
     v
 }
 
-fn max_diff(a: [f32; 4], b: [f32; 4]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// Matches each reference detection with ours of the nearest box (one to one); returns (max
 /// alpha difference, max box difference in px).
 fn compare_matched(ours: &[(f32, [f32; 4])], theirs: &[(f32, [f32; 4])], what: &str) -> (f32, f32) {
@@ -164,7 +151,7 @@ fn compare_matched(ours: &[(f32, [f32; 4])], theirs: &[(f32, [f32; 4])], what: &
             .iter()
             .enumerate()
             .filter(|(j, _)| !used[*j])
-            .map(|(j, (_, ob))| (j, max_diff(*ob, *tb)))
+            .map(|(j, (_, ob))| (j, box_max_diff(*ob, *tb)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap();
         used[j] = true;
@@ -190,7 +177,7 @@ fn image_queries(det: &Detector, query_pixel_values: &Tensor, label: &str) -> Qu
 #[test]
 fn query_box_and_query_embedding_match_reference() {
     for &(model, stem) in CASES {
-        let det = load(model);
+        let det = load_detector(model);
         let dir = case_dir(model, stem);
         let m = case_meta(model, stem);
         let out = det
@@ -226,7 +213,7 @@ fn query_box_and_query_embedding_match_reference() {
 #[test]
 fn target_outputs_match_reference() {
     for &(model, stem) in CASES {
-        let det = load(model);
+        let det = load_detector(model);
         let dir = case_dir(model, stem);
         let m = case_meta(model, stem);
         let q = image_queries(&det, &meta_tensor(&m, "query_pixel_values"), "query");
@@ -360,7 +347,7 @@ fn post_processing_of_reference_outputs_matches_reference() {
                     "{what}: {} vs {s}",
                     o.score
                 );
-                let d = max_diff(o.bbox.to_array(), *b);
+                let d = box_max_diff(o.bbox.to_array(), *b);
                 assert!(d < REF_BOX_PX_TOL, "{what}: box {:?} vs {b:?}", o.bbox);
             }
         }
@@ -371,7 +358,7 @@ fn post_processing_of_reference_outputs_matches_reference() {
 fn post_processing_of_our_outputs_matches_reference() {
     // The whole pipeline after preprocessing (our model outputs on the reference pixels).
     for &(model, stem) in CASES {
-        let det = load(model);
+        let det = load_detector(model);
         let m = case_meta(model, stem);
         let (h, w) = target_hw(&m);
         let q = image_queries(&det, &meta_tensor(&m, "query_pixel_values"), "query");
@@ -397,7 +384,7 @@ fn post_processing_of_our_outputs_matches_reference() {
             assert_eq!(ours.len(), case.detections.len(), "{what}: count");
             for (o, (s, b)) in ours.iter().zip(&case.detections) {
                 ds = ds.max((o.score - s).abs());
-                db = db.max(max_diff(o.bbox.to_array(), *b));
+                db = db.max(box_max_diff(o.bbox.to_array(), *b));
             }
         }
         eprintln!("{model}/{stem}: post-processed alphas within {ds:.2e}, boxes {db:.2e} px");
@@ -533,7 +520,7 @@ fn several_query_images_are_one_query_each() {
     // Two query images: logits get one column per image, each equal to that image alone, and
     // a box takes the label of the image scoring it best.
     let model = "owlvit-tiny-p16";
-    let det = load(model);
+    let det = load_detector(model);
     let target = load_rgb(&image_path("coffee.png")).unwrap();
     let images = ["coffee_64x64.png", "chelsea_107x181.png"];
     let decoded: Vec<_> = images
@@ -577,7 +564,7 @@ fn several_query_images_are_one_query_each() {
 
 #[test]
 fn query_image_embeddings_are_cached_by_label_and_content() {
-    let det = load("owlv2-tiny-p16");
+    let det = load_detector("owlv2-tiny-p16");
     let img = load_rgb(&image_path("chelsea_107x181.png")).unwrap();
     let a = det
         .query_images(std::slice::from_ref(&img), &["cat"])
@@ -604,7 +591,7 @@ fn query_image_embeddings_are_cached_by_label_and_content() {
 
 #[test]
 fn library_refuses_bad_query_lists() {
-    let det = load("owlvit-tiny-p16");
+    let det = load_detector("owlvit-tiny-p16");
     let img = load_rgb(&image_path("coffee_64x64.png")).unwrap();
     let none: [&str; 0] = [];
     let err = det.encode_query_images(&[], &none).unwrap_err();

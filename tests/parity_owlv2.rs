@@ -42,10 +42,6 @@ fn queries(meta: &serde_json::Value) -> Vec<String> {
     strings(meta, "queries")
 }
 
-fn load(model: &str) -> Detector {
-    Detector::load(model_dir(model).to_str().unwrap(), &LoadOptions::default()).unwrap()
-}
-
 fn original_hw(m: &serde_json::Value) -> (u32, u32) {
     let v = |i: usize| m["original_size_hw"][i].as_u64().unwrap() as u32;
     (v(0), v(1))
@@ -81,7 +77,7 @@ fn reference_raw(model: &str, stem: &str) -> RawDetections {
 #[test]
 fn checkpoints_are_recognised_as_owlv2_with_its_processor() {
     for model in MODELS {
-        let det = load(model);
+        let det = load_detector(model);
         assert_eq!(det.family(), DetectorFamily::Owlv2, "{model}");
         assert!(det.has_objectness());
         assert!(
@@ -110,7 +106,7 @@ fn query_ids_match_processor_for_both_tokenizer_sources() {
     // owlv2-tiny-p16 has tokenizer.json; owlv2-tiny-p16-bin only vocab.json + merges.txt (its
     // tiny vocabulary: EOS 769 is still the largest id, where the text tower pools).
     for model in MODELS {
-        let det = load(model);
+        let det = load_detector(model);
         for stem in stems(model) {
             let dir = reference_dir(model, &stem);
             let qs = queries(&meta(model, &stem));
@@ -135,7 +131,7 @@ fn query_ids_match_processor_for_both_tokenizer_sources() {
 #[test]
 fn detector_preprocessing_matches_the_torchvision_backend() {
     for model in MODELS {
-        let det = load(model);
+        let det = load_detector(model);
         for stem in stems(model) {
             let m = meta(model, &stem);
             let img = load_rgb(&image_path(m["image"].as_str().unwrap())).unwrap();
@@ -151,7 +147,7 @@ fn detector_preprocessing_matches_the_torchvision_backend() {
 fn model_outputs_match_reference() {
     let mut worst = [0f32; 6];
     for model in MODELS {
-        let det = load(model);
+        let det = load_detector(model);
         for stem in stems(model) {
             let dir = reference_dir(model, &stem);
             let queries = det.encode_queries(&queries(&meta(model, &stem))).unwrap();
@@ -192,34 +188,6 @@ fn model_outputs_match_reference() {
          pred_boxes {:.1e}, image_embeds {:.1e}, class_embeds {:.1e}",
         worst[0], worst[1], worst[2], worst[3], worst[4], worst[5]
     );
-}
-
-/// Reference detections of post_processed.json under `key`, sorted like ours (score desc).
-fn reference_detections(model: &str, stem: &str, key: &str) -> Vec<(usize, f32, [f32; 4])> {
-    let pp = json(&reference_dir(model, stem).join("post_processed.json"));
-    let entry = &pp[key];
-    let mut v: Vec<(usize, f32, [f32; 4])> = entry["scores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(entry["labels"].as_array().unwrap())
-        .zip(entry["boxes"].as_array().unwrap())
-        .map(|((s, l), b)| {
-            let b: Vec<f32> = b
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
-            (
-                l.as_u64().unwrap() as usize,
-                s.as_f64().unwrap() as f32,
-                [b[0], b[1], b[2], b[3]],
-            )
-        })
-        .collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1));
-    v
 }
 
 fn thresholds(m: &serde_json::Value) -> [(&'static str, f32); 2] {
@@ -327,13 +295,6 @@ fn bbox_of(d: &serde_json::Value) -> [f32; 4] {
     [v[0], v[1], v[2], v[3]]
 }
 
-fn max_diff(a: [f32; 4], b: [f32; 4]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn cli_detect_matches_reference_end_to_end() {
     // Every reference image through the CLI (our preprocessing): landscape 451x300, portrait
@@ -369,12 +330,12 @@ fn cli_detect_matches_reference_end_to_end() {
                     let score = d["score"].as_f64().unwrap() as f32;
                     let bbox = bbox_of(d);
                     ds_max = ds_max.max((score - t.1).abs());
-                    db_max = db_max.max(max_diff(bbox, t.2));
+                    db_max = db_max.max(box_max_diff(bbox, t.2));
                     // The objectness of the patch this box came from (the nearest reference
                     // box: patches' boxes are far apart compared with the tolerance).
                     let (_, _, _, o) = patches
                         .iter()
-                        .min_by(|a, b| max_diff(a.2, bbox).total_cmp(&max_diff(b.2, bbox)))
+                        .min_by(|a, b| box_max_diff(a.2, bbox).total_cmp(&box_max_diff(b.2, bbox)))
                         .unwrap();
                     let ours = d["objectness"].as_f64().expect("objectness key") as f32;
                     do_max = do_max.max((ours - o).abs());
@@ -415,7 +376,7 @@ fn portrait_boxes_scale_by_the_padded_square() {
     let nearest = |bbox: [f32; 4], sx: f32, sy: f32| {
         raw.boxes
             .iter()
-            .map(|b| max_diff(scaled(b, sx, sy), bbox))
+            .map(|b| box_max_diff(scaled(b, sx, sy), bbox))
             .fold(f32::MAX, f32::min)
     };
     let dets = out["detections"].as_array().unwrap();
@@ -530,7 +491,7 @@ fn best_box_per_query_scales_by_the_padded_square() {
     // The planner's affordance on OWLv2: per query its own best box, in original pixels scaled
     // by max(H, W), with that box's objectness.
     for model in MODELS {
-        let det = load(model);
+        let det = load_detector(model);
         for stem in stems(model) {
             let m = meta(model, &stem);
             let qs = queries(&m);
@@ -563,7 +524,7 @@ fn best_box_per_query_scales_by_the_padded_square() {
                 ];
                 let got = d.bbox.to_array();
                 assert!(
-                    max_diff(got, want) < BOX_PX_TOL,
+                    box_max_diff(got, want) < BOX_PX_TOL,
                     "{model}/{stem} q{q}: {got:?} vs {want:?}"
                 );
             }

@@ -32,15 +32,11 @@ fn queries(meta: &serde_json::Value) -> Vec<String> {
     strings(meta, "queries")
 }
 
-fn load(model: &str) -> Detector {
-    Detector::load(model_dir(model).to_str().unwrap(), &LoadOptions::default()).unwrap()
-}
-
 #[test]
 fn clip_tokenizer_matches_openai_ids() {
     // tokenizer.json (p16) and the vocab.json + merges.txt rebuild (p32-bin) agree with CLIP.
     for model in MODELS {
-        let det = load(model);
+        let det = load_detector(model);
         let batch = det
             .tokenizer()
             .encode(
@@ -59,7 +55,7 @@ fn clip_tokenizer_matches_openai_ids() {
 #[test]
 fn query_ids_match_processor_including_padding_and_truncation() {
     for model in MODELS {
-        let det = load(model);
+        let det = load_detector(model);
         for stem in stems(model) {
             let dir = reference_dir(model, &stem);
             let m = meta(model, &stem);
@@ -93,7 +89,7 @@ fn preprocessing_matches_pil_within_one_level() {
     // normalization.
     const ONE_LEVEL: f32 = 1.0 / 255.0 / 0.2613 + 1e-5;
     for model in MODELS {
-        let det = load(model);
+        let det = load_detector(model);
         for stem in stems(model) {
             let dir = reference_dir(model, &stem);
             let m = meta(model, &stem);
@@ -130,7 +126,7 @@ fn preprocessing_matches_pil_within_one_level() {
 #[test]
 fn model_outputs_match_reference() {
     for model in MODELS {
-        let det = load(model);
+        let det = load_detector(model);
         for stem in stems(model) {
             let dir = reference_dir(model, &stem);
             let m = meta(model, &stem);
@@ -154,34 +150,6 @@ fn model_outputs_match_reference() {
             }
         }
     }
-}
-
-/// Reference detections of post_processed.json under `key`, sorted like ours (score desc).
-fn reference_detections(model: &str, stem: &str, key: &str) -> Vec<(usize, f32, [f32; 4])> {
-    let pp = json(&reference_dir(model, stem).join("post_processed.json"));
-    let entry = &pp[key];
-    let mut v: Vec<(usize, f32, [f32; 4])> = entry["scores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(entry["labels"].as_array().unwrap())
-        .zip(entry["boxes"].as_array().unwrap())
-        .map(|((s, l), b)| {
-            let b: Vec<f32> = b
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
-            (
-                l.as_u64().unwrap() as usize,
-                s.as_f64().unwrap() as f32,
-                [b[0], b[1], b[2], b[3]],
-            )
-        })
-        .collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1));
-    v
 }
 
 #[test]
@@ -331,7 +299,7 @@ fn resized_images_stay_close_to_reference() {
 
 #[test]
 fn query_embeddings_are_cached_per_vocabulary() {
-    let det = load("owlvit-tiny-p16");
+    let det = load_detector("owlvit-tiny-p16");
     let a = det.queries(&["a cat", "a cup"]).unwrap();
     let b = det.queries(&["a cat", "a cup"]).unwrap();
     assert!(
@@ -480,7 +448,7 @@ fn best_box_per_query_matches_reference_logits() {
     // sigmoid(max over boxes of logits[:, q]) and that box - from the pipeline on the images at
     // model size, against transformers' logits and boxes.
     for model in MODELS {
-        let det = load(model);
+        let det = load_detector(model);
         for stem in stems(model) {
             let m = meta(model, &stem);
             if m["original_size_hw"] != m["processor_input_size_hw"] {

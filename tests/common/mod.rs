@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Tensor};
+use vlm_perception::pipeline::{Detector, LoadOptions};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -151,4 +152,45 @@ pub fn assert_fails_with(out: &Output, needles: &[&str]) {
     for n in needles {
         assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
     }
+}
+
+/// A fixture detector (OWL-ViT or OWLv2) on the CPU in f32.
+pub fn load_detector(model: &str) -> Detector {
+    Detector::load(model_dir(model).to_str().unwrap(), &LoadOptions::default()).unwrap()
+}
+
+/// Reference detections of post_processed.json under `key`, sorted like ours (score desc).
+pub fn reference_detections(model: &str, stem: &str, key: &str) -> Vec<(usize, f32, [f32; 4])> {
+    let pp = json(&reference_dir(model, stem).join("post_processed.json"));
+    let entry = &pp[key];
+    let mut v: Vec<(usize, f32, [f32; 4])> = entry["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(entry["labels"].as_array().unwrap())
+        .zip(entry["boxes"].as_array().unwrap())
+        .map(|((s, l), b)| {
+            let b: Vec<f32> = b
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            (
+                l.as_u64().unwrap() as usize,
+                s.as_f64().unwrap() as f32,
+                [b[0], b[1], b[2], b[3]],
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
+}
+
+/// Largest coordinate difference of two boxes, in pixels.
+pub fn box_max_diff(a: [f32; 4], b: [f32; 4]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
