@@ -434,24 +434,8 @@ impl ViltSelfAttention {
     pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let head_dim = d / cfg.num_attention_heads;
-        // transformers divides the scores by sqrt(head_dim); scaling q's rows is the same
-        let scale = (head_dim as f64).powf(-0.5);
-        let proj = |name: &str| -> Result<(Tensor, Tensor)> {
-            let vb = vb.pp(name);
-            let bias = if cfg.qkv_bias {
-                vb.get(d, "bias")?
-            } else {
-                Tensor::zeros(d, vb.dtype(), vb.device())?
-            };
-            Ok((vb.get((d, d), "weight")?, bias))
-        };
-        let (q_w, q_b) = proj("query")?;
-        let (k_w, k_b) = proj("key")?;
-        let (v_w, v_b) = proj("value")?;
-        let weight = Tensor::cat(&[&(q_w * scale)?, &k_w, &v_w], 0)?;
-        let bias = Tensor::cat(&[&(q_b * scale)?, &k_b, &v_b], 0)?;
         Ok(Self {
-            qkv: FusedLinear::new(weight, bias)?,
+            qkv: FusedLinear::load_qkv(vb, ["query", "key", "value"], d, head_dim, cfg.qkv_bias)?,
             num_heads: cfg.num_attention_heads,
             head_dim,
         })

@@ -44,18 +44,14 @@ impl ClipAttention {
         }
         let d = embed_dim;
         let head_dim = d / num_heads;
-        let scale = (head_dim as f64).powf(-0.5);
-        let proj = |name: &str| -> Result<(Tensor, Tensor)> {
-            let vb = vb.pp(name);
-            Ok((vb.get((d, d), "weight")?, vb.get(d, "bias")?))
-        };
-        let (q_w, q_b) = proj("q_proj")?;
-        let (k_w, k_b) = proj("k_proj")?;
-        let (v_w, v_b) = proj("v_proj")?;
-        let weight = Tensor::cat(&[&(q_w * scale)?, &k_w, &v_w], 0)?;
-        let bias = Tensor::cat(&[&(q_b * scale)?, &k_b, &v_b], 0)?;
         Ok(Self {
-            qkv_proj: FusedLinear::new(weight, bias)?,
+            qkv_proj: FusedLinear::load_qkv(
+                vb.clone(),
+                ["q_proj", "k_proj", "v_proj"],
+                d,
+                head_dim,
+                true,
+            )?,
             out_proj: FusedLinear::load(d, d, vb.pp("out_proj"))?,
             num_heads,
             head_dim,

@@ -66,9 +66,37 @@ impl FusedLinear {
         )
     }
 
-    /// The dtype of the weights.
-    pub fn dtype(&self) -> candle_core::DType {
-        self.weight_t.dtype()
+    /// An attention's `q`, `k` and `v` projections (`d` -> `d` each, read under `vb.pp(name)`
+    /// for the three `names`) stacked into one (3d, d) linear, with q's rows scaled by
+    /// `head_dim^-0.5`: transformers scales the scores `q k^T` by it, the product is the same.
+    /// Without `bias` in the checkpoint the biases are zeros.
+    pub fn load_qkv(
+        vb: VarBuilder,
+        names: [&str; 3],
+        d: usize,
+        head_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let scale = (head_dim as f64).powf(-0.5);
+        let mut weights = Vec::with_capacity(3);
+        let mut biases = Vec::with_capacity(3);
+        for (i, name) in names.into_iter().enumerate() {
+            let vb = vb.pp(name);
+            let (mut w, mut b) = (
+                vb.get((d, d), "weight")?,
+                if bias {
+                    vb.get(d, "bias")?
+                } else {
+                    Tensor::zeros(d, vb.dtype(), vb.device())?
+                },
+            );
+            if i == 0 {
+                (w, b) = ((w * scale)?, (b * scale)?);
+            }
+            weights.push(w);
+            biases.push(b);
+        }
+        Self::new(Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?)
     }
 
     /// (.., in) -> (.., out)

@@ -8,7 +8,7 @@
 //!   stride=k)` (CLIPSeg's decoder head): every pixel's channels map to its own k x k block of
 //!   output pixels.
 
-use candle_core::{bail, DType, Device, Result, Tensor};
+use candle_core::{bail, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -104,11 +104,6 @@ impl PatchEmbedding {
             .contiguous()?
             .reshape((b, gh * gw, row_len))
     }
-
-    /// The dtype of the weights (pixels are cast to it).
-    pub fn dtype(&self) -> DType {
-        self.proj.dtype()
-    }
 }
 
 /// `nn.ConvTranspose2d(c_in, c_out, kernel_size=k, stride=k)` (no padding), with an optional
@@ -173,7 +168,7 @@ impl PatchExpansion {
 mod tests {
     use super::super::tests::{max_diff, randn};
     use super::*;
-    use candle_core::Module;
+    use candle_core::{DType, Module};
     use std::collections::HashMap;
 
     #[test]
