@@ -34,6 +34,13 @@ fn query_blocks(heads: usize, n: usize) -> usize {
     for_balance.max(for_memory).clamp(1, n.max(1))
 }
 
+/// Block `block` of `n` queries split into `blocks` (at most `n`): its first query and its
+/// length, `n / blocks` give or take one, so that no block is empty.
+fn block_rows(block: usize, blocks: usize, n: usize) -> (usize, usize) {
+    let first = block * n / blocks;
+    (first, (block + 1) * n / blocks - first)
+}
+
 /// The candle-op path attends heads in chunks with at most this many scores alive (4 MiB in
 /// f32); one head at a time past it.
 pub const MAX_SCORES_ALIVE: usize = 1 << 20;
@@ -96,7 +103,6 @@ fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32
     let d = heads * hd;
     let token = 3 * d; // one token's q, k and v
     let blocks = query_blocks(b * heads, n);
-    let rows = n.div_ceil(blocks); // queries per block, balanced
     Ok(cpu_f32_slice(qkv, |qkv| {
         let mut out = vec![0f32; b * n * d];
         let shared = SharedOut::new(&mut out, d);
@@ -106,8 +112,7 @@ fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32
                 task / blocks % heads,
                 task % blocks,
             );
-            let first = block * rows;
-            let m = rows.min(n.saturating_sub(first));
+            let (first, m) = block_rows(block, blocks, n);
             let base = item * n * token + head * hd;
             let q = MatRef {
                 data: &qkv[base + first * token..],
@@ -373,6 +378,25 @@ mod tests {
                 let half = attention(&qkv.to_dtype(DType::BF16).unwrap(), mask).unwrap();
                 assert!(max_diff(&half, &want) < 0.1, "bf16 {mask:?}");
             }
+        }
+    }
+
+    #[test]
+    fn query_blocks_tile_the_queries_without_empty_blocks() {
+        // 82 blocks of 2305 queries: ceil(2305 / 82) = 29 per block would leave the last
+        // blocks past the end (the kernel once sliced out of bounds there)
+        for (blocks, n) in [(82, 2305), (1, 7), (7, 7), (6, 2305), (5, 577)] {
+            let mut next = 0;
+            for block in 0..blocks {
+                let (first, m) = block_rows(block, blocks, n);
+                assert_eq!(first, next, "{blocks} blocks of {n}");
+                assert!(
+                    m >= n / blocks && m <= n.div_ceil(blocks),
+                    "{blocks} of {n}: {m}"
+                );
+                next = first + m;
+            }
+            assert_eq!(next, n);
         }
     }
 
