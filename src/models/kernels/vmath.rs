@@ -1,22 +1,25 @@
 //! The elementwise f32 math of the kernels, written so that LLVM vectorises it: a branch-free
 //! `exp` and `erf`, and row loops kept in lane-wise arrays (no float reductions for the
 //! compiler to refuse to reorder). [`multiversion!`] compiles each loop for AVX-512 and for
-//! AVX2+FMA besides the baseline, and picks one at run time.
+//! AVX2+FMA besides the baseline, and picks one at run time; the polynomials use fused
+//! multiply-adds ([`MulAdd`]) where the variant has them.
 
 /// Defines `fn $name(args)` that runs `$body` compiled for the best of AVX-512, AVX2+FMA and
-/// the build's baseline that the CPU has (detected at run time, cached by std).
+/// the build's baseline that the CPU has (detected at run time, cached by std). In `$body`,
+/// `M` is the variant's [`MulAdd`] (fused where the variant has FMA).
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[allow(clippy::extra_unused_type_parameters)] // loops without a polynomial
+            fn imp<M: MulAdd>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                unsafe fn v4($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? { imp::<Fused>($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn v3($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? { imp::<Fused>($($arg),*) }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the features `v4` was compiled for.
                     return unsafe { v4($($arg),*) };
@@ -28,10 +31,43 @@ macro_rules! multiversion {
                     return unsafe { v3($($arg),*) };
                 }
             }
-            imp($($arg),*)
+            imp::<BaselineMulAdd>($($arg),*)
         }
     };
 }
+
+/// `a * b + c` as the polynomials compute it.
+pub trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// One rounding (an FMA instruction): half the operations and half the dependency chain of
+/// [`Unfused`], which bounds the `exp` loops (their chains outlast the scheduler's window).
+pub struct Fused;
+
+/// Two roundings, where FMA would be a library call (x86-64 without it).
+pub struct Unfused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+impl MulAdd for Unfused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// What code compiled for the build's baseline uses: FMA where that baseline has it
+/// (aarch64, or x86-64 built with `fma`).
+#[cfg(any(not(target_arch = "x86_64"), target_feature = "fma"))]
+pub type BaselineMulAdd = Fused;
+#[cfg(all(target_arch = "x86_64", not(target_feature = "fma")))]
+pub type BaselineMulAdd = Unfused;
 
 /// Lanes of the lane-wise accumulators: one AVX-512 register of f32.
 const LANES: usize = 16;
@@ -60,15 +96,21 @@ const ROUND: f32 = 12_582_912.0;
 /// `e^x` in f32, branch-free (vectorisable); within 2 ulp of `f32::exp` on [-87, 88].
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    exp_with::<BaselineMulAdd>(x)
+}
+
+/// [`exp`] with the multiply-adds of `M`.
+#[inline(always)]
+pub fn exp_with<M: MulAdd>(x: f32) -> f32 {
     let x = x.clamp(EXP_MIN, EXP_MAX);
-    let t = x * LOG2E + ROUND;
+    let t = M::mul_add(x, LOG2E, ROUND);
     let n = t - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let r = M::mul_add(n, -LN2_LO, M::mul_add(n, -LN2_HI, x));
     let mut p = EXP_P[0];
-    for c in &EXP_P[1..] {
-        p = p * r + c;
+    for &c in &EXP_P[1..] {
+        p = M::mul_add(p, r, c);
     }
-    let y = p * (r * r) + r + 1.0;
+    let y = M::mul_add(p, r * r, r) + 1.0;
     // 2^n from the integer in t's low mantissa bits
     let n = t.to_bits() as i32 - ROUND.to_bits() as i32;
     y * f32::from_bits(((n + 127) << 23) as u32)
@@ -78,6 +120,12 @@ pub fn exp(x: f32) -> f32 {
 /// rounding), the formula PyTorch's vectorised CPU `erf` uses too.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
+    erf_with::<BaselineMulAdd>(x)
+}
+
+/// [`erf`] with the multiply-adds of `M`.
+#[inline(always)]
+pub fn erf_with<M: MulAdd>(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         1.061_405_4,
@@ -87,19 +135,25 @@ pub fn erf(x: f32) -> f32 {
         0.254_829_6,
     ];
     let ax = x.abs();
-    let t = 1.0 / (1.0 + P * ax);
+    let t = 1.0 / M::mul_add(P, ax, 1.0);
     let mut poly = A[0];
-    for c in &A[1..] {
-        poly = poly * t + c;
+    for &c in &A[1..] {
+        poly = M::mul_add(poly, t, c);
     }
-    let y = 1.0 - poly * t * exp(-ax * ax);
+    let y = 1.0 - poly * t * exp_with::<M>(-ax * ax);
     y.copysign(x)
 }
 
 /// `tanh(x)` = 1 - 2 / (e^{2x} + 1), branch-free.
 #[inline(always)]
 pub fn tanh(x: f32) -> f32 {
-    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+    tanh_with::<BaselineMulAdd>(x)
+}
+
+/// [`tanh`] with the multiply-adds of `M`.
+#[inline(always)]
+pub fn tanh_with<M: MulAdd>(x: f32) -> f32 {
+    1.0 - 2.0 / (exp_with::<M>(2.0 * x) + 1.0)
 }
 
 /// Softmax terms `e^(x - max)` below `e^-64` (1.6e-28) are set to 0: next to the largest
@@ -125,22 +179,37 @@ multiversion! {
     }
 }
 
+/// Independent running maxima of [`max_of`]: a compare-select has a few cycles of latency,
+/// one chain through a single accumulator would wait on it every vector.
+const MAX_CHAINS: usize = 4;
+
+/// The largest of `xs` (-inf for none), vectorisable: compare-selects over lane-wise arrays
+/// (`f32::max`'s NaN rule would add a blend per element; a NaN score makes the softmax NaN
+/// through its exponential anyway).
+#[inline(always)]
+fn max_of(xs: &[f32]) -> f32 {
+    let mut lanes = [[f32::NEG_INFINITY; LANES]; MAX_CHAINS];
+    let mut blocks = xs.chunks_exact(LANES * MAX_CHAINS);
+    for block in &mut blocks {
+        for (chain, c) in lanes.iter_mut().zip(block.chunks_exact(LANES)) {
+            for (m, &x) in chain.iter_mut().zip(c) {
+                *m = if x > *m { x } else { *m };
+            }
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &x in lanes.iter().flatten().chain(blocks.remainder()) {
+        max = if x > max { x } else { max };
+    }
+    max
+}
+
 multiversion! {
     /// The numerators of a softmax: `row[j] = e^(row[j] - max)` over `row[..valid]` (max of
     /// that span), zeros after it; returns their sum, the denominator.
     pub fn exp_row(row: &mut [f32], valid: usize) -> f32 {
         let (seen, masked) = row.split_at_mut(valid.min(row.len()));
-        let mut lanes = [f32::NEG_INFINITY; LANES];
-        let mut chunks = seen.chunks_exact(LANES);
-        for c in &mut chunks {
-            for (m, &x) in lanes.iter_mut().zip(c) {
-                *m = m.max(x);
-            }
-        }
-        let max = chunks
-            .remainder()
-            .iter()
-            .fold(lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
+        let max = max_of(seen);
         let mut lanes = [0f32; LANES];
         let mut chunks = seen.chunks_exact_mut(LANES);
         let term = |x: f32| {
@@ -148,7 +217,7 @@ multiversion! {
             if z < SOFTMAX_NEGLIGIBLE {
                 0.0
             } else {
-                exp(z)
+                exp_with::<M>(z)
             }
         };
         for c in &mut chunks {
@@ -202,7 +271,7 @@ multiversion! {
     /// `x * sigmoid(alpha * x)` over `xs`, in place (quick GELU, SiLU).
     pub fn x_sigmoid(xs: &mut [f32], alpha: f32) {
         for x in xs.iter_mut() {
-            *x /= 1.0 + exp(-alpha * *x);
+            *x /= 1.0 + exp_with::<M>(-alpha * *x);
         }
     }
 }
@@ -211,7 +280,7 @@ multiversion! {
     /// The exact (erf) GELU over `xs`, in place.
     pub fn gelu_erf(xs: &mut [f32]) {
         for x in xs.iter_mut() {
-            *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+            *x = 0.5 * *x * (1.0 + erf_with::<M>(*x * std::f32::consts::FRAC_1_SQRT_2));
         }
     }
 }
@@ -222,7 +291,7 @@ multiversion! {
         const SQRT_2_OVER_PI: f32 = 0.797_884_6;
         for x in xs.iter_mut() {
             let v = *x;
-            *x = 0.5 * v * (1.0 + tanh(SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)));
+            *x = 0.5 * v * (1.0 + tanh_with::<M>(SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)));
         }
     }
 }
@@ -244,8 +313,8 @@ mod tests {
         (a.to_bits() as i32 - b.to_bits() as i32).unsigned_abs()
     }
 
-    #[test]
-    fn exp_is_within_two_ulp_of_std() {
+    fn exp_within_two_ulp<M: MulAdd>() {
+        let exp = exp_with::<M>;
         let mut worst = 0;
         for i in -870_000..=880_000 {
             let x = i as f32 * 1e-4;
@@ -260,13 +329,27 @@ mod tests {
     }
 
     #[test]
-    fn erf_and_tanh_match_reference_values() {
+    fn exp_is_within_two_ulp_of_std() {
+        // the vectorised loops' fused form and the two-rounding form (same bound; the fused
+        // one is `f32::mul_add`, a library call where the test machine lacks FMA: slow, exact)
+        exp_within_two_ulp::<Fused>();
+        exp_within_two_ulp::<Unfused>();
+        assert_eq!(exp(1.5), exp_with::<BaselineMulAdd>(1.5));
+    }
+
+    fn erf_and_tanh_close<M: MulAdd>() {
         for i in -600..=600 {
             let x = i as f32 * 0.01;
             let reference = candle_core::cpu::erf::erf_f64(x as f64) as f32;
-            assert!((erf(x) - reference).abs() < 4e-7, "erf({x})");
-            assert!((tanh(x) - x.tanh()).abs() < 3e-7, "tanh({x})");
+            assert!((erf_with::<M>(x) - reference).abs() < 4e-7, "erf({x})");
+            assert!((tanh_with::<M>(x) - x.tanh()).abs() < 3e-7, "tanh({x})");
         }
+    }
+
+    #[test]
+    fn erf_and_tanh_match_reference_values() {
+        erf_and_tanh_close::<Fused>();
+        erf_and_tanh_close::<Unfused>();
     }
 
     #[test]
