@@ -15,7 +15,10 @@
 #     clipseg-4   CLIPSeg rd64 @352, 4 prompts
 #     vilt        ViLT B/32 VQA (dandelin/vilt-b32-finetuned-vqa) @384x576, a 12-token question
 #     gemm        one f32 matmul on the CPU, 2048x2048x2048 and the encoder's fc1 shape
-#                 577x768x3072 (m x k x n): the machine's GEMM rate, ours and PyTorch's
+#                 577x768x3072 (m x k x n): the machine's GEMM rate, ours and PyTorch's; then
+#                 one core's multiply-accumulate rate per AVX-512 instruction (vlm-bench
+#                 mac-rates) and PyTorch's bf16 and f16 matmul rates, the ceiling of a
+#                 reduced-precision CPU path here
 #     all         every case above in sequence
 #   --arch owlvit|owlv2 are the older spellings of --case owlvit-b32|owlv2.
 # Detection and segmentation run on tests/fixtures/images/chelsea.png (451x300); ViLT on
@@ -145,6 +148,13 @@ run_case() {
         echo "# case gemm: f32 CPU matmul m x k x n = $shape warmup=$warmup iters=$iters" >&2
         "$bench_bin" gemm --m "$m" --k "$k" --n "$n" --warmup "$warmup" --iters "$iters"
         "${ref[@]}" gemm --m "$m" --k "$k" --n "$n" --warmup "$warmup" --iters "$iters"
+      done
+      # What reduced precision can buy on this CPU: one core's multiply-accumulate rate per
+      # AVX-512 instruction, and PyTorch's own bf16 / f16 matmul at the large shape.
+      echo "# case gemm: multiply-accumulate rates per instruction (one core); PyTorch bf16 and f16 matmul 2048^3" >&2
+      "$bench_bin" mac-rates
+      for half in bf16 f16; do
+        "${ref[@]}" gemm --m 2048 --k 2048 --n 2048 --dtype "$half" --warmup "$warmup" --iters "$iters"
       done
       ;;
   esac

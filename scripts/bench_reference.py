@@ -436,7 +436,8 @@ def gemm(args) -> None:
         raise SystemExit("--iters must be positive")
     m, k, n = args.m, args.k, args.n
     torch.manual_seed(0)
-    a, b = torch.randn(m, k), torch.randn(k, n)
+    dtype = DTYPES[args.dtype]
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
     times = []
     with torch.inference_mode():
         for i in range(args.warmup + args.iters):
@@ -452,6 +453,7 @@ def gemm(args) -> None:
         "impl": f"torch {torch.__version__}",
         "task": "gemm",
         "shape": [m, k, n],
+        "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "time": time_stats,
         "gflops_median": flop / time_stats["median_ms"] / 1e6,
@@ -487,6 +489,8 @@ def main() -> None:
     g = sub.add_parser("gemm")
     for dim in ("m", "k", "n"):
         g.add_argument(f"--{dim}", type=int, default=2048)
+    g.add_argument("--dtype", choices=list(DTYPES), default="f32",
+                   help="operand dtype (CPU bf16/f16 matmuls: what PyTorch's reduced-precision path reaches here)")
     g.add_argument("--warmup", type=int, default=3)
     g.add_argument("--iters", type=int, default=20)
     args = p.parse_args()

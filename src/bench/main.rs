@@ -6,7 +6,11 @@
 //! - `detect`: OWL-ViT / OWLv2, query embeddings once (as the node), then frames;
 //! - `segment`: CLIPSeg, prompt embeddings once, then frames (one image pass, prompts batched);
 //! - `ask`: ViLT VQA, one question per frame;
-//! - `gemm`: one large f32 matmul, the machine's compute floor for the rest.
+//! - `gemm`: one large f32 matmul, the machine's compute floor for the rest;
+//! - `mac-rates`: one core's multiply-accumulate rate per AVX-512 instruction (f32 FMA, bf16
+//!   dot product, f16 FMA): what a reduced-precision path could gain here.
+
+mod mac_rates;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -63,6 +67,12 @@ enum Command {
         warmup: usize,
         #[arg(long, default_value_t = 20)]
         iters: usize,
+    },
+    /// One core's multiply-accumulate rate for f32 FMA, bf16 dot products (AVX512-BF16) and
+    /// f16 FMA (AVX512-FP16), where the CPU has them: best of `--rounds`.
+    MacRates {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -307,6 +317,7 @@ fn main() -> Result<()> {
             warmup,
             iters,
         } => gemm(m, k, n, warmup, iters)?,
+        Command::MacRates { rounds } => mac_rates::mac_rates(rounds)?,
     };
     println!("{out}");
     Ok(())
