@@ -20,9 +20,7 @@ use serde::Deserialize;
 
 use super::clip::encoder::{AttentionMask, ClipEncoder};
 use super::clip::text::{argmax_position, input_ids_to_vec, ClipTextConfig, ClipTextTransformer};
-use super::clip::{
-    check_patch_grid, clip_defaults, Activation, ClipEncoderConfig, TEXT_TOWER, VISION_TOWER,
-};
+use super::clip::{clip_defaults, clip_tower_configs, Activation, ClipEncoderConfig};
 use super::kernels::{Epilogue, FusedLinear, PatchEmbedding};
 use crate::vision::boxes::BBox;
 
@@ -140,41 +138,7 @@ impl OwlVitConfig {
     }
 }
 
-impl OwlVitTextConfig {
-    /// The text tower's config, checked; `model` names the checkpoint in errors.
-    pub fn clip_config(&self, model: &str) -> crate::Result<ClipTextConfig> {
-        let encoder = ClipEncoderConfig {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            hidden_act: Activation::from_hf(&self.hidden_act, model, TEXT_TOWER)?,
-            layer_norm_eps: self.layer_norm_eps,
-        }
-        .checked(model, TEXT_TOWER)?;
-        Ok(ClipTextConfig {
-            vocab_size: self.vocab_size,
-            max_position_embeddings: self.max_position_embeddings,
-            encoder,
-        })
-    }
-}
-
-impl OwlVitVisionConfig {
-    /// The vision encoder's config, checked; `model` names the checkpoint in errors.
-    pub fn encoder_config(&self, model: &str) -> crate::Result<ClipEncoderConfig> {
-        check_patch_grid(model, self.image_size, self.patch_size)?;
-        ClipEncoderConfig {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            hidden_act: Activation::from_hf(&self.hidden_act, model, VISION_TOWER)?,
-            layer_norm_eps: self.layer_norm_eps,
-        }
-        .checked(model, VISION_TOWER)
-    }
-}
+clip_tower_configs!(text: OwlVitTextConfig, vision: OwlVitVisionConfig);
 
 /// transformers' `OwlViTVisionEmbeddings` at the config's image size (the detector never
 /// interpolates the position table): class token + patch embeddings + positions.

@@ -103,6 +103,57 @@ impl ClipEncoderConfig {
     }
 }
 
+/// The methods that turn a model's copies of transformers' `CLIPTextConfig` and
+/// `CLIPVisionConfig` (OWL-ViT's and CLIPSeg's config classes repeat their fields) into the
+/// towers' configs, checked: `clip_config` on the text config type, `encoder_config` on the
+/// vision config type.
+macro_rules! clip_tower_configs {
+    (text: $text:ty, vision: $vision:ty) => {
+        impl $text {
+            /// The text tower's config, checked; `model` names the checkpoint in errors.
+            pub fn clip_config(
+                &self,
+                model: &str,
+            ) -> $crate::Result<$crate::models::clip::text::ClipTextConfig> {
+                let tower = $crate::models::clip::TEXT_TOWER;
+                Ok($crate::models::clip::text::ClipTextConfig {
+                    vocab_size: self.vocab_size,
+                    max_position_embeddings: self.max_position_embeddings,
+                    encoder: $crate::models::clip::clip_tower_configs!(@encoder self, model, tower)?,
+                })
+            }
+        }
+
+        impl $vision {
+            /// The vision encoder's config, checked; `model` names the checkpoint in errors.
+            pub fn encoder_config(
+                &self,
+                model: &str,
+            ) -> $crate::Result<$crate::models::clip::ClipEncoderConfig> {
+                let tower = $crate::models::clip::VISION_TOWER;
+                $crate::models::clip::check_patch_grid(model, self.image_size, self.patch_size)?;
+                $crate::models::clip::clip_tower_configs!(@encoder self, model, tower)
+            }
+        }
+    };
+    (@encoder $config:ident, $model:ident, $tower:ident) => {
+        $crate::models::clip::ClipEncoderConfig {
+            hidden_size: $config.hidden_size,
+            intermediate_size: $config.intermediate_size,
+            num_hidden_layers: $config.num_hidden_layers,
+            num_attention_heads: $config.num_attention_heads,
+            hidden_act: $crate::models::clip::Activation::from_hf(
+                &$config.hidden_act,
+                $model,
+                $tower,
+            )?,
+            layer_norm_eps: $config.layer_norm_eps,
+        }
+        .checked($model, $tower)
+    };
+}
+pub(crate) use clip_tower_configs;
+
 /// Checks that the patches tile a vision config's (square) image.
 pub fn check_patch_grid(model: &str, image_size: usize, patch_size: usize) -> crate::Result<()> {
     if patch_size == 0 || image_size % patch_size != 0 {

@@ -27,9 +27,7 @@ use serde::Deserialize;
 use self::decoder::{ClipSegDecoder, DecoderImageState};
 use self::vision::ClipSegVisionTransformer;
 use super::clip::text::{argmax_position, input_ids_to_vec, ClipTextConfig, ClipTextTransformer};
-use super::clip::{
-    check_patch_grid, clip_defaults, Activation, ClipEncoderConfig, TEXT_TOWER, VISION_TOWER,
-};
+use super::clip::{clip_defaults, clip_tower_configs, ClipEncoderConfig};
 
 /// Prompts decoded together against one image: the decoder's MLP activations take
 /// `prompts x tokens x decoder_intermediate_size` floats (~4 MB per prompt for
@@ -187,41 +185,7 @@ impl ClipSegConfig {
     }
 }
 
-impl ClipSegTextConfig {
-    /// The text tower's config, checked; `model` names the checkpoint in errors.
-    pub fn clip_config(&self, model: &str) -> crate::Result<ClipTextConfig> {
-        let encoder = ClipEncoderConfig {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            hidden_act: Activation::from_hf(&self.hidden_act, model, TEXT_TOWER)?,
-            layer_norm_eps: self.layer_norm_eps,
-        }
-        .checked(model, TEXT_TOWER)?;
-        Ok(ClipTextConfig {
-            vocab_size: self.vocab_size,
-            max_position_embeddings: self.max_position_embeddings,
-            encoder,
-        })
-    }
-}
-
-impl ClipSegVisionConfig {
-    /// The vision encoder's config, checked; `model` names the checkpoint in errors.
-    pub fn encoder_config(&self, model: &str) -> crate::Result<ClipEncoderConfig> {
-        check_patch_grid(model, self.image_size, self.patch_size)?;
-        ClipEncoderConfig {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            hidden_act: Activation::from_hf(&self.hidden_act, model, VISION_TOWER)?,
-            layer_norm_eps: self.layer_norm_eps,
-        }
-        .checked(model, VISION_TOWER)
-    }
-}
+clip_tower_configs!(text: ClipSegTextConfig, vision: ClipSegVisionConfig);
 
 /// The raw outputs of [`ClipSegForImageSegmentation::forward`].
 #[derive(Debug, Clone)]
