@@ -140,3 +140,29 @@ mod x86 {
     throughput_loop!(bf16_dot, "vdpbf16ps");
     throughput_loop!(f16_fma, "vfmadd231ph");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_instruction_is_reported_available_or_not() {
+        let out = mac_rates(1).unwrap();
+        let rates = out["rates"].as_object().unwrap();
+        assert_eq!(rates.len(), KINDS.len());
+        for (name, macs, feature) in KINDS {
+            let rate = &rates[name];
+            if rate["available"].as_bool().unwrap() {
+                let gmacs = rate["gmacs_per_s"].as_f64().unwrap();
+                let ginstr = rate["ginstr_per_s"].as_f64().unwrap();
+                assert!(gmacs > 0.0 && (gmacs / ginstr - macs as f64).abs() < 1e-9);
+            } else {
+                assert_eq!(rate["needs"], feature);
+            }
+        }
+        if rates["f32_fma"]["available"].as_bool().unwrap() {
+            assert_eq!(rates["f32_fma"]["vs_f32_fma"], 1.0);
+        }
+        assert!(mac_rates(0).is_err());
+    }
+}
