@@ -110,29 +110,19 @@ mod x86 {
                         "vpxord zmm0, zmm0, zmm0",
                         "vpxord zmm1, zmm1, zmm1",
                         "2:",
-                        concat!($op, " zmm2, zmm0, zmm1"),
-                        concat!($op, " zmm3, zmm0, zmm1"),
-                        concat!($op, " zmm4, zmm0, zmm1"),
-                        concat!($op, " zmm5, zmm0, zmm1"),
-                        concat!($op, " zmm6, zmm0, zmm1"),
-                        concat!($op, " zmm7, zmm0, zmm1"),
-                        concat!($op, " zmm8, zmm0, zmm1"),
-                        concat!($op, " zmm9, zmm0, zmm1"),
-                        concat!($op, " zmm10, zmm0, zmm1"),
-                        concat!($op, " zmm11, zmm0, zmm1"),
-                        concat!($op, " zmm12, zmm0, zmm1"),
-                        concat!($op, " zmm13, zmm0, zmm1"),
-                        "dec {trips}",
+                        throughput_loop!(@accumulate $op, 2 3 4 5 6 7 8 9 10 11 12 13),
+                        "dec rcx",
                         "jnz 2b",
-                        trips = inout(reg) trips.max(1) => _,
-                        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
-                        out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
-                        out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-                        out("zmm12") _, out("zmm13") _,
+                        inout("rcx") trips.max(1) => _,
+                        clobber_abi("C"),
                         options(nomem, nostack),
                     );
                 }
             }
+        };
+        // one instruction per accumulator register zmm2..zmm13
+        (@accumulate $op:literal, $($acc:literal)+) => {
+            concat!($($op, " zmm", $acc, ", zmm0, zmm1\n"),+)
         };
     }
 
