@@ -113,15 +113,7 @@ fn post_processed(model: &str, stem: &str) -> Vec<PostProcessed> {
                         .unwrap()
                         .iter()
                         .zip(r["boxes"].as_array().unwrap())
-                        .map(|(s, b)| {
-                            let b: Vec<f32> = b
-                                .as_array()
-                                .unwrap()
-                                .iter()
-                                .map(|x| x.as_f64().unwrap() as f32)
-                                .collect();
-                            (s.as_f64().unwrap() as f32, [b[0], b[1], b[2], b[3]])
-                        })
+                        .map(|(s, b)| (s.as_f64().unwrap() as f32, json_box(b)))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -430,16 +422,10 @@ fn cli_detections(out: &serde_json::Value, labels: &[&str]) -> Vec<(usize, f32, 
                 d.get("objectness").is_none(),
                 "image-guided has no objectness"
             );
-            let b: Vec<f32> = d["bbox"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
             (
                 qi,
                 d["score"].as_f64().unwrap() as f32,
-                [b[0], b[1], b[2], b[3]],
+                json_box(&d["bbox"]),
             )
         })
         .collect();

@@ -170,21 +170,26 @@ pub fn reference_detections(model: &str, stem: &str, key: &str) -> Vec<(usize, f
         .zip(entry["labels"].as_array().unwrap())
         .zip(entry["boxes"].as_array().unwrap())
         .map(|((s, l), b)| {
-            let b: Vec<f32> = b
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
             (
                 l.as_u64().unwrap() as usize,
                 s.as_f64().unwrap() as f32,
-                [b[0], b[1], b[2], b[3]],
+                json_box(b),
             )
         })
         .collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
     v
+}
+
+/// A box's four coordinates from a JSON array of numbers.
+pub fn json_box(b: &serde_json::Value) -> [f32; 4] {
+    let b: Vec<f32> = b
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    [b[0], b[1], b[2], b[3]]
 }
 
 /// Largest coordinate difference of two boxes, in pixels.
