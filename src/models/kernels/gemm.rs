@@ -4,6 +4,7 @@
 //! rayon task.
 
 use std::marker::PhantomData;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -77,12 +78,8 @@ impl<'a> SharedOut<'a> {
     ) {
         let (m, n) = (lhs.rows, rhs.cols);
         assert_eq!(rhs.rows, lhs.cols, "matmul: inner dimensions differ");
-        let fits = m == 0
-            || n == 0
-            || ((row + m - 1) * self.row_stride + col + n - 1 < self.len
-                && col + n <= self.row_stride);
         assert!(
-            fits && lhs.in_bounds() && rhs.in_bounds(),
+            self.holds(row, col, m, n) && lhs.in_bounds() && rhs.in_bounds(),
             "matmul: operand out of bounds"
         );
         if m == 0 || n == 0 || lhs.cols == 0 {
@@ -116,6 +113,15 @@ impl<'a> SharedOut<'a> {
 }
 
 impl SharedOut<'_> {
+    /// Whether the block of `rows` x `cols` at (`row`, `col`) lies inside the buffer and inside
+    /// its rows.
+    fn holds(&self, row: usize, col: usize, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || ((row + rows - 1) * self.row_stride + col + cols <= self.len
+                && col + cols <= self.row_stride)
+    }
+
     /// Multiplies row `row + i` of the block at columns `col..col + cols` by `scales[i]`.
     ///
     /// # Safety
@@ -124,12 +130,8 @@ impl SharedOut<'_> {
     /// # Panics
     /// If the block reaches outside the buffer.
     pub unsafe fn scale_rows(&self, row: usize, col: usize, cols: usize, scales: &[f32]) {
-        let m = scales.len();
         assert!(
-            m == 0
-                || cols == 0
-                || ((row + m - 1) * self.row_stride + col + cols <= self.len
-                    && col + cols <= self.row_stride),
+            self.holds(row, col, scales.len(), cols),
             "scale_rows: block out of bounds"
         );
         for (i, &scale) in scales.iter().enumerate() {
@@ -146,6 +148,28 @@ impl SharedOut<'_> {
             }
         }
     }
+}
+
+/// The blocks (rows, columns) a threaded [`matmul`] splits an (m, n) output into, one
+/// single-threaded product each, with no barrier inside the products: column blocks where the
+/// output is wide enough (each task then packs only its slice of `rhs`, the weights), row
+/// blocks where it is narrow (a 64-wide output).
+fn output_blocks(m: usize, n: usize) -> impl ParallelIterator<Item = (Range<usize>, Range<usize>)> {
+    let target = TASKS_PER_THREAD * candle_core::utils::get_num_threads();
+    let split_columns = n.div_ceil(MIN_BLOCK) >= target || n >= m;
+    let (len, chunk) = if split_columns {
+        (n, n.div_ceil(target).next_multiple_of(16).max(MIN_BLOCK))
+    } else {
+        (m, m.div_ceil(target).max(MIN_BLOCK))
+    };
+    (0..len.div_ceil(chunk)).into_par_iter().map(move |block| {
+        let part = block * chunk..(block * chunk + chunk).min(len);
+        if split_columns {
+            (0..m, part)
+        } else {
+            (part, 0..n)
+        }
+    })
 }
 
 /// `dst = lhs @ rhs` (`accumulate`: `dst += lhs @ rhs`), `dst` row-major with `dst_row_stride`.
@@ -187,36 +211,21 @@ pub fn matmul(
         return;
     }
     if threaded {
-        // Blocks of the output, one single-threaded product each, with no barrier inside the
-        // products: column blocks where the output is wide enough (each task then packs only
-        // its slice of `rhs`, the weights), row blocks where it is narrow (a 64-wide output).
-        let target = TASKS_PER_THREAD * candle_core::utils::get_num_threads();
         let shared = SharedOut::new(dst, dst_row_stride);
-        if n.div_ceil(MIN_BLOCK) >= target || n >= m {
-            let chunk = n.div_ceil(target).next_multiple_of(16).max(MIN_BLOCK);
-            (0..n.div_ceil(chunk)).into_par_iter().for_each(|block| {
-                let first = block * chunk;
-                let rhs = MatRef {
-                    data: &rhs.data[first * rhs.col_stride..],
-                    cols: chunk.min(n - first),
-                    ..rhs
-                };
-                // SAFETY: every task writes its own columns of `dst`, which `shared` borrows.
-                unsafe { shared.matmul_into(0, first, lhs, rhs, accumulate) };
-            });
-        } else {
-            let chunk = m.div_ceil(target).max(MIN_BLOCK);
-            (0..m.div_ceil(chunk)).into_par_iter().for_each(|block| {
-                let first = block * chunk;
-                let lhs = MatRef {
-                    data: &lhs.data[first * lhs.row_stride..],
-                    rows: chunk.min(m - first),
-                    ..lhs
-                };
-                // SAFETY: every task writes its own rows of `dst`, which `shared` borrows.
-                unsafe { shared.matmul_into(first, 0, lhs, rhs, accumulate) };
-            });
-        }
+        output_blocks(m, n).for_each(|(rows, cols)| {
+            let lhs = MatRef {
+                data: &lhs.data[rows.start * lhs.row_stride..],
+                rows: rows.len(),
+                ..lhs
+            };
+            let rhs = MatRef {
+                data: &rhs.data[cols.start * rhs.col_stride..],
+                cols: cols.len(),
+                ..rhs
+            };
+            // SAFETY: every task writes its own block of `dst`, which `shared` borrows.
+            unsafe { shared.matmul_into(rows.start, cols.start, lhs, rhs, accumulate) };
+        });
         return;
     }
     // SAFETY: one block, the whole of `dst`, which `shared` borrows alone.
