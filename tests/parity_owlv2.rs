@@ -286,13 +286,7 @@ fn reference_patches(model: &str, stem: &str) -> Vec<(usize, f32, [f32; 4], f32)
 }
 
 fn bbox_of(d: &serde_json::Value) -> [f32; 4] {
-    let v: Vec<f32> = d["bbox"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
-    [v[0], v[1], v[2], v[3]]
+    json_box(&d["bbox"])
 }
 
 #[test]
