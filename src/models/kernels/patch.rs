@@ -171,16 +171,21 @@ mod tests {
     use candle_core::{DType, Module};
     use std::collections::HashMap;
 
+    /// A module's `weight` and `bias`, as a checkpoint holds them.
+    fn weight_and_bias(weight: &Tensor, bias: &Tensor) -> VarBuilder<'static> {
+        let tensors = HashMap::from([
+            ("weight".to_string(), weight.clone()),
+            ("bias".to_string(), bias.clone()),
+        ]);
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)
+    }
+
     #[test]
     fn matches_the_strided_conv() {
         let (c, d, p) = (3, 8, 4);
         let weight = randn(&[d, c, p, p]);
         let bias = randn(&[d]);
-        let tensors = HashMap::from([
-            ("weight".to_string(), weight.clone()),
-            ("bias".to_string(), bias.clone()),
-        ]);
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let vb = weight_and_bias(&weight, &bias);
         let cfg = candle_nn::Conv2dConfig {
             stride: p,
             ..Default::default()
@@ -232,11 +237,7 @@ mod tests {
         let (c_in, c_out, k) = (6, 3, 4);
         let weight = randn(&[c_in, c_out, k, k]);
         let bias = randn(&[c_out]);
-        let tensors = HashMap::from([
-            ("weight".to_string(), weight.clone()),
-            ("bias".to_string(), bias.clone()),
-        ]);
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let vb = weight_and_bias(&weight, &bias);
         let cfg = candle_nn::ConvTranspose2dConfig {
             stride: k,
             ..Default::default()
