@@ -4,8 +4,9 @@
 //! f32 on the CPU: one rayon task per (batch item, head, block of queries; [`query_blocks`])
 //! computes the block's scores against every key with the `gemm` crate, turns them into the
 //! softmax's exponentials in place while they are in cache, multiplies by v and divides each
-//! output row by its sum - no score tensor, no transposed copies of q, k or v. Elsewhere the same computation runs from candle ops, a few
-//! heads at a time ([`MAX_SCORES_ALIVE`]) so that one small score tensor is alive at once.
+//! output row by its sum - no score tensor, no transposed copies of q, k or v. Elsewhere the
+//! same computation runs from candle ops, a few heads at a time ([`MAX_SCORES_ALIVE`]) so that
+//! one small score tensor is alive at once.
 
 use std::cell::RefCell;
 
