@@ -310,12 +310,9 @@ impl ViltEmbeddings {
     ) -> Result<(Tensor, Tensor)> {
         let pixel_values = pixel_values.to_dtype(self.cls_token.dtype())?;
         let (b, _, h, w) = pixel_values.dims4()?;
-        let (gh, gw) = self.patch_embeddings.grid(h, w);
-        if gh == 0 || gw == 0 {
-            candle_core::bail!("input is smaller than one patch");
-        }
-        // (b, gh * gw, d)
+        // (b, gh * gw, d); an image without a whole patch is refused here
         let x = self.patch_embeddings.forward(&pixel_values)?;
+        let (gh, gw) = self.patch_embeddings.grid(h, w);
         let d = x.dim(2)?;
         let device = x.device().clone();
         // Patch-level mask, as `F.interpolate(pixel_mask, size=(gh, gw))` (nearest).
