@@ -10,14 +10,14 @@
 //! - attention reads the heads from that projection's output in place
 //!   ([`crate::models::kernels::attention`]: per head and block of queries on the CPU);
 //! - bias + activation and bias + residual are fused into each projection
-//!   ([`crate::models::kernels::FusedLinear`]);
+//!   ([`crate::models::kernels::FusedLinear`], [`crate::models::kernels::FusedMlp`]);
 //! - LayerNorm is candle's fused `layer_norm` op with the config's epsilon.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 pub use crate::models::kernels::AttentionMask;
-use crate::models::kernels::{attention, Activation, Epilogue, FusedLinear};
+use crate::models::kernels::{attention, Epilogue, FusedLinear, FusedMlp};
 
 use super::ClipEncoderConfig;
 
@@ -75,33 +75,8 @@ impl ClipAttention {
     }
 }
 
-/// transformers' `CLIPMLP`.
-#[derive(Debug, Clone)]
-pub struct ClipMlp {
-    fc1: FusedLinear,
-    fc2: FusedLinear,
-    activation: Activation,
-}
-
-impl ClipMlp {
-    pub fn new(vb: VarBuilder, cfg: &ClipEncoderConfig) -> Result<Self> {
-        let (d, inner) = (cfg.hidden_size, cfg.intermediate_size);
-        Ok(Self {
-            fc1: FusedLinear::load(d, inner, vb.pp("fc1"))?,
-            fc2: FusedLinear::load(inner, d, vb.pp("fc2"))?,
-            activation: cfg.hidden_act,
-        })
-    }
-
-    /// `residual + fc2(act(fc1(xs)))`: the layer's second residual branch.
-    pub fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        // (b, n, intermediate)
-        let hidden = self
-            .fc1
-            .forward(xs, Epilogue::Activation(self.activation))?;
-        self.fc2.forward(&hidden, Epilogue::Residual(residual))
-    }
-}
+/// transformers' `CLIPMLP`: `fc1`, `hidden_act`, `fc2`, with the layer's residual added.
+pub type ClipMlp = FusedMlp;
 
 /// transformers' `CLIPEncoderLayer` (pre-norm).
 #[derive(Debug, Clone)]
@@ -118,7 +93,7 @@ impl ClipEncoderLayer {
         Ok(Self {
             self_attn: ClipAttention::new(vb.pp("self_attn"), cfg)?,
             layer_norm1: layer_norm(d, eps, vb.pp("layer_norm1"))?,
-            mlp: ClipMlp::new(vb.pp("mlp"), cfg)?,
+            mlp: ClipMlp::load(vb.pp("mlp"), d, cfg.intermediate_size, cfg.hidden_act)?,
             layer_norm2: layer_norm(d, eps, vb.pp("layer_norm2"))?,
         })
     }
@@ -201,6 +176,7 @@ impl ClipEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::kernels::Activation;
     use candle_core::{DType, Device, D};
     use std::collections::HashMap;
 

@@ -13,7 +13,7 @@ use candle_nn::{conv2d, layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, Lin
 
 use super::ClipSegConfig;
 use crate::models::clip::encoder::{AttentionMask, ClipAttention};
-use crate::models::kernels::{Activation, Epilogue, FusedLinear, PatchExpansion};
+use crate::models::kernels::{Activation, Epilogue, FusedLinear, FusedMlp, PatchExpansion};
 
 /// The complex head splits the patch-size upsampling into two transposed convolutions of
 /// kernel and stride `patch_size / 4` (`CLIPSegDecoder.__init__`).
@@ -22,37 +22,14 @@ pub const COMPLEX_UPSAMPLE_SPLIT: usize = 4;
 const COMPLEX_CONV_KERNEL: usize = 3;
 const COMPLEX_CONV_PADDING: usize = 1;
 
-/// transformers' `CLIPSegMLP` with the decoder's ReLU.
-#[derive(Debug, Clone)]
-pub struct ClipSegMlp {
-    fc1: FusedLinear,
-    fc2: FusedLinear,
-}
-
-impl ClipSegMlp {
-    pub fn new(vb: VarBuilder, hidden: usize, intermediate: usize) -> Result<Self> {
-        Ok(Self {
-            fc1: FusedLinear::load(hidden, intermediate, vb.pp("fc1"))?,
-            fc2: FusedLinear::load(intermediate, hidden, vb.pp("fc2"))?,
-        })
-    }
-
-    /// `residual + fc2(relu(fc1(xs)))`
-    pub fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let hidden = self
-            .fc1
-            .forward(xs, Epilogue::Activation(Activation::Relu))?;
-        self.fc2.forward(&hidden, Epilogue::Residual(residual))
-    }
-}
-
 /// transformers' `CLIPSegDecoderLayer`: the encoder layer with the norms after attention / MLP.
 /// Its `CLIPSegAttention` is CLIP's, unmasked ([`ClipAttention`]).
 #[derive(Debug, Clone)]
 pub struct ClipSegDecoderLayer {
     self_attn: ClipAttention,
     layer_norm1: LayerNorm,
-    mlp: ClipSegMlp,
+    /// transformers' `CLIPSegMLP` with the decoder's ReLU
+    mlp: FusedMlp,
     layer_norm2: LayerNorm,
 }
 
@@ -67,7 +44,12 @@ impl ClipSegDecoderLayer {
                 cfg.decoder_num_attention_heads,
             )?,
             layer_norm1: layer_norm(d, eps, vb.pp("layer_norm1"))?,
-            mlp: ClipSegMlp::new(vb.pp("mlp"), d, cfg.decoder_intermediate_size)?,
+            mlp: FusedMlp::load(
+                vb.pp("mlp"),
+                d,
+                cfg.decoder_intermediate_size,
+                Activation::Relu,
+            )?,
             layer_norm2: layer_norm(d, eps, vb.pp("layer_norm2"))?,
         })
     }

@@ -32,6 +32,44 @@ pub enum Epilogue<'a> {
 /// Elements per rayon task of the activation pass (enough to amortise the task).
 const ACTIVATION_CHUNK: usize = 1 << 14;
 
+/// A (rows, bias.len()) row-major buffer holding `bias` in every row, plus `residual`'s row
+/// if given: the start value a matmul accumulates onto (written once, never zero-filled first).
+/// `threaded`: filled by the rayon pool.
+pub(super) fn prefilled(
+    rows: usize,
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    threaded: bool,
+) -> Vec<f32> {
+    let len = rows * bias.len();
+    assert!(
+        residual.is_none_or(|r| r.len() == len),
+        "prefilled: residual of {} values for {rows} rows of {}",
+        residual.map_or(0, <[f32]>::len),
+        bias.len()
+    );
+    let mut out = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    let dst = &mut out.spare_capacity_mut()[..len];
+    let chunk = ACTIVATION_CHUNK.div_ceil(bias.len()) * bias.len();
+    match (residual, threaded) {
+        (Some(r), true) => dst
+            .par_chunks_mut(chunk)
+            .zip(r.par_chunks(chunk))
+            .for_each(|(d, r)| vmath::fill_rows(d, bias, Some(r))),
+        (None, true) => dst
+            .par_chunks_mut(chunk)
+            .for_each(|d| vmath::fill_rows(d, bias, None)),
+        (residual, false) => vmath::fill_rows(dst, bias, residual),
+    }
+    // SAFETY: `fill_rows` wrote every element: `len` is whole rows of `bias.len()`, and the
+    // chunks are whole rows too.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// An `nn.Linear` with bias whose output gets an [`Epilogue`].
 #[derive(Debug, Clone)]
 pub struct FusedLinear {
@@ -99,6 +137,17 @@ impl FusedLinear {
         Self::new(Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?)
     }
 
+    /// `(in, out)`.
+    pub fn dims(&self) -> (usize, usize) {
+        let (in_dim, out_dim) = self.weight_t.dims2().unwrap_or_default();
+        (in_dim, out_dim)
+    }
+
+    /// `f(weight^T (in, out) row-major, bias)` when both are contiguous f32 CPU tensors.
+    pub(super) fn with_f32<R>(&self, f: impl FnOnce(&[f32], &[f32]) -> R) -> Option<R> {
+        cpu_f32_slice(&self.weight_t, |w| cpu_f32_slice(&self.bias, |b| f(w, b))).flatten()
+    }
+
     /// (.., in) -> (.., out)
     pub fn forward(&self, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let mut dims = xs.dims().to_vec();
@@ -148,17 +197,7 @@ impl FusedLinear {
         let (rows, in_dim) = xs.dims2()?;
         let out_dim = self.bias.dim(0)?;
         let run = |x: &[f32], w: &[f32], b: &[f32], residual: Option<&[f32]>| {
-            let mut ys = vec![0f32; rows * out_dim];
-            let chunk = ACTIVATION_CHUNK.div_ceil(out_dim).max(1) * out_dim;
-            match residual {
-                Some(r) => ys
-                    .par_chunks_mut(chunk)
-                    .zip(r.par_chunks(chunk))
-                    .for_each(|(d, r)| vmath::fill_rows(d, b, Some(r))),
-                None => ys
-                    .par_chunks_mut(chunk)
-                    .for_each(|d| vmath::fill_rows(d, b, None)),
-            }
+            let mut ys = prefilled(rows, b, residual, true);
             let lhs = MatRef {
                 data: x,
                 rows,
@@ -181,13 +220,7 @@ impl FusedLinear {
             ys
         };
         let with_weights = |residual: Option<&[f32]>| {
-            cpu_f32_slice(xs, |x| {
-                cpu_f32_slice(&self.weight_t, |w| {
-                    cpu_f32_slice(&self.bias, |b| run(x, w, b, residual))
-                })
-            })
-            .flatten()
-            .flatten()
+            cpu_f32_slice(xs, |x| self.with_f32(|w, b| run(x, w, b, residual))).flatten()
         };
         Ok(match epilogue {
             Epilogue::Residual(r) => {

@@ -2,6 +2,7 @@
 //! CLIPSeg, and ViLT's encoder):
 //!
 //! - [`linear::FusedLinear`]: `x @ W^T + b` with its epilogue (activation, or residual) fused;
+//! - [`mlp::FusedMlp`]: the MLP with its residual, in row blocks where its weights are small;
 //! - [`attention::attention`]: multi-head self-attention from a fused q/k/v projection;
 //! - [`patch::PatchEmbedding`], [`patch::PatchExpansion`]: convolutions whose kernel is their
 //!   stride (the ViT patch embedding, CLIPSeg's transposed head) as one matmul each;
@@ -16,11 +17,13 @@
 pub mod attention;
 pub mod gemm;
 pub mod linear;
+pub mod mlp;
 pub mod patch;
 pub mod vmath;
 
 pub use attention::{attention, AttentionMask};
 pub use linear::{Epilogue, FusedLinear};
+pub use mlp::FusedMlp;
 pub use patch::{PatchEmbedding, PatchExpansion};
 
 use candle_core::{bail, DType, Layout, Module, Result, Tensor};

@@ -4,6 +4,8 @@
 //! AVX2+FMA besides the baseline, and picks one at run time; the polynomials use fused
 //! multiply-adds ([`MulAdd`]) where the variant has them.
 
+use std::mem::MaybeUninit;
+
 /// Defines `fn $name(args)` that runs `$body` compiled for the best of AVX-512, AVX2+FMA and
 /// the build's baseline that the CPU has (detected at run time, cached by std). In `$body`,
 /// `M` is the variant's [`MulAdd`] (fused where the variant has FMA).
@@ -246,21 +248,23 @@ multiversion! {
 }
 
 multiversion! {
-    /// Fills each `cols`-wide row of `dst` with `bias`, plus the same row of `residual` if
-    /// given (the start value a matmul then accumulates into).
-    pub fn fill_rows(dst: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
+    /// Writes `bias` into each `cols`-wide row of `dst`, plus the same row of `residual` if
+    /// given (the start value a matmul then accumulates into); `dst` need not be initialised.
+    pub fn fill_rows(dst: &mut [MaybeUninit<f32>], bias: &[f32], residual: Option<&[f32]>) {
         let cols = bias.len();
         match residual {
             Some(residual) => {
                 for (row, res) in dst.chunks_exact_mut(cols).zip(residual.chunks_exact(cols)) {
                     for ((x, &b), &r) in row.iter_mut().zip(bias).zip(res) {
-                        *x = b + r;
+                        x.write(b + r);
                     }
                 }
             }
             None => {
                 for row in dst.chunks_exact_mut(cols) {
-                    row.copy_from_slice(bias);
+                    for (x, &b) in row.iter_mut().zip(bias) {
+                        x.write(b);
+                    }
                 }
             }
         }
