@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -541,18 +540,101 @@ def owl_threshold_near_median(scores: torch.Tensor) -> float:
     raise AssertionError("no gap in scores")
 
 
+def save_owl_model(out: Path, spec: dict, build, rescale_heads) -> None:
+    """Builds an OWL-ViT / OWLv2 model (`build()`, initialised from the spec's seed), perturbs its constant
+    parameters, rescales its heads to realistic outputs and saves it in the spec's format."""
+    torch.manual_seed(spec["seed"])
+    model = build().eval()
+    perturb_constant_params(model, spec["seed"] + 1)
+    rescale_heads(model, spec["seed"] + 2)
+    save_model(model, out, spec["format"])
+
+
+def write_owl_tokenizer(out: Path, spec: dict, vocab, merges, processor_class: str, **extra) -> None:
+    """An OWL-ViT / OWLv2 fixture's CLIP tokenizer: "!" pads, as in google/owlvit-* and google/owlv2-*."""
+    write_clip_tokenizer(
+        out,
+        vocab,
+        merges,
+        pad_token="!",
+        max_len=spec["text"]["max_position_embeddings"],
+        processor_class=processor_class,
+        tokenizer_json=spec["tokenizer_json"],
+        **extra,
+    )
+
+
+def owl_references(name: str, spec: dict, out: Path, model, proc, output_keys: tuple[str, ...], extra=None) -> None:
+    """An OWL-ViT / OWLv2 fixture's references on each of its images, from the saved files as a user would load
+    them: the model outputs in `output_keys`, the pixel values (torchvision and PIL backends), the token ids, the
+    post-processed detections at threshold 0 and near the median score, and meta.json. `extra(image, inputs,
+    outputs)` checks what is particular to the model and returns its meta.json entries and a note for the log."""
+    assert proc.image_processor.backend == "torchvision"
+    size = spec["vision"]["image_size"]
+    for image_name in spec["images"]:
+        image = load_rgb(IMAGES / image_name)
+        inputs = proc(text=OWL_QUERIES, images=image, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            outputs = model(**inputs)
+        ref = REFS / name / Path(image_name).stem
+        for k in output_keys:
+            check_finite(k, getattr(outputs, k))
+            save_npy(ref / f"{k}.npy", getattr(outputs, k), np.float32)
+        save_npy(ref / "pixel_values.npy", inputs["pixel_values"], np.float32)
+        pil_pixels = pil_backend_pixels(out, image)
+        save_npy(ref / "pixel_values_pil.npy", pil_pixels, np.float32)
+        save_npy(ref / "input_ids.npy", inputs["input_ids"], np.int64)
+        save_npy(ref / "attention_mask.npy", inputs["attention_mask"], np.int64)
+
+        target = [(image.size[1], image.size[0])]
+        scores_all = torch.sigmoid(outputs.logits[0].max(dim=-1).values)
+        thr = owl_threshold_near_median(scores_all)
+        post = post_process_json(proc.image_processor, outputs, [("threshold_0", 0.0), ("threshold_median", thr)],
+                                 target)
+        write_json(ref / "post_processed.json", post)
+        lo, hi = float(scores_all.min()), float(scores_all.max())
+        tv_vs_pil = float((inputs["pixel_values"] - pil_pixels).abs().max())
+        particular, note = extra(image, inputs, outputs) if extra else ({}, "")
+        write_json(
+            ref / "meta.json",
+            {
+                **common_image_meta(proc, image_name, image),
+                "model": name,
+                "queries": OWL_QUERIES,
+                "text_kwargs": {"padding": "max_length", "truncation": True},
+                "pad_token": "!",
+                "pad_token_id": 0,
+                "max_length": spec["text"]["max_position_embeddings"],
+                "processor_input_size_hw": [size, size],
+                "thresholds": [0.0, thr],
+                "score_range": [lo, hi],
+                "pixel_values_max_abs_diff_torchvision_vs_pil": tv_vs_pil,
+                **particular,
+            },
+        )
+        assert hi - lo > 0.4, f"{name}/{image_name}: scores do not vary enough ({lo:.3f}..{hi:.3f})"
+        b = outputs.pred_boxes[0]
+        # the grid prior puts the last row/column centres at logit ~9.2 (sigmoid ~1), as in the real model;
+        # sizes must vary and stay off 0/1
+        saturated = float(((b < 1e-3) | (b > 1 - 1e-3)).float().mean())
+        wh = b[:, 2:]
+        assert saturated < 0.25 and float(wh.min()) > 1e-3 and float(wh.max()) < 1 - 1e-3, "boxes saturated"
+        assert float(wh.std()) > 0.02, "box sizes do not vary"
+        print(
+            f"  {name}/{image_name}: scores {lo:.3f}..{hi:.3f} (median thr {thr}), {note}"
+            f"box w/h {float(wh.min()):.3f}..{float(wh.max()):.3f} (std {float(wh.std()):.3f}), "
+            f"saturated coords {saturated:.2f}, tv vs pil {tv_vs_pil:.2e}"
+        )
+
+
 def make_owlvit(name: str, spec: dict, vocab, merges) -> None:
     out = MODELS / name
-    torch.manual_seed(spec["seed"])
     config = OwlViTConfig(
         text_config=spec["text"],
         vision_config=spec["vision"],
         projection_dim=spec["projection_dim"],
     )
-    model = OwlViTForObjectDetection(config).eval()
-    perturb_constant_params(model, spec["seed"] + 1)
-    rescale_owlvit_heads(model, spec["seed"] + 2)
-    save_model(model, out, spec["format"])
+    save_owl_model(out, spec, lambda: OwlViTForObjectDetection(config), rescale_owlvit_heads)
 
     size = spec["vision"]["image_size"]
     ip = OwlViTImageProcessor(
@@ -569,78 +651,12 @@ def make_owlvit(name: str, spec: dict, vocab, merges) -> None:
         do_convert_rgb=True,
     )
     save_image_processor(ip, out, "OwlViTProcessor")
-    write_clip_tokenizer(
-        out,
-        vocab,
-        merges,
-        pad_token="!",
-        max_len=spec["text"]["max_position_embeddings"],
-        processor_class="OwlViTProcessor",
-        tokenizer_json=spec["tokenizer_json"],
-    )
+    write_owl_tokenizer(out, spec, vocab, merges, "OwlViTProcessor")
 
     # ---- references, through the saved files exactly as a user would load them
     model = OwlViTForObjectDetection.from_pretrained(out).eval()
     proc = OwlViTProcessor.from_pretrained(out)
-    assert proc.image_processor.backend == "torchvision"
-    text_kwargs = {"padding": "max_length", "truncation": True}
-    for image_name in spec["images"]:
-        image = load_rgb(IMAGES / image_name)
-        inputs = proc(text=OWL_QUERIES, images=image, truncation=True, return_tensors="pt")
-        with torch.no_grad():
-            outputs = model(**inputs)
-        ref = REFS / name / Path(image_name).stem
-        for k in ("logits", "pred_boxes", "text_embeds", "image_embeds", "class_embeds"):
-            check_finite(k, getattr(outputs, k))
-            save_npy(ref / f"{k}.npy", getattr(outputs, k), np.float32)
-        save_npy(ref / "pixel_values.npy", inputs["pixel_values"], np.float32)
-        pil_pixels = pil_backend_pixels(out, image)
-        save_npy(ref / "pixel_values_pil.npy", pil_pixels, np.float32)
-        save_npy(ref / "input_ids.npy", inputs["input_ids"], np.int64)
-        save_npy(ref / "attention_mask.npy", inputs["attention_mask"], np.int64)
-
-        target = [(image.size[1], image.size[0])]
-        scores_all = torch.sigmoid(outputs.logits[0].max(dim=-1).values)
-        thr = owl_threshold_near_median(scores_all)
-        post = {}
-        for label, t in (("threshold_0", 0.0), ("threshold_median", thr)):
-            r = proc.image_processor.post_process_object_detection(outputs, threshold=t, target_sizes=target)[0]
-            post[label] = {
-                "threshold": t,
-                "scores": floats(r["scores"]),
-                "labels": r["labels"].tolist(),
-                "boxes": floats(r["boxes"]),
-            }
-        write_json(ref / "post_processed.json", post)
-        lo, hi = float(scores_all.min()), float(scores_all.max())
-        write_json(
-            ref / "meta.json",
-            {
-                **common_image_meta(proc, image_name, image),
-                "model": name,
-                "queries": OWL_QUERIES,
-                "text_kwargs": text_kwargs,
-                "pad_token": "!",
-                "pad_token_id": 0,
-                "max_length": spec["text"]["max_position_embeddings"],
-                "processor_input_size_hw": [size, size],
-                "thresholds": [0.0, thr],
-                "score_range": [lo, hi],
-                "pixel_values_max_abs_diff_torchvision_vs_pil": float((inputs["pixel_values"] - pil_pixels).abs().max()),
-            },
-        )
-        assert hi - lo > 0.4, f"{name}/{image_name}: scores do not vary enough ({lo:.3f}..{hi:.3f})"
-        b = outputs.pred_boxes[0]
-        # the grid prior puts the last row/column centres at logit ~9.2 (sigmoid ~1), as in the real model;
-        # sizes must vary and stay off 0/1
-        saturated = float(((b < 1e-3) | (b > 1 - 1e-3)).float().mean())
-        wh = b[:, 2:]
-        assert saturated < 0.25 and float(wh.min()) > 1e-3 and float(wh.max()) < 1 - 1e-3, "boxes saturated"
-        assert float(wh.std()) > 0.02, "box sizes do not vary"
-        print(
-            f"  {name}/{image_name}: scores {lo:.3f}..{hi:.3f} (median thr {thr}), "
-            f"box w/h {float(wh.min()):.3f}..{float(wh.max()):.3f}, saturated coords {saturated:.2f}"
-        )
+    owl_references(name, spec, out, model, proc, ("logits", "pred_boxes", "text_embeds", "image_embeds", "class_embeds"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -941,14 +957,10 @@ def post_process_json(ip, outputs, thresholds: list[tuple[str, float]], target) 
 
 def make_owlv2(name: str, spec: dict, vocab, merges) -> None:
     out = MODELS / name
-    torch.manual_seed(spec["seed"])
     text = {**spec["text"], "vocab_size": len(vocab), "pad_token_id": 0, "bos_token_id": vocab[CLIP_BOS],
             "eos_token_id": vocab[CLIP_EOS]}
     config = Owlv2Config(text_config=text, vision_config=spec["vision"], projection_dim=spec["projection_dim"])
-    model = Owlv2ForObjectDetection(config).eval()
-    perturb_constant_params(model, spec["seed"] + 1)
-    rescale_owlv2_heads(model, spec["seed"] + 2)
-    save_model(model, out, spec["format"])
+    save_owl_model(out, spec, lambda: Owlv2ForObjectDetection(config), rescale_owlv2_heads)
 
     size = spec["vision"]["image_size"]
     # the class defaults written out (960 -> the tiny model's size), as google/owlv2-base-patch16-ensemble's file
@@ -965,44 +977,22 @@ def make_owlv2(name: str, spec: dict, vocab, merges) -> None:
         do_convert_rgb=True,
     )
     save_image_processor(ip, out, "Owlv2Processor")
-    write_clip_tokenizer(
+    write_owl_tokenizer(
         out,
+        spec,
         vocab,
         merges,
-        pad_token="!",
-        max_len=spec["text"]["max_position_embeddings"],
-        processor_class="Owlv2Processor",
-        tokenizer_json=spec["tokenizer_json"],
+        "Owlv2Processor",
         cat_ids=[vocab[CLIP_BOS]] + [vocab[t] for t in ("a</w>", "p", "ho", "to</w>", "of</w>", "a</w>", "c", "at</w>")]
         + [vocab[CLIP_EOS]],
     )
 
     model = Owlv2ForObjectDetection.from_pretrained(out).eval()
     proc = Owlv2Processor.from_pretrained(out)
-    assert proc.image_processor.backend == "torchvision"
-    text_kwargs = {"padding": "max_length", "truncation": True}
     mean, std = torch.tensor(OPENAI_CLIP_MEAN), torch.tensor(OPENAI_CLIP_STD)
-    for image_name in spec["images"]:
-        image = load_rgb(IMAGES / image_name)
-        inputs = proc(text=OWL_QUERIES, images=image, truncation=True, return_tensors="pt")
-        with torch.no_grad():
-            outputs = model(**inputs)
-        ref = REFS / name / Path(image_name).stem
-        for k in ("logits", "objectness_logits", "pred_boxes", "text_embeds", "image_embeds", "class_embeds"):
-            check_finite(k, getattr(outputs, k))
-            save_npy(ref / f"{k}.npy", getattr(outputs, k), np.float32)
-        save_npy(ref / "pixel_values.npy", inputs["pixel_values"], np.float32)
-        pil_pixels = pil_backend_pixels(out, image)
-        save_npy(ref / "pixel_values_pil.npy", pil_pixels, np.float32)
-        save_npy(ref / "input_ids.npy", inputs["input_ids"], np.int64)
-        save_npy(ref / "attention_mask.npy", inputs["attention_mask"], np.int64)
 
+    def padding_and_objectness(image, inputs, outputs) -> tuple[dict, str]:
         h, w = image.size[1], image.size[0]
-        scores_all = torch.sigmoid(outputs.logits[0].max(dim=-1).values)
-        thr = owl_threshold_near_median(scores_all)
-        post = post_process_json(proc.image_processor, outputs, [("threshold_0", 0.0), ("threshold_median", thr)],
-                                 [(h, w)])
-        write_json(ref / "post_processed.json", post)
         side = max(h, w)
         # transformers 5.17 pads with 0.0 (black) after rescaling, not the 0.5 grey of the original OWLv2 code
         # and of transformers 4: where the padded square is not resampled the padding must read (0 - mean) / std.
@@ -1015,42 +1005,27 @@ def make_owlv2(name: str, spec: dict, vocab, merges) -> None:
             pv = inputs["pixel_values"][0]
             pad = pv[:, first:, :] if h < w else pv[:, :, first:]
             assert torch.equal(pad, ((0.0 - mean) / std)[:, None, None].expand_as(pad)), "pad value is not 0.0"
-        lo, hi = float(scores_all.min()), float(scores_all.max())
         obj = outputs.objectness_logits[0]
-        write_json(
-            ref / "meta.json",
-            {
-                **common_image_meta(proc, image_name, image),
-                "model": name,
-                "queries": OWL_QUERIES,
-                "text_kwargs": text_kwargs,
-                "pad_token": "!",
-                "pad_token_id": 0,
-                "max_length": spec["text"]["max_position_embeddings"],
-                "processor_input_size_hw": [size, size],
-                "padded_size_hw": [side, side],
-                "box_scale": side,
-                "pad_value": 0.0,
-                "pad_value_normalized": pad_normalized,
-                "antialias": owlv2_antialias((side, side), size),
-                "thresholds": [0.0, thr],
-                "score_range": [lo, hi],
-                "objectness_range": [float(obj.min()), float(obj.max())],
-                "pixel_values_max_abs_diff_torchvision_vs_pil": float((inputs["pixel_values"] - pil_pixels).abs().max()),
-            },
-        )
-        assert hi - lo > 0.4, f"{name}/{image_name}: scores do not vary enough ({lo:.3f}..{hi:.3f})"
-        assert float(obj.max() - obj.min()) > 1.0, f"{name}/{image_name}: objectness does not vary"
-        b = outputs.pred_boxes[0]
-        saturated = float(((b < 1e-3) | (b > 1 - 1e-3)).float().mean())
-        wh = b[:, 2:]
-        assert saturated < 0.25 and float(wh.min()) > 1e-3 and float(wh.max()) < 1 - 1e-3, "boxes saturated"
-        print(
-            f"  {name}/{image_name}: scores {lo:.3f}..{hi:.3f} (median thr {thr}), objectness "
-            f"{float(obj.min()):.2f}..{float(obj.max()):.2f}, box w/h {float(wh.min()):.3f}..{float(wh.max()):.3f} "
-            f"(std {float(wh.std()):.3f}), "
-            f"tv vs pil {float((inputs['pixel_values'] - pil_pixels).abs().max()):.2e}"
-        )
+        assert float(obj.max() - obj.min()) > 1.0, f"{name}: objectness does not vary"
+        meta = {
+            "padded_size_hw": [side, side],
+            "box_scale": side,
+            "pad_value": 0.0,
+            "pad_value_normalized": pad_normalized,
+            "antialias": owlv2_antialias((side, side), size),
+            "objectness_range": [float(obj.min()), float(obj.max())],
+        }
+        return meta, f"objectness {float(obj.min()):.2f}..{float(obj.max()):.2f}, "
+
+    owl_references(
+        name,
+        spec,
+        out,
+        model,
+        proc,
+        ("logits", "objectness_logits", "pred_boxes", "text_embeds", "image_embeds", "class_embeds"),
+        padding_and_objectness,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
