@@ -4,9 +4,11 @@
 # ours first, then the reference, each one JSON line on stdout (a "# case ..." header per case
 # and the machine on stderr).
 #   scripts/bench.sh [--case CASE] [--device cpu|cuda] [--dtype f32|f16|bf16] [--iters N] [--warmup N]
-#                    [--rounds N]
+#                    [--rounds N] [--lockstep]
 #   --rounds N repeats the whole sequence N times (ours and the reference alternate case by case):
 #   on a shared machine whose speed drifts over minutes, compare the rounds, not one run.
+#   --lockstep: in the model cases, load both sides, then alternate their frames one by one
+#   (scripts/bench_lockstep.py), so that a slow minute of the machine falls on both alike.
 #   CASE (default owlvit-b32):
 #     owlvit-b32  OWL-ViT B/32 @768 (google/owlvit-base-patch32 architecture), 4 queries
 #     owlvit-b16  OWL-ViT B/16 @768 (google/owlvit-base-patch16), 4 queries
@@ -32,7 +34,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-device=cpu dtype=f32 iters=20 warmup=3 case_=owlvit-b32 rounds=1
+device=cpu dtype=f32 iters=20 warmup=3 case_=owlvit-b32 rounds=1 lockstep=0
 all_cases=(owlvit-b32 owlvit-b16 owlv2 clipseg-1 clipseg-4 vilt gemm)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
     --warmup) warmup="$2"; shift 2 ;;
     --case) case_="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
+    --lockstep) lockstep=1; shift ;;
     --arch)
       case "$2" in
         owlvit) case_=owlvit-b32 ;;
@@ -108,6 +111,21 @@ detect_queries=(--query "a photo of a cat" --query "a cup of coffee" --query "a 
 # 12 tokens with [CLS] and [SEP] (BERT uncased: what color is the cat lying on the blanket ?).
 vilt_question="what color is the cat lying on the blanket?"
 
+# One model case on both sides: `vlm-bench ARGS`, then `bench_reference.py ARGS REF_EXTRA`
+# (sequentially, or with --lockstep frame for frame).
+#   run_pair ARGS... [:: REF_EXTRA...]
+run_pair() {
+  local ours=() extra=()
+  while [ $# -gt 0 ] && [ "$1" != "::" ]; do ours+=("$1"); shift; done
+  [ $# -gt 0 ] && shift && extra=("$@")
+  if [ "$lockstep" = 1 ]; then
+    "$python" scripts/bench_lockstep.py "$bench_bin" "${ours[@]}" :: "${ref[@]}" "${ours[@]}" "${extra[@]}"
+  else
+    "$bench_bin" "${ours[@]}"
+    "${ref[@]}" "${ours[@]}" "${extra[@]}"
+  fi
+}
+
 run_case() {
   local c="$1" model inputs
   case "$c" in
@@ -119,8 +137,7 @@ run_case() {
         owlv2) model="$(checkpoint owlv2-b16-960-random-safetensors owlv2)" ;;
       esac
       echo "# case $c: detect, 4 queries, model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
-      "$bench_bin" detect --model "$model" --image "$image" "${detect_queries[@]}" "${common[@]}"
-      "${ref[@]}" detect --model "$model" --image "$image" "${detect_queries[@]}" "${common[@]}"
+      run_pair detect --model "$model" --image "$image" "${detect_queries[@]}" "${common[@]}"
       ;;
     clipseg-1|clipseg-4)
       model="$(checkpoint clipseg-rd64-refined-random-safetensors clipseg)"
@@ -130,16 +147,14 @@ run_case() {
         inputs=(--prompt "a cat" --prompt "a remote control" --prompt "a blanket" --prompt "a cup of coffee")
       fi
       echo "# case $c: segment, ${c#clipseg-} prompt(s), model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
-      "$bench_bin" segment --model "$model" --image "$image" "${inputs[@]}" "${common[@]}"
-      "${ref[@]}" segment --model "$model" --image "$image" "${inputs[@]}" "${common[@]}"
+      run_pair segment --model "$model" --image "$image" "${inputs[@]}" "${common[@]}"
       ;;
     vilt)
       model="$(checkpoint vilt-random-safetensors vilt)"
       local img
       img="$(vilt_image)"
       echo "# case $c: ask, \"$vilt_question\", model=$model image=$img device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
-      "$bench_bin" ask --model "$model" --image "$img" --question "$vilt_question" "${common[@]}"
-      "${ref[@]}" ask --model "$model" --image "$img" --question "$vilt_question" --expect-hw 384 576 "${common[@]}"
+      run_pair ask --model "$model" --image "$img" --question "$vilt_question" "${common[@]}" :: --expect-hw 384 576
       ;;
     gemm)
       local shape m k n
@@ -160,7 +175,7 @@ run_case() {
   esac
 }
 
-echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores; device=$device dtype=$dtype iters=$iters rounds=$rounds cases: ${cases[*]}" >&2
+echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores; device=$device dtype=$dtype iters=$iters rounds=$rounds lockstep=$lockstep cases: ${cases[*]}" >&2
 for round in $(seq "$rounds"); do
   for c in "${cases[@]}"; do
     echo "# round $round" >&2

@@ -227,6 +227,20 @@ def standard_and_cheapest(pre_std, fwd_std, pre, fwd):
     }
 
 
+def iterations(args):
+    """The frame loop's indices (warm-up ones first). With --lockstep: "ready" on stdout before the
+    first, then each iteration waits for a line on stdin and prints "step" after it, so that
+    scripts/bench_lockstep.py can interleave these iterations with vlm-bench's frames."""
+    if args.lockstep:
+        print("ready", flush=True)
+    for i in range(args.warmup + args.iters):
+        if args.lockstep and not sys.stdin.readline():
+            raise SystemExit("--lockstep: stdin closed before the last iteration")
+        yield i
+        if args.lockstep:
+            print("step", flush=True)
+
+
 def detect(args) -> None:
     from transformers import AutoConfig, Owlv2ForObjectDetection, OwlViTForObjectDetection
 
@@ -240,7 +254,7 @@ def detect(args) -> None:
 
     pre_std, fwd_std, encode, pre, fwd = [], [], [], [], []
     with torch.inference_mode():
-        for i in range(args.warmup + args.iters):
+        for i in iterations(args):
             timed = i >= args.warmup
             # transformers' usual call: processor on text and image, text and image towers every
             # frame, then post-processing.
@@ -354,7 +368,7 @@ def segment(args) -> None:
         print(f"# CLIPSeg check: cheapest vs standard logits {tuple(ref.shape)}, max abs diff {max_diff:.3g} (< {tol:.3g})", file=sys.stderr)
 
         pre_std, fwd_std, encode, pre, fwd = [], [], [], [], []
-        for i in range(args.warmup + args.iters):
+        for i in iterations(args):
             timed = i >= args.warmup
             t0 = time.perf_counter()
             inputs = standard_inputs()
@@ -400,7 +414,7 @@ def ask(args) -> None:
 
     pre, fwd = [], []
     with torch.inference_mode():
-        for i in range(args.warmup + args.iters):
+        for i in iterations(args):
             timed = i >= args.warmup
             # As transformers' docs run ViLT VQA (also the cheapest: nothing is repeated).
             t0 = time.perf_counter()
@@ -478,6 +492,8 @@ def main() -> None:
         sp.add_argument("--dtype", choices=list(DTYPES), default="f32")
         sp.add_argument("--warmup", type=int, default=3)
         sp.add_argument("--iters", type=int, default=20)
+        sp.add_argument("--lockstep", action="store_true",
+                        help="one iteration per stdin line, 'step' printed after each (bench_lockstep.py)")
         return sp
 
     run_args(sub.add_parser("detect")).add_argument("--query", dest="queries", action="append", required=True)

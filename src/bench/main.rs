@@ -97,7 +97,47 @@ struct RunArgs {
     /// Timed runs.
     #[arg(long, default_value_t = 20)]
     iters: usize,
+    /// Run each frame (warm-up ones too) when a line arrives on stdin, and print `step` on
+    /// stdout after it (`ready` before the first): scripts/bench_lockstep.py interleaves this
+    /// process's frames with the reference's, so that both sides meet the same machine.
+    #[arg(long)]
+    lockstep: bool,
 }
+
+/// The `--lockstep` handshake: `ready` once, then one stdin line per frame, `step` after it.
+struct Lockstep {
+    on: bool,
+}
+
+impl Lockstep {
+    fn new(on: bool) -> Self {
+        if on {
+            println!("{LOCKSTEP_READY}");
+        }
+        Self { on }
+    }
+
+    /// Waits for the go-ahead of the next frame.
+    fn wait(&self) -> Result<()> {
+        if self.on {
+            let mut line = String::new();
+            let n = std::io::stdin().read_line(&mut line)?;
+            anyhow::ensure!(n > 0, "--lockstep: stdin closed before the last frame");
+        }
+        Ok(())
+    }
+
+    /// Reports a frame done.
+    fn done(&self) {
+        if self.on {
+            println!("{LOCKSTEP_STEP}");
+        }
+    }
+}
+
+/// The `--lockstep` lines (scripts/bench_lockstep.py reads them; `println!` flushes lines).
+const LOCKSTEP_READY: &str = "ready";
+const LOCKSTEP_STEP: &str = "step";
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -133,13 +173,16 @@ fn time_frames(
 ) -> Result<(Vec<f64>, Vec<Timings>)> {
     anyhow::ensure!(run.iters > 0, "--iters must be positive");
     let (mut totals, mut stages) = (Vec::new(), Vec::new());
+    let lockstep = Lockstep::new(run.lockstep);
     for i in 0..run.warmup + run.iters {
+        lockstep.wait()?;
         let t = Instant::now();
         let timings = frame()?;
         if i >= run.warmup {
             totals.push(ms(t.elapsed()));
             stages.push(timings);
         }
+        lockstep.done();
     }
     Ok((totals, stages))
 }
