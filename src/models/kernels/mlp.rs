@@ -7,7 +7,7 @@
 //! memory. Elsewhere (the ViT towers' 768 -> 3072 MLP, whose 19 MiB of weights every block
 //! would pack again) it is two [`FusedLinear`] calls.
 
-use candle_core::{bail, Device, Result, Tensor};
+use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -70,7 +70,9 @@ impl FusedMlp {
     /// are not f32 on the CPU; mismatched shapes are left to the two-linear path's errors).
     fn forward_blocked(&self, xs: &Tensor, residual: &Tensor) -> Result<Option<Tensor>> {
         let (d, inner) = self.fc1.dims();
-        if 2 * d * inner > MAX_BLOCKED_WEIGHTS
+        if !xs.device().is_cpu()
+            || xs.dtype() != DType::F32
+            || 2 * d * inner > MAX_BLOCKED_WEIGHTS
             || xs.dims() != residual.dims()
             || xs.dims().last() != Some(&d)
         {
@@ -169,16 +171,17 @@ mod tests {
     }
 
     #[test]
-    fn large_weights_and_bad_shapes_take_the_two_linears() {
+    fn large_weights_other_dtypes_and_bad_shapes_take_the_two_linears() {
         let xs = randn(&[5, 768]);
         assert!(mlp(768, 3072).forward_blocked(&xs, &xs).unwrap().is_none());
         let small = mlp(8, 32);
-        assert!(small
-            .forward_blocked(&randn(&[5, 8]), &randn(&[4, 8]))
-            .unwrap()
-            .is_none());
-        // ... whose errors name the mismatch
-        assert!(small.forward(&randn(&[5, 8]), &randn(&[4, 8])).is_err());
+        let half = randn(&[5, 8]).to_dtype(DType::BF16).unwrap();
+        assert!(small.forward_blocked(&half, &half).unwrap().is_none());
+        let (xs, wrong) = (randn(&[5, 8]), randn(&[4, 8]));
+        assert!(small.forward_blocked(&xs, &wrong).unwrap().is_none());
+        // ... whose error names the mismatch
+        let err = small.forward(&xs, &wrong).unwrap_err().to_string();
+        assert!(err.contains("residual"), "{err}");
         let fc = |i, o| FusedLinear::new(randn(&[o, i]), randn(&[o])).unwrap();
         assert!(FusedMlp::new(fc(8, 32), fc(16, 8), Activation::Relu).is_err());
     }
