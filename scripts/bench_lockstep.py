@@ -27,26 +27,25 @@ def start(cmd: list[str]) -> subprocess.Popen:
     return proc
 
 
-def step(proc: subprocess.Popen) -> bool:
-    """One frame of `proc`; False once it has run its last one (it then prints its report)."""
+def step(proc: subprocess.Popen) -> str | None:
+    """One frame of `proc`: None, or, once it has run its last frame, the first line of its report
+    (empty if it had already exited)."""
     try:
         proc.stdin.write("\n")
         proc.stdin.flush()
     except BrokenPipeError:
-        return False
+        return ""
     line = proc.stdout.readline()
-    if line.strip() == "step":
-        return True
-    proc.pending = line  # the first line of its report
-    return False
+    return None if line.strip() == "step" else line
 
 
-def finish(proc: subprocess.Popen) -> str:
+def finish(proc: subprocess.Popen, head: str) -> str:
+    """The report of `proc`, whose first line `head` has been read already."""
     try:
         proc.stdin.close()
     except BrokenPipeError:  # its last go-ahead, written after it had left its frame loop
         pass
-    report = getattr(proc, "pending", "") + proc.stdout.read()
+    report = head + proc.stdout.read()
     if proc.wait() != 0:
         raise SystemExit(f"bench_lockstep: {proc.args[0]} failed (exit status {proc.returncode})")
     return report
@@ -58,11 +57,14 @@ def main() -> None:
         raise SystemExit(f"usage: bench_lockstep.py OURS_CMD... {SEPARATOR} REFERENCE_CMD...")
     split = argv.index(SEPARATOR)
     procs = [start(argv[:split]), start(argv[split + 1:])]
-    running = list(procs)
-    while running:
-        running = [p for p in running if step(p)]
-    for report in [finish(p) for p in procs]:
-        sys.stdout.write(report)
+    # frames alternate until both have run their last; then the first line of each report
+    heads: list[str | None] = [None, None]
+    while None in heads:
+        for i, proc in enumerate(procs):
+            if heads[i] is None:
+                heads[i] = step(proc)
+    for proc, head in zip(procs, heads):
+        sys.stdout.write(finish(proc, head))
 
 
 if __name__ == "__main__":
