@@ -16,6 +16,10 @@
 //! (text) token is pooled, so raster order gives the same answer up to float rounding. When a
 //! positive `max_image_length` would make transformers keep a random subset of patches, the
 //! model refuses the input instead of answering differently.
+//!
+//! The pooler reads the first token alone, so the last layer computes that token's output
+//! only (its attention still reads every token's key and value): about three quarters of one
+//! layer's work that transformers spends on outputs nothing reads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +29,9 @@ use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, Var
 use serde::Deserialize;
 
 use super::interpolate;
-use super::kernels::{attention, Activation, AttentionMask, Epilogue, FusedLinear, PatchEmbedding};
+use super::kernels::{
+    attention_of_first, Activation, AttentionMask, Epilogue, FusedLinear, PatchEmbedding,
+};
 
 /// `nn.LayerNorm`'s default epsilon, used by the classifier (`nn.LayerNorm(hidden_size * 2)`).
 const CLASSIFIER_LAYER_NORM_EPS: f64 = 1e-5;
@@ -438,8 +444,9 @@ impl ViltSelfAttention {
         })
     }
 
-    /// `xs` (b, t, d); `mask` additive per key, (b, t) f32. Returns (b, t, d).
-    pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `xs` (b, t, d); `mask` additive per key, (b, t) f32. Returns the first `queries` tokens'
+    /// outputs, attending to all `t`: (b, queries, d).
+    pub fn forward(&self, xs: &Tensor, mask: &Tensor, queries: usize) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let qkv = self.qkv.forward(xs, Epilogue::Bias)?.reshape((
             b,
@@ -448,7 +455,7 @@ impl ViltSelfAttention {
             self.num_heads,
             self.head_dim,
         ))?;
-        attention(&qkv, AttentionMask::KeyBias(mask))
+        attention_of_first(&qkv, AttentionMask::KeyBias(mask), queries)
     }
 }
 
@@ -468,9 +475,10 @@ impl ViltAttention {
         })
     }
 
-    /// `residual + output(attention(xs))`: the layer's first residual branch.
+    /// `residual + output(attention(xs))`: the layer's first residual branch, for the first
+    /// `residual.dim(1)` tokens.
     pub fn forward(&self, xs: &Tensor, mask: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let attended = self.attention.forward(xs, mask)?;
+        let attended = self.attention.forward(xs, mask, residual.dim(1)?)?;
         self.output.forward(&attended, Epilogue::Residual(residual))
     }
 }
@@ -502,10 +510,18 @@ impl ViltLayer {
         })
     }
 
+    /// (b, t, d) -> (b, t, d)
     pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let hidden = self
-            .attention
-            .forward(&self.layernorm_before.forward(xs)?, mask, xs)?;
+        self.forward_first(xs, mask, xs.dim(1)?)
+    }
+
+    /// The outputs of the first `queries` tokens alone, which attend to all of `xs`:
+    /// (b, t, d) -> (b, queries, d).
+    pub fn forward_first(&self, xs: &Tensor, mask: &Tensor, queries: usize) -> Result<Tensor> {
+        let residual = xs.narrow(1, 0, queries)?.contiguous()?;
+        let hidden =
+            self.attention
+                .forward(&self.layernorm_before.forward(xs)?, mask, &residual)?;
         let mlp = self.intermediate.forward(
             &self.layernorm_after.forward(&hidden)?,
             Epilogue::Activation(self.activation),
@@ -528,12 +544,17 @@ impl ViltEncoder {
         Ok(Self { layer })
     }
 
-    pub fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `last_hidden_state` of the first `queries` tokens: (b, t, d) -> (b, queries, d). The
+    /// last layer computes those tokens alone (the others' outputs would feed nothing).
+    pub fn forward(&self, xs: &Tensor, mask: &Tensor, queries: usize) -> Result<Tensor> {
+        let Some((last, layers)) = self.layer.split_last() else {
+            return xs.narrow(1, 0, queries);
+        };
         let mut xs = xs.clone();
-        for layer in &self.layer {
+        for layer in layers {
             xs = layer.forward(&xs, mask)?;
         }
-        Ok(xs)
+        last.forward_first(&xs, mask, queries)
     }
 }
 
@@ -577,12 +598,11 @@ impl ViltModel {
             pixel_mask,
         )?;
         let mask = additive_mask(&masks)?;
-        let sequence_output = self
-            .layernorm
-            .forward(&self.encoder.forward(&embeddings, &mask)?)?;
-        self.pooler
-            .forward(&sequence_output.i((.., 0, ..))?)?
-            .tanh()
+        // the pooler reads the first token alone: (b, 1, d)
+        let first_token =
+            self.layernorm
+                .forward(&self.encoder.forward(&embeddings, &mask, 1)?)?;
+        self.pooler.forward(&first_token.i((.., 0, ..))?)?.tanh()
     }
 }
 

@@ -26,13 +26,14 @@ const TASKS_PER_THREAD: usize = 4;
 /// k and v, which the matmul packs again per block (small blocks were measured slower).
 const MIN_QUERY_BLOCK: usize = 128;
 
-/// How many blocks to split each head's `n` queries into, for `heads` (item, head) pairs.
-fn query_blocks(heads: usize, n: usize) -> usize {
+/// How many blocks to split each head's `queries` into, for `heads` (item, head) pairs and
+/// `keys` keys.
+fn query_blocks(heads: usize, queries: usize, keys: usize) -> usize {
     let for_balance =
         (TASKS_PER_THREAD * candle_core::utils::get_num_threads()).div_ceil(heads.max(1));
-    let for_balance = for_balance.min(n.div_ceil(MIN_QUERY_BLOCK));
-    let for_memory = (n * n).div_ceil(MAX_TASK_SCORES);
-    for_balance.max(for_memory).clamp(1, n.max(1))
+    let for_balance = for_balance.min(queries.div_ceil(MIN_QUERY_BLOCK));
+    let for_memory = (queries * keys).div_ceil(MAX_TASK_SCORES);
+    for_balance.max(for_memory).clamp(1, queries.max(1))
 }
 
 /// Block `block` of `n` queries split into `blocks` (at most `n`): its first query and its
@@ -61,12 +62,22 @@ pub enum AttentionMask<'a> {
 /// Attention over `qkv` (b, n, 3, heads, head_dim): q (already scaled by `head_dim^-0.5`),
 /// k and v of every token. Returns the heads side by side, (b, n, heads * head_dim).
 pub fn attention(qkv: &Tensor, mask: AttentionMask) -> Result<Tensor> {
+    attention_of_first(qkv, mask, qkv.dim(1)?)
+}
+
+/// [`attention`] for the first `queries` tokens only, against the keys and values of all of
+/// them: (b, queries, heads * head_dim). A last layer whose model reads only its first token
+/// (a pooler on `[CLS]`) needs no more.
+pub fn attention_of_first(qkv: &Tensor, mask: AttentionMask, queries: usize) -> Result<Tensor> {
     let (b, n, three, heads, head_dim) = qkv.dims5()?;
     if three != 3 {
         bail!(
             "attention: expected q, k and v on dimension 2, got {:?}",
             qkv.dims()
         );
+    }
+    if queries > n {
+        bail!("attention: {queries} queries asked of {n} tokens");
     }
     if let AttentionMask::KeyBias(bias) = mask {
         if bias.dims() != [b, n] {
@@ -76,10 +87,10 @@ pub fn attention(qkv: &Tensor, mask: AttentionMask) -> Result<Tensor> {
             );
         }
     }
-    if let Some(out) = attention_f32_cpu(qkv, mask)? {
-        return Tensor::from_vec(out, (b, n, heads * head_dim), &Device::Cpu);
+    if let Some(out) = attention_f32_cpu(qkv, mask, queries)? {
+        return Tensor::from_vec(out, (b, queries, heads * head_dim), &Device::Cpu);
     }
-    attention_candle(qkv, mask)
+    attention_candle(qkv, mask, queries)
 }
 
 thread_local! {
@@ -87,9 +98,13 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The CPU kernel; `None` when `qkv` is not a contiguous f32 CPU tensor. Output (b, n, d):
-/// every task writes its queries' columns of its head.
-fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32>>> {
+/// The CPU kernel; `None` when `qkv` is not a contiguous f32 CPU tensor. Output
+/// (b, queries, d): every task writes its queries' columns of its head.
+fn attention_f32_cpu(
+    qkv: &Tensor,
+    mask: AttentionMask,
+    queries: usize,
+) -> Result<Option<Vec<f32>>> {
     let (b, n, _, heads, hd) = qkv.dims5()?;
     if !qkv.device().is_cpu() || qkv.dtype() != DType::F32 {
         return Ok(None);
@@ -103,9 +118,9 @@ fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32
     let causal = matches!(mask, AttentionMask::Causal);
     let d = heads * hd;
     let token = 3 * d; // one token's q, k and v
-    let blocks = query_blocks(b * heads, n);
+    let blocks = query_blocks(b * heads, queries, n);
     Ok(cpu_f32_slice(qkv, |qkv| {
-        let mut out = vec![0f32; b * n * d];
+        let mut out = vec![0f32; b * queries * d];
         let shared = SharedOut::new(&mut out, d);
         (0..b * heads * blocks).into_par_iter().for_each(|task| {
             let (item, head, block) = (
@@ -113,7 +128,7 @@ fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32
                 task / blocks % heads,
                 task % blocks,
             );
-            let (first, m) = block_rows(block, blocks, n);
+            let (first, m) = block_rows(block, blocks, queries);
             let base = item * n * token + head * hd;
             let q = MatRef {
                 data: &qkv[base + first * token..],
@@ -163,8 +178,9 @@ fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32
                 // SAFETY: each task writes its own queries' columns of its own head, while
                 // `out` is borrowed by `shared` alone.
                 unsafe {
-                    shared.matmul_into(item * n + first, head * hd, exps, v, false);
-                    shared.scale_rows(item * n + first, head * hd, hd, &inv_sums);
+                    let row = item * queries + first;
+                    shared.matmul_into(row, head * hd, exps, v, false);
+                    shared.scale_rows(row, head * hd, hd, &inv_sums);
                 }
             });
         });
@@ -173,7 +189,7 @@ fn attention_f32_cpu(qkv: &Tensor, mask: AttentionMask) -> Result<Option<Vec<f32
 }
 
 /// The same computation from candle ops (other devices and dtypes).
-fn attention_candle(qkv: &Tensor, mask: AttentionMask) -> Result<Tensor> {
+fn attention_candle(qkv: &Tensor, mask: AttentionMask, queries: usize) -> Result<Tensor> {
     let (b, n, _, heads, head_dim) = qkv.dims5()?;
     // candle's CPU matmul reads strided heads; other backends want them contiguous.
     let strided = qkv.device().is_cpu();
@@ -192,10 +208,10 @@ fn attention_candle(qkv: &Tensor, mask: AttentionMask) -> Result<Tensor> {
         let mut parts = Vec::with_capacity(heads.div_ceil(chunk));
         for first in (0..heads).step_by(chunk) {
             let count = chunk.min(heads - first);
-            // (1, count, n, head_dim)
-            let head = |which: usize| -> Result<Tensor> {
+            // (1, count, tokens, head_dim): the first `queries` tokens of q, all of k and v
+            let head = |which: usize, tokens: usize| -> Result<Tensor> {
                 let t = item_qkv
-                    .i((.., .., which))?
+                    .i((.., ..tokens, which))?
                     .narrow(2, first, count)?
                     .transpose(1, 2)?;
                 if strided {
@@ -204,8 +220,8 @@ fn attention_candle(qkv: &Tensor, mask: AttentionMask) -> Result<Tensor> {
                     t.contiguous()
                 }
             };
-            let (q, k, v) = (head(0)?, head(1)?, head(2)?);
-            // (1, count, n, n), scaled through q
+            let (q, k, v) = (head(0, queries)?, head(1, n)?, head(2, n)?);
+            // (1, count, queries, n), scaled through q
             let mut scores = q.matmul(&k.t()?)?;
             if let Some(bias) = &key_bias {
                 scores = scores.broadcast_add(bias)?;
@@ -213,11 +229,14 @@ fn attention_candle(qkv: &Tensor, mask: AttentionMask) -> Result<Tensor> {
             let probs = softmax_last_dim_(scores, matches!(mask, AttentionMask::Causal))?;
             let out = probs.matmul(&v)?;
             drop(probs);
-            parts.push(out.transpose(1, 2)?.reshape((1, n, count * head_dim))?);
+            parts.push(
+                out.transpose(1, 2)?
+                    .reshape((1, queries, count * head_dim))?,
+            );
         }
         outputs.push(match parts.len() {
             1 => parts.swap_remove(0),
-            // the heads side by side: (1, n, heads * head_dim)
+            // the heads side by side: (1, queries, heads * head_dim)
             _ => Tensor::cat(&parts, 2)?,
         });
     }
@@ -228,13 +247,15 @@ fn attention_candle(qkv: &Tensor, mask: AttentionMask) -> Result<Tensor> {
 }
 
 /// Softmax over the last dimension of `scores`, written over them on the CPU. `causal`: the
-/// scores are (.., n, n) and query `i` only sees keys `0..=i`, as transformers' causal mask
-/// (`finfo.min` added above the diagonal: those probabilities are exactly 0).
+/// scores are (.., m, n), the first m of n queries, and query `i` only sees keys `0..=i`, as
+/// transformers' causal mask (`finfo.min` added above the diagonal: those probabilities are
+/// exactly 0).
 pub fn softmax_last_dim_(scores: Tensor, causal: bool) -> Result<Tensor> {
     let n = scores.dim(candle_core::D::Minus1)?;
-    if causal && scores.dim(candle_core::D::Minus2)? != n {
+    let m = scores.dim(candle_core::D::Minus2)?;
+    if causal && m > n {
         bail!(
-            "causal softmax needs square scores, got {:?}",
+            "causal softmax: {m} queries of {n} tokens, scores {:?}",
             scores.shape()
         );
     }
@@ -245,10 +266,10 @@ pub fn softmax_last_dim_(scores: Tensor, causal: bool) -> Result<Tensor> {
     let dtype = scores.dtype();
     let mut scores = scores.to_dtype(DType::F32)?;
     if causal {
-        let mask: Vec<f32> = (0..n)
+        let mask: Vec<f32> = (0..m)
             .flat_map(|i| (0..n).map(move |j| if j > i { f32::MIN } else { 0.0 }))
             .collect();
-        let mask = Tensor::from_vec(mask, (n, n), scores.device())?;
+        let mask = Tensor::from_vec(mask, (m, n), scores.device())?;
         scores = scores.broadcast_add(&mask)?;
     }
     candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)
@@ -260,13 +281,22 @@ struct Softmax {
 }
 
 impl Softmax {
+    /// Keys row `r` of the scores sees: rows of the (m, n) blocks are queries 0..m in turn.
+    fn valid_keys(&self, layout: &Layout, r: usize) -> usize {
+        let dims = layout.dims();
+        let (m, n) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        if self.causal {
+            r % m + 1
+        } else {
+            n
+        }
+    }
+
     fn run<T: Elem>(&self, data: &mut [T], layout: &Layout) {
         let dims = layout.dims();
         let n = dims[dims.len() - 1];
-        let causal = self.causal;
         data.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-            // rows of the (n, n) blocks are queries 0..n in turn
-            let valid = if causal { r % n + 1 } else { n };
+            let valid = self.valid_keys(layout, r);
             let mut f: Vec<f32> = row.iter().map(|x| x.to_f32()).collect();
             vmath::softmax_row(&mut f, valid);
             for (x, p) in row.iter_mut().zip(f) {
@@ -286,13 +316,10 @@ impl InplaceOp1 for Softmax {
         match storage {
             CpuStorage::F32(d) => {
                 let n = layout.dims()[layout.dims().len() - 1];
-                let causal = self.causal;
                 span_mut(d, layout, op)?
                     .par_chunks_mut(n)
                     .enumerate()
-                    .for_each(|(r, row)| {
-                        vmath::softmax_row(row, if causal { r % n + 1 } else { n })
-                    });
+                    .for_each(|(r, row)| vmath::softmax_row(row, self.valid_keys(layout, r)));
             }
             CpuStorage::F16(d) => self.run(span_mut(d, layout, op)?, layout),
             CpuStorage::BF16(d) => self.run(span_mut(d, layout, op)?, layout),
@@ -354,7 +381,7 @@ mod tests {
     fn kernel_and_candle_paths_match_the_textbook_formula() {
         // 1100 tokens: split into query blocks whatever the thread count (the scores of a
         // head exceed MAX_TASK_SCORES); 7 tokens: one block
-        assert!(query_blocks(2, 1100) >= 2);
+        assert!(query_blocks(2, 1100, 1100) >= 2);
         for (b, n, heads, hd) in [(1, 1100, 2, 8), (2, 150, 3, 8), (3, 7, 2, 4)] {
             let qkv = randn(&[b, n, 3, heads, hd]);
             let pad: Vec<f32> = (0..b * n)
@@ -378,6 +405,16 @@ mod tests {
                 // bf16: candle's matmul with the in-place softmax
                 let half = attention(&qkv.to_dtype(DType::BF16).unwrap(), mask).unwrap();
                 assert!(max_diff(&half, &want) < 0.1, "bf16 {mask:?}");
+                // the first queries alone: the same rows, on both paths
+                for queries in [1, n / 2 + 1] {
+                    let want = want.narrow(1, 0, queries).unwrap();
+                    for qkv in [qkv.clone(), qkv.to_dtype(DType::F64).unwrap()] {
+                        let first = attention_of_first(&qkv, mask, queries).unwrap();
+                        assert_eq!(first.dims(), [b, queries, heads * hd]);
+                        let d = max_diff(&first, &want);
+                        assert!(d < 2e-5, "first {queries} {mask:?} {:?}: {d}", qkv.dtype());
+                    }
+                }
             }
         }
     }
@@ -406,6 +443,10 @@ mod tests {
         assert!(attention(&randn(&[1, 4, 2, 2, 3]), AttentionMask::None).is_err());
         let wrong = randn(&[1, 5]);
         assert!(attention(&randn(&[1, 4, 3, 2, 3]), AttentionMask::KeyBias(&wrong)).is_err());
+        let err = attention_of_first(&randn(&[1, 4, 3, 2, 3]), AttentionMask::None, 5)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("5 queries asked of 4 tokens"), "{err}");
     }
 
     #[test]
@@ -432,6 +473,18 @@ mod tests {
             .unwrap();
         assert_eq!(row0[0], 1.0);
         assert!(row0[1..].iter().all(|&p| p == 0.0));
+        // the first 4 of 7 queries: the first 4 rows of the square case
+        let first =
+            softmax_last_dim_(scores.narrow(1, 0, 4).unwrap().copy().unwrap(), true).unwrap();
+        assert!(max_diff(&first, &ours.narrow(1, 0, 4).unwrap()) < 1e-6);
+        let wide = scores
+            .narrow(1, 0, 4)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let first_fallback = softmax_last_dim_(wide, true).unwrap();
+        assert!(max_diff(&first_fallback, &first) < 1e-6);
+        assert!(softmax_last_dim_(randn(&[2, 5, 4]), true).is_err());
         // f64 has no kernel: the candle-op path
         for causal in [false, true] {
             let ours = softmax_last_dim_(scores.copy().unwrap(), causal).unwrap();

@@ -21,7 +21,7 @@ pub mod mlp;
 pub mod patch;
 pub mod vmath;
 
-pub use attention::{attention, AttentionMask};
+pub use attention::{attention, attention_of_first, AttentionMask};
 pub use linear::{Epilogue, FusedLinear};
 pub use mlp::FusedMlp;
 pub use patch::{PatchEmbedding, PatchExpansion};
