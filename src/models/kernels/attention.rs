@@ -29,8 +29,7 @@ const MIN_QUERY_BLOCK: usize = 128;
 /// How many blocks to split each head's `queries` into, for `heads` (item, head) pairs and
 /// `keys` keys.
 fn query_blocks(heads: usize, queries: usize, keys: usize) -> usize {
-    let for_balance =
-        (TASKS_PER_THREAD * candle_core::utils::get_num_threads()).div_ceil(heads.max(1));
+    let for_balance = (TASKS_PER_THREAD * super::pool_threads()).div_ceil(heads.max(1));
     let for_balance = for_balance.min(queries.div_ceil(MIN_QUERY_BLOCK));
     let for_memory = (queries * keys).div_ceil(MAX_TASK_SCORES);
     for_balance.max(for_memory).clamp(1, queries.max(1))

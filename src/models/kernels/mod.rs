@@ -29,6 +29,13 @@ pub use patch::{PatchEmbedding, PatchExpansion};
 use candle_core::{bail, DType, Layout, Module, Result, Tensor};
 use half::{bf16, f16};
 
+/// Threads of the rayon pool the CPU kernels run on. (candle's `get_num_threads` reads
+/// `/proc/cpuinfo` at every call, some 16 us, and counts physical cores where the pool has
+/// one thread per logical CPU.)
+pub(crate) fn pool_threads() -> usize {
+    rayon::current_num_threads()
+}
+
 /// `ACT2FN["quick_gelu"]`: `x * sigmoid(1.702 * x)`.
 pub const QUICK_GELU_ALPHA: f32 = 1.702;
 
