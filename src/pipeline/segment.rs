@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use image::{GrayImage, RgbImage};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{
@@ -329,28 +330,33 @@ impl Segmenter {
         };
         let t2 = Instant::now();
         let (width, height) = image.dimensions();
-        let mut masks = Vec::with_capacity(n);
-        for (i, label) in prompts.texts.iter().enumerate() {
-            let prompt_logits = logits
-                .prompt(i)
-                .ok_or_else(|| Error::InvalidInput(format!("no logits for prompt {i}")))?;
-            let m = post_process_segmentation(
-                prompt_logits,
-                (lh, lw),
-                width,
-                height,
-                params.threshold,
-            )?;
-            masks.push(PromptMask {
-                prompt_index: i,
-                label: label.clone(),
-                probabilities: m.probabilities,
-                mask: m.mask,
-                area_fraction: m.stats.area_fraction,
-                bbox: m.stats.bbox,
-                mean_score: m.stats.mean_score,
-            });
-        }
+        // one prompt's mask per rayon task (a few ms each at camera resolutions)
+        let masks = prompts
+            .texts
+            .par_iter()
+            .enumerate()
+            .map(|(i, label)| {
+                let prompt_logits = logits
+                    .prompt(i)
+                    .ok_or_else(|| Error::InvalidInput(format!("no logits for prompt {i}")))?;
+                let m = post_process_segmentation(
+                    prompt_logits,
+                    (lh, lw),
+                    width,
+                    height,
+                    params.threshold,
+                )?;
+                Ok(PromptMask {
+                    prompt_index: i,
+                    label: label.clone(),
+                    probabilities: m.probabilities,
+                    mask: m.mask,
+                    area_fraction: m.stats.area_fraction,
+                    bbox: m.stats.bbox,
+                    mean_score: m.stats.mean_score,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let t3 = Instant::now();
         Ok(SegmentationResult {
             width,
