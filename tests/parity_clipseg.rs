@@ -61,16 +61,7 @@ fn prompt_ids_match_processor_including_padding_and_truncation() {
                 .tokenizer()
                 .encode(&ps, vlm_perception::pipeline::tokenizer::Padding::Longest)
                 .unwrap();
-            assert_eq!(
-                batch.ids,
-                npy_ids(&dir.join("input_ids.npy")),
-                "{model}/{stem}"
-            );
-            assert_eq!(
-                batch.attention_mask,
-                npy_ids(&dir.join("attention_mask.npy")),
-                "{model}/{stem}"
-            );
+            assert_ids_match_processor(&batch, &dir, false, &format!("{model}/{stem}"));
             // Only clipseg-tiny-complex's long second prompt exceeds its 12 positions.
             let expect_truncated: Vec<bool> = (0..ps.len())
                 .map(|i| *model == "clipseg-tiny-complex" && i == 1)
@@ -111,14 +102,7 @@ fn preprocessing_matches_pil_within_one_level() {
                 diff <= tol,
                 "{model}/{stem}: max |ours - PIL| = {diff} > {tol}"
             );
-            let mean = (ours - pil)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .mean_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let mean = mean_abs_diff(&ours, &pil);
             assert!(
                 mean < 0.1 * ONE_LEVEL,
                 "{model}/{stem}: mean |ours - PIL| = {mean}"

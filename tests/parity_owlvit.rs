@@ -64,16 +64,7 @@ fn query_ids_match_processor_including_padding_and_truncation() {
                 .tokenizer()
                 .encode(&qs, vlm_perception::pipeline::tokenizer::Padding::MaxLength)
                 .unwrap();
-            assert_eq!(
-                batch.ids,
-                npy_ids(&dir.join("input_ids.npy")),
-                "{model}/{stem}"
-            );
-            assert_eq!(
-                batch.attention_mask,
-                npy_ids(&dir.join("attention_mask.npy")),
-                "{model}/{stem}"
-            );
+            assert_ids_match_processor(&batch, &dir, false, &format!("{model}/{stem}"));
             // The long query is cut at the text tower's length; the others are not.
             let long: Vec<bool> = qs.iter().map(|q| q.split(' ').count() > 12).collect();
             assert_eq!(batch.truncated, long, "{model}/{stem}");
@@ -105,14 +96,7 @@ fn preprocessing_matches_pil_within_one_level() {
             );
             // Mean difference stays far below one level: almost every value is identical. JPEG
             // decoding adds its own small drift (see tests/image_io_vs_pil.rs).
-            let mean = (ours - pil)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .mean_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let mean = mean_abs_diff(&ours, &pil);
             let jpeg = m["image"].as_str().unwrap().ends_with(".jpg");
             let mean_tol = if jpeg { 0.02 } else { 0.005 } * ONE_LEVEL;
             assert!(

@@ -49,21 +49,7 @@ fn question_ids_match_processor_including_truncation() {
             for (qi, q) in questions(&m).iter().enumerate() {
                 let dir = reference_dir(model, &stem).join(format!("q{qi}"));
                 let t = vqa.tokenize(q).unwrap();
-                assert_eq!(
-                    t.ids,
-                    npy_ids(&dir.join("input_ids.npy")),
-                    "{model}/{stem}/q{qi}"
-                );
-                assert_eq!(
-                    t.attention_mask,
-                    npy_ids(&dir.join("attention_mask.npy")),
-                    "{model}/{stem}/q{qi}"
-                );
-                assert_eq!(
-                    t.type_ids,
-                    npy_ids(&dir.join("token_type_ids.npy")),
-                    "{model}/{stem}/q{qi}"
-                );
+                assert_ids_match_processor(&t, &dir, true, &format!("{model}/{stem}/q{qi}"));
                 // q1 is longer than max_position_embeddings and is cut to it.
                 assert_eq!(t.truncated, [qi == 1], "{model}/{stem}/q{qi}");
             }
@@ -91,14 +77,7 @@ fn preprocessing_matches_pil_within_one_level() {
                 diff <= ONE_LEVEL,
                 "{model}/{stem}: max |ours - PIL| = {diff}"
             );
-            let mean = (ours - pil)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .mean_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let mean = mean_abs_diff(&ours, &pil);
             assert!(
                 mean < 0.1 * ONE_LEVEL,
                 "{model}/{stem}: mean |ours - PIL| = {mean}"

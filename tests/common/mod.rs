@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Tensor};
+use vlm_perception::pipeline::tokenizer::TokenBatch;
 use vlm_perception::pipeline::{Detector, LoadOptions};
 
 pub fn fixtures() -> PathBuf {
@@ -92,6 +93,37 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Mean absolute difference between two tensors of the same shape.
+pub fn mean_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Our tokens against the processor's `input_ids.npy` and `attention_mask.npy` in `dir`, and
+/// its `token_type_ids.npy` with `type_ids` (BERT-style tokenizers). `what` names the case.
+pub fn assert_ids_match_processor(batch: &TokenBatch, dir: &Path, type_ids: bool, what: &str) {
+    assert_eq!(batch.ids, npy_ids(&dir.join("input_ids.npy")), "{what}");
+    assert_eq!(
+        batch.attention_mask,
+        npy_ids(&dir.join("attention_mask.npy")),
+        "{what}: attention mask"
+    );
+    if type_ids {
+        assert_eq!(
+            batch.type_ids,
+            npy_ids(&dir.join("token_type_ids.npy")),
+            "{what}: token type ids"
+        );
+    }
 }
 
 /// Largest absolute value of a tensor (the scale relative tolerances refer to).
