@@ -92,21 +92,9 @@ fn preprocessing_matches_pil_within_one_level() {
             let m = meta(model, &stem);
             let img = load_rgb(&image_path(m["image"].as_str().unwrap())).unwrap();
             let ours = seg.pixel_values(&img).unwrap();
-            let pil = npy_f32(&dir.join("pixel_values_pil.npy"));
-            let tv = npy_f32(&dir.join("pixel_values.npy"));
-            let diff = max_abs_diff(&ours, &pil);
-            let diff_tv = max_abs_diff(&ours, &tv);
             let tol = if at_model_size(&m) { 1e-6 } else { ONE_LEVEL };
-            eprintln!("{model}/{stem}: max |ours - PIL| = {diff:.2e}, |ours - torchvision| = {diff_tv:.2e}");
-            assert!(
-                diff <= tol,
-                "{model}/{stem}: max |ours - PIL| = {diff} > {tol}"
-            );
-            let mean = mean_abs_diff(&ours, &pil);
-            assert!(
-                mean < 0.1 * ONE_LEVEL,
-                "{model}/{stem}: mean |ours - PIL| = {mean}"
-            );
+            let what = format!("{model}/{stem}");
+            assert_pixels_match_pil(&ours, &dir, tol, 0.1 * ONE_LEVEL, &what);
         }
     }
 }

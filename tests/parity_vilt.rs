@@ -67,21 +67,10 @@ fn preprocessing_matches_pil_within_one_level() {
             let m = meta(model, &stem);
             let img = load_rgb(&image_path(m["image"].as_str().unwrap())).unwrap();
             let ours = vqa.pixel_values(&img).unwrap();
-            let pil = npy_f32(&dir.join("pixel_values_pil.npy"));
-            // The shortest-edge / 1333:800 / size_divisor size rule gives the processor's size.
-            assert_eq!(ours.dims(), pil.dims(), "{model}/{stem}: size");
-            let diff = max_abs_diff(&ours, &pil);
-            let diff_tv = max_abs_diff(&ours, &npy_f32(&dir.join("pixel_values.npy")));
-            eprintln!("{model}/{stem}: max |ours - PIL| = {diff:.2e}, |ours - torchvision| = {diff_tv:.2e}");
-            assert!(
-                diff <= ONE_LEVEL,
-                "{model}/{stem}: max |ours - PIL| = {diff}"
-            );
-            let mean = mean_abs_diff(&ours, &pil);
-            assert!(
-                mean < 0.1 * ONE_LEVEL,
-                "{model}/{stem}: mean |ours - PIL| = {mean}"
-            );
+            // (the sizes match: the shortest-edge / 1333:800 / size_divisor rule gives the
+            // processor's size)
+            let what = format!("{model}/{stem}");
+            assert_pixels_match_pil(&ours, &dir, ONE_LEVEL, 0.1 * ONE_LEVEL, &what);
         }
     }
 }

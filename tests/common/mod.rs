@@ -108,6 +108,30 @@ pub fn mean_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Our pixel values against the processor's with its PIL backend (`pixel_values_pil.npy` in
+/// `dir`): the same shape, at most `max_tol` apart anywhere, under `mean_tol` on average.
+/// Prints the largest difference, and the one to the torchvision backend's
+/// `pixel_values.npy` where `dir` has it. `what` names the case.
+pub fn assert_pixels_match_pil(ours: &Tensor, dir: &Path, max_tol: f32, mean_tol: f32, what: &str) {
+    let pil = npy_f32(&dir.join("pixel_values_pil.npy"));
+    assert_eq!(ours.dims(), pil.dims(), "{what}: size");
+    let diff = max_abs_diff(ours, &pil);
+    let torchvision = dir.join("pixel_values.npy");
+    if torchvision.exists() {
+        let diff_tv = max_abs_diff(ours, &npy_f32(&torchvision));
+        eprintln!("{what}: max |ours - PIL| = {diff:.2e}, |ours - torchvision| = {diff_tv:.2e}");
+    }
+    assert!(
+        diff <= max_tol,
+        "{what}: max |ours - PIL| = {diff} > {max_tol}"
+    );
+    let mean = mean_abs_diff(ours, &pil);
+    assert!(
+        mean < mean_tol,
+        "{what}: mean |ours - PIL| = {mean} >= {mean_tol}"
+    );
+}
+
 /// Our tokens against the processor's `input_ids.npy` and `attention_mask.npy` in `dir`, and
 /// its `token_type_ids.npy` with `type_ids` (BERT-style tokenizers). `what` names the case.
 pub fn assert_ids_match_processor(batch: &TokenBatch, dir: &Path, type_ids: bool, what: &str) {
