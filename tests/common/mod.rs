@@ -80,13 +80,18 @@ pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Largest absolute difference between two tensors of the same shape.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+/// |a - b| in f32, for two tensors of the same shape.
+fn abs_diff(a: &Tensor, b: &Tensor) -> Tensor {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
         .unwrap()
         .abs()
         .unwrap()
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    abs_diff(a, b)
         .flatten_all()
         .unwrap()
         .max(0)
@@ -97,11 +102,7 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Mean absolute difference between two tensors of the same shape.
 pub fn mean_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
+    abs_diff(a, b)
         .mean_all()
         .unwrap()
         .to_scalar::<f32>()
