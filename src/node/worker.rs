@@ -20,18 +20,19 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use tokio::sync::oneshot;
 use vlm_perception::pipeline::{
-    validate_texts, DetectParams, DetectionResult, Detector, LoadOptions, QueryEmbeddings,
+    DetectParams, DetectionResult, Detector, LoadOptions, QueryEmbeddings,
 };
 use vlm_perception::vision::draw::{draw_labelled_box, palette_color, tint_mask};
 
 use crate::convert::{decode, FrameError, FrameHeader, RawImage};
 use crate::depth_sync::{stamp_ns, DepthSync};
-use crate::params::{NodeParams, MAX_TOP_K};
+use crate::params::NodeParams;
 use vlm_perception::vision::depth::Object3d;
 
 mod control;
 mod image_queries;
 mod planner;
+mod requests;
 pub use image_queries::QueryImage;
 pub use planner::{DepthArg, GroundAnswer, GroundArgs, ScoreAnswer, Target};
 use vlm_perception::pipeline::{
@@ -1147,218 +1148,6 @@ impl<S: Sink> Worker<S> {
                 let _ = reply.send(Ok("models freed".into()));
             }
         }
-    }
-
-    fn set_vocabulary(
-        &mut self,
-        detection: Option<Vec<String>>,
-        prompts: Option<Vec<String>>,
-        origin: &'static str,
-    ) -> Result<String, String> {
-        let result = self.apply_vocabulary(detection, prompts);
-        match &result {
-            Ok(msg) => self.sink.log(Level::Info, &format!("{origin}: {msg}")),
-            Err(e) => {
-                lock(&self.shared.stats).bad_queries += 1;
-                self.log_limited(
-                    &format!("vocabulary:{origin}"),
-                    Level::Warn,
-                    format!("{origin}: rejected: {e}"),
-                );
-            }
-        }
-        result
-    }
-
-    fn apply_vocabulary(
-        &mut self,
-        detection: Option<Vec<String>>,
-        prompts: Option<Vec<String>>,
-    ) -> Result<String, String> {
-        // Validate everything before changing anything.
-        if let Some(q) = &detection {
-            validate_texts(q, "detection query").map_err(|e| e.to_string())?;
-        }
-        if let Some(p) = &prompts {
-            if !p.is_empty() {
-                validate_texts(p, "segmentation prompt").map_err(|e| e.to_string())?;
-            }
-        }
-        let mut notes = Vec::new();
-        let mut failed = Vec::new();
-        if let Some(q) = detection {
-            self.image_vocabulary = None;
-            if self.detector.is_some() {
-                self.query_embeddings(&q, true)
-                    .map_err(|e| format!("cannot encode the detection queries: {e}"))?;
-            } else {
-                failed.push(format!(
-                    "detection vocabulary stored, but {}",
-                    self.unavailable(Task::Detection)
-                ));
-            }
-            notes.push(format!("{} detection queries", q.len()));
-            self.queries = q;
-        }
-        if let Some(p) = prompts {
-            if !p.is_empty() {
-                if self.segmenter.is_some() {
-                    self.prompt_embeddings(&p, true)
-                        .map_err(|e| format!("cannot encode the segmentation prompts: {e}"))?;
-                } else {
-                    failed.push(format!(
-                        "segmentation prompts stored, but {}",
-                        self.unavailable(Task::Segmentation)
-                    ));
-                }
-            }
-            notes.push(if p.is_empty() {
-                "segmentation prompts cleared (no segmentation on the stream)".to_string()
-            } else {
-                format!("{} segmentation prompts", p.len())
-            });
-            self.prompts = p;
-        }
-        {
-            let mut s = lock(&self.shared.stats);
-            s.queries = self.queries.clone();
-            s.prompts = self.prompts.clone();
-        }
-        if !failed.is_empty() {
-            return Err(failed.join("; "));
-        }
-        if notes.is_empty() {
-            return Ok("nothing to change (both keep flags set)".into());
-        }
-        Ok(format!("set {}", notes.join(", ")))
-    }
-
-    /// The request's image, or the latest camera frame.
-    fn image(&mut self, arg: ImageArg) -> Result<(FrameHeader, RgbImage), String> {
-        let max = self.params.camera.max_pixels;
-        match arg {
-            ImageArg::Given(header, raw) => decode(&raw, "request image", max)
-                .map(|img| (header, img))
-                .map_err(|e| e.to_string()),
-            ImageArg::Latest => {
-                let latest = lock(&self.shared.latest).clone();
-                let Some(frame) = latest else {
-                    return Err(format!(
-                        "no image in the request and none received on `{}` yet",
-                        self.params.camera.topic
-                    ));
-                };
-                decode(&frame.image, &frame.source, max)
-                    .map(|img| (frame.header.clone(), img))
-                    .map_err(|e| format!("the latest frame is unusable: {e}"))
-            }
-        }
-    }
-
-    fn detect(
-        &mut self,
-        image: ImageArg,
-        queries: Vec<String>,
-        threshold: Option<f32>,
-    ) -> Result<Outcome<DetectionResult>, String> {
-        if self.detector.is_none() {
-            return Err(self.unavailable(Task::Detection));
-        }
-        let (header, img) = self.image(image)?;
-        let (queries, for_stream) = if queries.is_empty() {
-            (self.queries.clone(), true)
-        } else {
-            validate_texts(&queries, "query").map_err(|e| e.to_string())?;
-            (queries, false)
-        };
-        if queries.is_empty() {
-            return Err("no queries: pass some, or set a vocabulary with set_queries".into());
-        }
-        let emb = self
-            .query_embeddings(&queries, for_stream)
-            .map_err(|e| e.to_string())?;
-        let params = DetectParams {
-            threshold: threshold.unwrap_or(self.params.owlvit.score_threshold),
-            nms_iou: self.params.owlvit.nms_iou,
-        };
-        let d = self
-            .detector
-            .as_ref()
-            .ok_or_else(|| self.unavailable(Task::Detection))?;
-        let result = d
-            .detect_with_min_objectness(&img, &emb, &params, self.min_objectness(d))
-            .map_err(|e| e.to_string())?;
-        Ok(Outcome {
-            header,
-            model: d.name().to_string(),
-            latency: result.timings.total(),
-            result,
-        })
-    }
-
-    fn segment(
-        &mut self,
-        image: ImageArg,
-        prompts: Vec<String>,
-        threshold: Option<f32>,
-    ) -> Result<Outcome<SegmentationResult>, String> {
-        if self.segmenter.is_none() {
-            return Err(self.unavailable(Task::Segmentation));
-        }
-        let (header, img) = self.image(image)?;
-        let (prompts, for_stream) = if prompts.is_empty() {
-            (self.prompts.clone(), true)
-        } else {
-            validate_texts(&prompts, "prompt").map_err(|e| e.to_string())?;
-            (prompts, false)
-        };
-        if prompts.is_empty() {
-            return Err("no prompts: pass some, or set them with set_queries".into());
-        }
-        let emb = self
-            .prompt_embeddings(&prompts, for_stream)
-            .map_err(|e| e.to_string())?;
-        let params = SegmentParams {
-            threshold: threshold.unwrap_or(self.params.clipseg.mask_threshold),
-        };
-        let s = self
-            .segmenter
-            .as_ref()
-            .ok_or_else(|| self.unavailable(Task::Segmentation))?;
-        let result = s.segment(&img, &emb, &params).map_err(|e| e.to_string())?;
-        Ok(Outcome {
-            header,
-            model: s.name().to_string(),
-            latency: result.timings.total(),
-            result,
-        })
-    }
-
-    fn ask(
-        &mut self,
-        image: ImageArg,
-        question: String,
-        top_k: Option<usize>,
-    ) -> Result<Outcome<VqaResult>, String> {
-        if self.vqa.is_none() {
-            return Err(self.unavailable(Task::Vqa));
-        }
-        validate_texts(std::slice::from_ref(&question), "question").map_err(|e| e.to_string())?;
-        let (header, img) = self.image(image)?;
-        let top_k = top_k
-            .unwrap_or(self.params.vilt.top_k)
-            .clamp(1, MAX_TOP_K as usize);
-        let v = self
-            .vqa
-            .as_ref()
-            .ok_or_else(|| self.unavailable(Task::Vqa))?;
-        let result = v.ask(&img, &question, top_k).map_err(|e| e.to_string())?;
-        Ok(Outcome {
-            header,
-            model: v.name().to_string(),
-            latency: result.timings.total(),
-            result,
-        })
     }
 }
 

@@ -1,0 +1,256 @@
+//! The requests the worker serves besides the stream: vocabulary changes (the `set_queries`
+//! service, parameters) and the ad-hoc detect / segment / ask services, on the request's image
+//! or the latest camera frame.
+
+use image::RgbImage;
+use vlm_perception::pipeline::{
+    validate_texts, DetectParams, DetectionResult, SegmentParams, SegmentationResult, VqaResult,
+};
+
+use super::{lock, ImageArg, Level, Outcome, Sink, Task, Worker};
+use crate::convert::{decode, FrameHeader};
+use crate::params::MAX_TOP_K;
+
+impl<S: Sink> Worker<S> {
+    pub(super) fn set_vocabulary(
+        &mut self,
+        detection: Option<Vec<String>>,
+        prompts: Option<Vec<String>>,
+        origin: &'static str,
+    ) -> Result<String, String> {
+        let result = self.apply_vocabulary(detection, prompts);
+        match &result {
+            Ok(msg) => self.sink.log(Level::Info, &format!("{origin}: {msg}")),
+            Err(e) => {
+                lock(&self.shared.stats).bad_queries += 1;
+                self.log_limited(
+                    &format!("vocabulary:{origin}"),
+                    Level::Warn,
+                    format!("{origin}: rejected: {e}"),
+                );
+            }
+        }
+        result
+    }
+
+    fn apply_vocabulary(
+        &mut self,
+        detection: Option<Vec<String>>,
+        prompts: Option<Vec<String>>,
+    ) -> Result<String, String> {
+        // Validate everything before changing anything.
+        if let Some(q) = &detection {
+            validate_texts(q, "detection query").map_err(|e| e.to_string())?;
+        }
+        if let Some(p) = &prompts {
+            if !p.is_empty() {
+                validate_texts(p, "segmentation prompt").map_err(|e| e.to_string())?;
+            }
+        }
+        let mut notes = Vec::new();
+        let mut failed = Vec::new();
+        if let Some(q) = detection {
+            self.image_vocabulary = None;
+            if self.detector.is_some() {
+                self.query_embeddings(&q, true)
+                    .map_err(|e| format!("cannot encode the detection queries: {e}"))?;
+            } else {
+                failed.push(format!(
+                    "detection vocabulary stored, but {}",
+                    self.unavailable(Task::Detection)
+                ));
+            }
+            notes.push(format!("{} detection queries", q.len()));
+            self.queries = q;
+        }
+        if let Some(p) = prompts {
+            if !p.is_empty() {
+                if self.segmenter.is_some() {
+                    self.prompt_embeddings(&p, true)
+                        .map_err(|e| format!("cannot encode the segmentation prompts: {e}"))?;
+                } else {
+                    failed.push(format!(
+                        "segmentation prompts stored, but {}",
+                        self.unavailable(Task::Segmentation)
+                    ));
+                }
+            }
+            notes.push(if p.is_empty() {
+                "segmentation prompts cleared (no segmentation on the stream)".to_string()
+            } else {
+                format!("{} segmentation prompts", p.len())
+            });
+            self.prompts = p;
+        }
+        {
+            let mut s = lock(&self.shared.stats);
+            s.queries = self.queries.clone();
+            s.prompts = self.prompts.clone();
+        }
+        if !failed.is_empty() {
+            return Err(failed.join("; "));
+        }
+        if notes.is_empty() {
+            return Ok("nothing to change (both keep flags set)".into());
+        }
+        Ok(format!("set {}", notes.join(", ")))
+    }
+
+    /// The request's image, or the latest camera frame.
+    pub(super) fn image(&mut self, arg: ImageArg) -> Result<(FrameHeader, RgbImage), String> {
+        let max = self.params.camera.max_pixels;
+        match arg {
+            ImageArg::Given(header, raw) => decode(&raw, "request image", max)
+                .map(|img| (header, img))
+                .map_err(|e| e.to_string()),
+            ImageArg::Latest => {
+                let latest = lock(&self.shared.latest).clone();
+                let Some(frame) = latest else {
+                    return Err(format!(
+                        "no image in the request and none received on `{}` yet",
+                        self.params.camera.topic
+                    ));
+                };
+                decode(&frame.image, &frame.source, max)
+                    .map(|img| (frame.header.clone(), img))
+                    .map_err(|e| format!("the latest frame is unusable: {e}"))
+            }
+        }
+    }
+
+    pub(super) fn detect(
+        &mut self,
+        image: ImageArg,
+        queries: Vec<String>,
+        threshold: Option<f32>,
+    ) -> Result<Outcome<DetectionResult>, String> {
+        if self.detector.is_none() {
+            return Err(self.unavailable(Task::Detection));
+        }
+        let (header, img) = self.image(image)?;
+        let (queries, for_stream) = request_texts(queries, &self.queries, ("query", "queries"))?;
+        let emb = self
+            .query_embeddings(&queries, for_stream)
+            .map_err(|e| e.to_string())?;
+        let params = DetectParams {
+            threshold: threshold.unwrap_or(self.params.owlvit.score_threshold),
+            nms_iou: self.params.owlvit.nms_iou,
+        };
+        let d = self
+            .detector
+            .as_ref()
+            .ok_or_else(|| self.unavailable(Task::Detection))?;
+        let result = d
+            .detect_with_min_objectness(&img, &emb, &params, self.min_objectness(d))
+            .map_err(|e| e.to_string())?;
+        Ok(Outcome {
+            header,
+            model: d.name().to_string(),
+            latency: result.timings.total(),
+            result,
+        })
+    }
+
+    pub(super) fn segment(
+        &mut self,
+        image: ImageArg,
+        prompts: Vec<String>,
+        threshold: Option<f32>,
+    ) -> Result<Outcome<SegmentationResult>, String> {
+        if self.segmenter.is_none() {
+            return Err(self.unavailable(Task::Segmentation));
+        }
+        let (header, img) = self.image(image)?;
+        let (prompts, for_stream) = request_texts(prompts, &self.prompts, ("prompt", "prompts"))?;
+        let emb = self
+            .prompt_embeddings(&prompts, for_stream)
+            .map_err(|e| e.to_string())?;
+        let params = SegmentParams {
+            threshold: threshold.unwrap_or(self.params.clipseg.mask_threshold),
+        };
+        let s = self
+            .segmenter
+            .as_ref()
+            .ok_or_else(|| self.unavailable(Task::Segmentation))?;
+        let result = s.segment(&img, &emb, &params).map_err(|e| e.to_string())?;
+        Ok(Outcome {
+            header,
+            model: s.name().to_string(),
+            latency: result.timings.total(),
+            result,
+        })
+    }
+
+    pub(super) fn ask(
+        &mut self,
+        image: ImageArg,
+        question: String,
+        top_k: Option<usize>,
+    ) -> Result<Outcome<VqaResult>, String> {
+        if self.vqa.is_none() {
+            return Err(self.unavailable(Task::Vqa));
+        }
+        validate_texts(std::slice::from_ref(&question), "question").map_err(|e| e.to_string())?;
+        let (header, img) = self.image(image)?;
+        let top_k = top_k
+            .unwrap_or(self.params.vilt.top_k)
+            .clamp(1, MAX_TOP_K as usize);
+        let v = self
+            .vqa
+            .as_ref()
+            .ok_or_else(|| self.unavailable(Task::Vqa))?;
+        let result = v.ask(&img, &question, top_k).map_err(|e| e.to_string())?;
+        Ok(Outcome {
+            header,
+            model: v.name().to_string(),
+            latency: result.timings.total(),
+            result,
+        })
+    }
+}
+
+/// The texts a request names, validated, or the stream's vocabulary where it names none; `true`
+/// with the vocabulary (its cached embeddings serve). `kind`: (singular, plural) for errors.
+fn request_texts(
+    given: Vec<String>,
+    vocabulary: &[String],
+    kind: (&str, &str),
+) -> Result<(Vec<String>, bool), String> {
+    let (texts, for_stream) = if given.is_empty() {
+        (vocabulary.to_vec(), true)
+    } else {
+        validate_texts(&given, kind.0).map_err(|e| e.to_string())?;
+        (given, false)
+    };
+    if texts.is_empty() {
+        return Err(format!(
+            "no {}: pass some, or set the vocabulary with set_queries",
+            kind.1
+        ));
+    }
+    Ok((texts, for_stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_texts;
+
+    #[test]
+    fn request_texts_fall_back_to_the_vocabulary_and_name_what_is_missing() {
+        let vocabulary = vec!["a cat".to_string()];
+        let kind = ("query", "queries");
+        assert_eq!(
+            request_texts(Vec::new(), &vocabulary, kind).unwrap(),
+            (vocabulary.clone(), true)
+        );
+        let given = vec!["a cup".to_string()];
+        assert_eq!(
+            request_texts(given.clone(), &vocabulary, kind).unwrap(),
+            (given, false)
+        );
+        let err = request_texts(Vec::new(), &[], ("prompt", "prompts")).unwrap_err();
+        assert!(err.starts_with("no prompts: pass some"), "{err}");
+        let err = request_texts(vec![" ".to_string()], &vocabulary, kind).unwrap_err();
+        assert!(err.contains("query"), "{err}");
+    }
+}
