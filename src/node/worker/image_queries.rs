@@ -51,10 +51,7 @@ impl<S: Sink> Worker<S> {
         images: Vec<QueryImage>,
         threshold: Option<f32>,
     ) -> Result<Outcome<DetectionResult>, String> {
-        if self.detector.is_none() {
-            return Err(self.unavailable(Task::Detection));
-        }
-        let (header, img) = self.image(image)?;
+        let (header, img) = self.image_for(Task::Detection, image)?;
         let emb = self.embed_query_images(images)?;
         let mut params = DetectParams::image_guided();
         if let Some(t) = threshold {

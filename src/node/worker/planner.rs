@@ -142,10 +142,7 @@ impl<S: Sink> Worker<S> {
         phrases: Vec<String>,
         threshold: Option<f32>,
     ) -> Result<Outcome<ScoreAnswer>, String> {
-        if self.detector.is_none() {
-            return Err(self.unavailable(Task::Detection));
-        }
-        let (header, img) = self.image(image)?;
+        let (header, img) = self.image_for(Task::Detection, image)?;
         let (best, model, latency) = self.best_boxes(&img, &phrases)?;
         let threshold = threshold.unwrap_or(self.params.owlvit.score_threshold);
         let scores = phrase_scores(&best, &phrases, threshold);

@@ -96,6 +96,24 @@ impl<S: Sink> Worker<S> {
         Ok(format!("set {}", notes.join(", ")))
     }
 
+    /// The request's image (or the latest camera frame) for `task`, whose model must be
+    /// loaded.
+    pub(super) fn image_for(
+        &mut self,
+        task: Task,
+        arg: ImageArg,
+    ) -> Result<(FrameHeader, RgbImage), String> {
+        let loaded = match task {
+            Task::Detection => self.detector.is_some(),
+            Task::Segmentation => self.segmenter.is_some(),
+            Task::Vqa => self.vqa.is_some(),
+        };
+        if !loaded {
+            return Err(self.unavailable(task));
+        }
+        self.image(arg)
+    }
+
     /// The request's image, or the latest camera frame.
     pub(super) fn image(&mut self, arg: ImageArg) -> Result<(FrameHeader, RgbImage), String> {
         let max = self.params.camera.max_pixels;
@@ -124,10 +142,7 @@ impl<S: Sink> Worker<S> {
         queries: Vec<String>,
         threshold: Option<f32>,
     ) -> Result<Outcome<DetectionResult>, String> {
-        if self.detector.is_none() {
-            return Err(self.unavailable(Task::Detection));
-        }
-        let (header, img) = self.image(image)?;
+        let (header, img) = self.image_for(Task::Detection, image)?;
         let (queries, for_stream) = request_texts(queries, &self.queries, ("query", "queries"))?;
         let emb = self
             .query_embeddings(&queries, for_stream)
@@ -157,10 +172,7 @@ impl<S: Sink> Worker<S> {
         prompts: Vec<String>,
         threshold: Option<f32>,
     ) -> Result<Outcome<SegmentationResult>, String> {
-        if self.segmenter.is_none() {
-            return Err(self.unavailable(Task::Segmentation));
-        }
-        let (header, img) = self.image(image)?;
+        let (header, img) = self.image_for(Task::Segmentation, image)?;
         let (prompts, for_stream) = request_texts(prompts, &self.prompts, ("prompt", "prompts"))?;
         let emb = self
             .prompt_embeddings(&prompts, for_stream)
