@@ -13,15 +13,13 @@
 //! embedding of one box predicted on the query image).
 
 use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
-use candle_nn::{
-    layer_norm, linear, linear_no_bias, LayerNorm, LayerNormConfig, Linear, VarBuilder,
-};
+use candle_nn::{linear, linear_no_bias, LayerNormConfig, Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::clip::encoder::{AttentionMask, ClipEncoder};
 use super::clip::text::{argmax_position, input_ids_to_vec, ClipTextConfig, ClipTextTransformer};
 use super::clip::{clip_defaults, clip_tower_configs, Activation, ClipEncoderConfig};
-use super::kernels::{Epilogue, FusedLinear, PatchEmbedding};
+use super::kernels::{layer_norm, Epilogue, FusedLinear, LayerNorm, PatchEmbedding};
 use crate::vision::boxes::BBox;
 
 /// Added to norms before dividing, as `OwlViTClassPredictionHead` does.

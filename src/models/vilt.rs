@@ -25,12 +25,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::interpolate;
 use super::kernels::{
-    attention_of_first, Activation, AttentionMask, Epilogue, FusedLinear, PatchEmbedding,
+    attention_of_first, layer_norm, Activation, AttentionMask, Epilogue, FusedLinear, LayerNorm,
+    PatchEmbedding,
 };
 
 /// `nn.LayerNorm`'s default epsilon, used by the classifier (`nn.LayerNorm(hidden_size * 2)`).

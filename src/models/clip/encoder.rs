@@ -14,10 +14,10 @@
 //! - LayerNorm is candle's fused `layer_norm` op with the config's epsilon.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{layer_norm, LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 pub use crate::models::kernels::AttentionMask;
-use crate::models::kernels::{attention, Epilogue, FusedLinear, FusedMlp};
+use crate::models::kernels::{attention, layer_norm, Epilogue, FusedLinear, FusedMlp, LayerNorm};
 
 use super::ClipEncoderConfig;
 

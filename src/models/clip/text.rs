@@ -8,10 +8,11 @@
 //! no token at or before the EOS attends to it, so the pooled output is the same.
 
 use candle_core::{bail, DType, Module, Result, Tensor};
-use candle_nn::{layer_norm, LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::encoder::{AttentionMask, ClipEncoder};
 use super::ClipEncoderConfig;
+use crate::models::kernels::{layer_norm, LayerNorm};
 
 /// What the text tower needs from a transformers CLIP-style text config.
 #[derive(Debug, Clone, PartialEq)]

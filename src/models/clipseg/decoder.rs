@@ -9,11 +9,13 @@
 //! operations transformers runs on the image repeated per prompt.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 use super::ClipSegConfig;
 use crate::models::clip::encoder::{AttentionMask, ClipAttention};
-use crate::models::kernels::{Activation, Epilogue, FusedLinear, FusedMlp, PatchExpansion};
+use crate::models::kernels::{
+    layer_norm, Activation, Epilogue, FusedLinear, FusedMlp, LayerNorm, PatchExpansion,
+};
 
 /// The complex head splits the patch-size upsampling into two transposed convolutions of
 /// kernel and stride `patch_size / 4` (`CLIPSegDecoder.__init__`).

@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
-use candle_nn::{layer_norm, LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::ClipSegVisionConfig;
 use crate::models::clip::encoder::{AttentionMask, ClipEncoder};
 use crate::models::clip::ClipEncoderConfig;
 use crate::models::interpolate;
-use crate::models::kernels::PatchEmbedding;
+use crate::models::kernels::{layer_norm, LayerNorm, PatchEmbedding};
 
 /// transformers' `CLIPSegVisionEmbeddings`: class token + patch embeddings + a position table
 /// interpolated bicubically (align_corners=False) to the input's patch grid. Interpolated

@@ -119,8 +119,9 @@ fn attention_f32_cpu(
     let token = 3 * d; // one token's q, k and v
     let blocks = query_blocks(b * heads, queries, n);
     Ok(cpu_f32_slice(qkv, |qkv| {
-        let mut out = vec![0f32; b * queries * d];
-        let shared = SharedOut::new(&mut out, d);
+        let len = b * queries * d;
+        let mut out = Vec::with_capacity(len);
+        let shared = SharedOut::new_uninit(&mut out.spare_capacity_mut()[..len], d);
         (0..b * heads * blocks).into_par_iter().for_each(|task| {
             let (item, head, block) = (
                 task / (heads * blocks),
@@ -183,6 +184,9 @@ fn attention_f32_cpu(
                 }
             });
         });
+        // SAFETY: the tasks tile the output, (item, head, block of queries), and each product
+        // overwrote its block (`accumulate` false).
+        unsafe { out.set_len(len) };
         out
     }))
 }

@@ -4,6 +4,7 @@
 //! rayon task.
 
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -60,6 +61,17 @@ impl<'a> SharedOut<'a> {
     pub fn new(data: &'a mut [f32], row_stride: usize) -> Self {
         Self {
             ptr: data.as_mut_ptr(),
+            len: data.len(),
+            row_stride,
+            _buffer: PhantomData,
+        }
+    }
+
+    /// Shares `data`, not yet initialised, for tasks that overwrite all of it (products with
+    /// `accumulate` false); the caller sets its length once they have.
+    pub fn new_uninit(data: &'a mut [MaybeUninit<f32>], row_stride: usize) -> Self {
+        Self {
+            ptr: data.as_mut_ptr().cast(),
             len: data.len(),
             row_stride,
             _buffer: PhantomData,

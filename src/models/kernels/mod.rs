@@ -4,6 +4,7 @@
 //! - [`linear::FusedLinear`]: `x @ W^T + b` with its epilogue (activation, or residual) fused;
 //! - [`mlp::FusedMlp`]: the MLP with its residual, in row blocks where its weights are small;
 //! - [`attention::attention`]: multi-head self-attention from a fused q/k/v projection;
+//! - [`layer_norm::LayerNorm`]: `nn.LayerNorm`, one parallel pass;
 //! - [`patch::PatchEmbedding`], [`patch::PatchExpansion`]: convolutions whose kernel is their
 //!   stride (the ViT patch embedding, CLIPSeg's transposed head) as one matmul each;
 //! - [`Activation`]: the `hidden_act` values they implement.
@@ -16,12 +17,14 @@
 
 pub mod attention;
 pub mod gemm;
+pub mod layer_norm;
 pub mod linear;
 pub mod mlp;
 pub mod patch;
 pub mod vmath;
 
 pub use attention::{attention, attention_of_first, AttentionMask};
+pub use layer_norm::{layer_norm, LayerNorm};
 pub use linear::{Epilogue, FusedLinear};
 pub use mlp::FusedMlp;
 pub use patch::{PatchEmbedding, PatchExpansion};

@@ -77,8 +77,10 @@ impl PatchEmbedding {
         let p = self.patch;
         let row_len = c * p * p;
         let gathered = cpu_f32_slice(&pixel_values.contiguous()?, |px| {
-            let mut rows = vec![0f32; b * gh * gw * row_len];
-            rows.par_chunks_mut(row_len)
+            let len = b * gh * gw * row_len;
+            let mut rows = Vec::with_capacity(len);
+            rows.spare_capacity_mut()[..len]
+                .par_chunks_mut(row_len)
                 .enumerate()
                 .for_each(|(index, row)| {
                     let (item, gy, gx) = (index / (gh * gw), index / gw % gh, index % gw);
@@ -86,10 +88,14 @@ impl PatchEmbedding {
                         let plane = (item * c + ci) * h * w;
                         for (py, line) in channel.chunks_exact_mut(p).enumerate() {
                             let start = plane + (gy * p + py) * w + gx * p;
-                            line.copy_from_slice(&px[start..start + p]);
+                            for (dst, &src) in line.iter_mut().zip(&px[start..start + p]) {
+                                dst.write(src);
+                            }
                         }
                     }
                 });
+            // SAFETY: every row was written whole: `row_len` is `c` planes of `p` lines of `p`.
+            unsafe { rows.set_len(len) };
             rows
         });
         if let Some(rows) = gathered {

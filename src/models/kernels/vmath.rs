@@ -300,6 +300,44 @@ multiversion! {
     }
 }
 
+/// The sum of `xs` in lane-wise partial sums (vectorisable; summed in a different order than
+/// one running total, as PyTorch's own reductions are).
+#[inline(always)]
+fn sum_of(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (s, &x) in lanes.iter_mut().zip(c) {
+            *s += f(x);
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().map(|&x| f(x)).sum::<f32>()
+}
+
+multiversion! {
+    /// `nn.LayerNorm` of each `weight.len()`-wide row of `src` into the same row of `dst`
+    /// (which need not be initialised): `(x - mean) / sqrt(var + eps) * weight + bias`, with
+    /// the biased variance taken from the centred values (PyTorch's; `E[x^2] - mean^2` loses
+    /// digits when the mean is large against the spread). Two passes over a row in cache.
+    pub fn layer_norm_rows(
+        dst: &mut [MaybeUninit<f32>],
+        src: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        eps: f32,
+    ) {
+        let d = weight.len();
+        for (out, x) in dst.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
+            let mean = sum_of(x, |v| v) / d as f32;
+            let var = sum_of(x, |v| (v - mean) * (v - mean)) / d as f32;
+            let inv_std = 1.0 / (var + eps).sqrt();
+            for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
+                o.write(M::mul_add((v - mean) * inv_std, w, b));
+            }
+        }
+    }
+}
+
 multiversion! {
     /// `max(x, 0)` over `xs`, in place.
     pub fn relu(xs: &mut [f32]) {
