@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use vlm_perception::pipeline::{
-    DetectParams, Detector, LoadOptions, SegmentParams, Segmenter, Timings, VqaModel,
+    host_memory, DetectParams, Detector, LoadOptions, SegmentParams, Segmenter, Timings, VqaModel,
 };
 use vlm_perception::vision::image_io;
 
@@ -349,6 +349,8 @@ fn gemm(m: usize, k: usize, n: usize, warmup: usize, iters: usize) -> Result<ser
 }
 
 fn main() -> Result<()> {
+    // as the node and the CLI run
+    host_memory::keep_freed_memory();
     let out = match Cli::parse().command {
         Command::Detect { run, queries } => detect(&run, &queries)?,
         Command::Segment { run, prompts } => segment(&run, &prompts)?,

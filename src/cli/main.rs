@@ -15,6 +15,8 @@ use args::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    let kept = vlm_perception::pipeline::host_memory::keep_freed_memory();
+    tracing::debug!(kept, "heap: freed memory kept for reuse");
     let result = match &cli.command {
         Command::Detect(a) => detect::run(a),
         Command::Segment(a) => segment::run(a),

@@ -51,6 +51,8 @@ const SPIN_TIMEOUT: Duration = Duration::from_millis(20);
 
 fn main() -> ExitCode {
     init_tracing();
+    let kept = vlm_perception::pipeline::host_memory::keep_freed_memory();
+    tracing::debug!(kept, "heap: freed memory kept for reuse");
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod detect;
 pub mod device;
 pub mod grounding;
+pub mod host_memory;
 pub mod segment;
 mod text_cache;
 pub mod tokenizer;
