@@ -254,26 +254,66 @@ pub fn matmul(
         }
         return;
     }
+    let shared = SharedOut::new(dst, dst_row_stride);
     if threaded {
-        let shared = SharedOut::new(dst, dst_row_stride);
-        output_blocks(m, n).for_each(|(rows, cols)| {
-            let lhs = MatRef {
-                data: &lhs.data[rows.start * lhs.row_stride..],
-                rows: rows.len(),
-                ..lhs
-            };
-            let rhs = MatRef {
-                data: &rhs.data[cols.start * rhs.col_stride..],
-                cols: cols.len(),
-                ..rhs
-            };
-            // SAFETY: every task writes its own block of `dst`, which `shared` borrows.
-            unsafe { shared.matmul_into(rows.start, cols.start, lhs, rhs, accumulate) };
-        });
-        return;
+        // SAFETY: `shared` borrows `dst` alone.
+        unsafe { threaded_into(shared, lhs, rhs, accumulate) };
+    } else {
+        // SAFETY: one block, the whole of `dst`, which `shared` borrows alone.
+        unsafe { shared.matmul_into(0, 0, lhs, rhs, accumulate) };
     }
-    // SAFETY: one block, the whole of `dst`, which `shared` borrows alone.
-    unsafe { SharedOut::new(dst, dst_row_stride).matmul_into(0, 0, lhs, rhs, accumulate) };
+}
+
+/// `lhs @ rhs` as a fresh row-major (rows, cols) buffer, split over the rayon pool as a
+/// threaded [`matmul`]: the product is written into it directly, never zero-filled first.
+///
+/// # Panics
+/// As [`matmul`].
+pub fn product(lhs: MatRef, rhs: MatRef) -> Vec<f32> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "matmul: inner dimensions differ");
+    assert!(
+        lhs.in_bounds() && rhs.in_bounds(),
+        "matmul: operand out of bounds"
+    );
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: the blocks of a threaded product tile the (m, n) output and each overwrites
+    // its own (`accumulate` false); `out` is borrowed by the `SharedOut` alone.
+    unsafe {
+        threaded_into(
+            SharedOut::new_uninit(&mut out.spare_capacity_mut()[..m * n], n),
+            lhs,
+            rhs,
+            false,
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// The blocks of [`output_blocks`], one single-threaded product each, into `dst`.
+///
+/// # Safety
+/// Nothing else may touch the (lhs.rows, rhs.cols) block of `dst` while it runs.
+unsafe fn threaded_into(dst: SharedOut, lhs: MatRef, rhs: MatRef, accumulate: bool) {
+    output_blocks(lhs.rows, rhs.cols).for_each(|(rows, cols)| {
+        let lhs = MatRef {
+            data: &lhs.data[rows.start * lhs.row_stride..],
+            rows: rows.len(),
+            ..lhs
+        };
+        let rhs = MatRef {
+            data: &rhs.data[cols.start * rhs.col_stride..],
+            cols: cols.len(),
+            ..rhs
+        };
+        // SAFETY: every task writes its own block of `dst` (the caller's promise for the
+        // whole).
+        unsafe { dst.matmul_into(rows.start, cols.start, lhs, rhs, accumulate) };
+    });
 }
 
 #[cfg(test)]
@@ -362,7 +402,22 @@ mod tests {
             for (got, want) in dst.iter().zip(&want) {
                 assert!((got - 0.5 - want).abs() < 1e-4, "{m}x{k}x{n}");
             }
+            // the same blocks into a fresh, uninitialised buffer
+            let fresh = product(a, b);
+            assert_eq!(fresh.len(), m * n);
+            for (got, want) in fresh.iter().zip(&want) {
+                assert!((got - want).abs() < 1e-4, "product {m}x{k}x{n}");
+            }
         }
+        // no inner dimension: zeros
+        let empty = |rows, cols| MatRef {
+            data: &[],
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        };
+        assert_eq!(product(empty(2, 0), empty(0, 3)), vec![0.0; 6]);
     }
 
     #[test]
