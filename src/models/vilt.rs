@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
-use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::interpolate;
@@ -565,7 +565,7 @@ pub struct ViltModel {
     embeddings: ViltEmbeddings,
     encoder: ViltEncoder,
     layernorm: LayerNorm,
-    pooler: Linear,
+    pooler: FusedLinear,
 }
 
 impl ViltModel {
@@ -574,7 +574,7 @@ impl ViltModel {
             embeddings: ViltEmbeddings::new(vb.pp("embeddings"), cfg)?,
             encoder: ViltEncoder::new(vb.pp("encoder"), cfg, activation)?,
             layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("layernorm"))?,
-            pooler: linear(
+            pooler: FusedLinear::load(
                 cfg.hidden_size,
                 cfg.hidden_size,
                 vb.pp("pooler").pp("dense"),
@@ -603,7 +603,9 @@ impl ViltModel {
         let first_token =
             self.layernorm
                 .forward(&self.encoder.forward(&embeddings, &mask, 1)?)?;
-        self.pooler.forward(&first_token.i((.., 0, ..))?)?.tanh()
+        self.pooler
+            .forward(&first_token.i((.., 0, ..))?, Epilogue::Bias)?
+            .tanh()
     }
 }
 
@@ -627,9 +629,9 @@ pub struct ViltQuestionAnsweringOutput {
 #[derive(Debug, Clone)]
 pub struct ViltForQuestionAnswering {
     vilt: ViltModel,
-    classifier_0: Linear,
+    classifier_0: FusedLinear,
     classifier_1: LayerNorm,
-    classifier_3: Linear,
+    classifier_3: FusedLinear,
     num_labels: usize,
 }
 
@@ -647,9 +649,9 @@ impl ViltForQuestionAnswering {
         let classifier = vb.pp("classifier");
         Ok(Self {
             vilt: ViltModel::new(vb.pp("vilt"), cfg, activation)?,
-            classifier_0: linear(d, 2 * d, classifier.pp("0"))?,
+            classifier_0: FusedLinear::load(d, 2 * d, classifier.pp("0"))?,
             classifier_1: layer_norm(2 * d, CLASSIFIER_LAYER_NORM_EPS, classifier.pp("1"))?,
-            classifier_3: linear(2 * d, num_labels, classifier.pp("3"))?,
+            classifier_3: FusedLinear::load(2 * d, num_labels, classifier.pp("3"))?,
             num_labels,
         })
     }
@@ -675,9 +677,12 @@ impl ViltForQuestionAnswering {
             pixel_values,
             pixel_mask,
         )?;
-        let x = self.classifier_0.forward(&pooled)?;
+        let x = self.classifier_0.forward(&pooled, Epilogue::Bias)?;
         let x = self.classifier_1.forward(&x)?.gelu_erf()?;
-        let logits = self.classifier_3.forward(&x)?.to_dtype(DType::F32)?;
+        let logits = self
+            .classifier_3
+            .forward(&x, Epilogue::Bias)?
+            .to_dtype(DType::F32)?;
         Ok(ViltQuestionAnsweringOutput { logits })
     }
 }

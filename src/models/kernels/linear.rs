@@ -30,8 +30,43 @@ pub enum Epilogue<'a> {
     Residual(&'a Tensor),
 }
 
+/// Tasks per pool thread of [`few_rows_product`] (load balance).
+const TASKS_PER_THREAD: usize = 4;
+
 /// Elements per rayon task of the activation pass (enough to amortise the task).
 const ACTIVATION_CHUNK: usize = 1 << 14;
+
+/// Inputs of at most this many rows (a pooled vector, a classifier's input) take
+/// [`few_rows_product`]: a matmul of them is a pass over the weights, bound by memory.
+const FEW_ROWS: usize = 4;
+/// ... whose weight rows it splits into tasks of at least this many.
+const FEW_ROWS_TASK: usize = 64;
+
+/// `x @ w` for an `x` of a few rows, (rows, k) x (k, n), as weighted sums of `w`'s rows: the
+/// tasks stream disjoint, contiguous spans of `w` (whose rows a column-split matmul would
+/// read in short strided pieces) into partial sums, added up at the end.
+fn few_rows_product(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Vec<f32> {
+    let tasks = (k / FEW_ROWS_TASK).clamp(1, TASKS_PER_THREAD * super::pool_threads());
+    let partials: Vec<Vec<f32>> = (0..tasks)
+        .into_par_iter()
+        .map(|task| {
+            let mut acc = vec![0f32; rows * n];
+            for i in task * k / tasks..(task + 1) * k / tasks {
+                let w_row = &w[i * n..(i + 1) * n];
+                for (r, acc) in acc.chunks_exact_mut(n).enumerate() {
+                    vmath::axpy(acc, x[r * k + i], w_row);
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut sum = partials.next().unwrap_or_else(|| vec![0f32; rows * n]);
+    for partial in partials {
+        vmath::add_row(&mut sum, &partial);
+    }
+    sum
+}
 
 /// A (rows, bias.len()) row-major buffer holding `bias` in every row, plus `residual`'s row
 /// if given: the start value a matmul accumulates onto (written once, never zero-filled first).
@@ -198,6 +233,19 @@ impl FusedLinear {
         let (rows, in_dim) = xs.dims2()?;
         let out_dim = self.bias.dim(0)?;
         let run = |x: &[f32], w: &[f32], b: &[f32], residual: Option<&[f32]>| {
+            if rows <= FEW_ROWS {
+                let mut ys = few_rows_product(x, w, rows, in_dim, out_dim);
+                for (i, y) in ys.chunks_exact_mut(out_dim).enumerate() {
+                    vmath::add_row(y, b);
+                    if let Some(r) = residual {
+                        vmath::add_row(y, &r[i * out_dim..(i + 1) * out_dim]);
+                    }
+                    if let Epilogue::Activation(act) = epilogue {
+                        act.apply_slice(y);
+                    }
+                }
+                return ys;
+            }
             let lhs = MatRef {
                 data: x,
                 rows,
@@ -349,45 +397,51 @@ mod tests {
 
     #[test]
     fn fused_epilogues_match_candle_ops() {
-        let xs = randn(&[2, 5, 8]);
-        let w = randn(&[6, 8]);
-        let b = randn(&[6]);
-        let residual = randn(&[2, 5, 6]);
-        let plain = candle_nn::Linear::new(w.clone(), Some(b.clone()))
-            .forward(&xs)
-            .unwrap();
-        let cases = [
-            (Epilogue::Bias, plain.clone()),
-            (
-                Epilogue::Activation(Activation::QuickGelu),
-                Activation::QuickGelu.forward(&plain).unwrap(),
-            ),
-            (
-                Epilogue::Activation(Activation::Gelu),
-                plain.gelu_erf().unwrap(),
-            ),
-            (Epilogue::Residual(&residual), (&plain + &residual).unwrap()),
-        ];
-        for dtype in [DType::F32, DType::BF16, DType::F64] {
-            // f32: our gemm path; bf16: candle's matmul + in-place epilogue; f64: candle ops
-            let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
-            let lin = FusedLinear::new(cast(&w), cast(&b)).unwrap();
-            let residual = cast(&residual);
-            for (epilogue, reference) in &cases {
-                let epilogue = match epilogue {
-                    Epilogue::Residual(_) => Epilogue::Residual(&residual),
-                    e => *e,
-                };
-                let ours = lin.forward(&cast(&xs), epilogue).unwrap();
-                assert_eq!(ours.dims(), [2, 5, 6]);
-                assert_eq!(ours.dtype(), dtype);
-                let bound = if dtype == DType::BF16 { 0.1 } else { 1e-5 };
-                let d = max_diff(&ours, reference);
-                assert!(d < bound, "{dtype:?} {epilogue:?}: {d}");
+        // 10 rows: the threaded matmul; 3 rows of 200: the few-rows product, in 3 tasks
+        for (b_, t, k) in [(2, 5, 8), (1, 3, 200)] {
+            let xs = randn(&[b_, t, k]);
+            let w = randn(&[6, k]);
+            let b = randn(&[6]);
+            let residual = randn(&[b_, t, 6]);
+            let plain = candle_nn::Linear::new(w.clone(), Some(b.clone()))
+                .forward(&xs)
+                .unwrap();
+            let cases = [
+                (Epilogue::Bias, plain.clone()),
+                (
+                    Epilogue::Activation(Activation::QuickGelu),
+                    Activation::QuickGelu.forward(&plain).unwrap(),
+                ),
+                (
+                    Epilogue::Activation(Activation::Gelu),
+                    plain.gelu_erf().unwrap(),
+                ),
+                (Epilogue::Residual(&residual), (&plain + &residual).unwrap()),
+            ];
+            for dtype in [DType::F32, DType::BF16, DType::F64] {
+                // f32: our gemm path; bf16: candle's matmul + in-place epilogue; f64: candle ops
+                let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
+                let lin = FusedLinear::new(cast(&w), cast(&b)).unwrap();
+                let residual = cast(&residual);
+                for (epilogue, reference) in &cases {
+                    let epilogue = match epilogue {
+                        Epilogue::Residual(_) => Epilogue::Residual(&residual),
+                        e => *e,
+                    };
+                    let ours = lin.forward(&cast(&xs), epilogue).unwrap();
+                    assert_eq!(ours.dims(), [b_, t, 6]);
+                    assert_eq!(ours.dtype(), dtype);
+                    let bound = match dtype {
+                        DType::BF16 => 0.1 * (k as f32 / 8.0).sqrt(),
+                        _ => 1e-5 * (k as f32 / 8.0).sqrt(),
+                    };
+                    let d = max_diff(&ours, reference);
+                    assert!(d < bound, "{dtype:?} {epilogue:?} k={k}: {d}");
+                }
             }
+            // the residual is read, not written
+            assert_eq!(residual.dims(), [b_, t, 6]);
         }
-        // the residual is read, not written
-        assert_eq!(residual.dims(), [2, 5, 6]);
     }
 
     #[test]

@@ -248,6 +248,15 @@ multiversion! {
 }
 
 multiversion! {
+    /// `y += a * x`.
+    pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = M::mul_add(a, x, *y);
+        }
+    }
+}
+
+multiversion! {
     /// Writes `bias` into each `cols`-wide row of `dst`, plus the same row of `residual` if
     /// given (the start value a matmul then accumulates into); `dst` need not be initialised.
     pub fn fill_rows(dst: &mut [MaybeUninit<f32>], bias: &[f32], residual: Option<&[f32]>) {
