@@ -9,12 +9,13 @@
 //! operations transformers runs on the image repeated per prompt.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
 use super::ClipSegConfig;
 use crate::models::clip::encoder::{AttentionMask, ClipAttention};
 use crate::models::kernels::{
     layer_norm, Activation, Epilogue, FusedLinear, FusedMlp, LayerNorm, PatchExpansion,
+    WindowConv2d,
 };
 
 /// The complex head splits the patch-size upsampling into two transposed convolutions of
@@ -74,7 +75,8 @@ impl Module for ClipSegDecoderLayer {
 pub enum TransposedConvolution {
     Simple(PatchExpansion),
     Complex {
-        conv: Conv2d,
+        /// with the ReLU that follows it
+        conv: WindowConv2d,
         /// with the ReLU that follows it
         up1: PatchExpansion,
         up2: PatchExpansion,
@@ -88,15 +90,13 @@ impl TransposedConvolution {
         if cfg.use_complex_transposed_convolution {
             let k = patch / COMPLEX_UPSAMPLE_SPLIT;
             Ok(Self::Complex {
-                conv: conv2d(
+                conv: WindowConv2d::new(
+                    vb.pp("0"),
                     d,
                     d,
                     COMPLEX_CONV_KERNEL,
-                    Conv2dConfig {
-                        padding: COMPLEX_CONV_PADDING,
-                        ..Default::default()
-                    },
-                    vb.pp("0"),
+                    COMPLEX_CONV_PADDING,
+                    Some(Activation::Relu),
                 )?,
                 up1: PatchExpansion::new(vb.pp("2"), d, d / 2, k, Some(Activation::Relu))?,
                 up2: PatchExpansion::new(vb.pp("4"), d / 2, 1, k, None)?,
@@ -112,10 +112,7 @@ impl Module for TransposedConvolution {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Self::Simple(up) => up.forward(xs),
-            Self::Complex { conv, up1, up2 } => {
-                let xs = conv.forward(xs)?.relu()?;
-                up2.forward(&up1.forward(&xs)?)
-            }
+            Self::Complex { conv, up1, up2 } => up2.forward(&up1.forward(&conv.forward(xs)?)?),
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - [`layer_norm::LayerNorm`]: `nn.LayerNorm`, one parallel pass;
 //! - [`patch::PatchEmbedding`], [`patch::PatchExpansion`]: convolutions whose kernel is their
 //!   stride (the ViT patch embedding, CLIPSeg's transposed head) as one matmul each;
+//! - [`conv::WindowConv2d`]: a stride-1 padded convolution (CLIPSeg's head 3x3) as one matmul
+//!   over gathered windows;
 //! - [`Activation`]: the `hidden_act` values they implement.
 //!
 //! On the CPU in f32 these run our own loops around the `gemm` crate's matmul ([`gemm`]):
@@ -16,6 +18,7 @@
 //! epilogues; other devices run the same computation from candle ops.
 
 pub mod attention;
+pub mod conv;
 pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
@@ -24,6 +27,7 @@ pub mod patch;
 pub mod vmath;
 
 pub use attention::{attention, attention_of_first, AttentionMask};
+pub use conv::WindowConv2d;
 pub use layer_norm::{layer_norm, LayerNorm};
 pub use linear::{Epilogue, FusedLinear};
 pub use mlp::FusedMlp;
@@ -31,6 +35,7 @@ pub use patch::{PatchEmbedding, PatchExpansion};
 
 use candle_core::{bail, DType, Layout, Module, Result, Tensor};
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 /// Threads of the rayon pool the CPU kernels run on. (candle's `get_num_threads` reads
 /// `/proc/cpuinfo` at every call, some 16 us, and counts physical cores where the pool has
@@ -181,6 +186,35 @@ fn cpu_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
         candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) => Some(f(&data[start..end])),
         _ => None,
     }
+}
+
+/// Each of `b` row-major (rows, cols) matrices in `x`, transposed: (b, cols, rows), in
+/// parallel over blocks of output rows (candle's strided copy runs on one thread, element by
+/// element). NCHW <-> channels-last for the convolutions.
+pub(crate) fn transpose_items(x: &[f32], b: usize, rows: usize, cols: usize) -> Vec<f32> {
+    /// Output rows per task.
+    const ROWS_PER_TASK: usize = 256;
+    let len = b * rows * cols;
+    let mut out = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(ROWS_PER_TASK * rows)
+        .enumerate()
+        .for_each(|(task, dst)| {
+            let first = task * ROWS_PER_TASK; // over b * cols
+            for (i, line) in dst.chunks_exact_mut(rows).enumerate() {
+                let (item, col) = ((first + i) / cols, (first + i) % cols);
+                let src = &x[item * rows * cols + col..];
+                for (r, v) in line.iter_mut().enumerate() {
+                    v.write(src[r * cols]);
+                }
+            }
+        });
+    // SAFETY: the chunks are whole output rows and every element of each was written.
+    unsafe { out.set_len(len) };
+    out
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use candle_core::{bail, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::{cpu_f32_slice, Activation, Epilogue, FusedLinear};
+use super::{cpu_f32_slice, transpose_items, Activation, Epilogue, FusedLinear};
 
 /// A conv of kernel and stride `patch`, without padding, over (b, channels, H, W).
 #[derive(Debug, Clone)]
@@ -153,14 +153,22 @@ impl PatchExpansion {
 
     /// (b, c_in, h, w) -> (b, c_out, h * k, w * k)
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, _, h, w) = xs.dims4()?;
+        let (b, c_in, h, w) = xs.dims4()?;
         let (c, k) = (self.out_channels, self.kernel);
         let epilogue = match self.activation {
             Some(act) => Epilogue::Activation(act),
             None => Epilogue::Bias,
         };
         // per pixel: (b, h, w, c_in) -> (b, h, w, c_out * k * k)
-        let blocks = self.proj.forward(&xs.permute((0, 2, 3, 1))?, epilogue)?;
+        let pixels = match cpu_f32_slice(&xs.contiguous()?, |x| transpose_items(x, b, c_in, h * w))
+        {
+            Some(rows) => Tensor::from_vec(rows, (b, h, w, c_in), &Device::Cpu)?,
+            None => xs.permute((0, 2, 3, 1))?,
+        };
+        let blocks = self.proj.forward(&pixels, epilogue)?;
+        if let Some(out) = cpu_f32_slice(&blocks, |blocks| spread_blocks(blocks, b, h, w, c, k)) {
+            return Tensor::from_vec(out, (b, c, h * k, w * k), &Device::Cpu);
+        }
         // (b, h, w, c_out, ky, kx) -> (b, c_out, h, ky, w, kx)
         blocks
             .reshape((b, h, w, c, k, k))?
@@ -168,6 +176,35 @@ impl PatchExpansion {
             .contiguous()?
             .reshape((b, c, h * k, w * k))
     }
+}
+
+/// Each pixel's (c, k, k) block of a (b, h, w, c * k * k) product to its place in the
+/// (b, c, h * k, w * k) image, one output row per task group.
+fn spread_blocks(blocks: &[f32], b: usize, h: usize, w: usize, c: usize, k: usize) -> Vec<f32> {
+    let row = w * k;
+    let len = b * c * h * k * row;
+    let mut out = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    // one task per (item, channel, patch row): k output rows
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(k * row)
+        .enumerate()
+        .for_each(|(task, dst)| {
+            let (item, ch, y) = (task / (c * h), task / h % c, task % h);
+            for (ky, line) in dst.chunks_exact_mut(row).enumerate() {
+                for (x, run) in line.chunks_exact_mut(k).enumerate() {
+                    let src = (((item * h + y) * w + x) * c + ch) * k * k + ky * k;
+                    for (v, &s) in run.iter_mut().zip(&blocks[src..src + k]) {
+                        v.write(s);
+                    }
+                }
+            }
+        });
+    // SAFETY: the tasks cover every (item, channel, patch row), each writing its k whole rows.
+    unsafe { out.set_len(len) };
+    out
 }
 
 #[cfg(test)]
