@@ -8,9 +8,10 @@
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
-use rayon::prelude::*;
 
-use super::{cpu_f32_slice, transpose_items, Activation, Epilogue, FusedLinear};
+use super::{
+    cpu_f32_slice, transpose_items, written_in_parallel, Activation, Epilogue, FusedLinear,
+};
 
 /// Output pixels per task of the window gather.
 const PIXELS_PER_TASK: usize = 64;
@@ -74,10 +75,7 @@ impl WindowConv2d {
             };
         };
         let rows = Tensor::from_vec(rows, (b, oh * ow, c * k * k), &Device::Cpu)?;
-        let epilogue = match self.activation {
-            Some(act) => Epilogue::Activation(act),
-            None => Epilogue::Bias,
-        };
+        let epilogue = Epilogue::activation_or_bias(self.activation);
         // (b, oh * ow, c_out), channels last
         let ys = self.proj.forward(&rows, epilogue)?;
         let c_out = ys.dim(2)?;
@@ -92,33 +90,33 @@ impl WindowConv2d {
         let (c, k, p) = (self.in_channels, self.kernel, self.padding);
         let (oh, ow) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
         let row_len = c * k * k;
-        let len = b * oh * ow * row_len;
-        let mut rows = Vec::with_capacity(len);
-        rows.spare_capacity_mut()[..len]
-            .par_chunks_mut(PIXELS_PER_TASK * row_len)
-            .enumerate()
-            .for_each(|(task, dst)| {
-                for (i, row) in dst.chunks_exact_mut(row_len).enumerate() {
-                    let pixel = task * PIXELS_PER_TASK + i; // over b * oh * ow
-                    let (item, oy, ox) = (pixel / (oh * ow), pixel / ow % oh, pixel % ow);
-                    for (ci, window) in row.chunks_exact_mut(k * k).enumerate() {
-                        let plane = &x[(item * c + ci) * h * w..][..h * w];
-                        for (ky, line) in window.chunks_exact_mut(k).enumerate() {
-                            // input row oy + ky - p, columns ox - p .. ox - p + k
-                            let y = (oy + ky).checked_sub(p).filter(|&y| y < h);
-                            for (kx, v) in line.iter_mut().enumerate() {
-                                let x = (ox + kx).checked_sub(p).filter(|&x| x < w);
-                                v.write(match (y, x) {
-                                    (Some(y), Some(x)) => plane[y * w + x],
-                                    _ => 0.0,
-                                });
+        // SAFETY: every piece is whole rows, each element written.
+        let rows = unsafe {
+            written_in_parallel(
+                b * oh * ow * row_len,
+                PIXELS_PER_TASK * row_len,
+                |task, dst| {
+                    for (i, row) in dst.chunks_exact_mut(row_len).enumerate() {
+                        let pixel = task * PIXELS_PER_TASK + i; // over b * oh * ow
+                        let (item, oy, ox) = (pixel / (oh * ow), pixel / ow % oh, pixel % ow);
+                        for (ci, window) in row.chunks_exact_mut(k * k).enumerate() {
+                            let plane = &x[(item * c + ci) * h * w..][..h * w];
+                            for (ky, line) in window.chunks_exact_mut(k).enumerate() {
+                                // input row oy + ky - p, columns ox - p .. ox - p + k
+                                let y = (oy + ky).checked_sub(p).filter(|&y| y < h);
+                                for (kx, v) in line.iter_mut().enumerate() {
+                                    let x = (ox + kx).checked_sub(p).filter(|&x| x < w);
+                                    v.write(match (y, x) {
+                                        (Some(y), Some(x)) => plane[y * w + x],
+                                        _ => 0.0,
+                                    });
+                                }
                             }
                         }
                     }
-                }
-            });
-        // SAFETY: the chunks are whole rows, and every element of each row was written.
-        unsafe { rows.set_len(len) };
+                },
+            )
+        };
         (rows, (oh, ow))
     }
 }

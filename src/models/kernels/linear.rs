@@ -30,6 +30,13 @@ pub enum Epilogue<'a> {
     Residual(&'a Tensor),
 }
 
+impl Epilogue<'_> {
+    /// `act` after the bias, or the bias alone.
+    pub fn activation_or_bias(act: Option<Activation>) -> Self {
+        act.map_or(Self::Bias, Self::Activation)
+    }
+}
+
 /// Tasks per pool thread of [`few_rows_product`] (load balance).
 const TASKS_PER_THREAD: usize = 4;
 

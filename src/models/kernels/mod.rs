@@ -33,6 +33,8 @@ pub use linear::{Epilogue, FusedLinear};
 pub use mlp::FusedMlp;
 pub use patch::{PatchEmbedding, PatchExpansion};
 
+use std::mem::MaybeUninit;
+
 use candle_core::{bail, DType, Layout, Module, Result, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -188,21 +190,36 @@ fn cpu_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     }
 }
 
+/// A buffer of `len` floats written by `fill` in parallel: `fill(i, piece)` gets the `i`-th
+/// `chunk`-long piece (the last may be shorter), not zero-filled first.
+///
+/// # Safety
+/// `fill` must write every element of the piece it is given.
+pub(crate) unsafe fn written_in_parallel(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, piece)| fill(i, piece));
+    // SAFETY: the pieces cover `len`, and `fill` wrote each of them whole (the caller's
+    // promise).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Each of `b` row-major (rows, cols) matrices in `x`, transposed: (b, cols, rows), in
 /// parallel over blocks of output rows (candle's strided copy runs on one thread, element by
 /// element). NCHW <-> channels-last for the convolutions.
 pub(crate) fn transpose_items(x: &[f32], b: usize, rows: usize, cols: usize) -> Vec<f32> {
     /// Output rows per task.
     const ROWS_PER_TASK: usize = 256;
-    let len = b * rows * cols;
-    let mut out = Vec::with_capacity(len);
-    if len == 0 {
-        return out;
-    }
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(ROWS_PER_TASK * rows)
-        .enumerate()
-        .for_each(|(task, dst)| {
+    // SAFETY: every piece is whole output rows, each written element by element.
+    unsafe {
+        written_in_parallel(b * rows * cols, ROWS_PER_TASK * rows, |task, dst| {
             let first = task * ROWS_PER_TASK; // over b * cols
             for (i, line) in dst.chunks_exact_mut(rows).enumerate() {
                 let (item, col) = ((first + i) / cols, (first + i) % cols);
@@ -211,10 +228,8 @@ pub(crate) fn transpose_items(x: &[f32], b: usize, rows: usize, cols: usize) -> 
                     v.write(src[r * cols]);
                 }
             }
-        });
-    // SAFETY: the chunks are whole output rows and every element of each was written.
-    unsafe { out.set_len(len) };
-    out
+        })
+    }
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@
 
 use candle_core::{bail, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
 
-use super::{cpu_f32_slice, transpose_items, Activation, Epilogue, FusedLinear};
+use super::{
+    cpu_f32_slice, transpose_items, written_in_parallel, Activation, Epilogue, FusedLinear,
+};
 
 /// A conv of kernel and stride `patch`, without padding, over (b, channels, H, W).
 #[derive(Debug, Clone)]
@@ -77,12 +78,9 @@ impl PatchEmbedding {
         let p = self.patch;
         let row_len = c * p * p;
         let gathered = cpu_f32_slice(&pixel_values.contiguous()?, |px| {
-            let len = b * gh * gw * row_len;
-            let mut rows = Vec::with_capacity(len);
-            rows.spare_capacity_mut()[..len]
-                .par_chunks_mut(row_len)
-                .enumerate()
-                .for_each(|(index, row)| {
+            // SAFETY: every piece is one row, written whole: `c` planes of `p` lines of `p`.
+            unsafe {
+                written_in_parallel(b * gh * gw * row_len, row_len, |index, row| {
                     let (item, gy, gx) = (index / (gh * gw), index / gw % gh, index % gw);
                     for (ci, channel) in row.chunks_exact_mut(p * p).enumerate() {
                         let plane = (item * c + ci) * h * w;
@@ -93,10 +91,8 @@ impl PatchEmbedding {
                             }
                         }
                     }
-                });
-            // SAFETY: every row was written whole: `row_len` is `c` planes of `p` lines of `p`.
-            unsafe { rows.set_len(len) };
-            rows
+                })
+            }
         });
         if let Some(rows) = gathered {
             return Tensor::from_vec(rows, (b, gh * gw, row_len), &Device::Cpu);
@@ -155,10 +151,7 @@ impl PatchExpansion {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, c_in, h, w) = xs.dims4()?;
         let (c, k) = (self.out_channels, self.kernel);
-        let epilogue = match self.activation {
-            Some(act) => Epilogue::Activation(act),
-            None => Epilogue::Bias,
-        };
+        let epilogue = Epilogue::activation_or_bias(self.activation);
         // per pixel: (b, h, w, c_in) -> (b, h, w, c_out * k * k)
         let pixels = match cpu_f32_slice(&xs.contiguous()?, |x| transpose_items(x, b, c_in, h * w))
         {
@@ -182,16 +175,10 @@ impl PatchExpansion {
 /// (b, c, h * k, w * k) image, one output row per task group.
 fn spread_blocks(blocks: &[f32], b: usize, h: usize, w: usize, c: usize, k: usize) -> Vec<f32> {
     let row = w * k;
-    let len = b * c * h * k * row;
-    let mut out = Vec::with_capacity(len);
-    if len == 0 {
-        return out;
-    }
-    // one task per (item, channel, patch row): k output rows
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(k * row)
-        .enumerate()
-        .for_each(|(task, dst)| {
+    // one piece per (item, channel, patch row): k output rows
+    // SAFETY: every piece is k whole output rows, each written run by run.
+    unsafe {
+        written_in_parallel(b * c * h * k * row, k * row, |task, dst| {
             let (item, ch, y) = (task / (c * h), task / h % c, task % h);
             for (ky, line) in dst.chunks_exact_mut(row).enumerate() {
                 for (x, run) in line.chunks_exact_mut(k).enumerate() {
@@ -201,10 +188,8 @@ fn spread_blocks(blocks: &[f32], b: usize, h: usize, w: usize, c: usize, k: usiz
                     }
                 }
             }
-        });
-    // SAFETY: the tasks cover every (item, channel, patch row), each writing its k whole rows.
-    unsafe { out.set_len(len) };
-    out
+        })
+    }
 }
 
 #[cfg(test)]
