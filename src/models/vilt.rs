@@ -448,14 +448,14 @@ impl ViltSelfAttention {
     /// `xs` (b, t, d); `mask` additive per key, (b, t) f32. Returns the first `queries` tokens'
     /// outputs, attending to all `t`: (b, queries, d).
     pub fn forward(&self, xs: &Tensor, mask: &Tensor, queries: usize) -> Result<Tensor> {
-        let (b, t, _) = xs.dims3()?;
-        let qkv = self.qkv.forward(xs, Epilogue::Bias)?.reshape((
-            b,
-            t,
-            3,
-            self.num_heads,
-            self.head_dim,
-        ))?;
+        let (b, t, d) = xs.dims3()?;
+        // with fewer queries than tokens (the last layer), q for those queries alone
+        let qkv = if queries < t {
+            self.qkv.forward_first_columns(xs, d, queries)?
+        } else {
+            self.qkv.forward(xs, Epilogue::Bias)?
+        };
+        let qkv = qkv.reshape((b, t, 3, self.num_heads, self.head_dim))?;
         attention_of_first(&qkv, AttentionMask::KeyBias(mask), queries)
     }
 }

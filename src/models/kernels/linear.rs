@@ -229,6 +229,71 @@ impl FusedLinear {
         }
     }
 
+    /// [`Self::forward`] with [`Epilogue::Bias`], except that the first `columns` outputs are
+    /// computed for the rows of the first `rows` positions of dimension 1 alone; at the other
+    /// rows those columns hold the bias only. (b, t, in) -> (b, t, out). A fused q/k/v
+    /// projection whose attention reads the queries of the first tokens only needs no more.
+    /// Devices and dtypes without the f32 CPU path compute every column.
+    pub fn forward_first_columns(
+        &self,
+        xs: &Tensor,
+        columns: usize,
+        rows: usize,
+    ) -> Result<Tensor> {
+        let (b, t, in_dim) = xs.dims3()?;
+        let out_dim = self.bias.dim(0)?;
+        if columns > out_dim || rows > t {
+            bail!(
+                "linear: the first {columns} of {out_dim} columns for the first {rows} of {t} rows"
+            );
+        }
+        let xs = xs.contiguous()?;
+        let computed = cpu_f32_slice(&xs, |x| {
+            self.with_f32(|w, bias| {
+                let mut ys = prefilled(b * t, bias, None, true);
+                let lhs = |first: usize, count: usize| MatRef {
+                    data: &x[first * in_dim..],
+                    rows: count,
+                    cols: in_dim,
+                    row_stride: in_dim,
+                    col_stride: 1,
+                };
+                let rhs = |from: usize, to: usize| MatRef {
+                    data: &w[from..],
+                    rows: in_dim,
+                    cols: to - from,
+                    row_stride: out_dim,
+                    col_stride: 1,
+                };
+                // the other columns for every row, in one product
+                matmul(
+                    &mut ys[columns..],
+                    out_dim,
+                    lhs(0, b * t),
+                    rhs(columns, out_dim),
+                    true,
+                    true,
+                );
+                for item in 0..b {
+                    matmul(
+                        &mut ys[item * t * out_dim..],
+                        out_dim,
+                        lhs(item * t, rows),
+                        rhs(0, columns),
+                        true,
+                        true,
+                    );
+                }
+                ys
+            })
+        })
+        .flatten();
+        match computed {
+            Some(ys) => Tensor::from_vec(ys, (b, t, out_dim), &Device::Cpu),
+            None => self.forward(&xs, Epilogue::Bias),
+        }
+    }
+
     /// The f32 CPU path: `xs` is (rows, in), contiguous. `None` when an operand is not a
     /// contiguous f32 CPU tensor (the caller takes the candle path).
     fn forward_f32_cpu(
@@ -449,6 +514,40 @@ mod tests {
             // the residual is read, not written
             assert_eq!(residual.dims(), [b_, t, 6]);
         }
+    }
+
+    #[test]
+    fn first_columns_for_the_first_rows() {
+        let (w, b) = (randn(&[9, 5]), randn(&[9]));
+        let xs = randn(&[2, 6, 5]);
+        let lin = FusedLinear::new(w.clone(), b.clone()).unwrap();
+        let full = lin.forward(&xs, Epilogue::Bias).unwrap();
+        let part = lin.forward_first_columns(&xs, 3, 2).unwrap();
+        assert_eq!(part.dims(), [2, 6, 9]);
+        // columns 3.. everywhere, and columns ..3 of the first 2 rows of each item: computed
+        assert!(
+            max_diff(
+                &part.narrow(2, 3, 6).unwrap(),
+                &full.narrow(2, 3, 6).unwrap()
+            ) < 1e-5
+        );
+        let first = |t: &Tensor| t.narrow(1, 0, 2).unwrap().narrow(2, 0, 3).unwrap();
+        assert!(max_diff(&first(&part), &first(&full)) < 1e-5);
+        // the rest of those columns: the bias
+        let rest = part.narrow(1, 2, 4).unwrap().narrow(2, 0, 3).unwrap();
+        let bias = b.narrow(0, 0, 3).unwrap().broadcast_as((2, 4, 3)).unwrap();
+        assert_eq!(max_diff(&rest, &bias), 0.0);
+        // f64: every column, as forward
+        let lin64 = FusedLinear::new(
+            w.to_dtype(DType::F64).unwrap(),
+            b.to_dtype(DType::F64).unwrap(),
+        )
+        .unwrap();
+        let xs64 = xs.to_dtype(DType::F64).unwrap();
+        let part64 = lin64.forward_first_columns(&xs64, 3, 2).unwrap();
+        assert!(max_diff(&part64, &full) < 1e-5);
+        assert!(lin.forward_first_columns(&xs, 10, 2).is_err());
+        assert!(lin.forward_first_columns(&xs, 3, 7).is_err());
     }
 
     #[test]
