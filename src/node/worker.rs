@@ -856,6 +856,25 @@ impl<S: Sink> Worker<S> {
         }
     }
 
+    /// The loaded detector, or why there is none.
+    fn loaded_detector(&self) -> Result<&Detector, String> {
+        self.detector
+            .as_ref()
+            .ok_or_else(|| self.unavailable(Task::Detection))
+    }
+
+    /// The loaded segmenter, or why there is none.
+    fn loaded_segmenter(&self) -> Result<&Segmenter, String> {
+        self.segmenter
+            .as_ref()
+            .ok_or_else(|| self.unavailable(Task::Segmentation))
+    }
+
+    /// The loaded VQA model, or why there is none.
+    fn loaded_vqa(&self) -> Result<&VqaModel, String> {
+        self.vqa.as_ref().ok_or_else(|| self.unavailable(Task::Vqa))
+    }
+
     fn query_embeddings(
         &mut self,
         queries: &[String],

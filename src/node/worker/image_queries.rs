@@ -36,10 +36,7 @@ impl<S: Sink> Worker<S> {
             labels.push(label);
             decoded.push(img);
         }
-        let d = self
-            .detector
-            .as_ref()
-            .ok_or_else(|| self.unavailable(Task::Detection))?;
+        let d = self.loaded_detector()?;
         d.query_images(&decoded, &labels).map_err(|e| e.to_string())
     }
 
@@ -57,10 +54,7 @@ impl<S: Sink> Worker<S> {
         if let Some(t) = threshold {
             params.threshold = t;
         }
-        let d = self
-            .detector
-            .as_ref()
-            .ok_or_else(|| self.unavailable(Task::Detection))?;
+        let d = self.loaded_detector()?;
         let result = d
             .detect_image_guided(&img, &emb, &params)
             .map_err(|e| e.to_string())?;

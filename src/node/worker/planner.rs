@@ -127,10 +127,7 @@ impl<S: Sink> Worker<S> {
     ) -> Result<(Vec<Detection>, String, std::time::Duration), String> {
         validate_texts(phrases, "phrase").map_err(|e| e.to_string())?;
         let emb = self.query_embeddings(phrases, false)?;
-        let d = self
-            .detector
-            .as_ref()
-            .ok_or_else(|| self.unavailable(Task::Detection))?;
+        let d = self.loaded_detector()?;
         let r = d.best_per_query(img, &emb).map_err(|e| e.to_string())?;
         Ok((r.detections, d.name().to_string(), r.timings.total()))
     }
@@ -199,10 +196,7 @@ impl<S: Sink> Worker<S> {
             let params = SegmentParams {
                 threshold: self.params.clipseg.mask_threshold,
             };
-            let s = self
-                .segmenter
-                .as_ref()
-                .ok_or_else(|| self.unavailable(Task::Segmentation))?;
+            let s = self.loaded_segmenter()?;
             let r = s.segment(&img, &emb, &params).map_err(|e| e.to_string())?;
             latency += r.timings.total();
             Some(r)

@@ -151,10 +151,7 @@ impl<S: Sink> Worker<S> {
             threshold: threshold.unwrap_or(self.params.owlvit.score_threshold),
             nms_iou: self.params.owlvit.nms_iou,
         };
-        let d = self
-            .detector
-            .as_ref()
-            .ok_or_else(|| self.unavailable(Task::Detection))?;
+        let d = self.loaded_detector()?;
         let result = d
             .detect_with_min_objectness(&img, &emb, &params, self.min_objectness(d))
             .map_err(|e| e.to_string())?;
@@ -180,10 +177,7 @@ impl<S: Sink> Worker<S> {
         let params = SegmentParams {
             threshold: threshold.unwrap_or(self.params.clipseg.mask_threshold),
         };
-        let s = self
-            .segmenter
-            .as_ref()
-            .ok_or_else(|| self.unavailable(Task::Segmentation))?;
+        let s = self.loaded_segmenter()?;
         let result = s.segment(&img, &emb, &params).map_err(|e| e.to_string())?;
         Ok(Outcome {
             header,
@@ -207,10 +201,7 @@ impl<S: Sink> Worker<S> {
         let top_k = top_k
             .unwrap_or(self.params.vilt.top_k)
             .clamp(1, MAX_TOP_K as usize);
-        let v = self
-            .vqa
-            .as_ref()
-            .ok_or_else(|| self.unavailable(Task::Vqa))?;
+        let v = self.loaded_vqa()?;
         let result = v.ask(&img, &question, top_k).map_err(|e| e.to_string())?;
         Ok(Outcome {
             header,
