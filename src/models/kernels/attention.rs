@@ -15,15 +15,14 @@ use candle_core::{bail, CpuStorage, DType, Device, IndexOp, InplaceOp1, Layout, 
 use rayon::prelude::*;
 
 use super::gemm::{matmul, MatRef, SharedOut};
-use super::{cpu_f32_slice, has_kernel, span_mut, vmath, Elem};
+use super::{cpu_f32_slice, has_kernel, span_mut, vmath, Elem, TASKS_PER_THREAD};
 
 /// At most this many scores (4 MiB in f32) per task of the CPU kernel: whole heads up to
 /// 1024 tokens (OWL-ViT B/32: 577), blocks of 277 queries at OWLv2's 3601 tokens.
 pub const MAX_TASK_SCORES: usize = 1 << 20;
-/// Tasks per CPU thread the kernel aims at (load balance), when heads alone are too few.
-const TASKS_PER_THREAD: usize = 4;
-/// ... but not in blocks of fewer queries than this: every block multiplies against all of
-/// k and v, which the matmul packs again per block (small blocks were measured slower).
+/// Heads split for load balance ([`query_blocks`]) keep at least this many queries a block:
+/// every block multiplies against all of k and v, which the matmul packs again per block
+/// (small blocks were measured slower).
 const MIN_QUERY_BLOCK: usize = 128;
 
 /// How many blocks to split each head's `queries` into, for `heads` (item, head) pairs and

@@ -9,10 +9,10 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-/// Output blocks per CPU thread of a threaded [`matmul`] (load balance).
-const TASKS_PER_THREAD: usize = 4;
-/// ... of at least this many columns or rows (smaller blocks repack the other operand too
-/// often).
+use super::TASKS_PER_THREAD;
+
+/// Blocks of a threaded [`matmul`] have at least this many columns or rows (smaller blocks
+/// repack the other operand too often).
 const MIN_BLOCK: usize = 64;
 /// Column blocks are whole multiples of this: the rows of the `gemm` crate's widest f32
 /// microkernel on AVX-512 (4 registers of 16), which tiles our output columns (it computes the

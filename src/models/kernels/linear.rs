@@ -17,7 +17,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, product, MatRef};
-use super::{cpu_f32_slice, has_kernel, span, span_mut, vmath, Activation, Elem};
+use super::{cpu_f32_slice, has_kernel, span, span_mut, vmath, Activation, Elem, TASKS_PER_THREAD};
 
 /// What follows the matmul of a [`FusedLinear`], in the same pass as its bias.
 #[derive(Debug, Clone, Copy)]
@@ -36,9 +36,6 @@ impl Epilogue<'_> {
         act.map_or(Self::Bias, Self::Activation)
     }
 }
-
-/// Tasks per pool thread of [`few_rows_product`] (load balance).
-const TASKS_PER_THREAD: usize = 4;
 
 /// Elements per rayon task of the activation pass (enough to amortise the task).
 const ACTIVATION_CHUNK: usize = 1 << 14;

@@ -46,6 +46,10 @@ pub(crate) fn pool_threads() -> usize {
     rayon::current_num_threads()
 }
 
+/// Tasks per pool thread the parallel kernels split their work into (load balance: the pool
+/// evens them out when a core is slowed), where the work allows that many.
+pub(crate) const TASKS_PER_THREAD: usize = 4;
+
 /// `ACT2FN["quick_gelu"]`: `x * sigmoid(1.702 * x)`.
 pub const QUICK_GELU_ALPHA: f32 = 1.702;
 

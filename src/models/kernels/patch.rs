@@ -172,7 +172,7 @@ impl PatchExpansion {
 }
 
 /// Each pixel's (c, k, k) block of a (b, h, w, c * k * k) product to its place in the
-/// (b, c, h * k, w * k) image, one output row per task group.
+/// (b, c, h * k, w * k) image, k output rows (one patch row of one channel) per task.
 fn spread_blocks(blocks: &[f32], b: usize, h: usize, w: usize, c: usize, k: usize) -> Vec<f32> {
     let row = w * k;
     // one piece per (item, channel, patch row): k output rows
