@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Peak resident memory of one CLI run per model and weights format, against the size of the
 # weights (the defects issue's bound: peak RSS <= 1.2x the weights on CPU). Full-size random
-# checkpoints of the three reference architectures (scripts/bench_reference.py make-checkpoint),
+# checkpoints of the reference architectures (scripts/bench_reference.py make-checkpoint),
 # safetensors and pytorch_model.bin. One JSON line per run on stdout.
 #   scripts/bench_memory.sh
 set -euo pipefail
@@ -15,17 +15,23 @@ cargo build --release --quiet --bin vlm-perception
 cli="$root/target/release/vlm-perception"
 image="$root/tests/fixtures/images/chelsea.png"
 echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores" >&2
-for arch in owlvit clipseg vilt; do
-  for fmt in safetensors bin; do
+# OWL-ViT B/16 (2305 tokens) and OWLv2 at 960 px (3601 tokens) have the largest activations; their
+# weights load the same way as B/32's, so they run in safetensors alone.
+for arch in owlvit owlvit-b16 owlv2 clipseg vilt; do
+  formats=(safetensors bin)
+  case "$arch" in owlvit-b16|owlv2) formats=(safetensors) ;; esac
+  for fmt in "${formats[@]}"; do
     dir="$arch"
     # the real CLIPSeg checkpoint's architecture (ViT-B/16, refined head); clipseg-random-* was B/32
     [ "$arch" = clipseg ] && dir=clipseg-rd64-refined
+    # the name scripts/bench.sh gives OWLv2's 960 px checkpoint
+    [ "$arch" = owlv2 ] && dir=owlv2-b16-960
     model="$root/target/bench/$dir-random-$fmt"
     [ -f "$model/config.json" ] || "$python" scripts/bench_reference.py make-checkpoint "$model" --arch "$arch" --format "$fmt" >/dev/null
     if [ "$fmt" = safetensors ]; then file="$model/model.safetensors"; else file="$model/pytorch_model.bin"; fi
     weights="$(stat -c %s "$file")"
     case "$arch" in
-      owlvit) task=(detect --query "a photo of a cat" --query "a remote control") ;;
+      owlvit|owlvit-b16|owlv2) task=(detect --query "a photo of a cat" --query "a remote control") ;;
       clipseg) task=(segment --prompt "a cat" --prompt "a remote control") ;;
       vilt) task=(ask --question "how many cats are there?") ;;
     esac

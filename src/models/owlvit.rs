@@ -224,7 +224,7 @@ impl OwlVitVisionTransformer {
         let hidden_states = self
             .pre_layernorm
             .forward(&self.embeddings.forward(pixel_values)?)?;
-        self.encoder.forward(&hidden_states, AttentionMask::None)
+        self.encoder.forward(hidden_states, AttentionMask::None)
     }
 }
 

@@ -381,6 +381,7 @@ impl Detector {
         )?;
         let processor = load_processor(ckpt, family, config.vision_config.image_size)?;
         tracing::debug!(model = %ckpt.name, family = family.name(), ?processor, "detector loaded");
+        super::host_memory::release_freed_memory();
         Ok(Self {
             name: ckpt.name.clone(),
             family,

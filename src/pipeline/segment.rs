@@ -199,6 +199,7 @@ impl Segmenter {
             .vision_model()
             .embeddings()
             .position_embeddings(h, w)?;
+        super::host_memory::release_freed_memory();
         Ok(Self {
             name: ckpt.name.clone(),
             model,

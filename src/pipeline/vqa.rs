@@ -106,6 +106,7 @@ impl VqaModel {
         }
         pre.size_divisor = pre.size_divisor.or(Some(VILT_SIZE_DIVISOR));
         let processor = ImageProcessor::from_config(pre, &VILT_PROCESSOR_DEFAULTS)?;
+        super::host_memory::release_freed_memory();
         Ok(Self {
             name: ckpt.name.clone(),
             model,

@@ -59,16 +59,18 @@ impl ClipAttention {
     }
 
     /// `residual + attention(xs)`: the layer's first residual branch. (b, n, d) -> (b, n, d)
-    pub fn forward(&self, xs: &Tensor, mask: AttentionMask, residual: &Tensor) -> Result<Tensor> {
+    /// `xs` is taken so that it is freed once projected, before the attention allocates.
+    pub fn forward(&self, xs: Tensor, mask: AttentionMask, residual: &Tensor) -> Result<Tensor> {
         let (b, n, _) = xs.dims3()?;
         // (b, n, 3d) -> (b, n, 3, heads, head_dim)
-        let qkv = self.qkv_proj.forward(xs, Epilogue::Bias)?.reshape((
+        let qkv = self.qkv_proj.forward(&xs, Epilogue::Bias)?.reshape((
             b,
             n,
             3,
             self.num_heads,
             self.head_dim,
         ))?;
+        drop(xs);
         let merged = attention(&qkv, mask)?;
         drop(qkv);
         self.out_proj.forward(&merged, Epilogue::Residual(residual))
@@ -98,13 +100,15 @@ impl ClipEncoderLayer {
         })
     }
 
-    /// (b, n, d) -> (b, n, d)
-    pub fn forward(&self, xs: &Tensor, mask: AttentionMask) -> Result<Tensor> {
+    /// (b, n, d) -> (b, n, d). `xs` is taken so that it is freed once the attention's residual
+    /// holds it: the MLP, the layer's largest step, runs beside one fewer activation.
+    pub fn forward(&self, xs: Tensor, mask: AttentionMask) -> Result<Tensor> {
         let hidden = self
             .self_attn
-            .forward(&self.layer_norm1.forward(xs)?, mask, xs)?;
+            .forward(self.layer_norm1.forward(&xs)?, mask, &xs)?;
+        drop(xs);
         self.mlp
-            .forward(&self.layer_norm2.forward(&hidden)?, &hidden)
+            .forward(self.layer_norm2.forward(&hidden)?, &hidden)
     }
 }
 
@@ -127,11 +131,11 @@ impl ClipEncoder {
         self.layers.len()
     }
 
-    /// `last_hidden_state`. (b, n, d) -> (b, n, d)
-    pub fn forward(&self, xs: &Tensor, mask: AttentionMask) -> Result<Tensor> {
-        let mut xs = xs.clone();
+    /// `last_hidden_state`. (b, n, d) -> (b, n, d); `xs` is freed inside the first layer.
+    pub fn forward(&self, xs: Tensor, mask: AttentionMask) -> Result<Tensor> {
+        let mut xs = xs;
         for layer in &self.layers {
-            xs = layer.forward(&xs, mask)?;
+            xs = layer.forward(xs, mask)?;
         }
         Ok(xs)
     }
@@ -141,7 +145,7 @@ impl ClipEncoder {
     /// output. Each (b, n, d).
     pub fn hidden_states(
         &self,
-        xs: &Tensor,
+        xs: Tensor,
         mask: AttentionMask,
         layers: &[usize],
     ) -> Result<Vec<Tensor>> {
@@ -155,9 +159,9 @@ impl ClipEncoder {
             );
         }
         let mut kept: Vec<Option<Tensor>> = vec![None; last + 1];
-        let mut xs = xs.clone();
+        let mut xs = xs;
         for (i, layer) in self.layers[..=last].iter().enumerate() {
-            xs = layer.forward(&xs, mask)?;
+            xs = layer.forward(xs, mask)?;
             if layers.contains(&i) {
                 kept[i] = Some(xs.clone());
             }
@@ -285,7 +289,7 @@ mod tests {
             };
             let layer = ClipEncoderLayer::new(vb.clone(), &cfg).unwrap();
             for (mask, causal) in [(AttentionMask::None, false), (AttentionMask::Causal, true)] {
-                let ours = layer.forward(&xs, mask).unwrap();
+                let ours = layer.forward(xs.clone(), mask).unwrap();
                 let reference = reference_layer(&w, &xs, heads, act, causal);
                 let diff = crate::models::kernels::tests::max_diff(&ours, &reference);
                 assert!(diff < 1e-4, "{act:?} {mask:?}: {diff}");

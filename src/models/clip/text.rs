@@ -84,9 +84,7 @@ impl ClipTextTransformer {
     /// `last_hidden_state`, after `final_layer_norm`. (b, seq) ids -> (b, seq, d)
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         let hidden_states = self.embeddings.forward(input_ids)?;
-        let hidden_states = self
-            .encoder
-            .forward(&hidden_states, AttentionMask::Causal)?;
+        let hidden_states = self.encoder.forward(hidden_states, AttentionMask::Causal)?;
         self.final_layer_norm.forward(&hidden_states)
     }
 

@@ -61,9 +61,11 @@ impl ClipSegDecoderLayer {
 impl Module for ClipSegDecoderLayer {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // residual + self_attn(xs)
-        let xs = self.self_attn.forward(xs, AttentionMask::None, xs)?;
+        let xs = self
+            .self_attn
+            .forward(xs.clone(), AttentionMask::None, xs)?;
         let xs = self.layer_norm1.forward(&xs)?;
-        let xs = self.mlp.forward(&xs, &xs)?;
+        let xs = self.mlp.forward(xs.clone(), &xs)?;
         self.layer_norm2.forward(&xs)
     }
 }

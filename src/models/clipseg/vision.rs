@@ -164,7 +164,7 @@ impl ClipSegVisionTransformer {
     /// (transformers' `hidden_states[l + 1]`). Each (b, 1 + patches, d).
     pub fn layer_outputs(&self, pixel_values: &Tensor, layers: &[usize]) -> Result<Vec<Tensor>> {
         self.encoder.hidden_states(
-            &self.encoder_input(pixel_values)?,
+            self.encoder_input(pixel_values)?,
             AttentionMask::None,
             layers,
         )
@@ -174,7 +174,7 @@ impl ClipSegVisionTransformer {
     pub fn pooled_output(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let last = self
             .encoder
-            .forward(&self.encoder_input(pixel_values)?, AttentionMask::None)?;
+            .forward(self.encoder_input(pixel_values)?, AttentionMask::None)?;
         self.post_layernorm
             .forward(&last.i((.., 0, ..))?.contiguous()?)
     }

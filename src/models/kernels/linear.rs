@@ -72,6 +72,26 @@ fn few_rows_product(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Ve
     sum
 }
 
+/// `act(lhs @ rhs + bias)` as a fresh row-major buffer, threaded: the bias goes in with the
+/// activation, row by row in cache, rather than through a pass of its own before the product.
+pub(super) fn product_bias_activation(
+    lhs: MatRef,
+    rhs: MatRef,
+    bias: &[f32],
+    act: Activation,
+) -> Vec<f32> {
+    let out_dim = rhs.cols;
+    let mut ys = product(lhs, rhs);
+    let chunk = ACTIVATION_CHUNK.div_ceil(out_dim) * out_dim;
+    ys.par_chunks_mut(chunk).for_each(|rows| {
+        for row in rows.chunks_exact_mut(out_dim) {
+            vmath::add_row(row, bias);
+            act.apply_slice(row);
+        }
+    });
+    ys
+}
+
 /// A (rows, bias.len()) row-major buffer holding `bias` in every row, plus `residual`'s row
 /// if given: the start value a matmul accumulates onto (written once, never zero-filled first).
 /// `threaded`: filled by the rayon pool.
@@ -330,17 +350,7 @@ impl FusedLinear {
                 col_stride: 1,
             };
             if let Epilogue::Activation(act) = epilogue {
-                // the bias goes in with the activation, row by row in cache, rather than
-                // through a pass of its own before the product
-                let mut ys = product(lhs, rhs);
-                let chunk = ACTIVATION_CHUNK.div_ceil(out_dim) * out_dim;
-                ys.par_chunks_mut(chunk).for_each(|rows| {
-                    for row in rows.chunks_exact_mut(out_dim) {
-                        vmath::add_row(row, b);
-                        act.apply_slice(row);
-                    }
-                });
-                return ys;
+                return product_bias_activation(lhs, rhs, b, act);
             }
             let mut ys = prefilled(rows, b, residual, true);
             matmul(&mut ys, out_dim, lhs, rhs, true, true);

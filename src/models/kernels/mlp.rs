@@ -5,14 +5,15 @@
 //! the CPU runs it in blocks of rows, one rayon task each: a block's hidden activations stay
 //! in cache from fc1 through the activation into fc2 instead of making three passes over
 //! memory. Elsewhere (the ViT towers' 768 -> 3072 MLP, whose 19 MiB of weights every block
-//! would pack again) it is two [`FusedLinear`] calls.
+//! would pack again) it is two threaded matmuls - over all the rows at once, or, where the
+//! hidden activations would pass [`MAX_HIDDEN`], over a few chunks of rows.
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, MatRef};
-use super::linear::prefilled;
+use super::linear::{prefilled, product_bias_activation};
 use super::{cpu_f32_slice, Activation, Epilogue, FusedLinear};
 
 /// Hidden activations per row block: 512 KiB of f32, which stay in a core's L2 cache beside
@@ -23,6 +24,14 @@ const MIN_BLOCK_ROWS: usize = 16;
 /// Row blocks only while both weight matrices together are at most this many floats (1 MiB):
 /// every block packs them again.
 const MAX_BLOCKED_WEIGHTS: usize = 1 << 18;
+
+/// The threaded path keeps at most this many hidden activations (32 MiB of f32) alive, running
+/// larger inputs in chunks of rows. OWLv2's 3601 tokens x 3072 would be 42 MiB, the frame's
+/// largest buffer: above glibc's largest mmap threshold, so mapped afresh and zeroed by the
+/// kernel at every layer (130 thousand page faults a frame), and the top of the frame's peak
+/// memory. Each chunk packs the weights again, so inputs under the bound (OWL-ViT B/16's 2305
+/// tokens, 27 MiB) stay whole.
+const MAX_HIDDEN: usize = 1 << 23;
 
 /// `nn.Linear(d, inner)`, an activation, `nn.Linear(inner, d)`, plus the residual.
 #[derive(Debug, Clone)]
@@ -55,14 +64,19 @@ impl FusedMlp {
         )
     }
 
-    /// `residual + fc2(act(fc1(xs)))`, (.., d) -> (.., d); `residual` has `xs`'s shape.
-    pub fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        if let Some(out) = self.forward_blocked(xs, residual)? {
+    /// `residual + fc2(act(fc1(xs)))`, (.., d) -> (.., d); `residual` has `xs`'s shape. `xs` is
+    /// taken so that it is freed before `fc2` allocates its output.
+    pub fn forward(&self, xs: Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let Some(out) = self.forward_blocked(&xs, residual)? {
+            return Ok(out);
+        }
+        if let Some(out) = self.forward_chunked(&xs, residual)? {
             return Ok(out);
         }
         let hidden = self
             .fc1
-            .forward(xs, Epilogue::Activation(self.activation))?;
+            .forward(&xs, Epilogue::Activation(self.activation))?;
+        drop(xs);
         self.fc2.forward(&hidden, Epilogue::Residual(residual))
     }
 
@@ -105,18 +119,63 @@ impl FusedMlp {
             .transpose()
     }
 
+    /// The threaded path in chunks of rows, or `None` where the hidden activations fit
+    /// [`MAX_HIDDEN`] whole or the operands are not f32 on the CPU (the two-linear path).
+    fn forward_chunked(&self, xs: &Tensor, residual: &Tensor) -> Result<Option<Tensor>> {
+        let (d, inner) = self.fc1.dims();
+        if !xs.device().is_cpu()
+            || xs.dtype() != DType::F32
+            || xs.dims() != residual.dims()
+            || xs.dims().last() != Some(&d)
+        {
+            return Ok(None);
+        }
+        let rows = xs.elem_count() / d.max(1);
+        let chunks = (rows * inner).div_ceil(MAX_HIDDEN);
+        if chunks <= 1 {
+            return Ok(None);
+        }
+        let chunk_rows = rows.div_ceil(chunks);
+        let (xs, residual) = (xs.contiguous()?, residual.contiguous()?);
+        let out = cpu_f32_slice(&xs, |x| {
+            cpu_f32_slice(&residual, |r| {
+                self.fc1.with_f32(|w1, b1| {
+                    self.fc2.with_f32(|w2, b2| {
+                        let mut out = prefilled(rows, b2, Some(r), true);
+                        for first in (0..rows).step_by(chunk_rows) {
+                            let n = chunk_rows.min(rows - first);
+                            let hidden = product_bias_activation(
+                                row_major(&x[first * d..], n, d),
+                                row_major(w1, d, inner),
+                                b1,
+                                self.activation,
+                            );
+                            matmul(
+                                &mut out[first * d..],
+                                d,
+                                row_major(&hidden, n, inner),
+                                row_major(w2, inner, d),
+                                true,
+                                true,
+                            );
+                        }
+                        out
+                    })
+                })
+            })
+        })
+        .flatten()
+        .flatten()
+        .flatten();
+        out.map(|out| Tensor::from_vec(out, xs.dims(), &Device::Cpu))
+            .transpose()
+    }
+
     /// One block of `n` rows on the calling thread: `out += act(x @ W1^T + b1) @ W2^T`.
     fn block(&self, x: &[f32], out: &mut [f32], n: usize, fc1: (&[f32], &[f32]), w2: &[f32]) {
         let (w1, b1) = fc1;
         let (d, inner) = (x.len() / n, b1.len());
         let mut hidden = prefilled(n, b1, None, false);
-        let row_major = |data, rows, cols| MatRef {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        };
         matmul(
             &mut hidden,
             inner,
@@ -134,6 +193,17 @@ impl FusedMlp {
             true,
             false,
         );
+    }
+}
+
+/// `data` as a contiguous row-major (rows, cols) matrix.
+fn row_major(data: &[f32], rows: usize, cols: usize) -> MatRef<'_> {
+    MatRef {
+        data,
+        rows,
+        cols,
+        row_stride: cols,
+        col_stride: 1,
     }
 }
 
@@ -165,9 +235,31 @@ mod tests {
         assert_eq!(blocked.dims(), [3, 100, 8]);
         assert!(max_diff(&blocked, &two) < 1e-3 * max_diff(&two, &two.zeros_like().unwrap()));
         assert_eq!(
-            max_diff(&mlp.forward(&xs, &residual).unwrap(), &blocked),
+            max_diff(&mlp.forward(xs.clone(), &residual).unwrap(), &blocked),
             0.0
         );
+    }
+
+    #[test]
+    fn row_chunks_match_the_two_linears() {
+        // 2100 rows x 4096 hidden: 8.6 M hidden activations, two chunks of 1050 rows
+        let mlp = mlp(8, 4096);
+        let xs = randn(&[3, 700, 8]);
+        let residual = randn(&[3, 700, 8]);
+        let chunked = mlp.forward_chunked(&xs, &residual).unwrap().unwrap();
+        let hidden = mlp
+            .fc1
+            .forward(&xs, Epilogue::Activation(Activation::Relu))
+            .unwrap();
+        let two = mlp
+            .fc2
+            .forward(&hidden, Epilogue::Residual(&residual))
+            .unwrap();
+        assert_eq!(chunked.dims(), [3, 700, 8]);
+        assert!(max_diff(&chunked, &two) < 1e-3 * max_diff(&two, &two.zeros_like().unwrap()));
+        // under the bound: whole
+        let (xs, residual) = (randn(&[2, 700, 8]), randn(&[2, 700, 8]));
+        assert!(mlp.forward_chunked(&xs, &residual).unwrap().is_none());
     }
 
     #[test]
@@ -180,7 +272,7 @@ mod tests {
         let (xs, wrong) = (randn(&[5, 8]), randn(&[4, 8]));
         assert!(small.forward_blocked(&xs, &wrong).unwrap().is_none());
         // ... whose error names the mismatch
-        let err = small.forward(&xs, &wrong).unwrap_err().to_string();
+        let err = small.forward(xs.clone(), &wrong).unwrap_err().to_string();
         assert!(err.contains("residual"), "{err}");
         let fc = |i, o| FusedLinear::new(randn(&[o, i]), randn(&[o])).unwrap();
         assert!(FusedMlp::new(fc(8, 32), fc(16, 8), Activation::Relu).is_err());
