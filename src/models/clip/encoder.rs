@@ -39,7 +39,7 @@ impl ClipAttention {
     /// For attention outside a CLIP encoder config (CLIPSeg's decoder layers): `embed_dim`
     /// split into `num_heads` heads.
     pub fn with_dims(vb: VarBuilder, embed_dim: usize, num_heads: usize) -> Result<Self> {
-        if num_heads == 0 || embed_dim % num_heads != 0 {
+        if num_heads == 0 || !embed_dim.is_multiple_of(num_heads) {
             candle_core::bail!("embed_dim {embed_dim} is not divisible by {num_heads} heads");
         }
         let d = embed_dim;

@@ -86,7 +86,7 @@ impl ClipEncoderConfig {
     /// Checks that the heads split the hidden size; `tower` names the config section.
     pub fn checked(self, model: &str, tower: &str) -> crate::Result<Self> {
         let heads = self.num_attention_heads;
-        if heads == 0 || self.hidden_size % heads != 0 {
+        if heads == 0 || !self.hidden_size.is_multiple_of(heads) {
             return Err(crate::Error::Unsupported {
                 model: model.to_string(),
                 reason: format!(
@@ -156,7 +156,7 @@ pub(crate) use clip_tower_configs;
 
 /// Checks that the patches tile a vision config's (square) image.
 pub fn check_patch_grid(model: &str, image_size: usize, patch_size: usize) -> crate::Result<()> {
-    if patch_size == 0 || image_size % patch_size != 0 {
+    if patch_size == 0 || !image_size.is_multiple_of(patch_size) {
         return Err(crate::Error::Unsupported {
             model: model.to_string(),
             reason: format!(

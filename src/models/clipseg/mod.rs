@@ -160,7 +160,9 @@ impl ClipSegConfig {
             )));
         }
         if self.decoder_num_attention_heads == 0
-            || self.reduce_dim % self.decoder_num_attention_heads != 0
+            || !self
+                .reduce_dim
+                .is_multiple_of(self.decoder_num_attention_heads)
         {
             return Err(unsupported(format!(
                 "reduce_dim {} is not divisible by decoder_num_attention_heads {}",

@@ -74,7 +74,7 @@ impl Module for LayerNorm {
 /// mismatched parameters.
 fn normalize_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Option<Vec<f32>> {
     let d = weight.len();
-    if d == 0 || bias.len() != d || x.len() % d != 0 {
+    if d == 0 || bias.len() != d || !x.len().is_multiple_of(d) {
         return None;
     }
     let mut out = Vec::with_capacity(x.len());

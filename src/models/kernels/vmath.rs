@@ -206,10 +206,21 @@ fn max_of(xs: &[f32]) -> f32 {
     max
 }
 
+/// The numerators of a softmax: `row[j] = e^(row[j] - max)` over `row[..valid]` (max of that
+/// span), zeros after it; returns their sum, the denominator.
+pub fn exp_row(row: &mut [f32], valid: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { avx512::exp_row(row, valid) };
+    }
+    exp_row_portable(row, valid)
+}
+
 multiversion! {
-    /// The numerators of a softmax: `row[j] = e^(row[j] - max)` over `row[..valid]` (max of
-    /// that span), zeros after it; returns their sum, the denominator.
-    pub fn exp_row(row: &mut [f32], valid: usize) -> f32 {
+    /// [`exp_row`] in the loops LLVM vectorises (CPUs without AVX-512, and the reference of
+    /// the AVX-512 form's test).
+    fn exp_row_portable(row: &mut [f32], valid: usize) -> f32 {
         let (seen, masked) = row.split_at_mut(valid.min(row.len()));
         let max = max_of(seen);
         let mut lanes = [0f32; LANES];
@@ -235,6 +246,119 @@ multiversion! {
         }
         masked.fill(0.0);
         sum
+    }
+}
+
+/// [`exp_row`] written in AVX-512 intrinsics. The vectorised loops spend most of a short row's
+/// time outside the polynomial: the maximum ends in 64 dependent compare-selects plus one per
+/// tail element, `2^n` is built from exponent bits after a clamp, the negligible terms take a
+/// compare and blend, and the tail runs one score at a time. Here the maximum stays in
+/// registers to one reduction, `vscalefps` scales by `2^n`, the negligible terms are a zeroing
+/// mask on it, and masked loads and stores take the tail in the same loop. One core, paired in
+/// one process, rows in L2: 229 keys (ViLT) 1.02 -> 0.32 ns a score, 485 (CLIPSeg) 0.64 ->
+/// 0.26, 577 (OWL-ViT B/32) 0.48 -> 0.24, 2305 (B/16) 0.32 -> 0.25. Same range reduction and
+/// polynomial as [`exp_with`]: the same values.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    #[cfg(doc)]
+    use super::max_of;
+    use super::{EXP_P, LANES, LN2_HI, LN2_LO, LOG2E, ROUND, SOFTMAX_NEGLIGIBLE};
+
+    /// `e^z` per lane for the softmax's `z <= 0`: 0 below [`SOFTMAX_NEGLIGIBLE`], NaN for NaN.
+    #[inline(always)]
+    unsafe fn softmax_term(z: __m512) -> __m512 {
+        // not-less-than, unordered: a NaN score is kept, and makes the softmax NaN
+        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(z, _mm512_set1_ps(SOFTMAX_NEGLIGIBLE));
+        let round = _mm512_set1_ps(ROUND);
+        let n = _mm512_sub_ps(_mm512_fmadd_ps(z, _mm512_set1_ps(LOG2E), round), round);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), z);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_P[0]);
+        for &c in &EXP_P[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_add_ps(
+            _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r),
+            _mm512_set1_ps(1.0),
+        );
+        _mm512_maskz_scalef_ps(keep, y, n)
+    }
+
+    /// The lanes of a mask for the `len - i` elements left at `i` (all 16 when as many are).
+    #[inline(always)]
+    fn tail_lanes(len: usize, i: usize) -> __mmask16 {
+        if len - i >= LANES {
+            !0
+        } else {
+            (1 << (len - i)) - 1
+        }
+    }
+
+    /// [`max_of`] over `len` floats at `ptr`, in registers: four running maxima, the tail
+    /// masked, one reduction (the portable form ends in 64 dependent compare-selects plus one
+    /// per tail element: most of its time on rows of a few hundred keys). As there, a NaN is
+    /// never the maximum.
+    #[inline(always)]
+    unsafe fn row_max(ptr: *const f32, len: usize) -> f32 {
+        let mut maxima = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+        let mut i = 0;
+        while i + 4 * LANES <= len {
+            for (k, m) in maxima.iter_mut().enumerate() {
+                // `max(x, m)` returns `m` when `x` is NaN
+                // SAFETY: `i + (k + 1) * LANES <= len`.
+                *m = _mm512_max_ps(_mm512_loadu_ps(ptr.add(i + k * LANES)), *m);
+            }
+            i += 4 * LANES;
+        }
+        while i < len {
+            let lanes = tail_lanes(len, i);
+            // SAFETY: the mask covers the lanes below `len` alone.
+            let x = _mm512_maskz_loadu_ps(lanes, ptr.add(i));
+            maxima[0] = _mm512_mask_max_ps(maxima[0], lanes, x, maxima[0]);
+            i += LANES;
+        }
+        _mm512_reduce_max_ps(_mm512_max_ps(
+            _mm512_max_ps(maxima[0], maxima[1]),
+            _mm512_max_ps(maxima[2], maxima[3]),
+        ))
+    }
+
+    /// [`super::exp_row`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_row(row: &mut [f32], valid: usize) -> f32 {
+        let (seen, masked) = row.split_at_mut(valid.min(row.len()));
+        let len = seen.len();
+        let ptr = seen.as_mut_ptr();
+        let max = _mm512_set1_ps(row_max(ptr, len));
+        // two vectors a step, two sums: the polynomial is one long chain per vector
+        let mut sums = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 2 * LANES <= len {
+            for (k, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: `i + (k + 1) * LANES <= len`: in `seen`.
+                let p = ptr.add(i + k * LANES);
+                let y = softmax_term(_mm512_sub_ps(_mm512_loadu_ps(p), max));
+                _mm512_storeu_ps(p, y);
+                *sum = _mm512_add_ps(*sum, y);
+            }
+            i += 2 * LANES;
+        }
+        while i < len {
+            let lanes = tail_lanes(len, i);
+            // SAFETY: the mask covers the lanes below `len` alone.
+            let p = ptr.add(i);
+            let y = softmax_term(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, p), max));
+            _mm512_mask_storeu_ps(p, lanes, y);
+            sums[0] = _mm512_add_ps(sums[0], _mm512_maskz_mov_ps(lanes, y));
+            i += LANES;
+        }
+        masked.fill(0.0);
+        _mm512_reduce_add_ps(_mm512_add_ps(sums[0], sums[1]))
     }
 }
 
@@ -401,6 +525,33 @@ mod tests {
     fn erf_and_tanh_match_reference_values() {
         erf_and_tanh_close::<Fused>();
         erf_and_tanh_close::<Unfused>();
+    }
+
+    #[test]
+    fn exp_row_forms_agree() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // lengths around the 16- and 32-lane steps, masked tails, negligible terms
+            for n in [1usize, 15, 16, 17, 31, 32, 33, 577] {
+                let row: Vec<f32> = (0..n)
+                    .map(|i| ((i * 37 % 23) as f32 - 11.0) * 7.0)
+                    .collect();
+                for valid in [1, n.div_ceil(2), n] {
+                    let (mut ours, mut portable) = (row.clone(), row.clone());
+                    // SAFETY: the CPU has AVX-512F (checked above).
+                    let sum = unsafe { avx512::exp_row(&mut ours, valid) };
+                    let want = exp_row_portable(&mut portable, valid);
+                    // the same terms; the sums differ in their order of addition only
+                    assert_eq!(ours, portable, "{n} {valid}");
+                    assert!(
+                        (sum - want).abs() <= 1e-6 * want,
+                        "{n} {valid}: {sum} {want}"
+                    );
+                }
+            }
+            let mut row = vec![0f32, f32::NAN, -1.0];
+            assert!(unsafe { avx512::exp_row(&mut row, 3) }.is_nan());
+        }
     }
 
     #[test]
