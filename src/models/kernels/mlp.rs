@@ -84,45 +84,63 @@ impl FusedMlp {
     /// are not f32 on the CPU; mismatched shapes are left to the two-linear path's errors).
     fn forward_blocked(&self, xs: &Tensor, residual: &Tensor) -> Result<Option<Tensor>> {
         let (d, inner) = self.fc1.dims();
-        if !xs.device().is_cpu()
-            || xs.dtype() != DType::F32
-            || 2 * d * inner > MAX_BLOCKED_WEIGHTS
-            || xs.dims() != residual.dims()
-            || xs.dims().last() != Some(&d)
-        {
+        if 2 * d * inner > MAX_BLOCKED_WEIGHTS {
             return Ok(None);
         }
-        let rows = xs.elem_count() / d.max(1);
         let block = (HIDDEN_BLOCK / inner.max(1)).max(MIN_BLOCK_ROWS);
-        let (xs, residual) = (xs.contiguous()?, residual.contiguous()?);
-        let out = cpu_f32_slice(&xs, |x| {
-            cpu_f32_slice(&residual, |r| {
-                self.fc1.with_f32(|w1, b1| {
-                    self.fc2.with_f32(|w2, b2| {
-                        let mut out = prefilled(rows, b2, Some(r), true);
-                        out.par_chunks_mut(block * d)
-                            .enumerate()
-                            .for_each(|(i, out)| {
-                                let n = out.len() / d;
-                                let x = &x[i * block * d..][..n * d];
-                                self.block(x, out, n, (w1, b1), w2);
-                            });
-                        out
-                    })
-                })
-            })
+        self.into_prefilled(xs, residual, |x, out, fc1, w2| {
+            out.par_chunks_mut(block * d)
+                .enumerate()
+                .for_each(|(i, out)| {
+                    let n = out.len() / d;
+                    let x = &x[i * block * d..][..n * d];
+                    self.block(x, out, n, fc1, w2);
+                });
         })
-        .flatten()
-        .flatten()
-        .flatten();
-        out.map(|out| Tensor::from_vec(out, xs.dims(), &Device::Cpu))
-            .transpose()
     }
 
     /// The threaded path in chunks of rows, or `None` where the hidden activations fit
     /// [`MAX_HIDDEN`] whole or the operands are not f32 on the CPU (the two-linear path).
     fn forward_chunked(&self, xs: &Tensor, residual: &Tensor) -> Result<Option<Tensor>> {
         let (d, inner) = self.fc1.dims();
+        let rows = xs.elem_count() / d.max(1);
+        let chunks = (rows * inner).div_ceil(MAX_HIDDEN);
+        if chunks <= 1 {
+            return Ok(None);
+        }
+        let chunk_rows = rows.div_ceil(chunks);
+        self.into_prefilled(xs, residual, |x, out, (w1, b1), w2| {
+            for first in (0..rows).step_by(chunk_rows) {
+                let n = chunk_rows.min(rows - first);
+                let hidden = product_bias_activation(
+                    row_major(&x[first * d..], n, d),
+                    row_major(w1, d, inner),
+                    b1,
+                    self.activation,
+                );
+                matmul(
+                    &mut out[first * d..],
+                    d,
+                    row_major(&hidden, n, inner),
+                    row_major(w2, inner, d),
+                    true,
+                    true,
+                );
+            }
+        })
+    }
+
+    /// The output of the f32 CPU row paths: fc2's bias plus `residual` in every row, to which
+    /// `accumulate(x, out, (w1, b1), w2)` adds `act(x @ W1^T + b1) @ W2^T`. `None` where the
+    /// operands are not f32 on the CPU or their shapes do not match (the two-linear path,
+    /// whose errors name the mismatch).
+    fn into_prefilled(
+        &self,
+        xs: &Tensor,
+        residual: &Tensor,
+        accumulate: impl FnOnce(&[f32], &mut [f32], (&[f32], &[f32]), &[f32]),
+    ) -> Result<Option<Tensor>> {
+        let (d, _) = self.fc1.dims();
         if !xs.device().is_cpu()
             || xs.dtype() != DType::F32
             || xs.dims() != residual.dims()
@@ -131,34 +149,13 @@ impl FusedMlp {
             return Ok(None);
         }
         let rows = xs.elem_count() / d.max(1);
-        let chunks = (rows * inner).div_ceil(MAX_HIDDEN);
-        if chunks <= 1 {
-            return Ok(None);
-        }
-        let chunk_rows = rows.div_ceil(chunks);
         let (xs, residual) = (xs.contiguous()?, residual.contiguous()?);
         let out = cpu_f32_slice(&xs, |x| {
             cpu_f32_slice(&residual, |r| {
                 self.fc1.with_f32(|w1, b1| {
                     self.fc2.with_f32(|w2, b2| {
                         let mut out = prefilled(rows, b2, Some(r), true);
-                        for first in (0..rows).step_by(chunk_rows) {
-                            let n = chunk_rows.min(rows - first);
-                            let hidden = product_bias_activation(
-                                row_major(&x[first * d..], n, d),
-                                row_major(w1, d, inner),
-                                b1,
-                                self.activation,
-                            );
-                            matmul(
-                                &mut out[first * d..],
-                                d,
-                                row_major(&hidden, n, inner),
-                                row_major(w2, inner, d),
-                                true,
-                                true,
-                            );
-                        }
+                        accumulate(x, &mut out, (w1, b1), w2);
                         out
                     })
                 })
@@ -217,6 +214,21 @@ mod tests {
         FusedMlp::new(fc(d, inner), fc(inner, d), Activation::Relu).unwrap()
     }
 
+    /// The same MLP as its two linears, each over all the rows: the reference of the row
+    /// paths. Asserts that `got` matches it.
+    fn assert_matches_two_linears(mlp: &FusedMlp, xs: &Tensor, residual: &Tensor, got: &Tensor) {
+        let hidden = mlp
+            .fc1
+            .forward(xs, Epilogue::Activation(Activation::Relu))
+            .unwrap();
+        let two = mlp
+            .fc2
+            .forward(&hidden, Epilogue::Residual(residual))
+            .unwrap();
+        assert_eq!(got.dims(), xs.dims());
+        assert!(max_diff(got, &two) < 1e-3 * max_diff(&two, &two.zeros_like().unwrap()));
+    }
+
     #[test]
     fn row_blocks_match_the_two_linears() {
         // small weights: row blocks of 64 rows, the last one partial (300 = 4 * 64 + 44)
@@ -224,16 +236,7 @@ mod tests {
         let xs = randn(&[3, 100, 8]);
         let residual = randn(&[3, 100, 8]);
         let blocked = mlp.forward_blocked(&xs, &residual).unwrap().unwrap();
-        let hidden = mlp
-            .fc1
-            .forward(&xs, Epilogue::Activation(Activation::Relu))
-            .unwrap();
-        let two = mlp
-            .fc2
-            .forward(&hidden, Epilogue::Residual(&residual))
-            .unwrap();
-        assert_eq!(blocked.dims(), [3, 100, 8]);
-        assert!(max_diff(&blocked, &two) < 1e-3 * max_diff(&two, &two.zeros_like().unwrap()));
+        assert_matches_two_linears(&mlp, &xs, &residual, &blocked);
         assert_eq!(
             max_diff(&mlp.forward(xs.clone(), &residual).unwrap(), &blocked),
             0.0
@@ -247,16 +250,7 @@ mod tests {
         let xs = randn(&[3, 700, 8]);
         let residual = randn(&[3, 700, 8]);
         let chunked = mlp.forward_chunked(&xs, &residual).unwrap().unwrap();
-        let hidden = mlp
-            .fc1
-            .forward(&xs, Epilogue::Activation(Activation::Relu))
-            .unwrap();
-        let two = mlp
-            .fc2
-            .forward(&hidden, Epilogue::Residual(&residual))
-            .unwrap();
-        assert_eq!(chunked.dims(), [3, 700, 8]);
-        assert!(max_diff(&chunked, &two) < 1e-3 * max_diff(&two, &two.zeros_like().unwrap()));
+        assert_matches_two_linears(&mlp, &xs, &residual, &chunked);
         // under the bound: whole
         let (xs, residual) = (randn(&[2, 700, 8]), randn(&[2, 700, 8]));
         assert!(mlp.forward_chunked(&xs, &residual).unwrap().is_none());
