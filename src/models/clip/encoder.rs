@@ -11,7 +11,10 @@
 //!   ([`crate::models::kernels::attention`]: per head and block of queries on the CPU);
 //! - bias + activation and bias + residual are fused into each projection
 //!   ([`crate::models::kernels::FusedLinear`], [`crate::models::kernels::FusedMlp`]);
-//! - LayerNorm is candle's fused `layer_norm` op with the config's epsilon.
+//! - LayerNorm is [`crate::models::kernels::LayerNorm`] (one parallel pass) with the config's
+//!   epsilon;
+//! - each step frees its input as soon as it has read it (the layers take their inputs by
+//!   value), so a layer's peak holds the fewest activations.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -100,8 +103,9 @@ impl ClipEncoderLayer {
         })
     }
 
-    /// (b, n, d) -> (b, n, d). `xs` is taken so that it is freed once the attention's residual
-    /// holds it: the MLP, the layer's largest step, runs beside one fewer activation.
+    /// (b, n, d) -> (b, n, d). `xs` is taken so that it is freed once the attention has added
+    /// it back as the residual: the MLP, the layer's largest step, runs beside one fewer
+    /// activation.
     pub fn forward(&self, xs: Tensor, mask: AttentionMask) -> Result<Tensor> {
         let hidden = self
             .self_attn

@@ -6,7 +6,7 @@
 //! in cache from fc1 through the activation into fc2 instead of making three passes over
 //! memory. Elsewhere (the ViT towers' 768 -> 3072 MLP, whose 19 MiB of weights every block
 //! would pack again) it is two threaded matmuls - over all the rows at once, or, where the
-//! hidden activations would pass [`MAX_HIDDEN`], over a few chunks of rows.
+//! hidden activations would pass `MAX_HIDDEN` (32 MiB), over a few chunks of rows.
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -88,7 +88,7 @@ impl FusedMlp {
             return Ok(None);
         }
         let block = (HIDDEN_BLOCK / inner.max(1)).max(MIN_BLOCK_ROWS);
-        self.into_prefilled(xs, residual, |x, out, fc1, w2| {
+        self.prefilled_output(xs, residual, |x, out, fc1, w2| {
             out.par_chunks_mut(block * d)
                 .enumerate()
                 .for_each(|(i, out)| {
@@ -109,7 +109,7 @@ impl FusedMlp {
             return Ok(None);
         }
         let chunk_rows = rows.div_ceil(chunks);
-        self.into_prefilled(xs, residual, |x, out, (w1, b1), w2| {
+        self.prefilled_output(xs, residual, |x, out, (w1, b1), w2| {
             for first in (0..rows).step_by(chunk_rows) {
                 let n = chunk_rows.min(rows - first);
                 let hidden = product_bias_activation(
@@ -134,7 +134,7 @@ impl FusedMlp {
     /// `accumulate(x, out, (w1, b1), w2)` adds `act(x @ W1^T + b1) @ W2^T`. `None` where the
     /// operands are not f32 on the CPU or their shapes do not match (the two-linear path,
     /// whose errors name the mismatch).
-    fn into_prefilled(
+    fn prefilled_output(
         &self,
         xs: &Tensor,
         residual: &Tensor,
