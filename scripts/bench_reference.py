@@ -20,10 +20,10 @@
       (all three also take [--device cpu|cuda] [--dtype f32|f16|bf16] [--warmup N] [--iters N])
       Time per frame (RGB image in memory -> results on the host) and model-only, interleaved
       within each iteration. One JSON object shaped like vlm-bench's: "preprocess", "forward",
-      "frame" as {median_ms, p95_ms, min_ms}, "threads" (torch's intra-op threads), "peak_rss_mib"
-      (getrusage of this process: its peak over everything it ran, standard calls included;
-      "rss_before_load_mib" is the resident size with torch and transformers imported, before the
-      model is loaded).
+      "frame" as {median_ms, p95_ms, min_ms, samples_ms (in the order taken)}, "threads" (torch's
+      intra-op threads), "peak_rss_mib" (getrusage of this process: its peak over everything it
+      ran, standard calls included; "rss_before_load_mib" is the resident size with torch and
+      transformers imported, before the model is loaded).
       Where transformers' standard call repeats work that vlm_perception skips, both are timed:
         *_standard: the call as transformers' docs show it;
         *_cheapest: the cheapest equivalent in transformers = the same work as ours, which is
@@ -151,9 +151,11 @@ def peak_rss(command) -> None:
 
 
 def stats(values):
+    """Median, p95 and minimum, and the samples in the order they were taken (a lockstep run's
+    iteration i met the machine together with vlm-bench's frame i; bench_summary.py pairs them)."""
     v = sorted(values)
     pick = lambda p: v[min(len(v) - 1, round((len(v) - 1) * p))]
-    return {"median_ms": pick(0.5), "p95_ms": pick(0.95), "min_ms": v[0]}
+    return {"median_ms": pick(0.5), "p95_ms": pick(0.95), "min_ms": v[0], "samples_ms": list(values)}
 
 
 def ms(t0):

@@ -1,7 +1,7 @@
 //! `vlm-bench`: times the library, the Rust half of the side-by-side benchmark
 //! (scripts/bench.sh runs scripts/bench_reference.py on the same inputs in the same run).
-//! Each subcommand prints one JSON object: per-stage medians and p95 in milliseconds, the
-//! thread count and the peak resident set size.
+//! Each subcommand prints one JSON object: per-stage medians and p95 in milliseconds (and each
+//! timed sample, in order), the thread count and the peak resident set size.
 //!
 //! - `detect`: OWL-ViT / OWLv2, query embeddings once (as the node), then frames;
 //! - `segment`: CLIPSeg, prompt embeddings once, then frames (one image pass, prompts batched);
@@ -144,9 +144,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn stats(mut v: Vec<f64>) -> serde_json::Value {
+/// Median, p95 and minimum of `samples` (ms), and the samples themselves in the order they
+/// were taken: in a lockstep run, sample i met the machine together with the reference's
+/// iteration i (scripts/bench_summary.py pairs them).
+fn stats(samples: Vec<f64>) -> serde_json::Value {
+    let mut v = samples.clone();
     v.sort_by(f64::total_cmp);
-    serde_json::json!({"median_ms": percentile(&v, 0.5), "p95_ms": percentile(&v, 0.95), "min_ms": v[0]})
+    serde_json::json!({
+        "median_ms": percentile(&v, 0.5),
+        "p95_ms": percentile(&v, 0.95),
+        "min_ms": v[0],
+        "samples_ms": samples,
+    })
 }
 
 fn ms(d: Duration) -> f64 {

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Summarises the JSON reports of one `scripts/bench.sh` run as the rows of BENCHMARKS.md.
+
+    scripts/bench.sh --case all --rounds 2 --lockstep > run.jsonl
+    scripts/bench_summary.py run.jsonl
+
+Per model case and round: our frame and model-only medians (p95), transformers' standard call
+and cheapest equivalent, ours against the cheapest as a ratio of medians and, where both sides
+reported their samples, as the median of the per-frame ratios - in a --lockstep run frame i of
+ours and iteration i of the reference ran back to back, so each pair met the same moment of a
+shared machine, whose speed drifts by 10-30% within minutes - and the share of the compute
+floor of each side: the case's FLOPs (below) at that round's best 2048^3 GEMM rate of the same
+side, over its model-only time. Rounds are counted per case, in the order bench.sh runs them.
+
+FLOPs, 2 per multiply-add, from the checkpoint's config.json: the transformer layers (q, k, v
+and output projections, the MLP, q k^T and the attention-weighted sum of v) and the patch
+embedding; the heads and the text tower are left out (they are small, or run once per
+vocabulary). CLIPSeg: the vision layers up to the last one its decoder reads
+(`hidden_states[extract_layer + 1]`) for ours, all of them for transformers, which runs them.
+"""
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+
+def layer_flops(tokens: int, hidden: int, intermediate: int) -> float:
+    projections = 4 * hidden * hidden + 2 * hidden * intermediate
+    return 2.0 * tokens * projections + 4.0 * tokens * tokens * hidden
+
+
+def vision_config(model: Path) -> tuple[dict, dict]:
+    config = json.loads((model / "config.json").read_text())
+    return config, config.get("vision_config", config)
+
+
+def case_flops(report: dict) -> tuple[float, float]:
+    """(ours, transformers') FLOPs of one frame of the case `report` (ours) describes."""
+    model = Path(report["model"])
+    config, vision = vision_config(model)
+    hidden, inter = vision["hidden_size"], vision["intermediate_size"]
+    layers, patch = vision["num_hidden_layers"], vision["patch_size"]
+    task = report["task"]
+    if task == "detect":
+        side = vision["image_size"]
+        patches = (side // patch) ** 2
+        tokens = patches + 1
+        ours = theirs = layers
+    elif task == "segment":
+        pre = json.loads((model / "preprocessor_config.json").read_text())
+        size = pre.get("size", vision["image_size"])
+        side = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
+        patches = (side // patch) ** 2
+        tokens = patches + 1
+        ours, theirs = max(config["extract_layers"]) + 1, layers
+    elif task == "ask":
+        # ViLT: the image's patches at the benchmark's 384 x 576, [CLS] of the image, the question
+        patches = (384 // patch) * (576 // patch)
+        tokens = patches + 1 + report["question_tokens"]
+        ours = theirs = layers
+    else:
+        raise ValueError(f"no FLOP count for task {task!r}")
+    embed = 2.0 * patches * hidden * 3 * patch * patch
+    per_layer = layer_flops(tokens, hidden, inter)
+    return ours * per_layer + embed, theirs * per_layer + embed
+
+
+def reports(path: str) -> list[dict]:
+    lines = Path(path).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.lstrip().startswith("{")]
+
+
+def case_name(report: dict) -> str:
+    name = Path(report["model"]).name
+    if report["task"] == "segment":
+        name += f", {report['prompts']} prompt(s)"
+    return name
+
+
+def median_pair_ratio(theirs: dict, ours: dict) -> float | None:
+    a, b = theirs.get("samples_ms"), ours.get("samples_ms")
+    if not a or not b or len(a) != len(b):
+        return None
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.2f}x"
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: bench_summary.py BENCH_OUTPUT.jsonl")
+    rows = reports(sys.argv[1])
+    gemm_rates: dict[str, list[float]] = {"ours": [], "theirs": []}
+    cases: dict[str, list[tuple[dict, dict]]] = {}
+    i = 0
+    while i < len(rows):
+        r = rows[i]
+        if r.get("task") == "gemm" and r.get("shape") == [2048, 2048, 2048] and r.get("dtype", "f32") == "f32":
+            side = "ours" if r["impl"].startswith("vlm_perception") else "theirs"
+            gemm_rates[side].append(r["gflops_best"])
+        if r.get("task") in ("detect", "segment", "ask") and r["impl"].startswith("vlm_perception"):
+            ref = rows[i + 1]
+            if ref.get("task") != r["task"]:
+                raise SystemExit(f"bench_summary: report {i + 1} ({r['task']}) is not followed by the reference's")
+            cases.setdefault(case_name(r), []).append((r, ref))
+            i += 2
+            continue
+        i += 1
+
+    print("| case | round | ours: frame | ours: model only | transformers: standard call "
+          "| transformers: cheapest equivalent | ours vs cheapest: medians | ours vs cheapest: "
+          "median of paired frames | ours vs standard | share of the compute floor, ours / theirs "
+          "| peak RSS, ours / theirs (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, rounds in cases.items():
+        for k, (ours, ref) in enumerate(rounds):
+            frame, model = ours["frame"], ours["forward"]
+            cheap, std = ref["frame"], ref.get("frame_standard", ref["frame"])
+            flops_ours, flops_theirs = case_flops(ours)
+            share = "-"
+            if k < len(gemm_rates["ours"]) and k < len(gemm_rates["theirs"]):
+                s_ours = flops_ours / (gemm_rates["ours"][k] * 1e6 * model["median_ms"])
+                s_theirs = flops_theirs / (gemm_rates["theirs"][k] * 1e6 * ref["forward"]["median_ms"])
+                share = f"{s_ours:.0%} / {s_theirs:.0%}"
+            print(
+                f"| {name} | {k + 1} | {frame['median_ms']:.0f} ({frame['p95_ms']:.0f}) "
+                f"| {model['median_ms']:.0f} ({model['p95_ms']:.0f}) "
+                f"| {std['median_ms']:.0f} ({std['p95_ms']:.0f}) "
+                f"| {cheap['median_ms']:.0f} ({cheap['p95_ms']:.0f}) "
+                f"| {fmt_ratio(cheap['median_ms'] / frame['median_ms'])} "
+                f"| {fmt_ratio(median_pair_ratio(cheap, frame))} "
+                f"| {fmt_ratio(std['median_ms'] / frame['median_ms'])} "
+                f"| {share} | {ours['peak_rss_mib']:.0f} / {ref['peak_rss_mib']:.0f} |"
+            )
+    for side in ("ours", "theirs"):
+        rates = ", ".join(f"{x:.0f}" for x in gemm_rates[side]) or "-"
+        print(f"\nBest 2048^3 GEMM rate per round, {side}: {rates} GFLOP/s", end="")
+    print()
+
+
+if __name__ == "__main__":
+    main()
