@@ -36,6 +36,13 @@ def vision_config(model: Path) -> tuple[dict, dict]:
     return config, config.get("vision_config", config)
 
 
+def segment_side(model: Path, vision: dict) -> int:
+    """The side CLIPSeg's processor resizes images to (352 in the released checkpoints)."""
+    pre = json.loads((model / "preprocessor_config.json").read_text())
+    size = pre.get("size", vision["image_size"])
+    return size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
+
+
 def case_flops(report: dict) -> tuple[float, float]:
     """(ours, transformers') FLOPs of one frame of the case `report` (ours) describes."""
     model = Path(report["model"])
@@ -49,9 +56,7 @@ def case_flops(report: dict) -> tuple[float, float]:
         tokens = patches + 1
         ours = theirs = layers
     elif task == "segment":
-        pre = json.loads((model / "preprocessor_config.json").read_text())
-        size = pre.get("size", vision["image_size"])
-        side = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
+        side = segment_side(model, vision)
         patches = (side // patch) ** 2
         tokens = patches + 1
         ours, theirs = max(config["extract_layers"]) + 1, layers
@@ -72,11 +77,20 @@ def reports(path: str) -> list[dict]:
     return [json.loads(line) for line in lines if line.lstrip().startswith("{")]
 
 
+MODEL_NAMES = {"owlvit": "OWL-ViT", "owlv2": "OWLv2", "clipseg": "CLIPSeg", "vilt": "ViLT"}
+
+
 def case_name(report: dict) -> str:
-    name = Path(report["model"]).name
-    if report["task"] == "segment":
-        name += f", {report['prompts']} prompt(s)"
-    return name
+    """E.g. "OWL-ViT B/32 @768, 4 queries" (the model's family, patch size and input size)."""
+    config, vision = vision_config(Path(report["model"]))
+    family = MODEL_NAMES.get(config.get("model_type"), config.get("model_type", "?"))
+    name = f"{family} B/{vision['patch_size']}"
+    task = report["task"]
+    if task == "detect":
+        return f"{name} @{vision['image_size']}, {report['queries']} queries"
+    if task == "segment":
+        return f"{name} @{segment_side(Path(report['model']), vision)}, {report['prompts']} prompt(s)"
+    return f"{name} @384x576, {report['question_tokens']}-token question"
 
 
 def median_pair_ratio(theirs: dict, ours: dict) -> float | None:
