@@ -46,6 +46,14 @@ fn one_frame_per_line_then_the_report() {
     assert!(bench.wait().unwrap().success());
     assert_eq!(report["iters"], 2);
     assert!(report["frame"]["median_ms"].as_f64().unwrap() > 0.0);
+    // every timed frame, in order, for scripts/bench_summary.py's pairs
+    let samples = report["frame"]["samples_ms"].as_array().unwrap();
+    assert_eq!(samples.len(), 2);
+    let min = report["frame"]["min_ms"].as_f64().unwrap();
+    assert!(
+        samples.iter().any(|s| s.as_f64() == Some(min)),
+        "{samples:?}"
+    );
 }
 
 #[test]
