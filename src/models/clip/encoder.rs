@@ -136,8 +136,7 @@ impl ClipEncoder {
     }
 
     /// `last_hidden_state`. (b, n, d) -> (b, n, d); `xs` is freed inside the first layer.
-    pub fn forward(&self, xs: Tensor, mask: AttentionMask) -> Result<Tensor> {
-        let mut xs = xs;
+    pub fn forward(&self, mut xs: Tensor, mask: AttentionMask) -> Result<Tensor> {
         for layer in &self.layers {
             xs = layer.forward(xs, mask)?;
         }
@@ -149,7 +148,7 @@ impl ClipEncoder {
     /// output. Each (b, n, d).
     pub fn hidden_states(
         &self,
-        xs: Tensor,
+        mut xs: Tensor,
         mask: AttentionMask,
         layers: &[usize],
     ) -> Result<Vec<Tensor>> {
@@ -163,7 +162,6 @@ impl ClipEncoder {
             );
         }
         let mut kept: Vec<Option<Tensor>> = vec![None; last + 1];
-        let mut xs = xs;
         for (i, layer) in self.layers[..=last].iter().enumerate() {
             xs = layer.forward(xs, mask)?;
             if layers.contains(&i) {

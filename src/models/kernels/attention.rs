@@ -167,13 +167,7 @@ fn attention_f32_cpu(
                     let valid = if causal { first + i + 1 } else { n };
                     inv_sums[i] = 1.0 / vmath::exp_row(row, valid);
                 }
-                let exps = MatRef {
-                    data: scores,
-                    rows: m,
-                    cols: n,
-                    row_stride: n,
-                    col_stride: 1,
-                };
+                let exps = MatRef::row_major(scores, m, n);
                 // SAFETY: each task writes its own queries' columns of its own head, while
                 // `out` is borrowed by `shared` alone.
                 unsafe {

@@ -31,7 +31,18 @@ pub struct MatRef<'a> {
     pub col_stride: usize,
 }
 
-impl MatRef<'_> {
+impl<'a> MatRef<'a> {
+    /// `data` read as a contiguous row-major (rows, cols) matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
     /// Whether every element lies inside `data`.
     fn in_bounds(&self) -> bool {
         self.rows == 0
@@ -410,13 +421,7 @@ mod tests {
             }
         }
         // no inner dimension: zeros
-        let empty = |rows, cols| MatRef {
-            data: &[],
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        };
+        let empty = |rows, cols| MatRef::row_major(&[], rows, cols);
         assert_eq!(product(empty(2, 0), empty(0, 3)), vec![0.0; 6]);
     }
 

@@ -268,12 +268,8 @@ impl FusedLinear {
         let computed = cpu_f32_slice(&xs, |x| {
             self.with_f32(|w, bias| {
                 let mut ys = prefilled(b * t, bias, None, true);
-                let lhs = |first: usize, count: usize| MatRef {
-                    data: &x[first * in_dim..],
-                    rows: count,
-                    cols: in_dim,
-                    row_stride: in_dim,
-                    col_stride: 1,
+                let lhs = |first: usize, count: usize| {
+                    MatRef::row_major(&x[first * in_dim..], count, in_dim)
                 };
                 let rhs = |from: usize, to: usize| MatRef {
                     data: &w[from..],
@@ -335,20 +331,8 @@ impl FusedLinear {
                 }
                 return ys;
             }
-            let lhs = MatRef {
-                data: x,
-                rows,
-                cols: in_dim,
-                row_stride: in_dim,
-                col_stride: 1,
-            };
-            let rhs = MatRef {
-                data: w,
-                rows: in_dim,
-                cols: out_dim,
-                row_stride: out_dim,
-                col_stride: 1,
-            };
+            let lhs = MatRef::row_major(x, rows, in_dim);
+            let rhs = MatRef::row_major(w, in_dim, out_dim);
             if let Epilogue::Activation(act) = epilogue {
                 return product_bias_activation(lhs, rhs, b, act);
             }

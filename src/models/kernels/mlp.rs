@@ -113,16 +113,16 @@ impl FusedMlp {
             for first in (0..rows).step_by(chunk_rows) {
                 let n = chunk_rows.min(rows - first);
                 let hidden = product_bias_activation(
-                    row_major(&x[first * d..], n, d),
-                    row_major(w1, d, inner),
+                    MatRef::row_major(&x[first * d..], n, d),
+                    MatRef::row_major(w1, d, inner),
                     b1,
                     self.activation,
                 );
                 matmul(
                     &mut out[first * d..],
                     d,
-                    row_major(&hidden, n, inner),
-                    row_major(w2, inner, d),
+                    MatRef::row_major(&hidden, n, inner),
+                    MatRef::row_major(w2, inner, d),
                     true,
                     true,
                 );
@@ -176,8 +176,8 @@ impl FusedMlp {
         matmul(
             &mut hidden,
             inner,
-            row_major(x, n, d),
-            row_major(w1, d, inner),
+            MatRef::row_major(x, n, d),
+            MatRef::row_major(w1, d, inner),
             true,
             false,
         );
@@ -185,22 +185,11 @@ impl FusedMlp {
         matmul(
             out,
             d,
-            row_major(&hidden, n, inner),
-            row_major(w2, inner, d),
+            MatRef::row_major(&hidden, n, inner),
+            MatRef::row_major(w2, inner, d),
             true,
             false,
         );
-    }
-}
-
-/// `data` as a contiguous row-major (rows, cols) matrix.
-fn row_major(data: &[f32], rows: usize, cols: usize) -> MatRef<'_> {
-    MatRef {
-        data,
-        rows,
-        cols,
-        row_stride: cols,
-        col_stride: 1,
     }
 }
 
