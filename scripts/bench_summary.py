@@ -20,10 +20,13 @@ vocabulary). CLIPSeg: the vision layers up to the last one its decoder reads
 """
 
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
+
+
+# The size scripts/bench.sh resizes ViLT's image to (its `vilt_image`), (height, width).
+VILT_IMAGE_HW = (384, 576)
 
 
 def layer_flops(tokens: int, hidden: int, intermediate: int) -> float:
@@ -50,26 +53,21 @@ def case_flops(report: dict) -> tuple[float, float]:
     hidden, inter = vision["hidden_size"], vision["intermediate_size"]
     layers, patch = vision["num_hidden_layers"], vision["patch_size"]
     task = report["task"]
-    if task == "detect":
-        side = vision["image_size"]
+    if task in ("detect", "segment"):
+        side = vision["image_size"] if task == "detect" else segment_side(model, vision)
         patches = (side // patch) ** 2
         tokens = patches + 1
-        ours = theirs = layers
-    elif task == "segment":
-        side = segment_side(model, vision)
-        patches = (side // patch) ** 2
-        tokens = patches + 1
-        ours, theirs = max(config["extract_layers"]) + 1, layers
+        ours = max(config["extract_layers"]) + 1 if task == "segment" else layers
     elif task == "ask":
-        # ViLT: the image's patches at the benchmark's 384 x 576, [CLS] of the image, the question
-        patches = (384 // patch) * (576 // patch)
+        # ViLT: the image's patches, [CLS] of the image, the question's tokens
+        patches = (VILT_IMAGE_HW[0] // patch) * (VILT_IMAGE_HW[1] // patch)
         tokens = patches + 1 + report["question_tokens"]
-        ours = theirs = layers
+        ours = layers
     else:
         raise ValueError(f"no FLOP count for task {task!r}")
     embed = 2.0 * patches * hidden * 3 * patch * patch
     per_layer = layer_flops(tokens, hidden, inter)
-    return ours * per_layer + embed, theirs * per_layer + embed
+    return ours * per_layer + embed, layers * per_layer + embed
 
 
 def reports(path: str) -> list[dict]:
@@ -90,7 +88,8 @@ def case_name(report: dict) -> str:
         return f"{name} @{vision['image_size']}, {report['queries']} queries"
     if task == "segment":
         return f"{name} @{segment_side(Path(report['model']), vision)}, {report['prompts']} prompt(s)"
-    return f"{name} @384x576, {report['question_tokens']}-token question"
+    height, width = VILT_IMAGE_HW
+    return f"{name} @{height}x{width}, {report['question_tokens']}-token question"
 
 
 def median_pair_ratio(theirs: dict, ours: dict) -> float | None:
@@ -101,7 +100,7 @@ def median_pair_ratio(theirs: dict, ours: dict) -> float | None:
 
 
 def fmt_ratio(x: float | None) -> str:
-    return "-" if x is None or math.isnan(x) else f"{x:.2f}x"
+    return "-" if x is None else f"{x:.2f}x"
 
 
 def main() -> None:
