@@ -12,6 +12,12 @@ shared machine, whose speed drifts by 10-30% within minutes - and the share of t
 floor of each side: the case's FLOPs (below) at that round's best 2048^3 GEMM rate of the same
 side, over its model-only time. Rounds are counted per case, in the order bench.sh runs them.
 
+A second table pools each case's paired frames over its rounds: their median ratio with a
+distribution-free 95% confidence interval for it (order statistics of the binomial), the middle
+half of the ratios, and how many pairs ours won. The interval treats the pairs as independent;
+a machine that drifts for minutes makes neighbouring pairs alike, so read it as a lower bound on
+the uncertainty.
+
 FLOPs, 2 per multiply-add, from the checkpoint's config.json: the transformer layers (q, k, v
 and output projections, the MLP, q k^T and the attention-weighted sum of v) and the patch
 embedding; the heads and the text tower are left out (they are small, or run once per
@@ -20,6 +26,7 @@ vocabulary). CLIPSeg: the vision layers up to the last one its decoder reads
 """
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -93,10 +100,28 @@ def case_name(report: dict) -> str:
 
 
 def median_pair_ratio(theirs: dict, ours: dict) -> float | None:
-    a, b = theirs.get("samples_ms"), ours.get("samples_ms")
-    if not a or not b or len(a) != len(b):
-        return None
-    return statistics.median(x / y for x, y in zip(a, b))
+    ratios = pair_ratios(theirs, ours)
+    return statistics.median(ratios) if ratios else None
+
+
+def pair_ratios(theirs: dict, ours: dict) -> list[float]:
+    a, b = theirs.get("samples_ms") or [], ours.get("samples_ms") or []
+    return [x / y for x, y in zip(a, b)] if len(a) == len(b) else []
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The order statistics (x_(k), x_(n+1-k)) that cover the median with probability `level`
+    for independent samples: k the largest with P(Binomial(n, 1/2) < k) <= (1 - level) / 2."""
+    n = len(values)
+    xs = sorted(values)
+    tail, k = 0.0, 0
+    while k < n:
+        p = math.comb(n, k) / 2.0**n
+        if tail + p > (1.0 - level) / 2.0:
+            break
+        tail += p
+        k += 1
+    return None if k == 0 else (xs[k - 1], xs[n - k])
 
 
 def fmt_ratio(x: float | None) -> str:
@@ -149,6 +174,21 @@ def main() -> None:
                 f"| {fmt_ratio(std['median_ms'] / frame['median_ms'])} "
                 f"| {share} | {ours['peak_rss_mib']:.0f} / {ref['peak_rss_mib']:.0f} |"
             )
+    print("\n| case | paired frames (rounds) | ours vs cheapest: median of paired frames "
+          "| 95% interval of that median | middle half of the ratios | pairs ours was faster |")
+    print("|---|---|---|---|---|---|")
+    for name, rounds in cases.items():
+        ratios = [x for ours, ref in rounds for x in pair_ratios(ref["frame"], ours["frame"])]
+        if not ratios:
+            continue
+        interval = median_interval(ratios)
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        print(
+            f"| {name} | {len(ratios)} ({len(rounds)}) | {fmt_ratio(statistics.median(ratios))} "
+            f"| {'-' if interval is None else f'{interval[0]:.2f}-{interval[1]:.2f}x'} "
+            f"| {quartiles[0]:.2f}-{quartiles[2]:.2f}x "
+            f"| {sum(x > 1.0 for x in ratios)} of {len(ratios)} |"
+        )
     for side in ("ours", "theirs"):
         rates = ", ".join(f"{x:.0f}" for x in gemm_rates[side]) or "-"
         print(f"\nBest 2048^3 GEMM rate per round, {side}: {rates} GFLOP/s", end="")
