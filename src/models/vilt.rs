@@ -441,21 +441,42 @@ impl ViltSelfAttention {
         let d = cfg.hidden_size;
         let head_dim = d / cfg.num_attention_heads;
         Ok(Self {
-            qkv: FusedLinear::load_qkv(vb, ["query", "key", "value"], d, head_dim, cfg.qkv_bias)?,
+            qkv: FusedLinear::load_qkv(vb, ["query", "key", "value"], d, head_dim, cfg.qkv_bias)?
+                .with_bias_row()?,
             num_heads: cfg.num_attention_heads,
             head_dim,
         })
     }
 
-    /// `xs` (b, t, d); `mask` additive per key, (b, t) f32. Returns the first `queries` tokens'
-    /// outputs, attending to all `t`: (b, queries, d).
-    pub fn forward(&self, xs: &Tensor, mask: &Tensor, queries: usize) -> Result<Tensor> {
+    /// Attention over `norm(xs)`, `xs` (b, t, d); `mask` additive per key, (b, t) f32. Returns
+    /// the first `queries` tokens' outputs, attending to all `t`: (b, queries, d). With every
+    /// token a query, where the f32 CPU kernels run, `norm` writes its output with a column of
+    /// ones through which the q/k/v projection takes its bias in the product.
+    pub fn forward_normed(
+        &self,
+        norm: &LayerNorm,
+        xs: &Tensor,
+        mask: &Tensor,
+        queries: usize,
+    ) -> Result<Tensor> {
         let (b, t, d) = xs.dims3()?;
-        // with fewer queries than tokens (the last layer), q for those queries alone
-        let qkv = if queries < t {
-            self.qkv.forward_first_columns(xs, d, queries)?
+        let with_ones = if queries == t {
+            norm.forward_with_ones(xs)?
         } else {
-            self.qkv.forward(xs, Epilogue::Bias)?
+            None
+        };
+        let projected = match with_ones {
+            Some(with_ones) => self.qkv.forward_with_ones(&with_ones)?,
+            None => None,
+        };
+        let qkv = match projected {
+            Some(qkv) => qkv,
+            // with fewer queries than tokens (the last layer), q for those queries alone
+            None if queries < t => {
+                self.qkv
+                    .forward_first_columns(&norm.forward(xs)?, d, queries)?
+            }
+            None => self.qkv.forward(&norm.forward(xs)?, Epilogue::Bias)?,
         };
         let qkv = qkv.reshape((b, t, 3, self.num_heads, self.head_dim))?;
         attention_of_first(&qkv, AttentionMask::KeyBias(mask), queries)
@@ -478,10 +499,18 @@ impl ViltAttention {
         })
     }
 
-    /// `residual + output(attention(xs))`: the layer's first residual branch, for the first
-    /// `residual.dim(1)` tokens.
-    pub fn forward(&self, xs: &Tensor, mask: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let attended = self.attention.forward(xs, mask, residual.dim(1)?)?;
+    /// `residual + output(attention(norm(xs)))`: the layer's first residual branch, for the
+    /// first `residual.dim(1)` tokens.
+    pub fn forward_normed(
+        &self,
+        norm: &LayerNorm,
+        xs: &Tensor,
+        mask: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let attended = self
+            .attention
+            .forward_normed(norm, xs, mask, residual.dim(1)?)?;
         self.output.forward(&attended, Epilogue::Residual(residual))
     }
 }
@@ -522,9 +551,9 @@ impl ViltLayer {
     /// (b, t, d) -> (b, queries, d).
     pub fn forward_first(&self, xs: &Tensor, mask: &Tensor, queries: usize) -> Result<Tensor> {
         let residual = xs.narrow(1, 0, queries)?.contiguous()?;
-        let hidden =
-            self.attention
-                .forward(&self.layernorm_before.forward(xs)?, mask, &residual)?;
+        let hidden = self
+            .attention
+            .forward_normed(&self.layernorm_before, xs, mask, &residual)?;
         let mlp = self.intermediate.forward(
             &self.layernorm_after.forward(&hidden)?,
             Epilogue::Activation(self.activation),

@@ -10,7 +10,9 @@
 //! - attention reads the heads from that projection's output in place
 //!   ([`crate::models::kernels::attention`]: per head and block of queries on the CPU);
 //! - bias + activation and bias + residual are fused into each projection
-//!   ([`crate::models::kernels::FusedLinear`], [`crate::models::kernels::FusedMlp`]);
+//!   ([`crate::models::kernels::FusedLinear`], [`crate::models::kernels::FusedMlp`]); the q/k/v
+//!   projection takes its bias as one more row of its weights, against a column of ones that
+//!   `layer_norm1` writes after its output;
 //! - LayerNorm is [`crate::models::kernels::LayerNorm`] (one parallel pass) with the config's
 //!   epsilon;
 //! - each step frees its input as soon as it has read it (the layers take their inputs by
@@ -54,7 +56,8 @@ impl ClipAttention {
                 d,
                 head_dim,
                 true,
-            )?,
+            )?
+            .with_bias_row()?,
             out_proj: FusedLinear::load(d, d, vb.pp("out_proj"))?,
             num_heads,
             head_dim,
@@ -64,16 +67,36 @@ impl ClipAttention {
     /// `residual + attention(xs)`: the layer's first residual branch. (b, n, d) -> (b, n, d)
     /// `xs` is taken so that it is freed once projected, before the attention allocates.
     pub fn forward(&self, xs: Tensor, mask: AttentionMask, residual: &Tensor) -> Result<Tensor> {
-        let (b, n, _) = xs.dims3()?;
-        // (b, n, 3d) -> (b, n, 3, heads, head_dim)
-        let qkv = self.qkv_proj.forward(&xs, Epilogue::Bias)?.reshape((
-            b,
-            n,
-            3,
-            self.num_heads,
-            self.head_dim,
-        ))?;
+        let qkv = self.qkv_proj.forward(&xs, Epilogue::Bias)?;
         drop(xs);
+        self.attend(qkv, mask, residual)
+    }
+
+    /// `xs + attention(norm(xs))`: the pre-norm layer's first residual branch. Where the f32 CPU
+    /// kernels run, `norm` writes its output with a column of ones, through which the q/k/v
+    /// projection takes its bias in the product ([`FusedLinear::forward_with_ones`]).
+    pub fn forward_normed(
+        &self,
+        norm: &LayerNorm,
+        xs: &Tensor,
+        mask: AttentionMask,
+    ) -> Result<Tensor> {
+        let projected = match norm.forward_with_ones(xs)? {
+            Some(with_ones) => self.qkv_proj.forward_with_ones(&with_ones)?,
+            None => None,
+        };
+        let qkv = match projected {
+            Some(qkv) => qkv,
+            None => self.qkv_proj.forward(&norm.forward(xs)?, Epilogue::Bias)?,
+        };
+        self.attend(qkv, mask, xs)
+    }
+
+    /// `residual + out_proj(attention)` of the fused projection `qkv` (b, n, 3d).
+    fn attend(&self, qkv: Tensor, mask: AttentionMask, residual: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = qkv.dims3()?;
+        // (b, n, 3d) -> (b, n, 3, heads, head_dim)
+        let qkv = qkv.reshape((b, n, 3, self.num_heads, self.head_dim))?;
         let merged = attention(&qkv, mask)?;
         drop(qkv);
         self.out_proj.forward(&merged, Epilogue::Residual(residual))
@@ -109,7 +132,7 @@ impl ClipEncoderLayer {
     pub fn forward(&self, xs: Tensor, mask: AttentionMask) -> Result<Tensor> {
         let hidden = self
             .self_attn
-            .forward(self.layer_norm1.forward(&xs)?, mask, &xs)?;
+            .forward_normed(&self.layer_norm1, &xs, mask)?;
         drop(xs);
         self.mlp
             .forward(self.layer_norm2.forward(&hidden)?, &hidden)

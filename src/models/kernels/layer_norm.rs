@@ -5,6 +5,8 @@
 //! serial chain: 0.37 ms of OWL-ViT B/32's 577 x 768 activations, 24 times a frame. Other
 //! dtypes, devices and layouts run candle's op.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{LayerNormConfig, VarBuilder};
 use rayon::prelude::*;
@@ -38,9 +40,9 @@ impl LayerNorm {
         }
     }
 
-    /// The f32 CPU pass; `None` where it does not apply (candle's op then runs, and reports
-    /// a size mismatch).
-    fn forward_f32_cpu(&self, xs: &Tensor) -> Result<Option<Tensor>> {
+    /// The f32 CPU pass, each output row followed by `extra` ones; `None` where it does not
+    /// apply (candle's op then runs, and reports a size mismatch).
+    fn forward_f32_cpu(&self, xs: &Tensor, extra: usize) -> Result<Option<Tensor>> {
         let (weight, eps) = (self.inner.weight(), self.inner.eps() as f32);
         let Some(bias) = self.inner.bias() else {
             return Ok(None);
@@ -50,45 +52,76 @@ impl LayerNorm {
         }
         let normalized = cpu_f32_slice(xs, |x| {
             cpu_f32_slice(weight, |w| {
-                cpu_f32_slice(bias, |b| normalize_rows(x, w, b, eps)).flatten()
+                cpu_f32_slice(bias, |b| normalize_rows(x, w, b, eps, extra)).flatten()
             })
             .flatten()
         })
         .flatten();
+        let mut dims = xs.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last += extra;
+        }
         normalized
-            .map(|ys| Tensor::from_vec(ys, xs.dims(), &Device::Cpu))
+            .map(|ys| Tensor::from_vec(ys, dims, &Device::Cpu))
             .transpose()
+    }
+
+    /// The normalised `xs` (.., d) with a last column of ones, (.., d + 1): the input of a
+    /// [`super::FusedLinear::forward_with_ones`], which takes its bias in the product. `None`
+    /// where the f32 CPU pass does not apply (the caller normalises with [`Module::forward`]).
+    pub fn forward_with_ones(&self, xs: &Tensor) -> Result<Option<Tensor>> {
+        self.forward_f32_cpu(xs, 1)
     }
 }
 
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        match self.forward_f32_cpu(xs)? {
+        match self.forward_f32_cpu(xs, 0)? {
             Some(ys) => Ok(ys),
             None => self.inner.forward(xs),
         }
     }
 }
 
-/// Each `weight.len()`-wide row of `x`, normalised; `x` holds whole rows; `None` for
-/// mismatched parameters.
-fn normalize_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Option<Vec<f32>> {
+/// Each `weight.len()`-wide row of `x`, normalised, then `extra` ones; `x` holds whole rows;
+/// `None` for mismatched parameters.
+fn normalize_rows(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+    extra: usize,
+) -> Option<Vec<f32>> {
     let d = weight.len();
     if d == 0 || bias.len() != d || !x.len().is_multiple_of(d) {
         return None;
     }
-    let mut out = Vec::with_capacity(x.len());
-    let dst = &mut out.spare_capacity_mut()[..x.len()];
-    let chunk = TASK_ELEMENTS.div_ceil(d) * d;
-    if x.len() <= chunk {
-        vmath::layer_norm_rows(dst, x, weight, bias, eps);
+    let (rows, width) = (x.len() / d, d + extra);
+    let len = rows * width;
+    let mut out = Vec::with_capacity(len);
+    let dst = &mut out.spare_capacity_mut()[..len];
+    let rows_per_task = TASK_ELEMENTS.div_ceil(d);
+    let normalize = |dst: &mut [MaybeUninit<f32>], x: &[f32]| {
+        if extra == 0 {
+            vmath::layer_norm_rows(dst, x, weight, bias, eps);
+            return;
+        }
+        for (dst, x) in dst.chunks_exact_mut(width).zip(x.chunks_exact(d)) {
+            let (normed, ones) = dst.split_at_mut(d);
+            vmath::layer_norm_rows(normed, x, weight, bias, eps);
+            ones.fill(MaybeUninit::new(1.0));
+        }
+    };
+    if rows <= rows_per_task {
+        normalize(dst, x);
     } else {
-        dst.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk))
-            .for_each(|(dst, x)| vmath::layer_norm_rows(dst, x, weight, bias, eps));
+        dst.par_chunks_mut(rows_per_task * width)
+            .zip(x.par_chunks(rows_per_task * d))
+            .for_each(|(dst, x)| normalize(dst, x));
     }
-    // SAFETY: `layer_norm_rows` wrote every element: `x` and the chunks are whole rows.
-    unsafe { out.set_len(x.len()) };
+    // SAFETY: every row of `dst` was written: its `d` values by `layer_norm_rows`, then its
+    // `extra` ones; the chunks are whole rows of both.
+    unsafe { out.set_len(len) };
     Some(out)
 }
 
@@ -130,6 +163,15 @@ mod tests {
             let ln = LayerNorm::new(weight.clone(), bias.clone(), 1e-5);
             let ours = ln.forward(&xs).unwrap();
             assert_eq!(ours.dims(), xs.dims());
+            // with a column of ones: the same values, bit for bit, then a 1 per row
+            let with_ones = ln.forward_with_ones(&xs).unwrap().unwrap();
+            let mut wide = shape.clone();
+            *wide.last_mut().unwrap() += 1;
+            assert_eq!(with_ones.dims(), wide.as_slice());
+            let rank = shape.len() - 1;
+            assert_eq!(max_diff(&with_ones.narrow(rank, 0, d).unwrap(), &ours), 0.0);
+            let ones = with_ones.narrow(rank, d, 1).unwrap().flatten_all().unwrap();
+            assert!(ones.to_vec1::<f32>().unwrap().iter().all(|&v| v == 1.0));
             let want = reference(&xs, &weight, &bias, 1e-5);
             let diff = max_diff(&ours, &want);
             let candle = candle_nn::ops::layer_norm(&xs, &weight, &bias, 1e-5).unwrap();
@@ -167,5 +209,12 @@ mod tests {
         assert!(max_diff(&ours, &want) < 0.1);
         // a size mismatch is candle's error, not a panic
         assert!(ln.forward(&randn(&[2, 7])).is_err());
+        // no column of ones where the f32 pass does not apply: the caller normalises instead
+        assert!(ln.forward_with_ones(&strided).unwrap().is_none());
+        assert!(half
+            .forward_with_ones(&xs.to_dtype(DType::BF16).unwrap())
+            .unwrap()
+            .is_none());
+        assert!(ln.forward_with_ones(&randn(&[2, 7])).unwrap().is_none());
     }
 }

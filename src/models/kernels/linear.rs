@@ -4,14 +4,16 @@
 //! - f32 on the CPU: the output is prefilled with the bias (plus the residual) and the `gemm`
 //!   crate accumulates `x @ W^T` onto it, reading `W^T` transposed once at load; with an
 //!   activation, the product is written first and the bias and the activation follow in one
-//!   vectorised pass, row by row in cache;
+//!   vectorised pass, row by row in cache; a linear fed by a LayerNorm that writes a column of
+//!   ones after its output ([`FusedLinear::with_bias_row`]) takes the bias as one more row of
+//!   `W^T`, in the product itself;
 //! - f16/bf16 on the CPU: candle's matmul, then bias (+ activation, or + residual) in one
 //!   in-place pass;
 //! - other devices: the same from candle ops (`broadcast_add`, [`Activation`]'s module).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, CpuStorage, Device, InplaceOp2, InplaceOp3, Layout, Module, Result, Tensor,
+    bail, CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Module, Result, Tensor,
 };
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
@@ -133,10 +135,13 @@ pub(super) fn prefilled(
 /// An `nn.Linear` with bias whose output gets an [`Epilogue`].
 #[derive(Debug, Clone)]
 pub struct FusedLinear {
-    /// `weight^T`: (in, out), contiguous (the matmul reads it row by row).
+    /// `weight^T`: (in, out), contiguous (the matmul reads it row by row); with `bias_row`,
+    /// (in + 1, out), the bias as its last row.
     weight_t: Tensor,
     /// (out,)
     bias: Tensor,
+    /// Whether `weight_t` ends with the bias ([`Self::with_bias_row`]).
+    bias_row: bool,
 }
 
 impl FusedLinear {
@@ -153,7 +158,41 @@ impl FusedLinear {
         Ok(Self {
             weight_t: weight.t()?.contiguous()?,
             bias,
+            bias_row: false,
         })
+    }
+
+    /// The same linear with the bias appended to `weight^T` as one more row, where the f32 CPU
+    /// kernels run (elsewhere unchanged), for [`Self::forward_with_ones`]: an input whose last
+    /// column is ones then takes the bias in the product itself, with no output prefilled with
+    /// the bias to accumulate onto - 4-5% of a q/k/v projection (BENCHMARKS.md).
+    pub fn with_bias_row(self) -> Result<Self> {
+        if self.bias_row || !self.weight_t.device().is_cpu() || self.weight_t.dtype() != DType::F32
+        {
+            return Ok(self);
+        }
+        let weight_t = Tensor::cat(&[&self.weight_t, &self.bias.unsqueeze(0)?], 0)?;
+        Ok(Self {
+            weight_t,
+            bias_row: true,
+            ..self
+        })
+    }
+
+    /// An input of `in_dim` features is what the layer takes (the f32 kernels read the weights
+    /// by the input's width).
+    fn check_input(&self, in_dim: usize) -> Result<()> {
+        let (want, _) = self.dims();
+        if in_dim != want {
+            bail!("linear: the input has {in_dim} features, the layer takes {want}");
+        }
+        Ok(())
+    }
+
+    /// `weight^T` without the bias row: (in, out).
+    fn weight_t(&self) -> Result<Tensor> {
+        let (in_dim, _) = self.dims();
+        self.weight_t.narrow(0, 0, in_dim)
     }
 
     /// Reads `weight` (out, in) and `bias` (out,) under `vb`, as `nn.Linear(in, out)`.
@@ -199,11 +238,12 @@ impl FusedLinear {
 
     /// `(in, out)`.
     pub fn dims(&self) -> (usize, usize) {
-        let (in_dim, out_dim) = self.weight_t.dims2().unwrap_or_default();
-        (in_dim, out_dim)
+        let (rows, out_dim) = self.weight_t.dims2().unwrap_or_default();
+        (rows - usize::from(self.bias_row), out_dim)
     }
 
-    /// `f(weight^T (in, out) row-major, bias)` when both are contiguous f32 CPU tensors.
+    /// `f(weight^T (in, out) row-major, bias)` when both are contiguous f32 CPU tensors (the
+    /// weights may go on with the bias row: `f` reads the first `in` rows).
     pub(super) fn with_f32<R>(&self, f: impl FnOnce(&[f32], &[f32]) -> R) -> Option<R> {
         cpu_f32_slice(&self.weight_t, |w| cpu_f32_slice(&self.bias, |b| f(w, b))).flatten()
     }
@@ -212,6 +252,7 @@ impl FusedLinear {
     pub fn forward(&self, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let mut dims = xs.dims().to_vec();
         let in_dim = dims.pop().unwrap_or(1);
+        self.check_input(in_dim)?;
         let rows = dims.iter().product::<usize>();
         let out_dim = self.bias.dim(0)?;
         dims.push(out_dim);
@@ -220,7 +261,7 @@ impl FusedLinear {
             return Tensor::from_vec(ys, dims, &Device::Cpu);
         }
         // (rows, in) x (in, out): a fresh (rows, out) tensor owned here alone.
-        let ys = xs.matmul(&self.weight_t)?;
+        let ys = xs.matmul(&self.weight_t()?)?;
         let fused = has_kernel(&ys)
             && self.bias.dtype() == ys.dtype()
             && self.bias.is_contiguous()
@@ -246,6 +287,31 @@ impl FusedLinear {
         }
     }
 
+    /// `xs @ W^T + b` for `xs_with_ones` (.., in + 1), `xs` with a last column of ones
+    /// ([`super::LayerNorm::forward_with_ones`]): one product with the bias row. `None` where
+    /// that does not apply (no bias row, or not a contiguous f32 CPU input of that width); the
+    /// caller then takes [`Self::forward`] on `xs`.
+    pub fn forward_with_ones(&self, xs_with_ones: &Tensor) -> Result<Option<Tensor>> {
+        let (in_dim, out_dim) = self.dims();
+        let mut dims = xs_with_ones.dims().to_vec();
+        if !self.bias_row || dims.pop() != Some(in_dim + 1) {
+            return Ok(None);
+        }
+        let rows = dims.iter().product::<usize>();
+        dims.push(out_dim);
+        let ys = cpu_f32_slice(xs_with_ones, |x| {
+            cpu_f32_slice(&self.weight_t, |w| {
+                product(
+                    MatRef::row_major(x, rows, in_dim + 1),
+                    MatRef::row_major(w, in_dim + 1, out_dim),
+                )
+            })
+        })
+        .flatten();
+        ys.map(|ys| Tensor::from_vec(ys, dims, &Device::Cpu))
+            .transpose()
+    }
+
     /// [`Self::forward`] with [`Epilogue::Bias`], except that the first `columns` outputs are
     /// computed for the rows of the first `rows` positions of dimension 1 alone; at the other
     /// rows those columns hold the bias only. (b, t, in) -> (b, t, out). A fused q/k/v
@@ -258,6 +324,7 @@ impl FusedLinear {
         rows: usize,
     ) -> Result<Tensor> {
         let (b, t, in_dim) = xs.dims3()?;
+        self.check_input(in_dim)?;
         let out_dim = self.bias.dim(0)?;
         if columns > out_dim || rows > t {
             bail!(
@@ -556,5 +623,57 @@ mod tests {
         let wrong = randn(&[5, 7]);
         assert!(lin.forward(&xs, Epilogue::Residual(&wrong)).is_err());
         assert!(FusedLinear::new(w, randn(&[5])).is_err());
+        // an input of the wrong width is an error on every path, not a read of other weights
+        for lin in [lin.clone(), lin.with_bias_row().unwrap()] {
+            for xs in [randn(&[5, 9]), randn(&[5, 7]), randn(&[2, 9])] {
+                let err = lin.forward(&xs, Epilogue::Bias).unwrap_err().to_string();
+                assert!(err.contains("the layer takes 8"), "{err}");
+            }
+            let err = lin
+                .forward_first_columns(&randn(&[1, 5, 9]), 2, 1)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("the layer takes 8"), "{err}");
+        }
+    }
+
+    #[test]
+    fn bias_row_takes_the_bias_from_a_column_of_ones() {
+        let (w, b) = (randn(&[7, 12]), randn(&[7]));
+        let plain = FusedLinear::new(w, b).unwrap();
+        let lin = plain.clone().with_bias_row().unwrap();
+        assert_eq!(lin.dims(), (12, 7));
+        // 3 rows: the few-rows product; 40 rows: the threaded matmul
+        for rows in [3, 40] {
+            let xs = randn(&[2, rows / 2 + 1, 12]);
+            let ones = Tensor::ones((2, rows / 2 + 1, 1), DType::F32, &Device::Cpu).unwrap();
+            let with_ones = Tensor::cat(&[&xs, &ones], 2).unwrap();
+            let want = plain.forward(&xs, Epilogue::Bias).unwrap();
+            let got = lin.forward_with_ones(&with_ones).unwrap().unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_diff(&got, &want) < 1e-5);
+            // the bias row changes nothing for the other paths
+            let epilogue = Epilogue::Activation(Activation::Gelu);
+            let d = max_diff(
+                &lin.forward(&xs, epilogue).unwrap(),
+                &plain.forward(&xs, epilogue).unwrap(),
+            );
+            assert_eq!(d, 0.0);
+            // without the ones column, or without the bias row: no such path
+            assert!(lin.forward_with_ones(&xs).unwrap().is_none());
+            assert!(plain.forward_with_ones(&with_ones).unwrap().is_none());
+        }
+        // other dtypes keep the plain weights, and take the plain path
+        let half = FusedLinear::new(
+            randn(&[3, 4]).to_dtype(DType::BF16).unwrap(),
+            randn(&[3]).to_dtype(DType::BF16).unwrap(),
+        )
+        .unwrap()
+        .with_bias_row()
+        .unwrap();
+        assert_eq!(half.dims(), (4, 3));
+        let xs = randn(&[2, 4]).to_dtype(DType::BF16).unwrap();
+        assert_eq!(half.forward(&xs, Epilogue::Bias).unwrap().dims(), [2, 3]);
+        assert!(half.forward_with_ones(&randn(&[2, 5])).unwrap().is_none());
     }
 }
