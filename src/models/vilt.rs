@@ -450,8 +450,8 @@ impl ViltSelfAttention {
 
     /// Attention over `norm(xs)`, `xs` (b, t, d); `mask` additive per key, (b, t) f32. Returns
     /// the first `queries` tokens' outputs, attending to all `t`: (b, queries, d). With every
-    /// token a query, where the f32 CPU kernels run, `norm` writes its output with a column of
-    /// ones through which the q/k/v projection takes its bias in the product.
+    /// token a query, the q/k/v projection takes its bias in the product
+    /// ([`FusedLinear::forward_normed`]).
     pub fn forward_normed(
         &self,
         norm: &LayerNorm,
@@ -460,23 +460,12 @@ impl ViltSelfAttention {
         queries: usize,
     ) -> Result<Tensor> {
         let (b, t, d) = xs.dims3()?;
-        let with_ones = if queries == t {
-            norm.forward_with_ones(xs)?
+        let qkv = if queries < t {
+            // the last layer: q for its first queries alone
+            self.qkv
+                .forward_first_columns(&norm.forward(xs)?, d, queries)?
         } else {
-            None
-        };
-        let projected = match with_ones {
-            Some(with_ones) => self.qkv.forward_with_ones(&with_ones)?,
-            None => None,
-        };
-        let qkv = match projected {
-            Some(qkv) => qkv,
-            // with fewer queries than tokens (the last layer), q for those queries alone
-            None if queries < t => {
-                self.qkv
-                    .forward_first_columns(&norm.forward(xs)?, d, queries)?
-            }
-            None => self.qkv.forward(&norm.forward(xs)?, Epilogue::Bias)?,
+            self.qkv.forward_normed(norm, xs)?
         };
         let qkv = qkv.reshape((b, t, 3, self.num_heads, self.head_dim))?;
         attention_of_first(&qkv, AttentionMask::KeyBias(mask), queries)

@@ -72,23 +72,15 @@ impl ClipAttention {
         self.attend(qkv, mask, residual)
     }
 
-    /// `xs + attention(norm(xs))`: the pre-norm layer's first residual branch. Where the f32 CPU
-    /// kernels run, `norm` writes its output with a column of ones, through which the q/k/v
-    /// projection takes its bias in the product ([`FusedLinear::forward_with_ones`]).
+    /// `xs + attention(norm(xs))`: the pre-norm layer's first residual branch, the q/k/v
+    /// projection taking its bias in the product ([`FusedLinear::forward_normed`]).
     pub fn forward_normed(
         &self,
         norm: &LayerNorm,
         xs: &Tensor,
         mask: AttentionMask,
     ) -> Result<Tensor> {
-        let projected = match norm.forward_with_ones(xs)? {
-            Some(with_ones) => self.qkv_proj.forward_with_ones(&with_ones)?,
-            None => None,
-        };
-        let qkv = match projected {
-            Some(qkv) => qkv,
-            None => self.qkv_proj.forward(&norm.forward(xs)?, Epilogue::Bias)?,
-        };
+        let qkv = self.qkv_proj.forward_normed(norm, xs)?;
         self.attend(qkv, mask, xs)
     }
 

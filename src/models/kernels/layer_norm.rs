@@ -66,10 +66,10 @@ impl LayerNorm {
             .transpose()
     }
 
-    /// The normalised `xs` (.., d) with a last column of ones, (.., d + 1): the input of a
-    /// [`super::FusedLinear::forward_with_ones`], which takes its bias in the product. `None`
-    /// where the f32 CPU pass does not apply (the caller normalises with [`Module::forward`]).
-    pub fn forward_with_ones(&self, xs: &Tensor) -> Result<Option<Tensor>> {
+    /// The normalised `xs` (.., d) with a last column of ones, (.., d + 1), for a linear that
+    /// takes its bias in the product ([`super::FusedLinear::forward_normed`]). `None` where the
+    /// f32 CPU pass does not apply (the caller normalises with [`Module::forward`]).
+    pub(super) fn forward_with_ones(&self, xs: &Tensor) -> Result<Option<Tensor>> {
         self.forward_f32_cpu(xs, 1)
     }
 }

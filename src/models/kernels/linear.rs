@@ -5,8 +5,8 @@
 //!   crate accumulates `x @ W^T` onto it, reading `W^T` transposed once at load; with an
 //!   activation, the product is written first and the bias and the activation follow in one
 //!   vectorised pass, row by row in cache; a linear fed by a LayerNorm that writes a column of
-//!   ones after its output ([`FusedLinear::with_bias_row`]) takes the bias as one more row of
-//!   `W^T`, in the product itself;
+//!   ones after its output ([`FusedLinear::with_bias_row`], [`FusedLinear::forward_normed`])
+//!   takes the bias as one more row of `W^T`, in the product itself;
 //! - f16/bf16 on the CPU: candle's matmul, then bias (+ activation, or + residual) in one
 //!   in-place pass;
 //! - other devices: the same from candle ops (`broadcast_add`, [`Activation`]'s module).
@@ -19,7 +19,9 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, product, MatRef};
-use super::{cpu_f32_slice, has_kernel, span, span_mut, vmath, Activation, Elem, TASKS_PER_THREAD};
+use super::{
+    cpu_f32_slice, has_kernel, span, span_mut, vmath, Activation, Elem, LayerNorm, TASKS_PER_THREAD,
+};
 
 /// What follows the matmul of a [`FusedLinear`], in the same pass as its bias.
 #[derive(Debug, Clone, Copy)]
@@ -163,7 +165,7 @@ impl FusedLinear {
     }
 
     /// The same linear with the bias appended to `weight^T` as one more row, where the f32 CPU
-    /// kernels run (elsewhere unchanged), for [`Self::forward_with_ones`]: an input whose last
+    /// kernels run (elsewhere unchanged), for [`Self::forward_normed`]: an input whose last
     /// column is ones then takes the bias in the product itself, with no output prefilled with
     /// the bias to accumulate onto - 4-5% of a q/k/v projection (BENCHMARKS.md).
     pub fn with_bias_row(self) -> Result<Self> {
@@ -287,11 +289,25 @@ impl FusedLinear {
         }
     }
 
+    /// `norm(xs) @ W^T + b` ([`Epilogue::Bias`]) for the layer's input `xs`: with the bias row,
+    /// where the f32 CPU kernels run, `norm` writes its output with a column of ones and the
+    /// bias is taken in the product ([`Self::forward_with_ones`]); elsewhere `norm`, then
+    /// [`Self::forward`].
+    pub fn forward_normed(&self, norm: &LayerNorm, xs: &Tensor) -> Result<Tensor> {
+        if self.bias_row {
+            if let Some(with_ones) = norm.forward_with_ones(xs)? {
+                if let Some(ys) = self.forward_with_ones(&with_ones)? {
+                    return Ok(ys);
+                }
+            }
+        }
+        self.forward(&norm.forward(xs)?, Epilogue::Bias)
+    }
+
     /// `xs @ W^T + b` for `xs_with_ones` (.., in + 1), `xs` with a last column of ones
-    /// ([`super::LayerNorm::forward_with_ones`]): one product with the bias row. `None` where
-    /// that does not apply (no bias row, or not a contiguous f32 CPU input of that width); the
-    /// caller then takes [`Self::forward`] on `xs`.
-    pub fn forward_with_ones(&self, xs_with_ones: &Tensor) -> Result<Option<Tensor>> {
+    /// ([`LayerNorm::forward_with_ones`]): one product with the bias row. `None` where that
+    /// does not apply (no bias row, or not a contiguous f32 CPU input of that width).
+    fn forward_with_ones(&self, xs_with_ones: &Tensor) -> Result<Option<Tensor>> {
         let (in_dim, out_dim) = self.dims();
         let mut dims = xs_with_ones.dims().to_vec();
         if !self.bias_row || dims.pop() != Some(in_dim + 1) {
@@ -662,6 +678,15 @@ mod tests {
             // without the ones column, or without the bias row: no such path
             assert!(lin.forward_with_ones(&xs).unwrap().is_none());
             assert!(plain.forward_with_ones(&with_ones).unwrap().is_none());
+            // after a LayerNorm, which writes the ones column itself
+            let norm = LayerNorm::new((randn(&[12]) + 1.0).unwrap(), randn(&[12]), 1e-5);
+            let want = plain
+                .forward(&norm.forward(&xs).unwrap(), Epilogue::Bias)
+                .unwrap();
+            for lin in [&lin, &plain] {
+                let got = lin.forward_normed(&norm, &xs).unwrap();
+                assert!(max_diff(&got, &want) < 1e-5);
+            }
         }
         // other dtypes keep the plain weights, and take the plain path
         let half = FusedLinear::new(
