@@ -151,6 +151,28 @@ impl SharedOut<'_> {
                 && col + cols <= self.row_stride)
     }
 
+    /// Writes `values` into row `row` at columns `col..col + values.len()`.
+    ///
+    /// # Safety
+    /// As [`Self::matmul_into`]: no other task may touch these elements while it runs.
+    ///
+    /// # Panics
+    /// If they lie outside the buffer.
+    pub unsafe fn write_row(&self, row: usize, col: usize, values: &[f32]) {
+        assert!(
+            self.holds(row, col, 1, values.len()),
+            "write_row: out of bounds"
+        );
+        // SAFETY: in bounds (checked above), disjoint from other tasks (the caller's promise).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                self.ptr.add(row * self.row_stride + col),
+                values.len(),
+            )
+        };
+    }
+
     /// Multiplies row `row + i` of the block at columns `col..col + cols` by `scales[i]`.
     ///
     /// # Safety

@@ -3,7 +3,8 @@
 //!
 //! - [`linear::FusedLinear`]: `x @ W^T + b` with its epilogue (activation, or residual) fused;
 //! - [`mlp::FusedMlp`]: the MLP with its residual, in row blocks where its weights are small;
-//! - [`attention::attention`]: multi-head self-attention from a fused q/k/v projection;
+//! - [`attention::attention`]: multi-head self-attention from a fused q/k/v projection
+//!   (`attention_long` for long sequences on AVX-512: an online softmax);
 //! - [`layer_norm::LayerNorm`]: `nn.LayerNorm`, one parallel pass;
 //! - [`patch::PatchEmbedding`], [`patch::PatchExpansion`]: convolutions whose kernel is their
 //!   stride (the ViT patch embedding, CLIPSeg's transposed head) as one matmul each;
@@ -18,6 +19,8 @@
 //! epilogues; other devices run the same computation from candle ops.
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+pub mod attention_long;
 pub mod conv;
 pub mod gemm;
 pub mod layer_norm;

@@ -259,7 +259,7 @@ multiversion! {
 /// 0.26, 577 (OWL-ViT B/32) 0.48 -> 0.24, 2305 (B/16) 0.32 -> 0.25. Same range reduction and
 /// polynomial as [`exp_with`]: the same values.
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     #[cfg(doc)]
@@ -268,7 +268,7 @@ mod avx512 {
 
     /// `e^z` per lane for the softmax's `z <= 0`: 0 below [`SOFTMAX_NEGLIGIBLE`], NaN for NaN.
     #[inline(always)]
-    unsafe fn softmax_term(z: __m512) -> __m512 {
+    pub(in crate::models::kernels) unsafe fn softmax_term(z: __m512) -> __m512 {
         // not-less-than, unordered: a NaN score is kept, and makes the softmax NaN
         let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(z, _mm512_set1_ps(SOFTMAX_NEGLIGIBLE));
         let round = _mm512_set1_ps(ROUND);

@@ -1,0 +1,283 @@
+//! Self-attention over long sequences on AVX-512: f32 heads of [`HEAD_DIM`], no mask, from
+//! [`MIN_TOKENS`] tokens on (OWL-ViT B/16's 2305, OWLv2's 3601), in one pass over the keys with
+//! an online softmax (the flash-attention recurrence).
+//!
+//! At these lengths [`super::attention`]'s kernel writes a block's scores (4 MiB) out of L2
+//! between its three passes (`q k^T`, the exponentials, the product with v) and packs k and v
+//! again for every block. Here k^T and v are packed once per (item, head), and each tile of
+//! [`TILE_QUERIES`] queries by [`PANEL_KEYS`] keys goes from `q k^T` to its exponentials to
+//! `p v` in registers and L1, with a running maximum and sum per query; a query's output and
+//! sum are rescaled when its maximum grows.
+//!
+//! 12 heads, both threads, best of 7 alternated in one process with the other kernel: 2305
+//! tokens 68-70 against 75-77 ms, 3601 tokens 156 against 193-204 ms (one core: 2305 tokens
+//! at 135 against 108 GFLOP/s, of the core's 206). At 577 tokens it was slower (4.3 against
+//! 3.8 ms: a last panel of one key, and that kernel's scores fit L2 there), hence
+//! [`MIN_TOKENS`]. The values differ from that kernel's by rounding alone (the exponentials'
+//! offsets), 2-5e-6 at these lengths.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::gemm::SharedOut;
+use super::vmath::avx512::softmax_term;
+use super::written_in_parallel;
+
+/// The head size the tiles are written for: four vectors of 16 lanes.
+pub const HEAD_DIM: usize = 64;
+/// Shorter sequences stay with [`super::attention`]'s kernel (faster at 485 and 577 tokens).
+pub const MIN_TOKENS: usize = 1024;
+/// Keys per packed panel of k^T: four vectors, the width of a tile.
+const PANEL_KEYS: usize = 64;
+const LANES: usize = 16;
+/// Vectors across a tile's keys, and across a head.
+const VECTORS: usize = PANEL_KEYS / LANES;
+/// Queries per tile: 6 x 4 accumulators, 4 operands and a broadcast fit the 32 registers.
+const TILE_QUERIES: usize = 6;
+/// Queries per task: a panel of k^T and of v (32 KiB) serves its 16 tiles from L1.
+const BLOCK_QUERIES: usize = 96;
+
+/// Whether [`attention`] runs for heads of `head_dim` over `tokens` tokens here.
+pub fn applies(head_dim: usize, tokens: usize) -> bool {
+    head_dim == HEAD_DIM && tokens >= MIN_TOKENS && std::arch::is_x86_feature_detected!("avx512f")
+}
+
+/// Per-thread state of a task, reused across tasks and calls.
+#[derive(Default)]
+struct Scratch {
+    /// The block's queries, contiguous, zero rows up to a whole tile.
+    q: Vec<f32>,
+    /// Unnormalised outputs, (queries, HEAD_DIM).
+    out: Vec<f32>,
+    /// Per query, lane-wise partial sums of its exponentials.
+    sums: Vec<f32>,
+    /// Per query, the largest score so far: the exponentials' offset.
+    max: Vec<f32>,
+    /// One tile's exponentials, (TILE_QUERIES, PANEL_KEYS).
+    probs: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// `softmax(q k^T) v` per item and head of `qkv`, (b, n, 3, heads, HEAD_DIM) contiguous, q
+/// scaled; the first `queries` tokens' outputs, (b, queries, heads * HEAD_DIM). Only where
+/// [`applies`] said so.
+pub fn attention(qkv: &[f32], b: usize, n: usize, heads: usize, queries: usize) -> Vec<f32> {
+    assert!(applies(HEAD_DIM, n) && queries <= n && qkv.len() == b * n * 3 * heads * HEAD_DIM);
+    let d = heads * HEAD_DIM;
+    let token = 3 * d;
+    let panels = n.div_ceil(PANEL_KEYS);
+    let panel = HEAD_DIM * PANEL_KEYS;
+    // k^T of each (item, head) in panels of PANEL_KEYS keys, (dim, key) each, zero past n.
+    // SAFETY: every element of each panel is written.
+    let k_t = unsafe {
+        written_in_parallel(b * heads * panels * panel, panel, |i, dst| {
+            let (item, head, p) = (i / (heads * panels), i / panels % heads, i % panels);
+            for key in 0..PANEL_KEYS {
+                let t = p * PANEL_KEYS + key;
+                let k = (t < n).then(|| &qkv[(item * n + t) * token + d + head * HEAD_DIM..]);
+                for dim in 0..HEAD_DIM {
+                    dst[dim * PANEL_KEYS + key].write(k.map_or(0.0, |k| k[dim]));
+                }
+            }
+        })
+    };
+    // v of each (item, head), (n, HEAD_DIM): rows a token apart alias in L1
+    // SAFETY: every row of each piece is written.
+    let v = unsafe {
+        written_in_parallel(b * heads * n * HEAD_DIM, n * HEAD_DIM, |i, dst| {
+            let (item, head) = (i / heads, i % heads);
+            for (t, row) in dst.chunks_exact_mut(HEAD_DIM).enumerate() {
+                let src = &qkv[(item * n + t) * token + 2 * d + head * HEAD_DIM..][..HEAD_DIM];
+                for (x, &y) in row.iter_mut().zip(src) {
+                    x.write(y);
+                }
+            }
+        })
+    };
+    let blocks = queries.div_ceil(BLOCK_QUERIES);
+    let len = b * queries * d;
+    let mut out = Vec::with_capacity(len);
+    let shared = SharedOut::new_uninit(&mut out.spare_capacity_mut()[..len], d);
+    (0..b * heads * blocks).into_par_iter().for_each(|task| {
+        let (item, head, block) = (
+            task / (heads * blocks),
+            task / blocks % heads,
+            task % blocks,
+        );
+        let first = block * BLOCK_QUERIES;
+        let m = BLOCK_QUERIES.min(queries - first);
+        let pair = item * heads + head;
+        SCRATCH.with(|scratch| {
+            let scratch = &mut scratch.borrow_mut();
+            let q = |i: usize| &qkv[(item * n + first + i) * token + head * HEAD_DIM..][..HEAD_DIM];
+            // SAFETY: the CPU has AVX-512F (`applies`).
+            unsafe {
+                attend_block(
+                    scratch,
+                    m,
+                    q,
+                    &k_t[pair * panels * panel..][..panels * panel],
+                    &v[pair * n * HEAD_DIM..][..n * HEAD_DIM],
+                    n,
+                )
+            };
+            for (i, row) in scratch.out.chunks_exact(HEAD_DIM).take(m).enumerate() {
+                let sum: f32 = scratch.sums[i * LANES..][..LANES].iter().sum();
+                let inv = 1.0 / sum;
+                let mut line = [0f32; HEAD_DIM];
+                for (y, &x) in line.iter_mut().zip(row) {
+                    *y = x * inv;
+                }
+                // SAFETY: each task writes its own queries' columns of its own head, while
+                // `out` is borrowed by `shared` alone.
+                unsafe { shared.write_row(item * queries + first + i, head * HEAD_DIM, &line) };
+            }
+        });
+    });
+    // SAFETY: the tasks tile the output, (item, head, block of queries), every row written.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// The unnormalised outputs (`scratch.out`) and lane-wise sums (`scratch.sums`) of `m` queries
+/// (`q(i)`: query `i`'s row) against one head's `n` keys: `k_t` in panels, `v` (n, HEAD_DIM).
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+// indexed loops over the accumulator arrays: unrolled with constant indices, they stay in
+// registers (iterators over them kept the array in memory, stored every step)
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_block<'a>(
+    s: &mut Scratch,
+    m: usize,
+    q: impl Fn(usize) -> &'a [f32],
+    k_t: &[f32],
+    v: &[f32],
+    n: usize,
+) {
+    let tiles = m.div_ceil(TILE_QUERIES);
+    let rows = tiles * TILE_QUERIES;
+    s.q.clear();
+    s.q.resize(rows * HEAD_DIM, 0.0);
+    for (i, dst) in s.q.chunks_exact_mut(HEAD_DIM).take(m).enumerate() {
+        dst.copy_from_slice(q(i));
+    }
+    s.out.clear();
+    s.out.resize(rows * HEAD_DIM, 0.0);
+    s.sums.clear();
+    s.sums.resize(rows * LANES, 0.0);
+    s.max.clear();
+    s.max.resize(rows, f32::NEG_INFINITY);
+    s.probs.resize(TILE_QUERIES * PANEL_KEYS, 0.0);
+    assert!(k_t.len() == n.div_ceil(PANEL_KEYS) * HEAD_DIM * PANEL_KEYS && v.len() == n * HEAD_DIM);
+    let (qs, outs, sums, probs) = (
+        s.q.as_ptr(),
+        s.out.as_mut_ptr(),
+        s.sums.as_mut_ptr(),
+        s.probs.as_mut_ptr(),
+    );
+    for (p, panel) in k_t.chunks_exact(HEAD_DIM * PANEL_KEYS).enumerate() {
+        let keys = PANEL_KEYS.min(n - p * PANEL_KEYS);
+        // lanes of the panel's keys that exist (the last panel's padding scores -inf)
+        let valid: [__mmask16; VECTORS] = std::array::from_fn(|j| {
+            let k = keys.saturating_sub(j * LANES).min(LANES);
+            ((1u32 << k) - 1) as __mmask16
+        });
+        let kp = panel.as_ptr();
+        let vp = v.as_ptr().add(p * PANEL_KEYS * HEAD_DIM);
+        for tile in 0..tiles {
+            let row0 = tile * TILE_QUERIES;
+            // SAFETY (all pointer reads and writes below): `q`, `out`, `sums` hold `rows`
+            // rows, `probs` one tile, `kp` a panel of HEAD_DIM x PANEL_KEYS, `vp` `keys` rows.
+            let qt = qs.add(row0 * HEAD_DIM);
+            let mut acc = [[_mm512_setzero_ps(); VECTORS]; TILE_QUERIES];
+            for dim in 0..HEAD_DIM {
+                let mut k = [_mm512_setzero_ps(); VECTORS];
+                for j in 0..VECTORS {
+                    k[j] = _mm512_loadu_ps(kp.add(dim * PANEL_KEYS + j * LANES));
+                }
+                for r in 0..TILE_QUERIES {
+                    let x = _mm512_set1_ps(*qt.add(r * HEAD_DIM + dim));
+                    for j in 0..VECTORS {
+                        acc[r][j] = _mm512_fmadd_ps(x, k[j], acc[r][j]);
+                    }
+                }
+            }
+            if keys < PANEL_KEYS {
+                for r in 0..TILE_QUERIES {
+                    for j in 0..VECTORS {
+                        acc[r][j] = _mm512_mask_mov_ps(
+                            _mm512_set1_ps(f32::NEG_INFINITY),
+                            valid[j],
+                            acc[r][j],
+                        );
+                    }
+                }
+            }
+            for r in 0..TILE_QUERIES {
+                let row = row0 + r;
+                let scores = acc[r];
+                let top = _mm512_max_ps(
+                    _mm512_max_ps(scores[0], scores[1]),
+                    _mm512_max_ps(scores[2], scores[3]),
+                );
+                let max = s.max.as_mut_ptr().add(row);
+                // rarely taken past the first panels: no reduction while the maximum holds
+                if _mm512_cmp_ps_mask::<_CMP_GT_OQ>(top, _mm512_set1_ps(*max)) != 0 {
+                    let new = _mm512_reduce_max_ps(top);
+                    // e^(old - new): 0 from the first panel (old -inf) and past the softmax's
+                    // negligible range, as for the terms themselves
+                    let scale = softmax_term(_mm512_set1_ps(*max - new));
+                    *max = new;
+                    let o = outs.add(row * HEAD_DIM);
+                    for j in 0..VECTORS {
+                        let x = o.add(j * LANES);
+                        _mm512_storeu_ps(x, _mm512_mul_ps(scale, _mm512_loadu_ps(x)));
+                    }
+                    let sum = sums.add(row * LANES);
+                    _mm512_storeu_ps(sum, _mm512_mul_ps(scale, _mm512_loadu_ps(sum)));
+                }
+                let max = _mm512_set1_ps(*max);
+                let mut total = _mm512_setzero_ps();
+                for (j, &x) in scores.iter().enumerate() {
+                    let y = softmax_term(_mm512_sub_ps(x, max));
+                    _mm512_storeu_ps(probs.add(r * PANEL_KEYS + j * LANES), y);
+                    total = _mm512_add_ps(total, y);
+                }
+                let sum = sums.add(row * LANES);
+                _mm512_storeu_ps(sum, _mm512_add_ps(total, _mm512_loadu_ps(sum)));
+            }
+            let ot = outs.add(row0 * HEAD_DIM);
+            let mut acc = [[_mm512_setzero_ps(); VECTORS]; TILE_QUERIES];
+            for r in 0..TILE_QUERIES {
+                for j in 0..VECTORS {
+                    acc[r][j] = _mm512_loadu_ps(ot.add(r * HEAD_DIM + j * LANES));
+                }
+            }
+            for key in 0..keys {
+                let vr = vp.add(key * HEAD_DIM);
+                let mut x = [_mm512_setzero_ps(); VECTORS];
+                for j in 0..VECTORS {
+                    x[j] = _mm512_loadu_ps(vr.add(j * LANES));
+                }
+                for r in 0..TILE_QUERIES {
+                    let p = _mm512_set1_ps(*probs.add(r * PANEL_KEYS + key));
+                    for j in 0..VECTORS {
+                        acc[r][j] = _mm512_fmadd_ps(p, x[j], acc[r][j]);
+                    }
+                }
+            }
+            for r in 0..TILE_QUERIES {
+                for j in 0..VECTORS {
+                    _mm512_storeu_ps(ot.add(r * HEAD_DIM + j * LANES), acc[r][j]);
+                }
+            }
+        }
+    }
+}
