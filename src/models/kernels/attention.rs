@@ -116,7 +116,7 @@ fn attention_f32_cpu(
     #[cfg(target_arch = "x86_64")]
     if matches!(mask, AttentionMask::None) && super::attention_long::applies(hd, n) {
         return Ok(cpu_f32_slice(qkv, |qkv| {
-            super::attention_long::attention(qkv, b, n, heads, queries)
+            super::attention_long::attention(qkv, b, n, heads, hd, queries)
         }));
     }
     let causal = matches!(mask, AttentionMask::Causal);
@@ -422,28 +422,32 @@ mod tests {
     }
 
     #[test]
-    fn long_sequences_match_the_textbook_formula() {
-        // heads of 64 over 1100 tokens take the online-softmax kernel where the CPU has
-        // AVX-512 (17 whole panels of keys and one of 12; blocks of queries with a partial
-        // last tile); scaled by 1.5, the scores are peaked (maxima that grow across panels,
-        // terms below the negligible range), and the scores' own f32 rounding reaches 4e-5 in
-        // the outputs (in the two-pass kernel as well)
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            assert!(super::super::attention_long::applies(64, 1100));
-        }
-        let (b, n, heads, hd) = (2, 1100, 2, 64);
-        for (scale, tolerance) in [(0.25, 2e-5), (1.5, 1e-4)] {
-            let qkv = (randn(&[b, n, 3, heads, hd]) * scale).unwrap();
-            let want = reference(&qkv, AttentionMask::None);
-            let kernel = attention(&qkv, AttentionMask::None).unwrap();
-            assert_eq!(kernel.dims(), [b, n, heads * hd]);
-            let d = max_diff(&kernel, &want);
-            assert!(d < tolerance, "scale {scale}: {d}");
-            for queries in [1, 97, n - 1] {
-                let first = attention_of_first(&qkv, AttentionMask::None, queries).unwrap();
-                let d = max_diff(&first, &want.narrow(1, 0, queries).unwrap());
-                assert!(d < tolerance, "scale {scale}, first {queries}: {d}");
+    fn online_softmax_kernel_matches_the_textbook_formula() {
+        // where the CPU has AVX-512: heads of 64 over 1100 tokens (17 whole panels of keys and
+        // one of 12; blocks of queries with a partial last tile), heads of 16 and 32 over 150
+        // and 70 (panels of 64 and 22 or 6 keys). Scaled by 1.5, the scores are peaked
+        // (maxima that grow across panels, terms below the negligible range), and the scores'
+        // own f32 rounding reaches 4e-5 in the outputs (in the two-pass kernel as well).
+        for (b, n, heads, hd) in [(2, 1100, 2, 64), (3, 150, 2, 16), (2, 70, 3, 32)] {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                assert!(super::super::attention_long::applies(hd, n));
+            }
+            for (scale, tolerance) in [(0.25, 2e-5), (1.5, 1e-4)] {
+                let qkv = (randn(&[b, n, 3, heads, hd]) * scale).unwrap();
+                let want = reference(&qkv, AttentionMask::None);
+                let kernel = attention(&qkv, AttentionMask::None).unwrap();
+                assert_eq!(kernel.dims(), [b, n, heads * hd]);
+                let d = max_diff(&kernel, &want);
+                assert!(d < tolerance, "{n} x {hd}, scale {scale}: {d}");
+                for queries in [1, 97.min(n), n - 1] {
+                    let first = attention_of_first(&qkv, AttentionMask::None, queries).unwrap();
+                    let d = max_diff(&first, &want.narrow(1, 0, queries).unwrap());
+                    assert!(
+                        d < tolerance,
+                        "{n} x {hd}, scale {scale}, first {queries}: {d}"
+                    );
+                }
             }
         }
     }

@@ -1,20 +1,23 @@
-//! Self-attention over long sequences on AVX-512: f32 heads of [`HEAD_DIM`], no mask, from
-//! [`MIN_TOKENS`] tokens on (OWL-ViT B/16's 2305, OWLv2's 3601), in one pass over the keys with
-//! an online softmax (the flash-attention recurrence).
+//! Self-attention in one pass over the keys with an online softmax (the flash-attention
+//! recurrence) on AVX-512, f32, no mask: heads of 64 over long sequences (from [`MIN_TOKENS`]
+//! tokens on: OWL-ViT B/16's 2305, OWLv2's 3601), and heads of 16 or 32 at any length
+//! (CLIPSeg's decoder: 4 heads of 16).
 //!
-//! At these lengths [`super::attention`]'s kernel writes a block's scores (4 MiB) out of L2
+//! At those lengths [`super::attention`]'s kernel writes a block's scores (4 MiB) out of L2
 //! between its three passes (`q k^T`, the exponentials, the product with v) and packs k and v
-//! again for every block. Here k^T and v are packed once per (item, head), and each tile of
-//! [`TILE_QUERIES`] queries by [`PANEL_KEYS`] keys goes from `q k^T` to its exponentials to
-//! `p v` in registers and L1, with a running maximum and sum per query; a query's output and
-//! sum are rescaled when its maximum grows.
+//! again for every block; with heads of 16 its products are 16 deep, or 16 wide. Here k^T
+//! and v are packed once per (item, head), and each tile of [`TILE_QUERIES`] queries by
+//! [`PANEL_KEYS`] keys goes from `q k^T` to its exponentials to `p v` in registers and L1, with
+//! a running maximum and sum per query; a query's output and sum are rescaled when its
+//! maximum grows.
 //!
-//! 12 heads, both threads, best of 7 alternated in one process with the other kernel: 2305
-//! tokens 68-70 against 75-77 ms, 3601 tokens 156 against 193-204 ms (one core: 2305 tokens
-//! at 135 against 108 GFLOP/s, of the core's 206). At 577 tokens it was slower (4.3 against
-//! 3.8 ms: a last panel of one key, and that kernel's scores fit L2 there), hence
-//! [`MIN_TOKENS`]. The values differ from that kernel's by rounding alone (the exponentials'
-//! offsets), 2-5e-6 at these lengths.
+//! Best of 7-9, alternated in one process with the other kernel, both threads: 12 heads of 64
+//! over 2305 tokens 68-70 against 75-77 ms, over 3601 tokens 156 against 193-204 ms (one core,
+//! 2305 tokens: 135 against 108 GFLOP/s, of the core's 206); 4 items x 4 heads of 16 over 485
+//! tokens 1.76 against 2.09 ms (faster in 9 of 9). Heads of 64 over 485 and 577 tokens were
+//! slower here (3.4 against 3.1 ms, 4.6 against 4.6: a last panel of 37 keys or of one, and
+//! that kernel's scores fit L2 there), hence [`MIN_TOKENS`]. The values differ from that
+//! kernel's by rounding alone (the exponentials' offsets): 2e-7 to 5e-6 at these shapes.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -25,9 +28,11 @@ use super::gemm::SharedOut;
 use super::vmath::avx512::softmax_term;
 use super::written_in_parallel;
 
-/// The head size the tiles are written for: four vectors of 16 lanes.
-pub const HEAD_DIM: usize = 64;
-/// Shorter sequences stay with [`super::attention`]'s kernel (faster at 485 and 577 tokens).
+/// The largest head size the tiles are written for (four vectors of 16 lanes); heads of 16
+/// and 32 take one and two vectors.
+pub const MAX_HEAD_DIM: usize = 64;
+/// Shorter sequences with heads of [`MAX_HEAD_DIM`] stay with [`super::attention`]'s kernel
+/// (faster at 485 and 577 tokens).
 pub const MIN_TOKENS: usize = 1024;
 /// Keys per packed panel of k^T: four vectors, the width of a tile.
 const PANEL_KEYS: usize = 64;
@@ -41,7 +46,12 @@ const BLOCK_QUERIES: usize = 96;
 
 /// Whether [`attention`] runs for heads of `head_dim` over `tokens` tokens here.
 pub fn applies(head_dim: usize, tokens: usize) -> bool {
-    head_dim == HEAD_DIM && tokens >= MIN_TOKENS && std::arch::is_x86_feature_detected!("avx512f")
+    let size = match head_dim {
+        MAX_HEAD_DIM => tokens >= MIN_TOKENS,
+        16 | 32 => true,
+        _ => false,
+    };
+    size && std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// Per-thread state of a task, reused across tasks and calls.
@@ -49,7 +59,7 @@ pub fn applies(head_dim: usize, tokens: usize) -> bool {
 struct Scratch {
     /// The block's queries, contiguous, zero rows up to a whole tile.
     q: Vec<f32>,
-    /// Unnormalised outputs, (queries, HEAD_DIM).
+    /// Unnormalised outputs, (queries, head_dim).
     out: Vec<f32>,
     /// Per query, lane-wise partial sums of its exponentials.
     sums: Vec<f32>,
@@ -63,15 +73,38 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// `softmax(q k^T) v` per item and head of `qkv`, (b, n, 3, heads, HEAD_DIM) contiguous, q
-/// scaled; the first `queries` tokens' outputs, (b, queries, heads * HEAD_DIM). Only where
-/// [`applies`] said so.
-pub fn attention(qkv: &[f32], b: usize, n: usize, heads: usize, queries: usize) -> Vec<f32> {
-    assert!(applies(HEAD_DIM, n) && queries <= n && qkv.len() == b * n * 3 * heads * HEAD_DIM);
-    let d = heads * HEAD_DIM;
+/// `softmax(q k^T) v` per item and head of `qkv`, (b, n, 3, heads, hd) contiguous, q scaled;
+/// the first `queries` tokens' outputs, (b, queries, heads * hd). Only where [`applies`] said
+/// so.
+pub fn attention(
+    qkv: &[f32],
+    b: usize,
+    n: usize,
+    heads: usize,
+    hd: usize,
+    queries: usize,
+) -> Vec<f32> {
+    assert!(applies(hd, n) && queries <= n && qkv.len() == b * n * 3 * heads * hd);
+    match hd / LANES {
+        1 => attention_of::<1>(qkv, b, n, heads, queries),
+        2 => attention_of::<2>(qkv, b, n, heads, queries),
+        _ => attention_of::<4>(qkv, b, n, heads, queries),
+    }
+}
+
+/// [`attention`] for heads of `HDV` vectors.
+fn attention_of<const HDV: usize>(
+    qkv: &[f32],
+    b: usize,
+    n: usize,
+    heads: usize,
+    queries: usize,
+) -> Vec<f32> {
+    let hd = HDV * LANES;
+    let d = heads * hd;
     let token = 3 * d;
     let panels = n.div_ceil(PANEL_KEYS);
-    let panel = HEAD_DIM * PANEL_KEYS;
+    let panel = hd * PANEL_KEYS;
     // k^T of each (item, head) in panels of PANEL_KEYS keys, (dim, key) each, zero past n.
     // SAFETY: every element of each panel is written.
     let k_t = unsafe {
@@ -79,20 +112,20 @@ pub fn attention(qkv: &[f32], b: usize, n: usize, heads: usize, queries: usize) 
             let (item, head, p) = (i / (heads * panels), i / panels % heads, i % panels);
             for key in 0..PANEL_KEYS {
                 let t = p * PANEL_KEYS + key;
-                let k = (t < n).then(|| &qkv[(item * n + t) * token + d + head * HEAD_DIM..]);
-                for dim in 0..HEAD_DIM {
+                let k = (t < n).then(|| &qkv[(item * n + t) * token + d + head * hd..]);
+                for dim in 0..hd {
                     dst[dim * PANEL_KEYS + key].write(k.map_or(0.0, |k| k[dim]));
                 }
             }
         })
     };
-    // v of each (item, head), (n, HEAD_DIM): rows a token apart alias in L1
+    // v of each (item, head), (n, hd): rows a token apart alias in L1
     // SAFETY: every row of each piece is written.
     let v = unsafe {
-        written_in_parallel(b * heads * n * HEAD_DIM, n * HEAD_DIM, |i, dst| {
+        written_in_parallel(b * heads * n * hd, n * hd, |i, dst| {
             let (item, head) = (i / heads, i % heads);
-            for (t, row) in dst.chunks_exact_mut(HEAD_DIM).enumerate() {
-                let src = &qkv[(item * n + t) * token + 2 * d + head * HEAD_DIM..][..HEAD_DIM];
+            for (t, row) in dst.chunks_exact_mut(hd).enumerate() {
+                let src = &qkv[(item * n + t) * token + 2 * d + head * hd..][..hd];
                 for (x, &y) in row.iter_mut().zip(src) {
                     x.write(y);
                 }
@@ -114,28 +147,28 @@ pub fn attention(qkv: &[f32], b: usize, n: usize, heads: usize, queries: usize) 
         let pair = item * heads + head;
         SCRATCH.with(|scratch| {
             let scratch = &mut scratch.borrow_mut();
-            let q = |i: usize| &qkv[(item * n + first + i) * token + head * HEAD_DIM..][..HEAD_DIM];
+            let q = |i: usize| &qkv[(item * n + first + i) * token + head * hd..][..hd];
             // SAFETY: the CPU has AVX-512F (`applies`).
             unsafe {
-                attend_block(
+                attend_block::<HDV>(
                     scratch,
                     m,
                     q,
                     &k_t[pair * panels * panel..][..panels * panel],
-                    &v[pair * n * HEAD_DIM..][..n * HEAD_DIM],
+                    &v[pair * n * hd..][..n * hd],
                     n,
                 )
             };
-            for (i, row) in scratch.out.chunks_exact(HEAD_DIM).take(m).enumerate() {
+            for (i, row) in scratch.out.chunks_exact(hd).take(m).enumerate() {
                 let sum: f32 = scratch.sums[i * LANES..][..LANES].iter().sum();
                 let inv = 1.0 / sum;
-                let mut line = [0f32; HEAD_DIM];
+                let mut line = [0f32; MAX_HEAD_DIM];
                 for (y, &x) in line.iter_mut().zip(row) {
                     *y = x * inv;
                 }
                 // SAFETY: each task writes its own queries' columns of its own head, while
                 // `out` is borrowed by `shared` alone.
-                unsafe { shared.write_row(item * queries + first + i, head * HEAD_DIM, &line) };
+                unsafe { shared.write_row(item * queries + first + i, head * hd, &line[..hd]) };
             }
         });
     });
@@ -145,7 +178,8 @@ pub fn attention(qkv: &[f32], b: usize, n: usize, heads: usize, queries: usize) 
 }
 
 /// The unnormalised outputs (`scratch.out`) and lane-wise sums (`scratch.sums`) of `m` queries
-/// (`q(i)`: query `i`'s row) against one head's `n` keys: `k_t` in panels, `v` (n, HEAD_DIM).
+/// (`q(i)`: query `i`'s row) against one head's `n` keys: `k_t` in panels, `v` (n, hd), for
+/// heads of `HDV` vectors.
 ///
 /// # Safety
 /// The CPU must have AVX-512F.
@@ -153,7 +187,7 @@ pub fn attention(qkv: &[f32], b: usize, n: usize, heads: usize, queries: usize) 
 // registers (iterators over them kept the array in memory, stored every step)
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
-unsafe fn attend_block<'a>(
+unsafe fn attend_block<'a, const HDV: usize>(
     s: &mut Scratch,
     m: usize,
     q: impl Fn(usize) -> &'a [f32],
@@ -161,28 +195,29 @@ unsafe fn attend_block<'a>(
     v: &[f32],
     n: usize,
 ) {
+    let hd = HDV * LANES;
     let tiles = m.div_ceil(TILE_QUERIES);
     let rows = tiles * TILE_QUERIES;
     s.q.clear();
-    s.q.resize(rows * HEAD_DIM, 0.0);
-    for (i, dst) in s.q.chunks_exact_mut(HEAD_DIM).take(m).enumerate() {
+    s.q.resize(rows * hd, 0.0);
+    for (i, dst) in s.q.chunks_exact_mut(hd).take(m).enumerate() {
         dst.copy_from_slice(q(i));
     }
     s.out.clear();
-    s.out.resize(rows * HEAD_DIM, 0.0);
+    s.out.resize(rows * hd, 0.0);
     s.sums.clear();
     s.sums.resize(rows * LANES, 0.0);
     s.max.clear();
     s.max.resize(rows, f32::NEG_INFINITY);
     s.probs.resize(TILE_QUERIES * PANEL_KEYS, 0.0);
-    assert!(k_t.len() == n.div_ceil(PANEL_KEYS) * HEAD_DIM * PANEL_KEYS && v.len() == n * HEAD_DIM);
+    assert!(k_t.len() == n.div_ceil(PANEL_KEYS) * hd * PANEL_KEYS && v.len() == n * hd);
     let (qs, outs, sums, probs) = (
         s.q.as_ptr(),
         s.out.as_mut_ptr(),
         s.sums.as_mut_ptr(),
         s.probs.as_mut_ptr(),
     );
-    for (p, panel) in k_t.chunks_exact(HEAD_DIM * PANEL_KEYS).enumerate() {
+    for (p, panel) in k_t.chunks_exact(hd * PANEL_KEYS).enumerate() {
         let keys = PANEL_KEYS.min(n - p * PANEL_KEYS);
         // lanes of the panel's keys that exist (the last panel's padding scores -inf)
         let valid: [__mmask16; VECTORS] = std::array::from_fn(|j| {
@@ -190,20 +225,20 @@ unsafe fn attend_block<'a>(
             ((1u32 << k) - 1) as __mmask16
         });
         let kp = panel.as_ptr();
-        let vp = v.as_ptr().add(p * PANEL_KEYS * HEAD_DIM);
+        let vp = v.as_ptr().add(p * PANEL_KEYS * hd);
         for tile in 0..tiles {
             let row0 = tile * TILE_QUERIES;
             // SAFETY (all pointer reads and writes below): `q`, `out`, `sums` hold `rows`
-            // rows, `probs` one tile, `kp` a panel of HEAD_DIM x PANEL_KEYS, `vp` `keys` rows.
-            let qt = qs.add(row0 * HEAD_DIM);
+            // rows, `probs` one tile, `kp` a panel of hd x PANEL_KEYS, `vp` `keys` rows.
+            let qt = qs.add(row0 * hd);
             let mut acc = [[_mm512_setzero_ps(); VECTORS]; TILE_QUERIES];
-            for dim in 0..HEAD_DIM {
+            for dim in 0..hd {
                 let mut k = [_mm512_setzero_ps(); VECTORS];
                 for j in 0..VECTORS {
                     k[j] = _mm512_loadu_ps(kp.add(dim * PANEL_KEYS + j * LANES));
                 }
                 for r in 0..TILE_QUERIES {
-                    let x = _mm512_set1_ps(*qt.add(r * HEAD_DIM + dim));
+                    let x = _mm512_set1_ps(*qt.add(r * hd + dim));
                     for j in 0..VECTORS {
                         acc[r][j] = _mm512_fmadd_ps(x, k[j], acc[r][j]);
                     }
@@ -235,8 +270,8 @@ unsafe fn attend_block<'a>(
                     // negligible range, as for the terms themselves
                     let scale = softmax_term(_mm512_set1_ps(*max - new));
                     *max = new;
-                    let o = outs.add(row * HEAD_DIM);
-                    for j in 0..VECTORS {
+                    let o = outs.add(row * hd);
+                    for j in 0..HDV {
                         let x = o.add(j * LANES);
                         _mm512_storeu_ps(x, _mm512_mul_ps(scale, _mm512_loadu_ps(x)));
                     }
@@ -253,29 +288,29 @@ unsafe fn attend_block<'a>(
                 let sum = sums.add(row * LANES);
                 _mm512_storeu_ps(sum, _mm512_add_ps(total, _mm512_loadu_ps(sum)));
             }
-            let ot = outs.add(row0 * HEAD_DIM);
-            let mut acc = [[_mm512_setzero_ps(); VECTORS]; TILE_QUERIES];
+            let ot = outs.add(row0 * hd);
+            let mut acc = [[_mm512_setzero_ps(); HDV]; TILE_QUERIES];
             for r in 0..TILE_QUERIES {
-                for j in 0..VECTORS {
-                    acc[r][j] = _mm512_loadu_ps(ot.add(r * HEAD_DIM + j * LANES));
+                for j in 0..HDV {
+                    acc[r][j] = _mm512_loadu_ps(ot.add(r * hd + j * LANES));
                 }
             }
             for key in 0..keys {
-                let vr = vp.add(key * HEAD_DIM);
-                let mut x = [_mm512_setzero_ps(); VECTORS];
-                for j in 0..VECTORS {
+                let vr = vp.add(key * hd);
+                let mut x = [_mm512_setzero_ps(); HDV];
+                for j in 0..HDV {
                     x[j] = _mm512_loadu_ps(vr.add(j * LANES));
                 }
                 for r in 0..TILE_QUERIES {
                     let p = _mm512_set1_ps(*probs.add(r * PANEL_KEYS + key));
-                    for j in 0..VECTORS {
+                    for j in 0..HDV {
                         acc[r][j] = _mm512_fmadd_ps(p, x[j], acc[r][j]);
                     }
                 }
             }
             for r in 0..TILE_QUERIES {
-                for j in 0..VECTORS {
-                    _mm512_storeu_ps(ot.add(r * HEAD_DIM + j * LANES), acc[r][j]);
+                for j in 0..HDV {
+                    _mm512_storeu_ps(ot.add(r * hd + j * LANES), acc[r][j]);
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! - [`linear::FusedLinear`]: `x @ W^T + b` with its epilogue (activation, or residual) fused;
 //! - [`mlp::FusedMlp`]: the MLP with its residual, in row blocks where its weights are small;
 //! - [`attention::attention`]: multi-head self-attention from a fused q/k/v projection
-//!   (`attention_long` for long sequences on AVX-512: an online softmax);
+//!   (`attention_long`: an online softmax on AVX-512 for long sequences and small heads);
 //! - [`layer_norm::LayerNorm`]: `nn.LayerNorm`, one parallel pass;
 //! - [`patch::PatchEmbedding`], [`patch::PatchExpansion`]: convolutions whose kernel is their
 //!   stride (the ViT patch embedding, CLIPSeg's transposed head) as one matmul each;
