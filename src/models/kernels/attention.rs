@@ -124,15 +124,7 @@ fn attention_f32_cpu(
     let token = 3 * d; // one token's q, k and v
     let blocks = query_blocks(b * heads, queries, n);
     Ok(cpu_f32_slice(qkv, |qkv| {
-        let len = b * queries * d;
-        let mut out = Vec::with_capacity(len);
-        let shared = SharedOut::new_uninit(&mut out.spare_capacity_mut()[..len], d);
-        (0..b * heads * blocks).into_par_iter().for_each(|task| {
-            let (item, head, block) = (
-                task / (heads * blocks),
-                task / blocks % heads,
-                task % blocks,
-            );
+        let task = |shared: &SharedOut, item: usize, head: usize, block: usize| {
             let (first, m) = block_rows(block, blocks, queries);
             let base = item * n * token + head * hd;
             let q = MatRef {
@@ -182,12 +174,39 @@ fn attention_f32_cpu(
                     shared.scale_rows(row, head * hd, hd, &inv_sums);
                 }
             });
-        });
-        // SAFETY: the tasks tile the output, (item, head, block of queries), and each product
-        // overwrote its block (`accumulate` false).
-        unsafe { out.set_len(len) };
-        out
+        };
+        // SAFETY: each product overwrites its block (`accumulate` false).
+        unsafe { head_block_tasks(b, heads, blocks, queries, d, task) }
     }))
+}
+
+/// The (b, queries, d) output of one task per (item, head, block of queries), in parallel:
+/// `task(out, item, head, block)` writes its block's rows of its head's columns through `out`.
+///
+/// # Safety
+/// The tasks must write every element of their blocks, and the blocks tile the output.
+pub(super) unsafe fn head_block_tasks(
+    b: usize,
+    heads: usize,
+    blocks: usize,
+    queries: usize,
+    d: usize,
+    task: impl Fn(&SharedOut, usize, usize, usize) + Sync,
+) -> Vec<f32> {
+    let len = b * queries * d;
+    let mut out = Vec::with_capacity(len);
+    let shared = SharedOut::new_uninit(&mut out.spare_capacity_mut()[..len], d);
+    (0..b * heads * blocks).into_par_iter().for_each(|i| {
+        task(
+            &shared,
+            i / (heads * blocks),
+            i / blocks % heads,
+            i % blocks,
+        )
+    });
+    // SAFETY: the tasks wrote every element (the caller's promise).
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// The same computation from candle ops (other devices and dtypes).

@@ -22,8 +22,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
+use super::attention::head_block_tasks;
 use super::gemm::SharedOut;
 use super::vmath::avx512::softmax_term;
 use super::written_in_parallel;
@@ -132,16 +131,7 @@ fn attention_of<const HDV: usize>(
             }
         })
     };
-    let blocks = queries.div_ceil(BLOCK_QUERIES);
-    let len = b * queries * d;
-    let mut out = Vec::with_capacity(len);
-    let shared = SharedOut::new_uninit(&mut out.spare_capacity_mut()[..len], d);
-    (0..b * heads * blocks).into_par_iter().for_each(|task| {
-        let (item, head, block) = (
-            task / (heads * blocks),
-            task / blocks % heads,
-            task % blocks,
-        );
+    let task = |shared: &SharedOut, item: usize, head: usize, block: usize| {
         let first = block * BLOCK_QUERIES;
         let m = BLOCK_QUERIES.min(queries - first);
         let pair = item * heads + head;
@@ -171,10 +161,9 @@ fn attention_of<const HDV: usize>(
                 unsafe { shared.write_row(item * queries + first + i, head * hd, &line[..hd]) };
             }
         });
-    });
-    // SAFETY: the tasks tile the output, (item, head, block of queries), every row written.
-    unsafe { out.set_len(len) };
-    out
+    };
+    // SAFETY: each task writes every row of its block.
+    unsafe { head_block_tasks(b, heads, queries.div_ceil(BLOCK_QUERIES), queries, d, task) }
 }
 
 /// The unnormalised outputs (`scratch.out`) and lane-wise sums (`scratch.sums`) of `m` queries
