@@ -9,6 +9,7 @@
 //! one small score tensor is alive at once.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Device, IndexOp, InplaceOp1, Layout, Result, Tensor};
@@ -124,7 +125,7 @@ fn attention_f32_cpu(
     let token = 3 * d; // one token's q, k and v
     let blocks = query_blocks(b * heads, queries, n);
     Ok(cpu_f32_slice(qkv, |qkv| {
-        let task = |shared: &SharedOut, item: usize, head: usize, block: usize| {
+        let task = |shared: &SharedOut, _: &(), item: usize, head: usize, block: usize| {
             let (first, m) = block_rows(block, blocks, queries);
             let base = item * n * token + head * hd;
             let q = MatRef {
@@ -176,34 +177,40 @@ fn attention_f32_cpu(
             });
         };
         // SAFETY: each product overwrites its block (`accumulate` false).
-        unsafe { head_block_tasks(b, heads, blocks, queries, d, task) }
+        unsafe { head_block_tasks((b, heads, blocks), (queries, d), b * heads, |_| (), task) }
     }))
 }
 
 /// The (b, queries, d) output of one task per (item, head, block of queries), in parallel:
-/// `task(out, item, head, block)` writes its block's rows of its head's columns through `out`.
+/// `task(out, &state, item, head, block)` writes its block's rows of its head's columns
+/// through `out`. The (item, head) pairs run in groups of `group`, in order, each group's
+/// tasks in one parallel region after `prepare(pairs)` made the group's `state` (the pairs
+/// numbered `item * heads + head`): what a kernel derives per head is alive for one group.
 ///
 /// # Safety
 /// The tasks must write every element of their blocks, and the blocks tile the output.
-pub(super) unsafe fn head_block_tasks(
-    b: usize,
-    heads: usize,
-    blocks: usize,
-    queries: usize,
-    d: usize,
-    task: impl Fn(&SharedOut, usize, usize, usize) + Sync,
+pub(super) unsafe fn head_block_tasks<S: Sync>(
+    (b, heads, blocks): (usize, usize, usize),
+    (queries, d): (usize, usize),
+    group: usize,
+    prepare: impl Fn(Range<usize>) -> S,
+    task: impl Fn(&SharedOut, &S, usize, usize, usize) + Sync,
 ) -> Vec<f32> {
     let len = b * queries * d;
     let mut out = Vec::with_capacity(len);
     let shared = SharedOut::new_uninit(&mut out.spare_capacity_mut()[..len], d);
-    (0..b * heads * blocks).into_par_iter().for_each(|i| {
-        task(
-            &shared,
-            i / (heads * blocks),
-            i / blocks % heads,
-            i % blocks,
-        )
-    });
+    let pairs = b * heads;
+    let group = group.clamp(1, pairs.max(1));
+    for first in (0..pairs).step_by(group) {
+        let pairs = first..(first + group).min(pairs);
+        let state = prepare(pairs.clone());
+        (pairs.start * blocks..pairs.end * blocks)
+            .into_par_iter()
+            .for_each(|i| {
+                let pair = i / blocks;
+                task(&shared, &state, pair / heads, pair % heads, i % blocks)
+            });
+    }
     // SAFETY: the tasks wrote every element (the caller's promise).
     unsafe { out.set_len(len) };
     out

@@ -21,11 +21,12 @@
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
+use std::ops::Range;
 
 use super::attention::head_block_tasks;
 use super::gemm::SharedOut;
 use super::vmath::avx512::softmax_term;
-use super::written_in_parallel;
+use super::{pool_threads, written_in_parallel};
 
 /// The largest head size the tiles are written for (four vectors of 16 lanes); heads of 16
 /// and 32 take one and two vectors.
@@ -40,6 +41,10 @@ const LANES: usize = 16;
 const VECTORS: usize = PANEL_KEYS / LANES;
 /// Queries per tile: 6 x 4 accumulators, 4 operands and a broadcast fit the 32 registers.
 const TILE_QUERIES: usize = 6;
+/// Heads packed and attended at a time, per pool thread: the packed k^T and v (1.8 MiB a
+/// head at 3601 tokens) alive for a few heads rather than all of them (22 MiB for OWLv2's 12,
+/// which put its peak memory over 1.2x its weights).
+const HEADS_PACKED_PER_THREAD: usize = 2;
 /// Queries per task: a panel of k^T and of v (32 KiB) serves its 16 tiles from L1.
 const BLOCK_QUERIES: usize = 96;
 
@@ -104,37 +109,46 @@ fn attention_of<const HDV: usize>(
     let token = 3 * d;
     let panels = n.div_ceil(PANEL_KEYS);
     let panel = hd * PANEL_KEYS;
-    // k^T of each (item, head) in panels of PANEL_KEYS keys, (dim, key) each, zero past n.
-    // SAFETY: every element of each panel is written.
-    let k_t = unsafe {
-        written_in_parallel(b * heads * panels * panel, panel, |i, dst| {
-            let (item, head, p) = (i / (heads * panels), i / panels % heads, i % panels);
-            for key in 0..PANEL_KEYS {
-                let t = p * PANEL_KEYS + key;
-                let k = (t < n).then(|| &qkv[(item * n + t) * token + d + head * hd..]);
-                for dim in 0..hd {
-                    dst[dim * PANEL_KEYS + key].write(k.map_or(0.0, |k| k[dim]));
+    // k^T of each (item, head) of a group in panels of PANEL_KEYS keys, (dim, key) each, zero
+    // past n; v, (n, hd): rows a token apart alias in L1
+    let pack = |pairs: Range<usize>| {
+        // SAFETY: every element of each panel is written.
+        let k_t = unsafe {
+            written_in_parallel(pairs.len() * panels * panel, panel, |i, dst| {
+                let (pair, p) = (pairs.start + i / panels, i % panels);
+                let (item, head) = (pair / heads, pair % heads);
+                for key in 0..PANEL_KEYS {
+                    let t = p * PANEL_KEYS + key;
+                    let k = (t < n).then(|| &qkv[(item * n + t) * token + d + head * hd..]);
+                    for dim in 0..hd {
+                        dst[dim * PANEL_KEYS + key].write(k.map_or(0.0, |k| k[dim]));
+                    }
                 }
-            }
-        })
-    };
-    // v of each (item, head), (n, hd): rows a token apart alias in L1
-    // SAFETY: every row of each piece is written.
-    let v = unsafe {
-        written_in_parallel(b * heads * n * hd, n * hd, |i, dst| {
-            let (item, head) = (i / heads, i % heads);
-            for (t, row) in dst.chunks_exact_mut(hd).enumerate() {
-                let src = &qkv[(item * n + t) * token + 2 * d + head * hd..][..hd];
-                for (x, &y) in row.iter_mut().zip(src) {
-                    x.write(y);
+            })
+        };
+        // SAFETY: every row of each piece is written.
+        let v = unsafe {
+            written_in_parallel(pairs.len() * n * hd, n * hd, |i, dst| {
+                let pair = pairs.start + i;
+                let (item, head) = (pair / heads, pair % heads);
+                for (t, row) in dst.chunks_exact_mut(hd).enumerate() {
+                    let src = &qkv[(item * n + t) * token + 2 * d + head * hd..][..hd];
+                    for (x, &y) in row.iter_mut().zip(src) {
+                        x.write(y);
+                    }
                 }
-            }
-        })
+            })
+        };
+        (pairs.start, k_t, v)
     };
-    let task = |shared: &SharedOut, item: usize, head: usize, block: usize| {
+    let task = |shared: &SharedOut,
+                (group_start, k_t, v): &(usize, Vec<f32>, Vec<f32>),
+                item: usize,
+                head: usize,
+                block: usize| {
         let first = block * BLOCK_QUERIES;
         let m = BLOCK_QUERIES.min(queries - first);
-        let pair = item * heads + head;
+        let pair = item * heads + head - group_start;
         SCRATCH.with(|scratch| {
             let scratch = &mut scratch.borrow_mut();
             let q = |i: usize| &qkv[(item * n + first + i) * token + head * hd..][..hd];
@@ -163,7 +177,15 @@ fn attention_of<const HDV: usize>(
         });
     };
     // SAFETY: each task writes every row of its block.
-    unsafe { head_block_tasks(b, heads, queries.div_ceil(BLOCK_QUERIES), queries, d, task) }
+    unsafe {
+        head_block_tasks(
+            (b, heads, queries.div_ceil(BLOCK_QUERIES)),
+            (queries, d),
+            HEADS_PACKED_PER_THREAD * pool_threads(),
+            pack,
+            task,
+        )
+    }
 }
 
 /// The unnormalised outputs (`scratch.out`) and lane-wise sums (`scratch.sums`) of `m` queries
