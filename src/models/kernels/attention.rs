@@ -1,12 +1,14 @@
 //! Multi-head self-attention from a fused q/k/v projection, `softmax(q k^T + mask) v` per head
 //! (transformers' `eager_attention_forward` with the scaling folded into q at load).
 //!
-//! f32 on the CPU: one rayon task per (batch item, head, block of queries; [`query_blocks`])
-//! computes the block's scores against every key with the `gemm` crate, turns them into the
-//! softmax's exponentials in place while they are in cache, multiplies by v and divides each
-//! output row by its sum - no score tensor, no transposed copies of q, k or v. Elsewhere the
-//! same computation runs from candle ops, a few heads at a time ([`MAX_SCORES_ALIVE`]) so that
-//! one small score tensor is alive at once.
+//! f32 on the CPU: with no mask, on AVX-512, heads of 64 over long sequences and heads of 16 or
+//! 32 go to the online-softmax kernel ([`super::attention_long`]). Otherwise one rayon task
+//! per (batch item, head, block of queries; [`query_blocks`]) computes the block's scores
+//! against every key with the `gemm` crate, turns them into the softmax's exponentials in
+//! place while they are in cache, multiplies by v and divides each output row by its sum - no
+//! score tensor, no transposed copies of q, k or v. Both kernels lay out their tasks with
+//! [`head_block_tasks`]. Elsewhere the same computation runs from candle ops, a few heads at a
+//! time ([`MAX_SCORES_ALIVE`]) so that one small score tensor is alive at once.
 
 use std::cell::RefCell;
 use std::ops::Range;
