@@ -19,7 +19,8 @@
 #     gemm        one f32 matmul on the CPU, 2048x2048x2048 and the encoder's fc1 shape
 #                 577x768x3072 (m x k x n): the machine's GEMM rate, ours and PyTorch's; then
 #                 one core's multiply-accumulate rate per AVX-512 instruction (vlm-bench
-#                 mac-rates) and PyTorch's bf16 and f16 matmul rates, the ceiling of a
+#                 mac-rates) and PyTorch's bf16 and f16 matmul rates (where the CPU has
+#                 AVX512-BF16 or AVX512-FP16 for them), the ceiling of a
 #                 reduced-precision CPU path here
 #     all         every case above in sequence
 #   --arch owlvit|owlv2 are the older spellings of --case owlvit-b32|owlv2.
@@ -169,6 +170,14 @@ run_case() {
       echo "# case gemm: multiply-accumulate rates per instruction (one core); PyTorch bf16 and f16 matmul 2048^3" >&2
       "$bench_bin" mac-rates
       for half in bf16 f16; do
+        # without the CPU's own instructions for the type PyTorch's matmul falls back to a
+        # scalar loop: 24 f16 products of 2048^3 ran for over 15 minutes on an AMD EPYC
+        # without AVX512-FP16
+        local flag="avx512_${half/#f16/fp16}"
+        if ! grep -qw "$flag" /proc/cpuinfo; then
+          echo "# case gemm: PyTorch $half matmul skipped: the CPU has no $flag" >&2
+          continue
+        fi
         "${ref[@]}" gemm --m 2048 --k 2048 --n 2048 --dtype "$half" --warmup "$warmup" --iters "$iters"
       done
       ;;
