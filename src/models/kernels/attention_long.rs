@@ -26,6 +26,7 @@ use std::ops::Range;
 use super::attention::head_block_tasks;
 use super::gemm::SharedOut;
 use super::vmath::avx512::softmax_term;
+use super::vmath::LANES;
 use super::{pool_threads, written_in_parallel};
 
 /// The largest head size the tiles are written for (four vectors of 16 lanes); heads of 16
@@ -36,7 +37,6 @@ pub const MAX_HEAD_DIM: usize = 64;
 pub const MIN_TOKENS: usize = 1024;
 /// Keys per packed panel of k^T: four vectors, the width of a tile.
 const PANEL_KEYS: usize = 64;
-const LANES: usize = 16;
 /// Vectors across a tile's keys, and across a head.
 const VECTORS: usize = PANEL_KEYS / LANES;
 /// Queries per tile: 6 x 4 accumulators, 4 operands and a broadcast fit the 32 registers.

@@ -72,7 +72,7 @@ pub type BaselineMulAdd = Fused;
 pub type BaselineMulAdd = Unfused;
 
 /// Lanes of the lane-wise accumulators: one AVX-512 register of f32.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 // Cephes' `expf`: exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln 2 / 2, ln 2 split in two
 // parts so that `x - n ln 2` is exact, and a degree-5 polynomial for exp(r) (about 1 ulp).
