@@ -11,13 +11,17 @@
 //! a running maximum and sum per query; a query's output and sum are rescaled when its
 //! maximum grows.
 //!
-//! Best of 7-9, alternated in one process with the other kernel, both threads: 12 heads of 64
-//! over 2305 tokens 68-70 against 75-77 ms, over 3601 tokens 156 against 193-204 ms (one core,
-//! 2305 tokens: 135 against 108 GFLOP/s, of the core's 206); 4 items x 4 heads of 16 over 485
-//! tokens 1.76 against 2.09 ms (faster in 9 of 9). Heads of 64 over 485 and 577 tokens were
-//! level or slower (3.4 against 3.1 ms, 4.6 against 4.6: a last panel of 37 keys or of one,
-//! and that kernel's scores fit L2 there), hence [`MIN_TOKENS`]. The values differ from that
-//! kernel's by rounding alone (the exponentials' offsets): 2e-7 to 5e-6 at these shapes.
+//! Best of 7-9, alternated in one process with the other kernel, both threads, on a 2-core
+//! Intel Xeon: 12 heads of 64 over 2305 tokens 68-70 against 75-77 ms, over 3601 tokens 156
+//! against 193-204 ms (one core, 2305 tokens: 135 against 108 GFLOP/s, of the core's 206); 4
+//! items x 4 heads of 16 over 485 tokens 1.76 against 2.09 ms (faster in 9 of 9). Heads of 64
+//! over 485 and 577 tokens were level or slower (3.4 against 3.1 ms, 4.6 against 4.6: a last
+//! panel of 37 keys or of one, and that kernel's scores fit L2 there), hence [`MIN_TOKENS`].
+//! On a 2-core AMD EPYC (Zen 4): 2305 tokens 96 against 107-111 ms, 3601 tokens 223 against
+//! 266-271, 485 and 577 tokens slower again; the heads of 16 level to 3% slower (2.36-2.47
+//! against 2.29-2.38 ms, under 0.3 ms a CLIPSeg frame), kept for the Xeon's gain. The values
+//! differ from that kernel's by rounding alone (the exponentials' offsets): 2e-7 to 5e-6 at
+//! these shapes.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
