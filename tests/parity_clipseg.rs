@@ -19,7 +19,7 @@ mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::*;
 use vlm_perception::models::clipseg::{vision::ClipSegVisionTransformer, ClipSegConfig};
-use vlm_perception::pipeline::{Checkpoint, LoadOptions, SegmentParams, Segmenter};
+use vlm_perception::pipeline::{Checkpoint, SegmentParams, Segmenter};
 use vlm_perception::vision::{image_io::load_rgb, masks::post_process_segmentation};
 
 const MODELS: &[&str] = &["clipseg-tiny-rd16", "clipseg-tiny-complex"];
@@ -40,7 +40,7 @@ fn at_model_size(meta: &serde_json::Value) -> bool {
 }
 
 fn load(model: &str) -> Segmenter {
-    Segmenter::load(model_dir(model).to_str().unwrap(), &LoadOptions::default()).unwrap()
+    Segmenter::load(model_dir(model).to_str().unwrap(), &load_options()).unwrap()
 }
 
 /// max |a - b| / max |b|
@@ -240,7 +240,7 @@ fn vision_tower_split_reads_the_checkpoint_layers() {
     let cfg: ClipSegConfig = ckpt.config().unwrap();
     let v = &cfg.vision_config;
     let encoder_cfg = v.encoder_config("clipseg-tiny-rd16").unwrap();
-    let vb = ckpt.var_builder(DType::F32, &Device::Cpu).unwrap();
+    let vb = ckpt.model_vars(&load_options()).unwrap();
     let tower = |needed: usize| {
         ClipSegVisionTransformer::new(vb.pp("clip").pp("vision_model"), v, &encoder_cfg, needed)
             .unwrap()
@@ -633,12 +633,12 @@ fn bad_inputs_fail_cleanly() {
 
 #[test]
 fn f16_stays_close_to_f32() {
-    // bf16 is for CUDA: candle 0.11's CPU matmul has no bf16 kernel.
+    // (bf16: tests/kernel_paths.rs, on both kernel paths.)
     let model = "clipseg-tiny-rd16";
     let dir = reference_dir(model, "coffee_96x96");
     let m = meta(model, "coffee_96x96");
     let reference = npy_f32(&dir.join("logits.npy"));
-    let opts = LoadOptions::parse("cpu", "f16").unwrap();
+    let opts = load_options_in(DType::F16);
     let seg = Segmenter::load(model_dir(model).to_str().unwrap(), &opts).unwrap();
     let p = seg.encode_prompts(&prompts(&m)).unwrap();
     let pv = npy_f32(&dir.join("pixel_values.npy"))

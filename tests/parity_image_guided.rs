@@ -20,7 +20,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use common::*;
 use vlm_perception::models::owlv2::{Owlv2Config, Owlv2ForObjectDetection};
 use vlm_perception::models::owlvit::{
@@ -245,7 +245,7 @@ fn model_image_guided(
     qpv: &Tensor,
 ) -> OwlVitImageGuidedObjectDetectionOutput {
     let ckpt = Checkpoint::resolve(model_dir(model).to_str().unwrap()).unwrap();
-    let vb = ckpt.var_builder(DType::F32, &Device::Cpu).unwrap();
+    let vb = ckpt.model_vars(&load_options()).unwrap();
     if model.starts_with("owlv2") {
         let cfg: Owlv2Config = ckpt.config().unwrap();
         Owlv2ForObjectDetection::new(vb, &cfg, model)
@@ -297,12 +297,8 @@ fn image_guided_detection_refuses_mismatched_batches() {
     let two = Tensor::cat(&[&pv, &pv], 0).unwrap();
     let ckpt = Checkpoint::resolve(model_dir(model).to_str().unwrap()).unwrap();
     let cfg: OwlVitConfig = ckpt.config().unwrap();
-    let det = OwlVitForObjectDetection::new(
-        ckpt.var_builder(DType::F32, &Device::Cpu).unwrap(),
-        &cfg,
-        model,
-    )
-    .unwrap();
+    let det = OwlVitForObjectDetection::new(ckpt.model_vars(&load_options()).unwrap(), &cfg, model)
+        .unwrap();
     let err = det.image_guided_detection(&two, &pv).unwrap_err();
     assert!(
         err.to_string().contains("one query image per target"),

@@ -21,7 +21,7 @@ use vlm_perception::pipeline::detect::{
     post_process_raw_detections, BoxScale, DetectionProcessor, RawDetections,
 };
 use vlm_perception::pipeline::tokenizer::Padding;
-use vlm_perception::pipeline::{DetectParams, Detector, DetectorFamily, LoadOptions};
+use vlm_perception::pipeline::{DetectParams, Detector, DetectorFamily};
 use vlm_perception::vision::image_io::load_rgb;
 
 const MODELS: &[&str] = &["owlv2-tiny-p16", "owlv2-tiny-p16-bin"];
@@ -96,7 +96,7 @@ fn checkpoints_are_recognised_as_owlv2_with_its_processor() {
 fn load_owlvit() -> Detector {
     Detector::load(
         model_dir("owlvit-tiny-p16").to_str().unwrap(),
-        &LoadOptions::default(),
+        &load_options(),
     )
     .unwrap()
 }

@@ -10,10 +10,9 @@
 
 mod common;
 
+use candle_core::DType;
 use common::*;
-use vlm_perception::pipeline::{
-    detect::post_process_object_detection, DetectParams, Detector, LoadOptions,
-};
+use vlm_perception::pipeline::{detect::post_process_object_detection, DetectParams, Detector};
 use vlm_perception::vision::{boxes::BBox, image_io::load_rgb};
 
 const MODELS: &[&str] = &["owlvit-tiny-p16", "owlvit-tiny-p32-bin"];
@@ -385,8 +384,8 @@ fn f16_stays_close_to_f32() {
     let dir = reference_dir("owlvit-tiny-p16", "coffee_64x64");
     let m = meta("owlvit-tiny-p16", "coffee_64x64");
     let reference = npy_f32(&dir.join("logits.npy"));
-    // (bf16 matmuls are not implemented on candle's CPU backend; they are on CUDA.)
-    let opts = LoadOptions::parse("cpu", "f16").unwrap();
+    // (bf16: tests/kernel_paths.rs, on both kernel paths.)
+    let opts = load_options_in(DType::F16);
     let det = Detector::load(model_dir("owlvit-tiny-p16").to_str().unwrap(), &opts).unwrap();
     let q = det.encode_queries(&queries(&m)).unwrap();
     let pv = npy_f32(&dir.join("pixel_values.npy"))

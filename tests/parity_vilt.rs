@@ -17,7 +17,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use vlm_perception::pipeline::{LoadOptions, VqaModel};
+use vlm_perception::pipeline::VqaModel;
 use vlm_perception::vision::image_io::load_rgb;
 
 const MODELS: &[&str] = &["vilt-tiny-vqa", "vilt-tiny-vqa-b"];
@@ -33,7 +33,7 @@ fn questions(meta: &serde_json::Value) -> Vec<String> {
 }
 
 fn load(model: &str) -> VqaModel {
-    VqaModel::load(model_dir(model).to_str().unwrap(), &LoadOptions::default()).unwrap()
+    VqaModel::load(model_dir(model).to_str().unwrap(), &load_options()).unwrap()
 }
 
 fn ids_tensor(rows: Vec<Vec<u32>>) -> Tensor {

@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use candle_core::{DType, Device, Tensor};
-use vlm_perception::pipeline::Checkpoint;
+use candle_core::{Device, Tensor};
+use vlm_perception::pipeline::{Checkpoint, LoadOptions};
 
 const CHILD_ENV: &str = "VLM_WEIGHTS_RSS_CHILD";
 const TEST_NAME: &str = "safetensors_load_peaks_below_1_2x_the_weights";
@@ -51,7 +51,7 @@ fn write_checkpoint(dir: &Path) -> u64 {
 fn load_and_report(dir: &str) {
     let baseline = status_kib("VmRSS:");
     let ckpt = Checkpoint::resolve(dir).unwrap();
-    let vb = ckpt.var_builder(DType::F32, &Device::Cpu).unwrap();
+    let vb = ckpt.model_vars(&LoadOptions::default()).unwrap();
     let loaded: Vec<Tensor> = (0..TENSORS)
         .map(|i| vb.get(TENSOR_ELEMS, &format!("layer.{i}.weight")).unwrap())
         .collect();

@@ -7,4 +7,8 @@ pub mod interpolate;
 pub mod kernels;
 pub mod owlv2;
 pub mod owlvit;
+mod vars;
 pub mod vilt;
+
+pub use kernels::KernelPath;
+pub use vars::ModelVars;

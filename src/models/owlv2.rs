@@ -18,8 +18,8 @@
 //! `image_guided_detection` are copied): the objectness head plays no part in choosing the
 //! query box or in scoring, and `Owlv2ImageGuidedObjectDetectionOutput` has no objectness.
 
+use crate::models::ModelVars;
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::VarBuilder;
 use serde::{de::Error as _, Deserialize, Deserializer};
 
 use super::owlvit::{
@@ -91,7 +91,7 @@ pub struct Owlv2ForObjectDetection {
 
 impl Owlv2ForObjectDetection {
     /// `model` names the checkpoint in configuration errors.
-    pub fn new(vb: VarBuilder, cfg: &Owlv2Config, model: &str) -> crate::Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &Owlv2Config, model: &str) -> crate::Result<Self> {
         let base = OwlVitForObjectDetection::with_base_model_prefix(
             vb.clone(),
             cfg,

@@ -13,7 +13,9 @@
 //! embedding of one box predicted on the query image).
 
 use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
-use candle_nn::{linear, linear_no_bias, LayerNormConfig, Linear, VarBuilder};
+use candle_nn::{linear, linear_no_bias, LayerNormConfig, Linear};
+
+use crate::models::ModelVars;
 use serde::Deserialize;
 
 use super::clip::encoder::{AttentionMask, ClipEncoder};
@@ -151,7 +153,7 @@ pub struct OwlVitVisionEmbeddings {
 }
 
 impl OwlVitVisionEmbeddings {
-    pub fn new(vb: VarBuilder, cfg: &OwlVitVisionConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &OwlVitVisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let patch_embedding = PatchEmbedding::new(
             vb.pp("patch_embedding"),
@@ -203,7 +205,7 @@ pub struct OwlVitVisionTransformer {
 
 impl OwlVitVisionTransformer {
     pub fn new(
-        vb: VarBuilder,
+        vb: ModelVars,
         cfg: &OwlVitVisionConfig,
         encoder_cfg: &ClipEncoderConfig,
     ) -> Result<Self> {
@@ -237,13 +239,13 @@ pub struct OwlVitClassPredictionHead {
 }
 
 impl OwlVitClassPredictionHead {
-    pub fn new(vb: VarBuilder, cfg: &OwlVitConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &OwlVitConfig) -> Result<Self> {
         let query_dim = cfg.vision_config.hidden_size;
         let out_dim = cfg.text_config.hidden_size;
         Ok(Self {
-            dense0: linear(query_dim, out_dim, vb.pp("dense0"))?,
-            logit_shift: linear(query_dim, 1, vb.pp("logit_shift"))?,
-            logit_scale: linear(query_dim, 1, vb.pp("logit_scale"))?,
+            dense0: linear(query_dim, out_dim, vb.pp("dense0").var_builder())?,
+            logit_shift: linear(query_dim, 1, vb.pp("logit_shift").var_builder())?,
+            logit_scale: linear(query_dim, 1, vb.pp("logit_scale").var_builder())?,
         })
     }
 
@@ -294,13 +296,13 @@ impl OwlVitBoxPredictionHead {
     /// Predicts (cx, cy, w, h) offsets.
     const OUT_DIM: usize = 4;
 
-    pub fn new(vb: VarBuilder, cfg: &OwlVitConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &OwlVitConfig) -> Result<Self> {
         Self::with_out_dim(vb, cfg, Self::OUT_DIM)
     }
 
     /// The head with `out_dim` outputs (`OwlViTBoxPredictionHead(config, out_dim)`; OWLv2's
     /// objectness head is this MLP with one output).
-    pub fn with_out_dim(vb: VarBuilder, cfg: &OwlVitConfig, out_dim: usize) -> Result<Self> {
+    pub fn with_out_dim(vb: ModelVars, cfg: &OwlVitConfig, out_dim: usize) -> Result<Self> {
         let width = cfg.vision_config.hidden_size;
         Ok(Self {
             dense0: FusedLinear::load(width, width, vb.pp("dense0"))?,
@@ -385,14 +387,14 @@ pub struct OwlVitForObjectDetection {
 
 impl OwlVitForObjectDetection {
     /// `model` names the checkpoint in configuration errors.
-    pub fn new(vb: VarBuilder, cfg: &OwlVitConfig, model: &str) -> crate::Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &OwlVitConfig, model: &str) -> crate::Result<Self> {
         Self::with_base_model_prefix(vb, cfg, model, BASE_MODEL_PREFIX)
     }
 
     /// The detector with its towers under `base_model_prefix` (`owlvit`; `owlv2` for the
     /// OWLv2 checkpoints, whose modules are all copied from OWL-ViT's).
     pub fn with_base_model_prefix(
-        vb: VarBuilder,
+        vb: ModelVars,
         cfg: &OwlVitConfig,
         model: &str,
         base_model_prefix: &str,
@@ -408,7 +410,7 @@ impl OwlVitForObjectDetection {
     }
 
     fn build(
-        vb: VarBuilder,
+        vb: ModelVars,
         cfg: &OwlVitConfig,
         text_cfg: &ClipTextConfig,
         vision_cfg: &ClipEncoderConfig,
@@ -419,7 +421,7 @@ impl OwlVitForObjectDetection {
         let text_projection = linear_no_bias(
             cfg.text_config.hidden_size,
             cfg.projection_dim,
-            owlvit.pp("text_projection"),
+            owlvit.pp("text_projection").var_builder(),
         )?;
         let v = &cfg.vision_config;
         let vision_model = OwlVitVisionTransformer::new(owlvit.pp("vision_model"), v, vision_cfg)?;

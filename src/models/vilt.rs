@@ -25,7 +25,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
-use candle_nn::{embedding, Embedding, VarBuilder};
+use candle_nn::{embedding, Embedding};
+
+use crate::models::ModelVars;
 use serde::Deserialize;
 
 use super::interpolate;
@@ -194,19 +196,19 @@ pub struct TextEmbeddings {
 }
 
 impl TextEmbeddings {
-    pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ViltConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            word_embeddings: embedding(cfg.vocab_size, d, vb.pp("word_embeddings"))?,
+            word_embeddings: embedding(cfg.vocab_size, d, vb.pp("word_embeddings").var_builder())?,
             position_embeddings: embedding(
                 cfg.max_position_embeddings,
                 d,
-                vb.pp("position_embeddings"),
+                vb.pp("position_embeddings").var_builder(),
             )?,
             token_type_embeddings: embedding(
                 cfg.type_vocab_size,
                 d,
-                vb.pp("token_type_embeddings"),
+                vb.pp("token_type_embeddings").var_builder(),
             )?,
             LayerNorm: layer_norm(d, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
             max_position_embeddings: cfg.max_position_embeddings,
@@ -254,7 +256,7 @@ pub struct ViltEmbeddings {
 }
 
 impl ViltEmbeddings {
-    pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ViltConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let side = cfg.image_size / cfg.patch_size;
         let position_embeddings = vb.get((1, side * side + 1, d), "position_embeddings")?;
@@ -279,7 +281,7 @@ impl ViltEmbeddings {
             token_type_embeddings: embedding(
                 cfg.modality_type_vocab_size,
                 d,
-                vb.pp("token_type_embeddings"),
+                vb.pp("token_type_embeddings").var_builder(),
             )?,
             hidden_size: d,
             max_image_length: cfg.max_image_length,
@@ -437,7 +439,7 @@ pub struct ViltSelfAttention {
 }
 
 impl ViltSelfAttention {
-    pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ViltConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let head_dim = d / cfg.num_attention_heads;
         Ok(Self {
@@ -468,7 +470,8 @@ impl ViltSelfAttention {
             self.qkv.forward_normed(norm, xs)?
         };
         let qkv = qkv.reshape((b, t, 3, self.num_heads, self.head_dim))?;
-        attention_of_first(&qkv, AttentionMask::KeyBias(mask), queries)
+        let kernels = self.qkv.kernels();
+        attention_of_first(&qkv, AttentionMask::KeyBias(mask), queries, kernels)
     }
 }
 
@@ -480,7 +483,7 @@ pub struct ViltAttention {
 }
 
 impl ViltAttention {
-    pub fn new(vb: VarBuilder, cfg: &ViltConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ViltConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
             attention: ViltSelfAttention::new(vb.pp("attention"), cfg)?,
@@ -518,7 +521,7 @@ pub struct ViltLayer {
 }
 
 impl ViltLayer {
-    pub fn new(vb: VarBuilder, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
         let d = cfg.hidden_size;
         let inner = cfg.intermediate_size;
         Ok(Self {
@@ -558,7 +561,7 @@ pub struct ViltEncoder {
 }
 
 impl ViltEncoder {
-    pub fn new(vb: VarBuilder, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
         let layer = (0..cfg.num_hidden_layers)
             .map(|i| ViltLayer::new(vb.pp("layer").pp(i.to_string()), cfg, activation))
             .collect::<Result<Vec<_>>>()?;
@@ -589,7 +592,7 @@ pub struct ViltModel {
 }
 
 impl ViltModel {
-    pub fn new(vb: VarBuilder, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
         Ok(Self {
             embeddings: ViltEmbeddings::new(vb.pp("embeddings"), cfg)?,
             encoder: ViltEncoder::new(vb.pp("encoder"), cfg, activation)?,
@@ -657,13 +660,13 @@ pub struct ViltForQuestionAnswering {
 
 impl ViltForQuestionAnswering {
     /// `model` names the checkpoint in configuration errors.
-    pub fn new(vb: VarBuilder, cfg: &ViltConfig, model: &str) -> crate::Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ViltConfig, model: &str) -> crate::Result<Self> {
         cfg.check(model)?;
         let activation = cfg.activation(model)?;
         Ok(Self::build(vb, cfg, activation)?)
     }
 
-    fn build(vb: VarBuilder, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
+    fn build(vb: ModelVars, cfg: &ViltConfig, activation: Activation) -> Result<Self> {
         let d = cfg.hidden_size;
         let num_labels = cfg.num_labels();
         let classifier = vb.pp("classifier");

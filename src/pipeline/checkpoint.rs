@@ -4,13 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use hf_hub::{api::sync::ApiBuilder, Cache, Repo, RepoType};
 use serde::de::DeserializeOwned;
 
 use super::weights::SafetensorsFile;
+use super::LoadOptions;
 use crate::error::{Error, Result};
+use crate::models::ModelVars;
 use crate::vision::preprocess::PreprocessorConfig;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -147,26 +148,25 @@ impl Checkpoint {
             })
     }
 
-    /// A VarBuilder over the weights, converting to `dtype` on `device`.
-    pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    /// The weights, converted to `options.dtype` on `options.device`, for layers on
+    /// `options.kernels`.
+    pub fn model_vars(&self, options: &LoadOptions) -> Result<ModelVars<'static>> {
+        let (dtype, device) = (options.dtype, &options.device);
         let path = self.weights_path()?;
         let weights_err = |source| Error::Weights {
             model: self.name.clone(),
             path: path.clone(),
             source: Box::new(source),
         };
-        if path.extension().is_some_and(|e| e == "safetensors") {
+        let vb = if path.extension().is_some_and(|e| e == "safetensors") {
             // Read tensor by tensor, not memory-mapped: a mapping stays resident beside the
             // loaded copies (peak RSS twice the weights).
             let file = SafetensorsFile::open(&path).map_err(weights_err)?;
-            Ok(VarBuilder::from_backend(
-                Box::new(file),
-                dtype,
-                device.clone(),
-            ))
+            VarBuilder::from_backend(Box::new(file), dtype, device.clone())
         } else {
-            VarBuilder::from_pth(&path, dtype, device).map_err(weights_err)
-        }
+            VarBuilder::from_pth(&path, dtype, device).map_err(weights_err)?
+        };
+        Ok(ModelVars::new(vb, options.kernels))
     }
 
     /// Maps an error raised while building a model from this checkpoint: a candle error (a

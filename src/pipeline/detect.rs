@@ -358,7 +358,7 @@ impl Detector {
     pub fn from_checkpoint(ckpt: &Checkpoint, options: &LoadOptions) -> Result<Self> {
         let _span = tracing::info_span!("load", model = %ckpt.name).entered();
         let family = DetectorFamily::of_checkpoint(ckpt)?;
-        let vb = ckpt.var_builder(options.dtype, &options.device)?;
+        let vb = ckpt.model_vars(options)?;
         let (model, config) = match family {
             DetectorFamily::OwlVit => {
                 let config: OwlVitConfig = ckpt.config()?;

@@ -167,7 +167,7 @@ impl Segmenter {
         let _span = tracing::info_span!("load", model = %ckpt.name).entered();
         ckpt.expect_architecture(CLIPSEG_ARCHITECTURES)?;
         let config: ClipSegConfig = ckpt.config()?;
-        let vb = ckpt.var_builder(options.dtype, &options.device)?;
+        let vb = ckpt.model_vars(options)?;
         let model = ClipSegForImageSegmentation::new(vb, &config, &ckpt.name)
             .map_err(|e| ckpt.load_error(e))?;
         let tokenizer = TextTokenizer::load(

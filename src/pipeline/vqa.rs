@@ -86,7 +86,7 @@ impl VqaModel {
         let _span = tracing::info_span!("load", model = %ckpt.name).entered();
         ckpt.expect_architecture(VILT_VQA_ARCHITECTURES)?;
         let config: ViltConfig = ckpt.config()?;
-        let vb = ckpt.var_builder(options.dtype, &options.device)?;
+        let vb = ckpt.model_vars(options)?;
         let model = ViltForQuestionAnswering::new(vb, &config, &ckpt.name)
             .map_err(|e| ckpt.load_error(e))?;
         let tokenizer = TextTokenizer::load(

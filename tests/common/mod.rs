@@ -6,8 +6,40 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Tensor};
+use vlm_perception::models::KernelPath;
 use vlm_perception::pipeline::tokenizer::TokenBatch;
 use vlm_perception::pipeline::{Detector, LoadOptions};
+
+/// The environment variable that picks the kernel path of the parity tests' models.
+pub const KERNEL_PATH_VAR: &str = "VLM_TEST_KERNEL_PATH";
+
+/// The kernel path the tests load their models on: the native CPU kernels, or with
+/// `VLM_TEST_KERNEL_PATH=generic` the candle ops a GPU runs (scripts/test.sh runs the parity
+/// tests both ways, against the same references and tolerances). Any other value is an error,
+/// so that a typo cannot quietly test the native path twice.
+pub fn kernel_path() -> KernelPath {
+    match std::env::var(KERNEL_PATH_VAR).as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("native") => KernelPath::Native,
+        Ok("generic") => KernelPath::Generic,
+        other => panic!("{KERNEL_PATH_VAR}={other:?}: expected `native` or `generic`"),
+    }
+}
+
+/// f32 on the CPU, on [`kernel_path`].
+pub fn load_options() -> LoadOptions {
+    LoadOptions {
+        kernels: kernel_path(),
+        ..LoadOptions::default()
+    }
+}
+
+/// `dtype` on the CPU, on [`kernel_path`].
+pub fn load_options_in(dtype: DType) -> LoadOptions {
+    LoadOptions {
+        dtype,
+        ..load_options()
+    }
+}
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -211,9 +243,9 @@ pub fn assert_fails_with(out: &Output, needles: &[&str]) {
     }
 }
 
-/// A fixture detector (OWL-ViT or OWLv2) on the CPU in f32.
+/// A fixture detector (OWL-ViT or OWLv2) on the CPU in f32, on [`kernel_path`].
 pub fn load_detector(model: &str) -> Detector {
-    Detector::load(model_dir(model).to_str().unwrap(), &LoadOptions::default()).unwrap()
+    Detector::load(model_dir(model).to_str().unwrap(), &load_options()).unwrap()
 }
 
 /// Reference detections of post_processed.json under `key`, sorted like ours (score desc).

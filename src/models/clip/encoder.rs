@@ -19,10 +19,10 @@
 //!   value), so a layer's peak holds the fewest activations.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 pub use crate::models::kernels::AttentionMask;
 use crate::models::kernels::{attention, layer_norm, Epilogue, FusedLinear, FusedMlp, LayerNorm};
+use crate::models::ModelVars;
 
 use super::ClipEncoderConfig;
 
@@ -37,13 +37,13 @@ pub struct ClipAttention {
 }
 
 impl ClipAttention {
-    pub fn new(vb: VarBuilder, cfg: &ClipEncoderConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipEncoderConfig) -> Result<Self> {
         Self::with_dims(vb, cfg.hidden_size, cfg.num_attention_heads)
     }
 
     /// For attention outside a CLIP encoder config (CLIPSeg's decoder layers): `embed_dim`
     /// split into `num_heads` heads.
-    pub fn with_dims(vb: VarBuilder, embed_dim: usize, num_heads: usize) -> Result<Self> {
+    pub fn with_dims(vb: ModelVars, embed_dim: usize, num_heads: usize) -> Result<Self> {
         if num_heads == 0 || !embed_dim.is_multiple_of(num_heads) {
             candle_core::bail!("embed_dim {embed_dim} is not divisible by {num_heads} heads");
         }
@@ -89,7 +89,7 @@ impl ClipAttention {
         let (b, n, _) = qkv.dims3()?;
         // (b, n, 3d) -> (b, n, 3, heads, head_dim)
         let qkv = qkv.reshape((b, n, 3, self.num_heads, self.head_dim))?;
-        let merged = attention(&qkv, mask)?;
+        let merged = attention(&qkv, mask, self.qkv_proj.kernels())?;
         drop(qkv);
         self.out_proj.forward(&merged, Epilogue::Residual(residual))
     }
@@ -108,7 +108,7 @@ pub struct ClipEncoderLayer {
 }
 
 impl ClipEncoderLayer {
-    pub fn new(vb: VarBuilder, cfg: &ClipEncoderConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipEncoderConfig) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
             self_attn: ClipAttention::new(vb.pp("self_attn"), cfg)?,
@@ -138,7 +138,7 @@ pub struct ClipEncoder {
 }
 
 impl ClipEncoder {
-    pub fn new(vb: VarBuilder, cfg: &ClipEncoderConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipEncoderConfig) -> Result<Self> {
         let vb = vb.pp("layers");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| ClipEncoderLayer::new(vb.pp(i.to_string()), cfg))
@@ -197,7 +197,7 @@ impl ClipEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::kernels::Activation;
+    use crate::models::kernels::{Activation, KernelPath};
     use candle_core::{DType, Device, D};
     use std::collections::HashMap;
 
@@ -288,7 +288,7 @@ mod tests {
                 Tensor::randn(0f32, 1f32, d, &dev).unwrap(),
             );
         }
-        let vb = VarBuilder::from_tensors(w.clone(), DType::F32, &dev);
+        let vb = candle_nn::VarBuilder::from_tensors(w.clone(), DType::F32, &dev);
         // 600 tokens: ten blocks of queries
         for (act, (b, n)) in [
             (Activation::QuickGelu, (3, 7)),
@@ -304,12 +304,16 @@ mod tests {
                 hidden_act: act,
                 layer_norm_eps: 1e-5,
             };
-            let layer = ClipEncoderLayer::new(vb.clone(), &cfg).unwrap();
-            for (mask, causal) in [(AttentionMask::None, false), (AttentionMask::Causal, true)] {
-                let ours = layer.forward(xs.clone(), mask).unwrap();
-                let reference = reference_layer(&w, &xs, heads, act, causal);
-                let diff = crate::models::kernels::tests::max_diff(&ours, &reference);
-                assert!(diff < 1e-4, "{act:?} {mask:?}: {diff}");
+            for kernels in [KernelPath::Native, KernelPath::Generic] {
+                let layer =
+                    ClipEncoderLayer::new(ModelVars::new(vb.clone(), kernels), &cfg).unwrap();
+                for (mask, causal) in [(AttentionMask::None, false), (AttentionMask::Causal, true)]
+                {
+                    let ours = layer.forward(xs.clone(), mask).unwrap();
+                    let reference = reference_layer(&w, &xs, heads, act, causal);
+                    let diff = crate::models::kernels::tests::max_diff(&ours, &reference);
+                    assert!(diff < 1e-4, "{act:?} {kernels:?} {mask:?}: {diff}");
+                }
             }
         }
     }

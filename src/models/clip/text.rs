@@ -7,8 +7,8 @@
 //! No padding mask is applied: padding only follows the EOS token, and under the causal mask
 //! no token at or before the EOS attends to it, so the pooled output is the same.
 
+use crate::models::ModelVars;
 use candle_core::{bail, DType, Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 use super::encoder::{AttentionMask, ClipEncoder};
 use super::ClipEncoderConfig;
@@ -32,7 +32,7 @@ pub struct ClipTextEmbeddings {
 }
 
 impl ClipTextEmbeddings {
-    pub fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipTextConfig) -> Result<Self> {
         let d = cfg.encoder.hidden_size;
         Ok(Self {
             token_embedding: vb.get((cfg.vocab_size, d), "token_embedding.weight")?,
@@ -68,7 +68,7 @@ pub struct ClipTextTransformer {
 }
 
 impl ClipTextTransformer {
-    pub fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipTextConfig) -> Result<Self> {
         let enc = &cfg.encoder;
         Ok(Self {
             embeddings: ClipTextEmbeddings::new(vb.pp("embeddings"), cfg)?,

@@ -9,7 +9,9 @@
 //! operations transformers runs on the image repeated per prompt.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::{linear, Linear};
+
+use crate::models::ModelVars;
 
 use super::ClipSegConfig;
 use crate::models::clip::encoder::{AttentionMask, ClipAttention};
@@ -37,7 +39,7 @@ pub struct ClipSegDecoderLayer {
 }
 
 impl ClipSegDecoderLayer {
-    pub fn new(vb: VarBuilder, cfg: &ClipSegConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipSegConfig) -> Result<Self> {
         let d = cfg.reduce_dim;
         let eps = cfg.vision_config.layer_norm_eps;
         Ok(Self {
@@ -86,7 +88,7 @@ pub enum TransposedConvolution {
 }
 
 impl TransposedConvolution {
-    pub fn new(vb: VarBuilder, cfg: &ClipSegConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipSegConfig) -> Result<Self> {
         let patch = cfg.vision_config.patch_size;
         let d = cfg.reduce_dim;
         if cfg.use_complex_transposed_convolution {
@@ -162,7 +164,7 @@ pub struct ClipSegDecoder {
 }
 
 impl ClipSegDecoder {
-    pub fn new(vb: VarBuilder, cfg: &ClipSegConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipSegConfig) -> Result<Self> {
         let depth = cfg.extract_layers.len();
         let reduces = (0..depth)
             .map(|i| {
@@ -177,8 +179,16 @@ impl ClipSegDecoder {
             .map(|i| ClipSegDecoderLayer::new(vb.pp("layers").pp(i.to_string()), cfg))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            film_mul: linear(cfg.projection_dim, cfg.reduce_dim, vb.pp("film_mul"))?,
-            film_add: linear(cfg.projection_dim, cfg.reduce_dim, vb.pp("film_add"))?,
+            film_mul: linear(
+                cfg.projection_dim,
+                cfg.reduce_dim,
+                vb.pp("film_mul").var_builder(),
+            )?,
+            film_add: linear(
+                cfg.projection_dim,
+                cfg.reduce_dim,
+                vb.pp("film_add").var_builder(),
+            )?,
             transposed_convolution: TransposedConvolution::new(
                 vb.pp("transposed_convolution"),
                 cfg,

@@ -21,7 +21,9 @@ pub mod decoder;
 pub mod vision;
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{linear_no_bias, Linear, VarBuilder};
+use candle_nn::{linear_no_bias, Linear};
+
+use crate::models::ModelVars;
 use serde::Deserialize;
 
 use self::decoder::{ClipSegDecoder, DecoderImageState};
@@ -218,13 +220,13 @@ pub struct ClipSegForImageSegmentation {
 
 impl ClipSegForImageSegmentation {
     /// `model` names the checkpoint in configuration errors.
-    pub fn new(vb: VarBuilder, cfg: &ClipSegConfig, model: &str) -> crate::Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipSegConfig, model: &str) -> crate::Result<Self> {
         let (text_cfg, vision_cfg) = cfg.towers(model)?;
         Ok(Self::build(vb, cfg, &text_cfg, &vision_cfg)?)
     }
 
     fn build(
-        vb: VarBuilder,
+        vb: ModelVars,
         cfg: &ClipSegConfig,
         text_cfg: &ClipTextConfig,
         vision_cfg: &ClipEncoderConfig,
@@ -234,7 +236,7 @@ impl ClipSegForImageSegmentation {
         let text_projection = linear_no_bias(
             cfg.text_config.hidden_size,
             cfg.projection_dim,
-            clip.pp("text_projection"),
+            clip.pp("text_projection").var_builder(),
         )?;
         // The encoder layers past the last extracted one only matter for image prompts.
         let needed_layers = cfg.extract_layers.iter().max().map_or(0, |&l| l + 1);
@@ -247,7 +249,7 @@ impl ClipSegForImageSegmentation {
         let visual_projection = linear_no_bias(
             cfg.vision_config.hidden_size,
             cfg.projection_dim,
-            clip.pp("visual_projection"),
+            clip.pp("visual_projection").var_builder(),
         )?;
         let decoder = ClipSegDecoder::new(vb.pp("decoder"), cfg)?;
         Ok(Self {

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::models::ModelVars;
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 use super::ClipSegVisionConfig;
 use crate::models::clip::encoder::{AttentionMask, ClipEncoder};
@@ -36,7 +36,7 @@ pub struct ClipSegVisionEmbeddings {
 }
 
 impl ClipSegVisionEmbeddings {
-    pub fn new(vb: VarBuilder, cfg: &ClipSegVisionConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipSegVisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let class_embedding = vb.get(d, "class_embedding")?;
         let patch_embedding = PatchEmbedding::new(
@@ -124,7 +124,7 @@ pub struct ClipSegVisionTransformer {
 impl ClipSegVisionTransformer {
     /// `needed_layers`: how many encoder layers segmentation runs (last extracted layer + 1).
     pub fn new(
-        vb: VarBuilder,
+        vb: ModelVars,
         cfg: &ClipSegVisionConfig,
         encoder_cfg: &ClipEncoderConfig,
         needed_layers: usize,

@@ -7,8 +7,9 @@
 //! against every key with the `gemm` crate, turns them into the softmax's exponentials in
 //! place while they are in cache, multiplies by v and divides each output row by its sum - no
 //! score tensor, no transposed copies of q, k or v. Both kernels lay out their tasks with
-//! [`head_block_tasks`]. Elsewhere the same computation runs from candle ops, a few heads at a
-//! time ([`MAX_SCORES_ALIVE`]) so that one small score tensor is alive at once.
+//! [`head_block_tasks`]. Elsewhere, and on the generic path ([`KernelPath::Generic`]), the same
+//! computation runs from candle ops, a few heads at a time ([`MAX_SCORES_ALIVE`]) so that one
+//! small score tensor is alive at once.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -18,7 +19,7 @@ use candle_core::{bail, CpuStorage, DType, Device, IndexOp, InplaceOp1, Layout, 
 use rayon::prelude::*;
 
 use super::gemm::{matmul, MatRef, SharedOut};
-use super::{cpu_f32_slice, has_kernel, span_mut, vmath, Elem, TASKS_PER_THREAD};
+use super::{cpu_f32_slice, span_mut, vmath, Elem, KernelPath, TASKS_PER_THREAD};
 
 /// At most this many scores (4 MiB in f32) per task of the CPU kernel: whole heads up to
 /// 1024 tokens (OWL-ViT B/32: 577), blocks of 277 queries at OWLv2's 3601 tokens.
@@ -61,15 +62,21 @@ pub enum AttentionMask<'a> {
 }
 
 /// Attention over `qkv` (b, n, 3, heads, head_dim): q (already scaled by `head_dim^-0.5`),
-/// k and v of every token. Returns the heads side by side, (b, n, heads * head_dim).
-pub fn attention(qkv: &Tensor, mask: AttentionMask) -> Result<Tensor> {
-    attention_of_first(qkv, mask, qkv.dim(1)?)
+/// k and v of every token, on `kernels`. Returns the heads side by side, (b, n, heads *
+/// head_dim).
+pub fn attention(qkv: &Tensor, mask: AttentionMask, kernels: KernelPath) -> Result<Tensor> {
+    attention_of_first(qkv, mask, qkv.dim(1)?, kernels)
 }
 
 /// [`attention`] for the first `queries` tokens only, against the keys and values of all of
 /// them: (b, queries, heads * head_dim). A last layer whose model reads only its first token
 /// (a pooler on `[CLS]`) needs no more.
-pub fn attention_of_first(qkv: &Tensor, mask: AttentionMask, queries: usize) -> Result<Tensor> {
+pub fn attention_of_first(
+    qkv: &Tensor,
+    mask: AttentionMask,
+    queries: usize,
+    kernels: KernelPath,
+) -> Result<Tensor> {
     let (b, n, three, heads, head_dim) = qkv.dims5()?;
     if three != 3 {
         bail!(
@@ -88,10 +95,12 @@ pub fn attention_of_first(qkv: &Tensor, mask: AttentionMask, queries: usize) -> 
             );
         }
     }
-    if let Some(out) = attention_f32_cpu(qkv, mask, queries)? {
-        return Tensor::from_vec(out, (b, queries, heads * head_dim), &Device::Cpu);
+    if kernels.native() {
+        if let Some(out) = attention_f32_cpu(qkv, mask, queries)? {
+            return Tensor::from_vec(out, (b, queries, heads * head_dim), &Device::Cpu);
+        }
     }
-    attention_candle(qkv, mask, queries)
+    attention_candle(qkv, mask, queries, kernels)
 }
 
 thread_local! {
@@ -218,11 +227,17 @@ pub(super) unsafe fn head_block_tasks<S: Sync>(
     out
 }
 
-/// The same computation from candle ops (other devices and dtypes).
-fn attention_candle(qkv: &Tensor, mask: AttentionMask, queries: usize) -> Result<Tensor> {
+/// The same computation from candle ops (other devices and dtypes, and the generic path).
+fn attention_candle(
+    qkv: &Tensor,
+    mask: AttentionMask,
+    queries: usize,
+    kernels: KernelPath,
+) -> Result<Tensor> {
     let (b, n, _, heads, head_dim) = qkv.dims5()?;
-    // candle's CPU matmul reads strided heads; other backends want them contiguous.
-    let strided = qkv.device().is_cpu();
+    // candle's CPU matmul reads strided heads; other backends want them contiguous, and the
+    // generic path does what they do.
+    let strided = kernels.native() && qkv.device().is_cpu();
     let chunk = (MAX_SCORES_ALIVE / (n * n).max(1)).clamp(1, heads.max(1));
     let mut outputs = Vec::with_capacity(b);
     for item in 0..b {
@@ -256,7 +271,7 @@ fn attention_candle(qkv: &Tensor, mask: AttentionMask, queries: usize) -> Result
             if let Some(bias) = &key_bias {
                 scores = scores.broadcast_add(bias)?;
             }
-            let probs = softmax_last_dim_(scores, matches!(mask, AttentionMask::Causal))?;
+            let probs = softmax_last_dim_(scores, matches!(mask, AttentionMask::Causal), kernels)?;
             let out = probs.matmul(&v)?;
             drop(probs);
             parts.push(
@@ -276,11 +291,11 @@ fn attention_candle(qkv: &Tensor, mask: AttentionMask, queries: usize) -> Result
     }
 }
 
-/// Softmax over the last dimension of `scores`, written over them on the CPU. `causal`: the
-/// scores are (.., m, n), the first m of n queries, and query `i` only sees keys `0..=i`, as
-/// transformers' causal mask (`finfo.min` added above the diagonal: those probabilities are
-/// exactly 0).
-pub fn softmax_last_dim_(scores: Tensor, causal: bool) -> Result<Tensor> {
+/// Softmax over the last dimension of `scores`, written over them on the CPU's native path
+/// (candle's op, in f32, elsewhere). `causal`: the scores are (.., m, n), the first m of n
+/// queries, and query `i` only sees keys `0..=i`, as transformers' causal mask (`finfo.min`
+/// added above the diagonal: those probabilities are exactly 0).
+pub fn softmax_last_dim_(scores: Tensor, causal: bool, kernels: KernelPath) -> Result<Tensor> {
     let n = scores.dim(candle_core::D::Minus1)?;
     let m = scores.dim(candle_core::D::Minus2)?;
     if causal && m > n {
@@ -289,7 +304,7 @@ pub fn softmax_last_dim_(scores: Tensor, causal: bool) -> Result<Tensor> {
             scores.shape()
         );
     }
-    if has_kernel(&scores) && scores.is_contiguous() {
+    if kernels.has_kernel(&scores) && scores.is_contiguous() {
         scores.inplace_op1(&Softmax { causal })?;
         return Ok(scores);
     }
@@ -424,25 +439,42 @@ mod tests {
                 AttentionMask::KeyBias(&pad),
             ] {
                 let want = reference(&qkv, mask);
-                let kernel = attention(&qkv, mask).unwrap();
+                let kernel = attention(&qkv, mask, KernelPath::Native).unwrap();
                 assert_eq!(kernel.dims(), [b, n, heads * hd]);
                 let d = max_diff(&kernel, &want);
                 assert!(d < 2e-5, "kernel {mask:?} ({b}, {n}): {d}");
                 // f64 takes the candle-op path (its softmax in f32)
-                let fallback = attention(&qkv.to_dtype(DType::F64).unwrap(), mask).unwrap();
+                let fallback =
+                    attention(&qkv.to_dtype(DType::F64).unwrap(), mask, KernelPath::Native)
+                        .unwrap();
                 let d = max_diff(&fallback, &want);
                 assert!(d < 2e-5, "candle path {mask:?} ({b}, {n}): {d}");
-                // bf16: candle's matmul with the in-place softmax
-                let half = attention(&qkv.to_dtype(DType::BF16).unwrap(), mask).unwrap();
-                assert!(max_diff(&half, &want) < 0.1, "bf16 {mask:?}");
-                // the first queries alone: the same rows, on both paths
+                // f32 on the generic path: candle ops on contiguous heads, as a GPU runs them
+                let generic = attention(&qkv, mask, KernelPath::Generic).unwrap();
+                let d = max_diff(&generic, &want);
+                assert!(d < 2e-5, "generic path {mask:?} ({b}, {n}): {d}");
+                // bf16: candle's matmul with the in-place softmax, or candle's softmax
+                for kernels in [KernelPath::Native, KernelPath::Generic] {
+                    let half = attention(&qkv.to_dtype(DType::BF16).unwrap(), mask, kernels);
+                    let d = max_diff(&half.unwrap(), &want);
+                    assert!(d < 0.1, "bf16 {kernels:?} {mask:?}: {d}");
+                }
+                // the first queries alone: the same rows, on every path
                 for queries in [1, n / 2 + 1] {
                     let want = want.narrow(1, 0, queries).unwrap();
-                    for qkv in [qkv.clone(), qkv.to_dtype(DType::F64).unwrap()] {
-                        let first = attention_of_first(&qkv, mask, queries).unwrap();
+                    for (qkv, kernels) in [
+                        (qkv.clone(), KernelPath::Native),
+                        (qkv.clone(), KernelPath::Generic),
+                        (qkv.to_dtype(DType::F64).unwrap(), KernelPath::Native),
+                    ] {
+                        let first = attention_of_first(&qkv, mask, queries, kernels).unwrap();
                         assert_eq!(first.dims(), [b, queries, heads * hd]);
                         let d = max_diff(&first, &want);
-                        assert!(d < 2e-5, "first {queries} {mask:?} {:?}: {d}", qkv.dtype());
+                        assert!(
+                            d < 2e-5,
+                            "first {queries} {mask:?} {:?} {kernels:?}: {d}",
+                            qkv.dtype()
+                        );
                     }
                 }
             }
@@ -464,12 +496,14 @@ mod tests {
             for (scale, tolerance) in [(0.25, 2e-5), (1.5, 1e-4)] {
                 let qkv = (randn(&[b, n, 3, heads, hd]) * scale).unwrap();
                 let want = reference(&qkv, AttentionMask::None);
-                let kernel = attention(&qkv, AttentionMask::None).unwrap();
+                let kernel = attention(&qkv, AttentionMask::None, KernelPath::Native).unwrap();
                 assert_eq!(kernel.dims(), [b, n, heads * hd]);
                 let d = max_diff(&kernel, &want);
                 assert!(d < tolerance, "{n} x {hd}, scale {scale}: {d}");
                 for queries in [1, 97.min(n), n - 1] {
-                    let first = attention_of_first(&qkv, AttentionMask::None, queries).unwrap();
+                    let first =
+                        attention_of_first(&qkv, AttentionMask::None, queries, KernelPath::Native)
+                            .unwrap();
                     let d = max_diff(&first, &want.narrow(1, 0, queries).unwrap());
                     assert!(
                         d < tolerance,
@@ -501,10 +535,12 @@ mod tests {
 
     #[test]
     fn malformed_inputs_are_refused() {
-        assert!(attention(&randn(&[1, 4, 2, 2, 3]), AttentionMask::None).is_err());
+        let native = KernelPath::Native;
+        assert!(attention(&randn(&[1, 4, 2, 2, 3]), AttentionMask::None, native).is_err());
         let wrong = randn(&[1, 5]);
-        assert!(attention(&randn(&[1, 4, 3, 2, 3]), AttentionMask::KeyBias(&wrong)).is_err());
-        let err = attention_of_first(&randn(&[1, 4, 3, 2, 3]), AttentionMask::None, 5)
+        let mask = AttentionMask::KeyBias(&wrong);
+        assert!(attention(&randn(&[1, 4, 3, 2, 3]), mask, native).is_err());
+        let err = attention_of_first(&randn(&[1, 4, 3, 2, 3]), AttentionMask::None, 5, native)
             .unwrap_err()
             .to_string();
         assert!(err.contains("5 queries asked of 4 tokens"), "{err}");
@@ -514,7 +550,7 @@ mod tests {
     fn softmax_matches_candle_with_and_without_causal_mask() {
         let scores = randn(&[3, 7, 7]);
         let reference = candle_nn::ops::softmax_last_dim(&scores).unwrap();
-        let ours = softmax_last_dim_(scores.copy().unwrap(), false).unwrap();
+        let ours = softmax_last_dim_(scores.copy().unwrap(), false, KernelPath::Native).unwrap();
         assert!(max_diff(&ours, &reference) < 1e-6);
 
         let mask: Vec<f32> = (0..7)
@@ -523,7 +559,7 @@ mod tests {
         let mask = Tensor::from_vec(mask, (7, 7), &Device::Cpu).unwrap();
         let reference =
             candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask).unwrap()).unwrap();
-        let ours = softmax_last_dim_(scores.copy().unwrap(), true).unwrap();
+        let ours = softmax_last_dim_(scores.copy().unwrap(), true, KernelPath::Native).unwrap();
         assert!(max_diff(&ours, &reference) < 1e-6);
         let row0 = ours
             .get(1)
@@ -535,21 +571,31 @@ mod tests {
         assert_eq!(row0[0], 1.0);
         assert!(row0[1..].iter().all(|&p| p == 0.0));
         // the first 4 of 7 queries: the first 4 rows of the square case
-        let first =
-            softmax_last_dim_(scores.narrow(1, 0, 4).unwrap().copy().unwrap(), true).unwrap();
+        let first = softmax_last_dim_(
+            scores.narrow(1, 0, 4).unwrap().copy().unwrap(),
+            true,
+            KernelPath::Native,
+        )
+        .unwrap();
         assert!(max_diff(&first, &ours.narrow(1, 0, 4).unwrap()) < 1e-6);
         let wide = scores
             .narrow(1, 0, 4)
             .unwrap()
             .to_dtype(DType::F64)
             .unwrap();
-        let first_fallback = softmax_last_dim_(wide, true).unwrap();
+        let first_fallback = softmax_last_dim_(wide, true, KernelPath::Native).unwrap();
         assert!(max_diff(&first_fallback, &first) < 1e-6);
-        assert!(softmax_last_dim_(randn(&[2, 5, 4]), true).is_err());
+        assert!(softmax_last_dim_(randn(&[2, 5, 4]), true, KernelPath::Native).is_err());
         // f64 has no kernel: the candle-op path
         for causal in [false, true] {
-            let ours = softmax_last_dim_(scores.copy().unwrap(), causal).unwrap();
-            let fallback = softmax_last_dim_(scores.to_dtype(DType::F64).unwrap(), causal).unwrap();
+            let ours =
+                softmax_last_dim_(scores.copy().unwrap(), causal, KernelPath::Native).unwrap();
+            let fallback = softmax_last_dim_(
+                scores.to_dtype(DType::F64).unwrap(),
+                causal,
+                KernelPath::Native,
+            )
+            .unwrap();
             assert_eq!(fallback.dtype(), DType::F64);
             assert!(max_diff(&ours, &fallback) < 1e-6, "causal {causal}");
         }
@@ -559,7 +605,12 @@ mod tests {
     fn half_softmax_is_computed_in_f32() {
         let scores = (randn(&[2, 4, 9]) * 4.0).unwrap();
         let reference = candle_nn::ops::softmax_last_dim(&scores).unwrap();
-        let ours = softmax_last_dim_(scores.to_dtype(DType::F16).unwrap(), false).unwrap();
+        let ours = softmax_last_dim_(
+            scores.to_dtype(DType::F16).unwrap(),
+            false,
+            KernelPath::Native,
+        )
+        .unwrap();
         assert_eq!(ours.dtype(), DType::F16);
         // f16 inputs round the scores; the result is then one f16 rounding from the reference
         assert!(max_diff(&ours, &reference) < 5e-3);

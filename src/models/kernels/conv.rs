@@ -3,15 +3,16 @@
 //! channel is gathered into a row (zeros outside the image) and the rows are projected with one
 //! [`FusedLinear`] (the conv's weight read as (c_out, c_in * k * k)), the activation fused.
 //! candle's conv2d does the same gathering and matmul, but with single-threaded layout copies
-//! around it: 4.3 ms of CLIPSeg's 4-prompt head against 1-1.5 ms here. Other devices and dtypes
-//! run candle's conv2d.
+//! around it: 4.3 ms of CLIPSeg's 4-prompt head against 1-1.5 ms here. Other devices and dtypes,
+//! and the generic path, run candle's conv2d.
 
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig};
 
 use super::{
     cpu_f32_slice, transpose_items, written_in_parallel, Activation, Epilogue, FusedLinear,
 };
+use crate::models::ModelVars;
 
 /// Output pixels per task of the window gather.
 const PIXELS_PER_TASK: usize = 64;
@@ -32,7 +33,7 @@ pub struct WindowConv2d {
 impl WindowConv2d {
     /// Reads `weight` (c_out, c_in, k, k) and `bias` (c_out,) under `vb` (the conv's names).
     pub fn new(
-        vb: VarBuilder,
+        vb: ModelVars,
         in_channels: usize,
         out_channels: usize,
         kernel: usize,
@@ -49,6 +50,7 @@ impl WindowConv2d {
             proj: FusedLinear::new(
                 weight.reshape((out_channels, in_channels * kernel * kernel))?,
                 bias.clone(),
+                vb.kernels(),
             )?,
             conv: Conv2d::new(weight, Some(bias), config),
             activation,
@@ -63,7 +65,8 @@ impl WindowConv2d {
         let (b, c, h, w) = xs.dims4()?;
         let (k, p) = (self.kernel, self.padding);
         let gathered = if c == self.in_channels && h + 2 * p >= k && w + 2 * p >= k {
-            cpu_f32_slice(&xs.contiguous()?, |x| self.windows(x, b, h, w))
+            let kernels = self.proj.kernels();
+            kernels.cpu_f32(&xs.contiguous()?, |x| self.windows(x, b, h, w))
         } else {
             None
         };
@@ -125,7 +128,9 @@ impl WindowConv2d {
 mod tests {
     use super::super::tests::{max_diff, randn};
     use super::*;
+    use crate::models::KernelPath;
     use candle_core::DType;
+    use candle_nn::VarBuilder;
     use std::collections::HashMap;
 
     #[test]
@@ -156,14 +161,22 @@ mod tests {
                 Some(act) => act.forward(&conv).unwrap(),
                 None => conv,
             };
-            // f32: the gathered windows; f64: candle's conv2d
-            for dtype in [DType::F32, DType::F64] {
+            // f32: the gathered windows; f32 on the generic path and f64: candle's conv2d
+            for (dtype, kernels) in [
+                (DType::F32, KernelPath::Native),
+                (DType::F32, KernelPath::Generic),
+                (DType::F64, KernelPath::Native),
+            ] {
                 let vb = VarBuilder::from_tensors(tensors.clone(), dtype, &Device::Cpu);
-                let ours = WindowConv2d::new(vb, c_in, c_out, k, p, act).unwrap();
+                let ours =
+                    WindowConv2d::new(ModelVars::new(vb, kernels), c_in, c_out, k, p, act).unwrap();
                 let got = ours.forward(&xs.to_dtype(dtype).unwrap()).unwrap();
                 assert_eq!(got.dims(), want.dims(), "k {k} p {p}");
                 assert_eq!(got.dtype(), dtype);
-                assert!(max_diff(&got, &want) < 1e-4, "k {k} p {p} {dtype:?}");
+                assert!(
+                    max_diff(&got, &want) < 1e-4,
+                    "k {k} p {p} {dtype:?} {kernels:?}"
+                );
             }
         }
         // the wrong number of channels is candle's error, not a panic
@@ -172,7 +185,7 @@ mod tests {
             ("bias".to_string(), randn(&[2])),
         ]);
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let ours = WindowConv2d::new(vb, 3, 2, 3, 1, None).unwrap();
+        let ours = WindowConv2d::new(vb.into(), 3, 2, 3, 1, None).unwrap();
         assert!(ours.forward(&randn(&[1, 4, 5, 5])).is_err());
     }
 }

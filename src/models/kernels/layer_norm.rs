@@ -3,15 +3,16 @@
 //! rayon pool, each normalised with vectorised sums, written into uninitialised memory.
 //! candle's CPU op zero-fills its output on the calling thread first and sums each row in one
 //! serial chain: 0.37 ms of OWL-ViT B/32's 577 x 768 activations, 24 times a frame. Other
-//! dtypes, devices and layouts run candle's op.
+//! dtypes, devices and layouts, and the generic path, run candle's op.
 
 use std::mem::MaybeUninit;
 
 use candle_core::{Device, Module, Result, Tensor, D};
-use candle_nn::{LayerNormConfig, VarBuilder};
+use candle_nn::LayerNormConfig;
 use rayon::prelude::*;
 
-use super::{cpu_f32_slice, vmath};
+use super::{cpu_f32_slice, vmath, KernelPath};
+use crate::models::ModelVars;
 
 /// Elements per rayon task (whole rows): enough to amortise the task.
 const TASK_ELEMENTS: usize = 1 << 14;
@@ -20,28 +21,31 @@ const TASK_ELEMENTS: usize = 1 << 14;
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     inner: candle_nn::LayerNorm,
+    kernels: KernelPath,
 }
 
 /// `nn.LayerNorm(size, eps)` read under `vb` (`weight` and `bias`), as [`candle_nn::layer_norm`].
 pub fn layer_norm<C: Into<LayerNormConfig>>(
     size: usize,
     config: C,
-    vb: VarBuilder,
+    vb: ModelVars,
 ) -> Result<LayerNorm> {
     Ok(LayerNorm {
-        inner: candle_nn::layer_norm(size, config, vb)?,
+        inner: candle_nn::layer_norm(size, config, vb.var_builder())?,
+        kernels: vb.kernels(),
     })
 }
 
 impl LayerNorm {
-    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64, kernels: KernelPath) -> Self {
         Self {
             inner: candle_nn::LayerNorm::new(weight, bias, eps),
+            kernels,
         }
     }
 
     /// The f32 CPU pass, each output row followed by `extra` ones; `None` where it does not
-    /// apply (candle's op then runs, and reports a size mismatch).
+    /// apply (candle's op then runs, and reports a size mismatch) or on the generic path.
     fn forward_f32_cpu(&self, xs: &Tensor, extra: usize) -> Result<Option<Tensor>> {
         let (weight, eps) = (self.inner.weight(), self.inner.eps() as f32);
         let Some(bias) = self.inner.bias() else {
@@ -50,13 +54,15 @@ impl LayerNorm {
         if !self.inner.remove_mean() || xs.rank() == 0 || xs.dim(D::Minus1)? != weight.dim(0)? {
             return Ok(None);
         }
-        let normalized = cpu_f32_slice(xs, |x| {
-            cpu_f32_slice(weight, |w| {
-                cpu_f32_slice(bias, |b| normalize_rows(x, w, b, eps, extra)).flatten()
+        let normalized = self
+            .kernels
+            .cpu_f32(xs, |x| {
+                cpu_f32_slice(weight, |w| {
+                    cpu_f32_slice(bias, |b| normalize_rows(x, w, b, eps, extra)).flatten()
+                })
+                .flatten()
             })
-            .flatten()
-        })
-        .flatten();
+            .flatten();
         let mut dims = xs.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last += extra;
@@ -160,7 +166,7 @@ mod tests {
             let xs = (randn(&shape) + offset).unwrap();
             let weight = (randn(&[d]) + 1.0).unwrap();
             let bias = randn(&[d]);
-            let ln = LayerNorm::new(weight.clone(), bias.clone(), 1e-5);
+            let ln = LayerNorm::new(weight.clone(), bias.clone(), 1e-5, KernelPath::Native);
             let ours = ln.forward(&xs).unwrap();
             assert_eq!(ours.dims(), xs.dims());
             // with a column of ones: the same values, bit for bit, then a 1 per row
@@ -193,7 +199,7 @@ mod tests {
     fn other_dtypes_and_layouts_take_candles_op() {
         let xs = randn(&[4, 6, 8]);
         let (weight, bias) = ((randn(&[8]) + 1.0).unwrap(), randn(&[8]));
-        let ln = LayerNorm::new(weight.clone(), bias.clone(), 1e-5);
+        let ln = LayerNorm::new(weight.clone(), bias.clone(), 1e-5, KernelPath::Native);
         let want = reference(&xs, &weight, &bias, 1e-5);
         // a transposed view: not contiguous
         let strided = xs.transpose(0, 1).unwrap();
@@ -203,6 +209,7 @@ mod tests {
             weight.to_dtype(DType::BF16).unwrap(),
             bias.to_dtype(DType::BF16).unwrap(),
             1e-5,
+            KernelPath::Native,
         );
         let ours = half.forward(&xs.to_dtype(DType::BF16).unwrap()).unwrap();
         assert_eq!(ours.dtype(), DType::BF16);
@@ -216,5 +223,9 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(ln.forward_with_ones(&randn(&[2, 7])).unwrap().is_none());
+        // the generic path: candle's op, and no column of ones
+        let generic = LayerNorm::new(weight, bias, 1e-5, KernelPath::Generic);
+        assert!(max_diff(&generic.forward(&xs).unwrap(), &want) < 2e-5);
+        assert!(generic.forward_with_ones(&xs).unwrap().is_none());
     }
 }

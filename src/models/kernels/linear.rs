@@ -9,19 +9,20 @@
 //!   takes the bias as one more row of `W^T`, in the product itself;
 //! - f16/bf16 on the CPU: candle's matmul, then bias (+ activation, or + residual) in one
 //!   in-place pass;
-//! - other devices: the same from candle ops (`broadcast_add`, [`Activation`]'s module).
+//! - other devices, and the [`KernelPath::Generic`] path: the same from candle ops
+//!   (`broadcast_add`, [`Activation`]'s module).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Module, Result, Tensor,
 };
-use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, product, MatRef};
 use super::{
-    cpu_f32_slice, has_kernel, span, span_mut, vmath, Activation, Elem, LayerNorm, TASKS_PER_THREAD,
+    cpu_f32_slice, span, span_mut, vmath, Activation, Elem, KernelPath, LayerNorm, TASKS_PER_THREAD,
 };
+use crate::models::ModelVars;
 
 /// What follows the matmul of a [`FusedLinear`], in the same pass as its bias.
 #[derive(Debug, Clone, Copy)]
@@ -144,11 +145,12 @@ pub struct FusedLinear {
     bias: Tensor,
     /// Whether `weight_t` ends with the bias ([`Self::with_bias_row`]).
     bias_row: bool,
+    kernels: KernelPath,
 }
 
 impl FusedLinear {
-    /// From the checkpoint's `weight` (out, in) and `bias` (out,).
-    pub fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
+    /// From the checkpoint's `weight` (out, in) and `bias` (out,), run on `kernels`.
+    pub fn new(weight: Tensor, bias: Tensor, kernels: KernelPath) -> Result<Self> {
         let (out_dim, _) = weight.dims2()?;
         if bias.dims() != [out_dim] {
             bail!(
@@ -161,6 +163,7 @@ impl FusedLinear {
             weight_t: weight.t()?.contiguous()?,
             bias,
             bias_row: false,
+            kernels,
         })
     }
 
@@ -169,7 +172,10 @@ impl FusedLinear {
     /// column is ones then takes the bias in the product itself, with no output prefilled with
     /// the bias to accumulate onto - 4-5% of a q/k/v projection (BENCHMARKS.md).
     pub fn with_bias_row(self) -> Result<Self> {
-        if self.bias_row || !self.weight_t.device().is_cpu() || self.weight_t.dtype() != DType::F32
+        if self.bias_row
+            || !self.kernels.native()
+            || !self.weight_t.device().is_cpu()
+            || self.weight_t.dtype() != DType::F32
         {
             return Ok(self);
         }
@@ -198,10 +204,11 @@ impl FusedLinear {
     }
 
     /// Reads `weight` (out, in) and `bias` (out,) under `vb`, as `nn.Linear(in, out)`.
-    pub fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn load(in_dim: usize, out_dim: usize, vb: ModelVars) -> Result<Self> {
         Self::new(
             vb.get((out_dim, in_dim), "weight")?,
             vb.get(out_dim, "bias")?,
+            vb.kernels(),
         )
     }
 
@@ -210,7 +217,7 @@ impl FusedLinear {
     /// `head_dim^-0.5`: transformers scales the scores `q k^T` by it, the product is the same.
     /// Without `bias` in the checkpoint the biases are zeros.
     pub fn load_qkv(
-        vb: VarBuilder,
+        vb: ModelVars,
         names: [&str; 3],
         d: usize,
         head_dim: usize,
@@ -235,7 +242,16 @@ impl FusedLinear {
             weights.push(w);
             biases.push(b);
         }
-        Self::new(Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?)
+        Self::new(
+            Tensor::cat(&weights, 0)?,
+            Tensor::cat(&biases, 0)?,
+            vb.kernels(),
+        )
+    }
+
+    /// The path this layer runs.
+    pub fn kernels(&self) -> KernelPath {
+        self.kernels
     }
 
     /// `(in, out)`.
@@ -244,10 +260,12 @@ impl FusedLinear {
         (rows - usize::from(self.bias_row), out_dim)
     }
 
-    /// `f(weight^T (in, out) row-major, bias)` when both are contiguous f32 CPU tensors (the
-    /// weights may go on with the bias row: `f` reads the first `in` rows).
+    /// `f(weight^T (in, out) row-major, bias)` when both are contiguous f32 CPU tensors on the
+    /// native path (the weights may go on with the bias row: `f` reads the first `in` rows).
     pub(super) fn with_f32<R>(&self, f: impl FnOnce(&[f32], &[f32]) -> R) -> Option<R> {
-        cpu_f32_slice(&self.weight_t, |w| cpu_f32_slice(&self.bias, |b| f(w, b))).flatten()
+        self.kernels
+            .cpu_f32(&self.weight_t, |w| cpu_f32_slice(&self.bias, |b| f(w, b)))
+            .flatten()
     }
 
     /// (.., in) -> (.., out)
@@ -264,7 +282,7 @@ impl FusedLinear {
         }
         // (rows, in) x (in, out): a fresh (rows, out) tensor owned here alone.
         let ys = xs.matmul(&self.weight_t()?)?;
-        let fused = has_kernel(&ys)
+        let fused = self.kernels.has_kernel(&ys)
             && self.bias.dtype() == ys.dtype()
             && self.bias.is_contiguous()
             && match epilogue {
@@ -564,10 +582,17 @@ mod tests {
                 ),
                 (Epilogue::Residual(&residual), (&plain + &residual).unwrap()),
             ];
-            for dtype in [DType::F32, DType::BF16, DType::F64] {
-                // f32: our gemm path; bf16: candle's matmul + in-place epilogue; f64: candle ops
+            // f32: our gemm path; bf16: candle's matmul + in-place epilogue; f64 and the
+            // generic path: candle ops
+            for (dtype, kernels) in [
+                (DType::F32, KernelPath::Native),
+                (DType::F32, KernelPath::Generic),
+                (DType::BF16, KernelPath::Native),
+                (DType::BF16, KernelPath::Generic),
+                (DType::F64, KernelPath::Native),
+            ] {
                 let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
-                let lin = FusedLinear::new(cast(&w), cast(&b)).unwrap();
+                let lin = FusedLinear::new(cast(&w), cast(&b), kernels).unwrap();
                 let residual = cast(&residual);
                 for (epilogue, reference) in &cases {
                     let epilogue = match epilogue {
@@ -582,7 +607,7 @@ mod tests {
                         _ => 1e-5 * (k as f32 / 8.0).sqrt(),
                     };
                     let d = max_diff(&ours, reference);
-                    assert!(d < bound, "{dtype:?} {epilogue:?} k={k}: {d}");
+                    assert!(d < bound, "{dtype:?} {kernels:?} {epilogue:?} k={k}: {d}");
                 }
             }
             // the residual is read, not written
@@ -594,7 +619,7 @@ mod tests {
     fn first_columns_for_the_first_rows() {
         let (w, b) = (randn(&[9, 5]), randn(&[9]));
         let xs = randn(&[2, 6, 5]);
-        let lin = FusedLinear::new(w.clone(), b.clone()).unwrap();
+        let lin = FusedLinear::new(w.clone(), b.clone(), KernelPath::Native).unwrap();
         let full = lin.forward(&xs, Epilogue::Bias).unwrap();
         let part = lin.forward_first_columns(&xs, 3, 2).unwrap();
         assert_eq!(part.dims(), [2, 6, 9]);
@@ -611,15 +636,19 @@ mod tests {
         let rest = part.narrow(1, 2, 4).unwrap().narrow(2, 0, 3).unwrap();
         let bias = b.narrow(0, 0, 3).unwrap().broadcast_as((2, 4, 3)).unwrap();
         assert_eq!(max_diff(&rest, &bias), 0.0);
-        // f64: every column, as forward
+        // f64 and the generic path: every column, as forward
         let lin64 = FusedLinear::new(
             w.to_dtype(DType::F64).unwrap(),
             b.to_dtype(DType::F64).unwrap(),
+            KernelPath::Native,
         )
         .unwrap();
         let xs64 = xs.to_dtype(DType::F64).unwrap();
         let part64 = lin64.forward_first_columns(&xs64, 3, 2).unwrap();
         assert!(max_diff(&part64, &full) < 1e-5);
+        let generic = FusedLinear::new(w.clone(), b.clone(), KernelPath::Generic).unwrap();
+        let every_column = generic.forward_first_columns(&xs, 3, 2).unwrap();
+        assert!(max_diff(&every_column, &full) < 1e-5);
         assert!(lin.forward_first_columns(&xs, 10, 2).is_err());
         assert!(lin.forward_first_columns(&xs, 3, 7).is_err());
     }
@@ -628,7 +657,7 @@ mod tests {
     fn strided_inputs_and_mismatched_shapes() {
         let w = randn(&[6, 8]);
         let b = randn(&[6]);
-        let lin = FusedLinear::new(w.clone(), b.clone()).unwrap();
+        let lin = FusedLinear::new(w.clone(), b.clone(), KernelPath::Native).unwrap();
         // a transposed (non-contiguous) input gives the same as its contiguous copy
         let xs = randn(&[8, 5]).t().unwrap();
         let ours = lin.forward(&xs, Epilogue::Bias).unwrap();
@@ -638,9 +667,10 @@ mod tests {
         assert_eq!(max_diff(&ours, &reference), 0.0);
         let wrong = randn(&[5, 7]);
         assert!(lin.forward(&xs, Epilogue::Residual(&wrong)).is_err());
-        assert!(FusedLinear::new(w, randn(&[5])).is_err());
+        assert!(FusedLinear::new(w.clone(), randn(&[5]), KernelPath::Native).is_err());
         // an input of the wrong width is an error on every path, not a read of other weights
-        for lin in [lin.clone(), lin.with_bias_row().unwrap()] {
+        let generic = FusedLinear::new(w, b, KernelPath::Generic).unwrap();
+        for lin in [lin.clone(), lin.with_bias_row().unwrap(), generic] {
             for xs in [randn(&[5, 9]), randn(&[5, 7]), randn(&[2, 9])] {
                 let err = lin.forward(&xs, Epilogue::Bias).unwrap_err().to_string();
                 assert!(err.contains("the layer takes 8"), "{err}");
@@ -656,8 +686,14 @@ mod tests {
     #[test]
     fn bias_row_takes_the_bias_from_a_column_of_ones() {
         let (w, b) = (randn(&[7, 12]), randn(&[7]));
-        let plain = FusedLinear::new(w, b).unwrap();
+        let plain = FusedLinear::new(w.clone(), b.clone(), KernelPath::Native).unwrap();
         let lin = plain.clone().with_bias_row().unwrap();
+        // the generic path keeps the plain weights
+        let generic = FusedLinear::new(w, b, KernelPath::Generic)
+            .unwrap()
+            .with_bias_row()
+            .unwrap();
+        assert!(!generic.bias_row);
         assert_eq!(lin.dims(), (12, 7));
         // 3 rows: the few-rows product; 40 rows: the threaded matmul
         for rows in [3, 40] {
@@ -679,7 +715,8 @@ mod tests {
             assert!(lin.forward_with_ones(&xs).unwrap().is_none());
             assert!(plain.forward_with_ones(&with_ones).unwrap().is_none());
             // after a LayerNorm, which writes the ones column itself
-            let norm = LayerNorm::new((randn(&[12]) + 1.0).unwrap(), randn(&[12]), 1e-5);
+            let (weight, bias) = ((randn(&[12]) + 1.0).unwrap(), randn(&[12]));
+            let norm = LayerNorm::new(weight.clone(), bias.clone(), 1e-5, KernelPath::Native);
             let want = plain
                 .forward(&norm.forward(&xs).unwrap(), Epilogue::Bias)
                 .unwrap();
@@ -687,11 +724,15 @@ mod tests {
                 let got = lin.forward_normed(&norm, &xs).unwrap();
                 assert!(max_diff(&got, &want) < 1e-5);
             }
+            let generic_norm = LayerNorm::new(weight, bias, 1e-5, KernelPath::Generic);
+            let got = generic.forward_normed(&generic_norm, &xs).unwrap();
+            assert!(max_diff(&got, &want) < 1e-5);
         }
         // other dtypes keep the plain weights, and take the plain path
         let half = FusedLinear::new(
             randn(&[3, 4]).to_dtype(DType::BF16).unwrap(),
             randn(&[3]).to_dtype(DType::BF16).unwrap(),
+            KernelPath::Native,
         )
         .unwrap()
         .with_bias_row()

@@ -9,12 +9,12 @@
 //! hidden activations would pass `MAX_HIDDEN` (32 MiB), over a few chunks of rows.
 
 use candle_core::{bail, DType, Device, Result, Tensor};
-use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, MatRef};
 use super::linear::{prefilled, product_bias_activation};
 use super::{cpu_f32_slice, Activation, Epilogue, FusedLinear};
+use crate::models::ModelVars;
 
 /// Hidden activations per row block: 512 KiB of f32, which stay in a core's L2 cache beside
 /// the block's packed weights.
@@ -56,7 +56,7 @@ impl FusedMlp {
     }
 
     /// transformers' `CLIPMLP` layout: `fc1` (d -> inner) and `fc2` (inner -> d) under `vb`.
-    pub fn load(vb: VarBuilder, d: usize, inner: usize, activation: Activation) -> Result<Self> {
+    pub fn load(vb: ModelVars, d: usize, inner: usize, activation: Activation) -> Result<Self> {
         Self::new(
             FusedLinear::load(d, inner, vb.pp("fc1"))?,
             FusedLinear::load(inner, d, vb.pp("fc2"))?,
@@ -131,9 +131,9 @@ impl FusedMlp {
     }
 
     /// The output of the f32 CPU row paths: fc2's bias plus `residual` in every row, to which
-    /// `accumulate(x, out, (w1, b1), w2)` adds `act(x @ W1^T + b1) @ W2^T`. `None` where the
-    /// operands are not f32 on the CPU or their shapes do not match (the two-linear path,
-    /// whose errors name the mismatch).
+    /// `accumulate(x, out, (w1, b1), w2)` adds `act(x @ W1^T + b1) @ W2^T`. `None` on the
+    /// generic path, where the operands are not f32 on the CPU or their shapes do not match
+    /// (the two-linear path, whose errors name the mismatch).
     fn prefilled_output(
         &self,
         xs: &Tensor,
@@ -141,7 +141,8 @@ impl FusedMlp {
         accumulate: impl FnOnce(&[f32], &mut [f32], (&[f32], &[f32]), &[f32]),
     ) -> Result<Option<Tensor>> {
         let (d, _) = self.fc1.dims();
-        if !xs.device().is_cpu()
+        if !self.fc1.kernels().native()
+            || !xs.device().is_cpu()
             || xs.dtype() != DType::F32
             || xs.dims() != residual.dims()
             || xs.dims().last() != Some(&d)
@@ -197,10 +198,30 @@ impl FusedMlp {
 mod tests {
     use super::super::tests::{max_diff, randn};
     use super::*;
+    use crate::models::KernelPath;
+
+    /// The same random MLP on each of `paths`.
+    fn mlps<const N: usize>(d: usize, inner: usize, paths: [KernelPath; N]) -> [FusedMlp; N] {
+        let (w1, b1, w2, b2) = (
+            randn(&[inner, d]),
+            randn(&[inner]),
+            randn(&[d, inner]),
+            randn(&[d]),
+        );
+        paths.map(|kernels| {
+            let fc = |w: &Tensor, b: &Tensor| FusedLinear::new(w.clone(), b.clone(), kernels);
+            FusedMlp::new(
+                fc(&w1, &b1).unwrap(),
+                fc(&w2, &b2).unwrap(),
+                Activation::Relu,
+            )
+            .unwrap()
+        })
+    }
 
     fn mlp(d: usize, inner: usize) -> FusedMlp {
-        let fc = |i, o| FusedLinear::new(randn(&[o, i]), randn(&[o])).unwrap();
-        FusedMlp::new(fc(d, inner), fc(inner, d), Activation::Relu).unwrap()
+        let [mlp] = mlps(d, inner, [KernelPath::Native]);
+        mlp
     }
 
     /// The same MLP as its two linears, each over all the rows: the reference of the row
@@ -257,7 +278,20 @@ mod tests {
         // ... whose error names the mismatch
         let err = small.forward(xs.clone(), &wrong).unwrap_err().to_string();
         assert!(err.contains("residual"), "{err}");
-        let fc = |i, o| FusedLinear::new(randn(&[o, i]), randn(&[o])).unwrap();
+        let fc = |i, o| FusedLinear::new(randn(&[o, i]), randn(&[o]), KernelPath::Native).unwrap();
         assert!(FusedMlp::new(fc(8, 32), fc(16, 8), Activation::Relu).is_err());
+    }
+
+    #[test]
+    fn the_generic_path_takes_the_two_linears() {
+        // the native MLP takes its row chunks here
+        let [native, generic] = mlps(8, 4096, [KernelPath::Native, KernelPath::Generic]);
+        let (xs, residual) = (randn(&[3, 700, 8]), randn(&[3, 700, 8]));
+        assert!(generic.forward_blocked(&xs, &residual).unwrap().is_none());
+        assert!(generic.forward_chunked(&xs, &residual).unwrap().is_none());
+        let got = generic.forward(xs.clone(), &residual).unwrap();
+        let chunked = native.forward_chunked(&xs, &residual).unwrap().unwrap();
+        assert_matches_two_linears(&native, &xs, &residual, &chunked);
+        assert!(max_diff(&got, &chunked) < 1e-3 * max_diff(&got, &got.zeros_like().unwrap()));
     }
 }

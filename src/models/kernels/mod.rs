@@ -17,6 +17,10 @@
 //! them, attention computed per (head, block of queries) with the scores kept in cache, and
 //! vectorised `exp`/`erf` ([`vmath`]). f16/bf16 on the CPU run candle's matmul and in-place
 //! epilogues; other devices run the same computation from candle ops.
+//!
+//! Which of the two a layer takes is fixed at load by its [`KernelPath`]: [`KernelPath::Native`]
+//! (our CPU kernels wherever the device and dtype have one) or [`KernelPath::Generic`] (candle
+//! ops on every device: the code a GPU runs, which the parity tests run on the CPU too).
 
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
@@ -124,10 +128,42 @@ impl Module for Activation {
     }
 }
 
-/// Whether the CPU kernels here handle `t` (f32 fully; f16/bf16 through candle's matmul and
-/// in-place epilogues).
-fn has_kernel(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
+/// Which code a layer runs, chosen at load (`LoadOptions::kernels` in the pipeline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelPath {
+    /// The CPU kernels of this module where the device and dtype have one (f32, f16 and bf16
+    /// on the CPU), candle ops elsewhere: what every user runs.
+    #[default]
+    Native,
+    /// candle ops on every device and dtype: the path a GPU takes. On the CPU it exists for the
+    /// tests, which check that path against the same references as the native one; it is no
+    /// user-facing option.
+    Generic,
+}
+
+impl KernelPath {
+    /// Whether the CPU kernels here may run.
+    pub fn native(self) -> bool {
+        self == Self::Native
+    }
+
+    /// Whether the CPU kernels here handle `t` on this path (f32 fully; f16/bf16 through
+    /// candle's matmul and in-place epilogues).
+    fn has_kernel(self, t: &Tensor) -> bool {
+        self.native()
+            && t.device().is_cpu()
+            && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
+    }
+
+    /// `f` of a contiguous f32 CPU tensor's values on the native path, else `None` (the
+    /// caller runs candle ops).
+    fn cpu_f32<R>(self, t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+        if self.native() {
+            cpu_f32_slice(t, f)
+        } else {
+            None
+        }
+    }
 }
 
 /// The floats the in-place kernels take, computed in f32.

@@ -9,11 +9,9 @@
 //!   output pixels.
 
 use candle_core::{bail, Device, Result, Tensor};
-use candle_nn::VarBuilder;
 
-use super::{
-    cpu_f32_slice, transpose_items, written_in_parallel, Activation, Epilogue, FusedLinear,
-};
+use super::{transpose_items, written_in_parallel, Activation, Epilogue, FusedLinear};
+use crate::models::ModelVars;
 
 /// A conv of kernel and stride `patch`, without padding, over (b, channels, H, W).
 #[derive(Debug, Clone)]
@@ -27,7 +25,7 @@ impl PatchEmbedding {
     /// Reads `weight` (d, channels, patch, patch) and, when `bias`, `bias` (d,) under `vb`
     /// (the conv's own names); without a bias the projection adds zeros.
     pub fn new(
-        vb: VarBuilder,
+        vb: ModelVars,
         channels: usize,
         dim: usize,
         patch: usize,
@@ -42,7 +40,7 @@ impl PatchEmbedding {
             Tensor::zeros(dim, vb.dtype(), vb.device())?
         };
         Ok(Self {
-            proj: FusedLinear::new(weight, bias)?,
+            proj: FusedLinear::new(weight, bias, vb.kernels())?,
             channels,
             patch,
         })
@@ -77,7 +75,8 @@ impl PatchEmbedding {
         let (b, c, h, w) = pixel_values.dims4()?;
         let p = self.patch;
         let row_len = c * p * p;
-        let gathered = cpu_f32_slice(&pixel_values.contiguous()?, |px| {
+        let kernels = self.proj.kernels();
+        let gathered = kernels.cpu_f32(&pixel_values.contiguous()?, |px| {
             // SAFETY: every piece is one row, written whole: `c` planes of `p` lines of `p`.
             unsafe {
                 written_in_parallel(b * gh * gw * row_len, row_len, |index, row| {
@@ -97,7 +96,7 @@ impl PatchEmbedding {
         if let Some(rows) = gathered {
             return Tensor::from_vec(rows, (b, gh * gw, row_len), &Device::Cpu);
         }
-        // other devices and dtypes: the same gather from candle ops
+        // other devices and dtypes, and the generic path: the same gather from candle ops
         pixel_values
             .narrow(2, 0, gh * p)?
             .narrow(3, 0, gw * p)?
@@ -122,7 +121,7 @@ pub struct PatchExpansion {
 impl PatchExpansion {
     /// Reads `weight` (c_in, c_out, k, k) and `bias` (c_out,) under `vb` (the module's names).
     pub fn new(
-        vb: VarBuilder,
+        vb: ModelVars,
         in_channels: usize,
         out_channels: usize,
         kernel: usize,
@@ -140,7 +139,7 @@ impl PatchExpansion {
             .broadcast_as((out_channels, kernel * kernel))?
             .reshape(block)?;
         Ok(Self {
-            proj: FusedLinear::new(weight, bias)?,
+            proj: FusedLinear::new(weight, bias, vb.kernels())?,
             activation,
             out_channels,
             kernel,
@@ -153,13 +152,14 @@ impl PatchExpansion {
         let (c, k) = (self.out_channels, self.kernel);
         let epilogue = Epilogue::activation_or_bias(self.activation);
         // per pixel: (b, h, w, c_in) -> (b, h, w, c_out * k * k)
-        let pixels = match cpu_f32_slice(&xs.contiguous()?, |x| transpose_items(x, b, c_in, h * w))
-        {
-            Some(rows) => Tensor::from_vec(rows, (b, h, w, c_in), &Device::Cpu)?,
-            None => xs.permute((0, 2, 3, 1))?,
-        };
+        let kernels = self.proj.kernels();
+        let pixels =
+            match kernels.cpu_f32(&xs.contiguous()?, |x| transpose_items(x, b, c_in, h * w)) {
+                Some(rows) => Tensor::from_vec(rows, (b, h, w, c_in), &Device::Cpu)?,
+                None => xs.permute((0, 2, 3, 1))?,
+            };
         let blocks = self.proj.forward(&pixels, epilogue)?;
-        if let Some(out) = cpu_f32_slice(&blocks, |blocks| spread_blocks(blocks, b, h, w, c, k)) {
+        if let Some(out) = kernels.cpu_f32(&blocks, |blocks| spread_blocks(blocks, b, h, w, c, k)) {
             return Tensor::from_vec(out, (b, c, h * k, w * k), &Device::Cpu);
         }
         // (b, h, w, c_out, ky, kx) -> (b, c_out, h, ky, w, kx)
@@ -196,16 +196,21 @@ fn spread_blocks(blocks: &[f32], b: usize, h: usize, w: usize, c: usize, k: usiz
 mod tests {
     use super::super::tests::{max_diff, randn};
     use super::*;
+    use crate::models::KernelPath;
     use candle_core::{DType, Module};
+    use candle_nn::VarBuilder;
     use std::collections::HashMap;
 
-    /// A module's `weight` and `bias`, as a checkpoint holds them.
-    fn weight_and_bias(weight: &Tensor, bias: &Tensor) -> VarBuilder<'static> {
+    /// A module's `weight` and `bias`, as a checkpoint holds them, for layers on `kernels`.
+    fn weight_and_bias(weight: &Tensor, bias: &Tensor, kernels: KernelPath) -> ModelVars<'static> {
         let tensors = HashMap::from([
             ("weight".to_string(), weight.clone()),
             ("bias".to_string(), bias.clone()),
         ]);
-        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)
+        ModelVars::new(
+            VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+            kernels,
+        )
     }
 
     #[test]
@@ -213,7 +218,7 @@ mod tests {
         let (c, d, p) = (3, 8, 4);
         let weight = randn(&[d, c, p, p]);
         let bias = randn(&[d]);
-        let vb = weight_and_bias(&weight, &bias);
+        let vb = weight_and_bias(&weight, &bias, KernelPath::Native);
         let cfg = candle_nn::Conv2dConfig {
             stride: p,
             ..Default::default()
@@ -230,7 +235,12 @@ mod tests {
                 .unwrap()
                 .transpose(1, 2)
                 .unwrap();
-            for dtype in [DType::F32, DType::F64] {
+            // f32: the gathered rows; f32 on the generic path and f64: candle ops
+            for (dtype, kernels) in [
+                (DType::F32, KernelPath::Native),
+                (DType::F32, KernelPath::Generic),
+                (DType::F64, KernelPath::Native),
+            ] {
                 let got = PatchEmbedding {
                     proj: FusedLinear::new(
                         weight
@@ -245,6 +255,7 @@ mod tests {
                         }
                         .to_dtype(dtype)
                         .unwrap(),
+                        kernels,
                     )
                     .unwrap(),
                     ..ours.clone()
@@ -252,7 +263,10 @@ mod tests {
                 .forward(&px.to_dtype(dtype).unwrap())
                 .unwrap();
                 assert_eq!(got.dims(), [2, 4 * 3, d]);
-                assert!(max_diff(&got, &want) < 1e-5, "{dtype:?} bias {with_bias}");
+                assert!(
+                    max_diff(&got, &want) < 1e-5,
+                    "{dtype:?} {kernels:?} bias {with_bias}"
+                );
             }
         }
         let ours = PatchEmbedding::new(vb, c, d, p, true).unwrap();
@@ -265,23 +279,25 @@ mod tests {
         let (c_in, c_out, k) = (6, 3, 4);
         let weight = randn(&[c_in, c_out, k, k]);
         let bias = randn(&[c_out]);
-        let vb = weight_and_bias(&weight, &bias);
         let cfg = candle_nn::ConvTranspose2dConfig {
             stride: k,
             ..Default::default()
         };
-        let conv = candle_nn::ConvTranspose2d::new(weight, Some(bias), cfg);
+        let conv = candle_nn::ConvTranspose2d::new(weight.clone(), Some(bias.clone()), cfg);
         let xs = randn(&[2, c_in, 5, 7]);
         let want = conv.forward(&xs).unwrap();
-        for act in [None, Some(Activation::Relu)] {
-            let ours = PatchExpansion::new(vb.clone(), c_in, c_out, k, act).unwrap();
-            let got = ours.forward(&xs).unwrap();
-            assert_eq!(got.dims(), [2, c_out, 20, 28]);
-            let want = match act {
-                Some(a) => a.forward(&want).unwrap(),
-                None => want.clone(),
-            };
-            assert!(max_diff(&got, &want) < 1e-5, "{act:?}");
+        for kernels in [KernelPath::Native, KernelPath::Generic] {
+            let vb = weight_and_bias(&weight, &bias, kernels);
+            for act in [None, Some(Activation::Relu)] {
+                let ours = PatchExpansion::new(vb.clone(), c_in, c_out, k, act).unwrap();
+                let got = ours.forward(&xs).unwrap();
+                assert_eq!(got.dims(), [2, c_out, 20, 28]);
+                let want = match act {
+                    Some(a) => a.forward(&want).unwrap(),
+                    None => want.clone(),
+                };
+                assert!(max_diff(&got, &want) < 1e-5, "{kernels:?} {act:?}");
+            }
         }
     }
 }
