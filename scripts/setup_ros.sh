@@ -15,7 +15,8 @@
 #   5. workaround 3: rewrites the wheel builder's baked /opt/python/... include paths in
 #      share/*/cmake/*.cmake to this interpreter's include dir and numpy's.
 #   6. colcon-builds the interface package msg/ (vlm_perception_msgs) into .ros/ws/install,
-#      again only when msg/ (or the wheels) changed (hash stamp).
+#      again only when msg/ (or the wheels) changed (hash stamp); drops r2r's cached bindings
+#      whenever the installed interface packages change (msg/, the wheels, the extras).
 #   7. writes .ros/env.sh.
 #
 # Environment knobs: VLM_ROS_DIR (default <repo>/.ros), VLM_ROS_PYTHON (interpreter to build the
@@ -232,13 +233,6 @@ if [ "$force" = 1 ] || [ "$(cat "$msgs_stamp" 2>/dev/null)" != "$msgs_hash" ] \
   rm -rf "$ws" "$msgs_stamp"
   mkdir -p "$ws"
   colcon_build msgs "$root/msg"
-  # r2r (and r2r_msg_gen) regenerate their bindings only when their watched environment changes,
-  # not when a message definition does, and cache them in their build dirs: drop those (and their
-  # fingerprints) so that the next cargo build sees the new fields instead of stale layouts.
-  for t in "$root/target" "$root/target-cuda"; do
-    rm -rf "$t"/*/build/r2r-* "$t"/*/build/r2r_msg_gen-* \
-      "$t"/*/.fingerprint/r2r-* "$t"/*/.fingerprint/r2r_msg_gen-*
-  done
   echo "$msgs_hash" > "$msgs_stamp"
 fi
 
@@ -264,6 +258,27 @@ if [ -d "$extras/wheels" ] && [ -d "$extras/src" ]; then
   fi
 else
   rm -f "$extras_stamp"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 6c. r2r's cached bindings follow the installed interface packages.
+#     r2r (and r2r_msg_gen) generate bindings for the interface packages they find, regenerate
+#     them only when their watched environment variables change - not when a message definition
+#     changes, nor when a package appears (a build made before vision_msgs or tf2_msgs was
+#     installed then fails with "cannot find `vision_msgs` in `r2r`") - and cache them in their
+#     build dirs. Whenever the set of interface packages or any of their definitions changes
+#     (the wheels, msg/, the extras), drop those caches and fingerprints so that the next cargo
+#     build regenerates them.
+# ---------------------------------------------------------------------------------------------
+bindings_hash="$( (echo "$msgs_hash"; cat "$extras_stamp" 2>/dev/null || echo "no extras"
+  ls "$install/share") | sha256sum | cut -c1-16)"
+bindings_stamp="$ros/.stamp-r2r-bindings"
+if [ "$(cat "$bindings_stamp" 2>/dev/null)" != "$bindings_hash" ]; then
+  for t in "$root/target" "$root/target-cuda"; do
+    rm -rf "$t"/*/build/r2r-* "$t"/*/build/r2r_msg_gen-* \
+      "$t"/*/.fingerprint/r2r-* "$t"/*/.fingerprint/r2r_msg_gen-*
+  done
+  echo "$bindings_hash" > "$bindings_stamp"
 fi
 
 # ---------------------------------------------------------------------------------------------
