@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One-call GPU check for the lent device machine (no Rust toolchain, no network there):
-# parity of the cuda build against the CPU reference on a fixture, then the side-by-side
-# benchmark (vlm-bench vs transformers + PyTorch) on GPU in f32/f16/bf16 and on the host CPU.
+# parity of the cuda build against the references on the fixtures (detect here, segment and ask
+# through scripts/gpu_check_seg_vqa.sh), then the side-by-side benchmark (vlm-bench vs
+# transformers + PyTorch) of OWL-ViT B/32, CLIPSeg (4 prompts) and ViLT on GPU in f16/bf16/f32,
+# and OWL-ViT on the host CPU.
 # Expects the cuda-built binaries, xz-compressed, in .device/bin/ (see BENCHMARKS.md).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,12 +37,19 @@ print(f"{sys.argv[3]}: {len(ours)} detections, labels/order identical: {same}, m
 PY
 done
 
+echo "== segment / ask parity on GPU (scripts/gpu_check_seg_vqa.sh)"
+BIN=/tmp/vlm-bin/vlm-perception bash scripts/gpu_check_seg_vqa.sh | tee "$out/parity_seg_vqa.txt"
+
+# issue 25's targets, side by side with PyTorch in this call: OWL-ViT B/32 f16 <= 5 ms a frame,
+# CLIPSeg with 4 prompts <= 5 ms, ViLT <= 4 ms (batch 1); full-size random checkpoints made on
+# first use under target/bench/ by bench_reference.py.
 echo "== benchmark"
-ckpt=/tmp/owlvit-base-patch32-random
-python3 scripts/bench_reference.py make-checkpoint "$ckpt" >/dev/null 2>>"$out/bench.err"
-export BENCH_PYTHON=python3 BENCH_BIN=/tmp/vlm-bin/vlm-bench BENCH_MODEL="$ckpt"
-for dt in f32 f16 bf16; do
-  bash scripts/bench.sh --device cuda --dtype "$dt" --iters 50 >> "$out/bench.jsonl" 2>>"$out/bench.err"
+export BENCH_PYTHON=python3 BENCH_BIN=/tmp/vlm-bin/vlm-bench
+for case in owlvit-b32 clipseg-4 vilt; do
+  for dt in f16 bf16 f32; do
+    bash scripts/bench.sh --case "$case" --device cuda --dtype "$dt" --iters 50 \
+      >> "$out/bench.jsonl" 2>>"$out/bench.err"
+  done
 done
 bash scripts/bench.sh --device cpu --dtype f32 --iters 10 >> "$out/bench.jsonl" 2>>"$out/bench.err"
 grep -v Loading "$out/bench.err" | tail -20
