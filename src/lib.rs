@@ -12,6 +12,7 @@
 pub mod error;
 pub mod models;
 pub mod pipeline;
+pub mod transforms;
 pub mod vision;
 
 pub use error::{Error, Result};
