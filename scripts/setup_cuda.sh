@@ -26,7 +26,12 @@ if [ ! -f "$home/lib64/stubs/libcuda.so" ]; then
     ln -sf libcurand.so.10 libcurand.so )
   # libcuda ships with the driver: link against a stub exporting every cu* symbol cudarc binds;
   # the GPU machine's driver provides the real libcuda.so.1 at run time.
-  sys_rs="$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs | head -1)"
+  # cudarc's sources: the version Cargo.lock pins, fetched first on a clean clone.
+  cudarc="$(grep -A1 '^name = "cudarc"$' "$root/Cargo.lock" | sed -n 's/^version = "\(.*\)"$/\1/p')"
+  sys_rs() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"cudarc-$cudarc"/src/driver/sys/mod.rs 2>/dev/null | head -1 || true; }
+  if [ -z "$(sys_rs)" ]; then (cd "$root" && cargo fetch --locked >&2); fi
+  sys_rs="$(sys_rs)"
+  [ -n "$sys_rs" ] || { echo "setup_cuda: cudarc $cudarc sources not found after cargo fetch" >&2; exit 1; }
   grep -oE 'pub unsafe fn cu[A-Za-z0-9_]+' "$sys_rs" | awk '{print $4}' | sort -u \
     | sed 's/.*/void &(void) {}/' > "$home/lib64/stubs/libcuda_stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$home/lib64/stubs/libcuda.so" "$home/lib64/stubs/libcuda_stub.c"
