@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nalgebra::{Isometry3, UnitQuaternion};
 
-use super::cache::{EdgeCache, Miss, TimeCache};
+use super::cache::{EdgeCache, TimeCache, TimeDirection};
 use super::{Result, Stamp, TransformError};
 
 /// How long a dynamic edge keeps its samples, behind its newest one: tf2's
@@ -341,7 +341,7 @@ impl TransformBuffer {
         child: &str,
         edge: &Edge,
         time: Stamp,
-        miss: Miss,
+        miss: TimeDirection,
     ) -> TransformError {
         let (oldest, newest) = match &edge.cache {
             EdgeCache::Dynamic(cache) => (cache.oldest(), cache.newest()),
@@ -351,25 +351,15 @@ impl TransformBuffer {
         };
         let (target_frame, source_frame) = (target.to_owned(), source.to_owned());
         let (parent, child) = (edge.parent.clone(), child.to_owned());
-        match miss {
-            Miss::Past => TransformError::ExtrapolationPast {
-                target_frame,
-                source_frame,
-                parent,
-                child,
-                requested: time,
-                oldest,
-                newest,
-            },
-            Miss::Future => TransformError::ExtrapolationFuture {
-                target_frame,
-                source_frame,
-                parent,
-                child,
-                requested: time,
-                oldest,
-                newest,
-            },
+        TransformError::Extrapolation {
+            into: miss,
+            target_frame,
+            source_frame,
+            parent,
+            child,
+            requested: time,
+            oldest,
+            newest,
         }
     }
 }

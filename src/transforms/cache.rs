@@ -8,13 +8,21 @@ use nalgebra::{Isometry3, Translation3, UnitQuaternion};
 
 use super::Stamp;
 
-/// Where a lookup time falls outside a dynamic edge's samples.
+/// Where a lookup time falls outside a dynamic edge's samples: into the past (before the
+/// oldest sample) or the future (after the newest; more data may still arrive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Miss {
-    /// Before the oldest sample.
+pub enum TimeDirection {
     Past,
-    /// After the newest sample.
     Future,
+}
+
+impl std::fmt::Display for TimeDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Past => "past",
+            Self::Future => "future",
+        })
+    }
 }
 
 /// The transform of one `parent -> child` edge: a single static one, or timed samples.
@@ -28,7 +36,7 @@ pub(super) enum EdgeCache {
 impl EdgeCache {
     /// The transform at `time` (never [`Stamp::ZERO`]'s "latest": the buffer resolves that to
     /// the chain's common time first).
-    pub(super) fn at(&self, time: Stamp) -> Result<Isometry3<f64>, Miss> {
+    pub(super) fn at(&self, time: Stamp) -> Result<Isometry3<f64>, TimeDirection> {
         match self {
             Self::Static(transform) => Ok(*transform),
             Self::Dynamic(cache) => cache.at(time),
@@ -114,12 +122,12 @@ impl TimeCache {
     /// The transform at `time`, as tf2's `TimeCache::getData`: a sample at exactly `time` as it
     /// is, otherwise interpolated between the two samples around it. A single sample is valid at
     /// its own stamp only; no extrapolation either side.
-    pub(super) fn at(&self, time: Stamp) -> Result<Isometry3<f64>, Miss> {
+    pub(super) fn at(&self, time: Stamp) -> Result<Isometry3<f64>, TimeDirection> {
         if time < self.oldest() {
-            return Err(Miss::Past);
+            return Err(TimeDirection::Past);
         }
         if time > self.newest() {
-            return Err(Miss::Future);
+            return Err(TimeDirection::Future);
         }
         // The first sample at or after `time`; it exists since `time <= newest`.
         let i = self.samples.partition_point(|s| s.stamp < time);
@@ -197,14 +205,14 @@ mod tests {
         let mut cache = TimeCache::new(s(1.0), x(1.0));
         // A single sample is valid at its own stamp only.
         assert_eq!(cache.at(s(1.0)).unwrap().translation.x, 1.0);
-        assert_eq!(cache.at(s(1.5)).unwrap_err(), Miss::Future);
-        assert_eq!(cache.at(s(0.5)).unwrap_err(), Miss::Past);
+        assert_eq!(cache.at(s(1.5)).unwrap_err(), TimeDirection::Future);
+        assert_eq!(cache.at(s(0.5)).unwrap_err(), TimeDirection::Past);
         cache.insert(s(3.0), x(5.0), 10 * SEC).unwrap();
         assert!((cache.at(s(1.5)).unwrap().translation.x - 2.0).abs() < TOL);
         assert!((cache.at(s(2.0)).unwrap().translation.x - 3.0).abs() < TOL);
         assert_eq!(cache.at(s(3.0)).unwrap().translation.x, 5.0);
-        assert_eq!(cache.at(s(3.000000001)).unwrap_err(), Miss::Future);
-        assert_eq!(cache.at(s(0.999999999)).unwrap_err(), Miss::Past);
+        assert_eq!(cache.at(s(3.000000001)).unwrap_err(), TimeDirection::Future);
+        assert_eq!(cache.at(s(0.999999999)).unwrap_err(), TimeDirection::Past);
     }
 
     #[test]

@@ -44,6 +44,7 @@ mod tests;
 use std::fmt;
 
 pub use buffer::{TransformBuffer, DEFAULT_CACHE_TIME};
+pub use cache::TimeDirection;
 
 pub type Result<T> = std::result::Result<T, TransformError>;
 
@@ -113,6 +114,14 @@ fn gap(earlier: Stamp, later: Stamp) -> String {
     secs(i128::from(later.0) - i128::from(earlier.0))
 }
 
+/// How far `requested` is outside an edge's samples, for an extrapolation message.
+fn outside(into: TimeDirection, requested: Stamp, oldest: Stamp, newest: Stamp) -> String {
+    match into {
+        TimeDirection::Past => format!("{} s before the earliest", gap(requested, oldest)),
+        TimeDirection::Future => format!("{} s after the latest", gap(newest, requested)),
+    }
+}
+
 /// The samples an edge has, for an extrapolation message.
 fn available(oldest: Stamp, newest: Stamp) -> String {
     if oldest == newest {
@@ -147,8 +156,8 @@ fn root_of(frame: &str, root: &str) -> String {
 /// What went wrong in a [`TransformBuffer`] call, in words a robotics engineer can act on. The
 /// lookup errors are tf2's: `LookupException` ([`UnknownFrame`](Self::UnknownFrame)),
 /// `ConnectivityException` ([`NotConnected`](Self::NotConnected)) and the backward and forward
-/// `ExtrapolationException`s; the others reject a transform on the way in, where tf2 logs and
-/// drops it.
+/// `ExtrapolationException`s ([`Extrapolation`](Self::Extrapolation)); the others reject a
+/// transform on the way in, where tf2 logs and drops it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TransformError {
     #[error("the {role} frame id is empty")]
@@ -228,31 +237,16 @@ pub enum TransformError {
         source_root: String,
     },
 
+    /// tf2's backward or forward `ExtrapolationException`: the time is outside the samples of
+    /// the edge `parent -> child`. Into the future, waiting may help; into the past, not.
     #[error(
         "lookup from `{source_frame}` to `{target_frame}` would require extrapolation into the \
-         past: requested time {requested} s is {} s before the earliest transform `{parent}` -> \
-         `{child}`; {}",
-        gap(*.requested, *.oldest),
+         {into}: requested time {requested} s is {} transform `{parent}` -> `{child}`; {}",
+        outside(*.into, *.requested, *.oldest, *.newest),
         available(*.oldest, *.newest)
     )]
-    ExtrapolationPast {
-        target_frame: String,
-        source_frame: String,
-        parent: String,
-        child: String,
-        requested: Stamp,
-        oldest: Stamp,
-        newest: Stamp,
-    },
-
-    #[error(
-        "lookup from `{source_frame}` to `{target_frame}` would require extrapolation into the \
-         future: requested time {requested} s is {} s after the latest transform `{parent}` -> \
-         `{child}`; {}",
-        gap(*.newest, *.requested),
-        available(*.oldest, *.newest)
-    )]
-    ExtrapolationFuture {
+    Extrapolation {
+        into: TimeDirection,
         target_frame: String,
         source_frame: String,
         parent: String,

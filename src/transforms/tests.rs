@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nalgebra::{Isometry3, Point3, Quaternion, Translation3, UnitQuaternion, Vector3};
 
-use super::{Stamp, TransformBuffer, TransformError, DEFAULT_CACHE_TIME};
+use super::{Stamp, TimeDirection, TransformBuffer, TransformError, DEFAULT_CACHE_TIME};
 
 const TOL: f64 = 1e-9;
 
@@ -208,7 +208,8 @@ fn static_and_dynamic_edges_mixed() {
     // The dynamic edge still limits the whole chain.
     let err = buf.lookup_transform("odom", "optical", s(5.0)).unwrap_err();
     assert!(
-        matches!(&err, TransformError::ExtrapolationFuture { parent, child, .. }
+        matches!(&err, TransformError::Extrapolation {
+            into: TimeDirection::Future, parent, child, .. }
             if parent == "odom" && child == "base_link"),
         "{err}"
     );
@@ -299,7 +300,13 @@ fn time_zero_is_the_latest_common_time() {
     // Past the common time is the future for odom -> base_link.
     let err = buf.lookup_transform("map", "cam", s(4.5)).unwrap_err();
     assert!(
-        matches!(err, TransformError::ExtrapolationFuture { .. }),
+        matches!(
+            err,
+            TransformError::Extrapolation {
+                into: TimeDirection::Future,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -325,7 +332,8 @@ fn cache_is_pruned_to_cache_time_behind_the_newest() {
         .lookup_transform("odom", "base_link", s(1.95))
         .unwrap_err();
     assert!(
-        matches!(err, TransformError::ExtrapolationPast { oldest, newest, .. }
+        matches!(err, TransformError::Extrapolation {
+            into: TimeDirection::Past, oldest, newest, .. }
             if oldest == s(2.0) && newest == s(3.0)),
         "{err}"
     );
@@ -432,7 +440,8 @@ fn extrapolation_names_the_edge_and_the_available_times() {
     );
     assert_eq!(
         err,
-        TransformError::ExtrapolationFuture {
+        TransformError::Extrapolation {
+            into: TimeDirection::Future,
             target_frame: "cam".into(),
             source_frame: "odom".into(),
             parent: "odom".into(),
@@ -470,7 +479,13 @@ fn a_single_dynamic_sample_is_valid_at_its_stamp_only() {
         .lookup_transform("odom", "base_link", s(2.9))
         .unwrap_err();
     assert!(
-        matches!(err, TransformError::ExtrapolationPast { .. }),
+        matches!(
+            err,
+            TransformError::Extrapolation {
+                into: TimeDirection::Past,
+                ..
+            }
+        ),
         "{err}"
     );
 }
