@@ -270,8 +270,11 @@ fi
 #     (the wheels, msg/, the extras), drop those caches and fingerprints so that the next cargo
 #     build regenerates them.
 # ---------------------------------------------------------------------------------------------
-bindings_hash="$( (echo "$msgs_hash"; cat "$extras_stamp" 2>/dev/null || echo "no extras"
-  ls "$install/share") | sha256sum | cut -c1-16)"
+# The interface definitions installed beside the wheels' (whose own change msgs_hash follows):
+# not the whole share/, where scripts/test_ros.sh installs the node's package too.
+bindings_hash="$( (echo "$msgs_hash"; cd "$install/share" \
+  && find . \( -name '*.msg' -o -name '*.srv' -o -name '*.action' \) -print0 | LC_ALL=C sort -z \
+  | xargs -0 -r sha256sum) | sha256sum | cut -c1-16)"
 bindings_stamp="$ros/.stamp-r2r-bindings"
 if [ "$(cat "$bindings_stamp" 2>/dev/null)" != "$bindings_hash" ]; then
   for t in "$root/target" "$root/target-cuda"; do
