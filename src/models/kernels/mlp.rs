@@ -132,8 +132,8 @@ impl FusedMlp {
 
     /// The output of the f32 CPU row paths: fc2's bias plus `residual` in every row, to which
     /// `accumulate(x, out, (w1, b1), w2)` adds `act(x @ W1^T + b1) @ W2^T`. `None` on the
-    /// generic path, where the operands are not f32 on the CPU or their shapes do not match
-    /// (the two-linear path, whose errors name the mismatch).
+    /// generic path, and where the operands are not f32 on the CPU or their shapes do not
+    /// match (the two-linear path, whose errors name the mismatch).
     fn prefilled_output(
         &self,
         xs: &Tensor,
