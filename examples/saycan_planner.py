@@ -13,7 +13,10 @@ score) and feasible now (the affordance: are its objects visible?). Here:
      replace that one function with your LLM's log-likelihoods;
   4. the best skill = language score x affordance(X) x affordance(Y);
   5. `~/ground` turns its pick and place phrases into pixels and, with depth, 3D points
-     (CLIPort-style: the segmentation peak inside the best box), printed as the plan.
+     (CLIPort-style: the segmentation peak inside the best box), printed as the plan. The points
+     are in `--frame` (e.g. base_link, what a motion planner takes), transformed by the node
+     with tf2 at the image's stamp; without `--frame`, in the node's `target_frame` (empty: the
+     camera's optical frame). The plan names the frame (the response's position_frame_id).
 Exit code 0 with a plan, 3 when no skill is feasible (its objects are not visible), 1 when a
 service fails, 2 for bad arguments.
 """
@@ -64,12 +67,12 @@ def call(node, client, request, timeout):
     return fut.result()
 
 
-def fmt_target(t) -> str:
+def fmt_target(t, frame: str) -> str:
     s = f"'{t.phrase}' score {t.score:.3f} at pixel ({t.pixel.x:.1f}, {t.pixel.y:.1f})"
     if t.has_point:
-        s += f", 3D x={t.point.x:.3f} y={t.point.y:.3f} z={t.point.z:.3f} m"
+        s += f", 3D x={t.point.x:.3f} y={t.point.y:.3f} z={t.point.z:.3f} m in {frame}"
     else:
-        s += ", no 3D point (no depth)"
+        s += ", no 3D point (see the message)"
     return s
 
 
@@ -81,6 +84,8 @@ def main() -> int:
     p.add_argument("--threshold", type=float, default=0.0,
                    help="detection score for an object to count as visible (0: the node's default)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each service")
+    p.add_argument("--frame", default="",
+                   help="frame of the 3D targets, e.g. base_link (default: the node's target_frame)")
     args = p.parse_args()
     objects = [o.strip() for o in args.objects.split(",") if o.strip()]
     if len(objects) < 2:
@@ -108,14 +113,19 @@ def main() -> int:
             print("no feasible skill: the objects are not visible", file=sys.stderr)
             return 3
         ground = call(node, node.create_client(Ground, f"{args.node}/ground"),
-                      Ground.Request(pick=pick, place=place, threshold=args.threshold), args.timeout)
+                      Ground.Request(pick=pick, place=place, threshold=args.threshold, target_frame=args.frame),
+                      args.timeout)
         if not ground.success:
             print(f"~/ground failed: {ground.message}", file=sys.stderr)
             return 1
+        frame = ground.position_frame_id or "(no frame_id)"
         print(f"plan: {skill}")
-        print(f"  pick:  {fmt_target(ground.pick)}")
-        print(f"  place: {fmt_target(ground.place)}")
-        print(f"  frame: {ground.header.frame_id or '(none)'}")
+        print(f"  pick:  {fmt_target(ground.pick, frame)}")
+        print(f"  place: {fmt_target(ground.place, frame)}")
+        print(f"  3D points in: {frame} (image frame {ground.header.frame_id or '(none)'}, "
+              f"stamp {ground.header.stamp.sec}.{ground.header.stamp.nanosec:09d})")
+        if "no 3D" in ground.message:
+            print(f"  {ground.message}")
         return 0
     except RuntimeError as e:
         print(str(e), file=sys.stderr)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up and runs vlm_perception_node on the bundled sample photos: an image-sequence
-# publisher (scripts/sample_camera.py) stands in for a camera, prints what the node publishes for
-# each frame (detections, segmentation, the answer to a question) and saves the overlays.
+# publisher (scripts/sample_camera.py) stands in for a camera and the robot's static tf tree,
+# prints what the node publishes for each frame (detections with 3D positions in base_link,
+# segmentation, the answer to a question) and saves the overlays.
 #
 #   scripts/run_sample.sh [--out DIR] [--compressed] [--question TEXT] [--images FILE...]
 #
@@ -91,6 +92,9 @@ cat > "$out/sample_params.yaml" <<YAML
     vilt: {model: "$vilt"}
     overlay: {enabled: true}
     depth: {enabled: true}
+    # 3D outputs in the robot's frame: sample_camera.py publishes the static tree
+    # base_link -> camera_link -> camera_color_optical_frame on /tf_static
+    target_frame: "base_link"
     services: {timeout: 120.0}
 YAML
 

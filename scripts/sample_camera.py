@@ -3,7 +3,11 @@
 (or CompressedImage), with a synthetic aligned depth image and CameraInfo for each (a table seen
 from above at an angle: 0.8 m at the bottom row to 2.0 m at the top, at half the colour
 resolution, 16UC1), prints what the node publishes for each frame (detections with their 3D
-positions, masks, answers) and saves the overlays. scripts/run_sample.sh starts the node and
+positions, masks, answers) and saves the overlays. It also publishes the camera's static tf tree
+on /tf_static, as a robot's robot_state_publisher would from a RealSense URDF: base_link ->
+camera_link (0.2 m ahead, 0.6 m up, pitched 30 degrees down at the table) ->
+camera_color_optical_frame (the optical rotation: z forward, x right, y down). Frames carry
+camera_color_optical_frame. scripts/run_sample.sh starts the node (target_frame base_link) and
 runs this.
 
     python3 scripts/sample_camera.py --node /sample/vlm_perception --out sample_out \
@@ -14,6 +18,7 @@ Exit status: 0 when the node answered every frame, 1 otherwise.
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -21,8 +26,10 @@ from pathlib import Path
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from geometry_msgs.msg import TransformStamped
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from tf2_msgs.msg import TFMessage
 from vlm_perception_msgs.msg import Answer, DetectionArray, SegmentationArray
 from vlm_perception_msgs.srv import Ask
 
@@ -34,6 +41,30 @@ PROFILE_VAR = "FASTRTPS_DEFAULT_PROFILES_FILE"
 # as a fraction of the image width (a ~58 degree horizontal field of view, like a RealSense D435).
 NEAR_M, FAR_M = 0.8, 2.0
 FOCAL_PER_WIDTH = 0.9
+OPTICAL_FRAME = "camera_color_optical_frame"
+# tf2_ros's StaticTransformBroadcaster QoS: a late subscriber still gets the tree.
+TF_STATIC_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                           history=HistoryPolicy.KEEP_LAST, depth=1)
+# (parent, child, translation (m), rotation quaternion (x, y, z, w))
+STATIC_TREE = [
+    # 0.2 m ahead of base_link, 0.6 m up, pitched 30 degrees down (about y)
+    ("base_link", "camera_link", (0.2, 0.0, 0.6), (0.0, math.sin(math.radians(15)), 0.0, math.cos(math.radians(15)))),
+    # the optical frame: roll -90, yaw -90 degrees (z forward, x right, y down); 15 mm to the left
+    ("camera_link", OPTICAL_FRAME, (0.0, 0.015, 0.0), (-0.5, 0.5, -0.5, 0.5)),
+]
+
+
+def static_tree(node) -> TFMessage:
+    msg = TFMessage()
+    for parent, child, t, q in STATIC_TREE:
+        ts = TransformStamped()
+        ts.header.stamp = node.get_clock().now().to_msg()
+        ts.header.frame_id, ts.child_frame_id = parent, child
+        ts.transform.translation.x, ts.transform.translation.y, ts.transform.translation.z = t
+        r = ts.transform.rotation
+        r.x, r.y, r.z, r.w = q
+        msg.transforms.append(ts)
+    return msg
 
 
 def use_large_data_profile():
@@ -85,6 +116,10 @@ def to_compressed_msg(path: Path, frame_id: str) -> CompressedImage:
     return m
 
 
+def stamp_key(header) -> tuple[int, int]:
+    return header.stamp.sec, header.stamp.nanosec
+
+
 class SampleCamera:
     def __init__(self, node_name: str, camera_topic: str):
         self.node = rclpy.create_node("sample_camera")
@@ -97,12 +132,15 @@ class SampleCamera:
         ns = camera_topic.rsplit("/", 1)[0]
         self.depth_pub = n.create_publisher(Image, f"{ns}/aligned_depth_to_color/image_raw", qos_profile_sensor_data)
         self.info_pub = n.create_publisher(CameraInfo, f"{ns}/color/camera_info", qos_profile_sensor_data)
+        self.tf_static_pub = n.create_publisher(TFMessage, "/tf_static", TF_STATIC_QOS)
+        self.tf_static_pub.publish(static_tree(n))
+        # results are matched to their frame by the image's stamp (the node keeps the header)
         n.create_subscription(DetectionArray, f"{node_name}/detections",
-                              lambda m: self.detections.setdefault(m.header.frame_id, m), RELIABLE)
+                              lambda m: self.detections.setdefault(stamp_key(m.header), m), RELIABLE)
         n.create_subscription(SegmentationArray, f"{node_name}/segmentation",
-                              lambda m: self.segmentations.setdefault(m.header.frame_id, m), RELIABLE)
+                              lambda m: self.segmentations.setdefault(stamp_key(m.header), m), RELIABLE)
         n.create_subscription(Image, f"{node_name}/overlay",
-                              lambda m: self.overlays.setdefault(m.header.frame_id, m), RELIABLE)
+                              lambda m: self.overlays.setdefault(stamp_key(m.header), m), RELIABLE)
         n.create_subscription(Answer, f"{node_name}/answers", self.answers.append, RELIABLE)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, RELIABLE)
         self.ask = n.create_client(Ask, f"{node_name}/ask")
@@ -138,7 +176,8 @@ def describe_tasks(diag):
 
 
 def print_detections(m: DetectionArray, limit: int):
-    print(f"  detections ({m.model}, {m.latency_ms:.0f} ms): {len(m.detections)}")
+    print(f"  detections ({m.model}, {m.latency_ms:.0f} ms): {len(m.detections)}, 3D positions in "
+          f"{m.position_frame_id or '(no frame)'}")
     for d in m.detections[:limit]:
         b = d.bbox
         at = (f"  at ({d.position.x:+.2f}, {d.position.y:+.2f}, {d.position.z:.2f}) m" if d.has_position else "")
@@ -175,8 +214,8 @@ def main():
         describe_tasks(cam.diag)
         results = []
         for i, path in enumerate(args.images):
-            frame_id = f"sample/{i}/{path.name}"
-            msg = to_compressed_msg(path, frame_id) if args.compressed else to_image_msg(path, frame_id)
+            msg = to_compressed_msg(path, OPTICAL_FRAME) if args.compressed else to_image_msg(path, OPTICAL_FRAME)
+            key = stamp_key(msg.header)
             pub = cam.compressed_pub if args.compressed else cam.raw_pub
             if not args.no_depth:
                 from PIL import Image as PILImage
@@ -192,26 +231,26 @@ def main():
                     cam.info_pub.publish(info)
                     cam.depth_pub.publish(depth)
                 pub.publish(msg)
-                det = cam.spin_until(lambda: cam.detections.get(frame_id), 2.0)
+                det = cam.spin_until(lambda: cam.detections.get(key), 2.0)
             if det is None:
                 print("  no detections received for this frame", file=sys.stderr)
                 ok = False
                 continue
             print_detections(det, args.show)
-            entry = {"image": path.name, "detections": [
+            entry = {"image": path.name, "position_frame_id": det.position_frame_id, "detections": [
                 {"label": d.label, "score": round(d.score, 4),
                  "center": [round(d.bbox.center.position.x, 1), round(d.bbox.center.position.y, 1)],
                  "size": [round(d.bbox.size_x, 1), round(d.bbox.size_y, 1)],
                  **({"position_m": [round(d.position.x, 3), round(d.position.y, 3), round(d.position.z, 3)]}
                     if d.has_position else {})} for d in det.detections]}
-            seg = cam.spin_until(lambda: cam.segmentations.get(frame_id), 1.0)
+            seg = cam.spin_until(lambda: cam.segmentations.get(key), 1.0)
             if seg:
                 print(f"  segmentation ({seg.model}, {seg.latency_ms:.0f} ms):")
                 for s in seg.segmentations:
                     print(f"    {s.label:24s} area {100 * s.area_fraction:5.1f} %  mean score {s.score:.3f}")
                 entry["segmentation"] = [{"label": s.label, "area_fraction": round(s.area_fraction, 4),
                                           "score": round(s.score, 4)} for s in seg.segmentations]
-            overlay = cam.spin_until(lambda: cam.overlays.get(frame_id), 1.0)
+            overlay = cam.spin_until(lambda: cam.overlays.get(key), 1.0)
             if overlay:
                 from PIL import Image as PILImage
                 out = args.out / f"{path.stem}_overlay.png"

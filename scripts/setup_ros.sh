@@ -14,8 +14,9 @@
 #   4. workaround 1: librmw_implementation.so -> librmw_fastrtps_cpp.so (r2r links -lrmw_implementation).
 #   5. workaround 3: rewrites the wheel builder's baked /opt/python/... include paths in
 #      share/*/cmake/*.cmake to this interpreter's include dir and numpy's.
-#   6. colcon-builds the interface package msg/ (vlm_perception_msgs) into .ros/ws/install,
-#      again only when msg/ (or the wheels) changed (hash stamp); drops r2r's cached bindings
+#   6. colcon-builds the interface packages msg/ (vlm_perception_msgs) and third_party/tf2_msgs
+#      (TFMessage for /tf, which the wheels lack) into .ros/ws/install, again only when they (or
+#      the wheels) changed (hash stamp); drops r2r's cached bindings
 #      whenever the installed interface packages change (msg/, the wheels, the extras).
 #   7. writes .ros/env.sh.
 #
@@ -203,10 +204,14 @@ fi
 # ---------------------------------------------------------------------------------------------
 install="$ws/install"
 
-# colcon_build NAME BASE_PATH: builds the packages under BASE_PATH into $install (merged: one
-# ament prefix), output in $ws/colcon-NAME.out; stops the script when it fails.
+# colcon_build NAME BASE_PATH... [-- COLCON BUILD ARGS]: builds the packages under the base paths
+# into $install (merged: one ament prefix), output in $ws/colcon-NAME.out; stops the script when
+# it fails.
 colcon_build() {
-  local name=$1 base=$2
+  local name=$1; shift
+  local base=() extra=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do base+=("$1"); shift; done
+  [ $# -gt 0 ] && shift && extra=("$@")
   if ! (
     export PATH="$ros/bin:$PATH" AMENT_PREFIX_PATH="$install:$ros" CMAKE_PREFIX_PATH="$install:$ros" ROS_DISTRO=jazzy
     export LD_LIBRARY_PATH="$ros/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -214,25 +219,27 @@ colcon_build() {
     unset PYTHONPATH
     cd "$ws"
     "$ros/bin/colcon" --log-base "$ws/log-$name" build --merge-install \
-      --base-paths "$base" --build-base "$ws/build-$name" --install-base "$install" \
-      --parallel-workers 1 --event-handlers console_direct- console_stderr- \
+      --base-paths "${base[@]}" --build-base "$ws/build-$name" --install-base "$install" \
+      --parallel-workers 1 --event-handlers console_direct- console_stderr- "${extra[@]}" \
       --cmake-args -DPython3_EXECUTABLE="$vpy" -DPython3_FIND_VIRTUALENV=ONLY -DBUILD_TESTING=OFF \
       -DCMAKE_BUILD_TYPE=Release
   ) > "$ws/colcon-$name.out" 2>&1; then
     tail -n 60 "$ws/colcon-$name.out" >&2
-    die "colcon build of $base failed (full output: $ws/colcon-$name.out, logs: $ws/log-$name)"
+    die "colcon build of ${base[*]} failed (full output: $ws/colcon-$name.out, logs: $ws/log-$name)"
   fi
 }
 
-msgs_hash="$( (echo "$pip_hash"; cd "$root" && find msg -type f ! -name '*~' -print0 | LC_ALL=C sort -z \
+# tf2_msgs: geometry2 0.36.4 (BSD-3-Clause), vendored so that a clone without ../shared has /tf.
+msgs_hash="$( (echo "$pip_hash"; cd "$root" && find msg third_party/tf2_msgs -type f ! -name '*~' -print0 | LC_ALL=C sort -z \
   | xargs -0 sha256sum) | sha256sum | cut -c1-16)"
 msgs_stamp="$ros/.stamp-msgs"
 if [ "$force" = 1 ] || [ "$(cat "$msgs_stamp" 2>/dev/null)" != "$msgs_hash" ] \
-   || [ ! -f "$install/share/vlm_perception_msgs/package.xml" ]; then
-  log "colcon build vlm_perception_msgs ($(elapsed))"
+   || [ ! -f "$install/share/vlm_perception_msgs/package.xml" ] \
+   || [ ! -f "$install/share/tf2_msgs/package.xml" ]; then
+  log "colcon build vlm_perception_msgs tf2_msgs ($(elapsed))"
   rm -rf "$ws" "$msgs_stamp"
   mkdir -p "$ws"
-  colcon_build msgs "$root/msg"
+  colcon_build msgs "$root/msg" "$root/third_party/tf2_msgs"
   echo "$msgs_hash" > "$msgs_stamp"
 fi
 
@@ -253,7 +260,8 @@ if [ -d "$extras/wheels" ] && [ -d "$extras/src" ]; then
     # their Python dependencies (pinned like the rest)
     "$vpy" -m pip install -q --disable-pip-version-check 'lark==1.3.1' 'pyyaml==6.0.4' \
       'packaging==26.4' 'psutil==7.2.2' 'argcomplete==3.7.2' 'importlib-metadata==10.2.0' 
-    colcon_build extras "$extras/src"
+    # tf2_msgs is the same release as third_party/tf2_msgs, already built in step 6.
+    colcon_build extras "$extras/src" -- --packages-skip tf2_msgs
     echo "$extras_hash" > "$extras_stamp"
   fi
 else
@@ -316,7 +324,7 @@ export ROS_DISTRO=jazzy ROS_VERSION=2 ROS_PYTHON_VERSION=3
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 # r2r generates bindings only for these packages (it adds rcl_interfaces, builtin_interfaces,
 # unique_identifier_msgs and action_msgs itself); a smaller list builds faster.
-export IDL_PACKAGE_FILTER="std_msgs;sensor_msgs;geometry_msgs;builtin_interfaces;diagnostic_msgs;std_srvs;visualization_msgs;vlm_perception_msgs;rcl_interfaces;vision_msgs;lifecycle_msgs"
+export IDL_PACKAGE_FILTER="std_msgs;sensor_msgs;geometry_msgs;builtin_interfaces;diagnostic_msgs;std_srvs;visualization_msgs;vlm_perception_msgs;rcl_interfaces;vision_msgs;lifecycle_msgs;tf2_msgs"
 if [ -z "${HOME:-}" ]; then
   HOME="$(getent passwd "$(id -u)" 2>/dev/null | cut -d: -f6)"
   export HOME="${HOME:-/tmp}"
@@ -341,7 +349,7 @@ EOF
 mv "$env_tmp" "$ros/env.sh"
 
 # Smoke check (cheap): the interface package imports with the venv's python.
-if ! (source "$ros/env.sh" && "$vpy" -c 'import rclpy, vlm_perception_msgs.msg, vlm_perception_msgs.srv') 2>"$ros/smoke.err"; then
+if ! (source "$ros/env.sh" && "$vpy" -c 'import rclpy, vlm_perception_msgs.msg, vlm_perception_msgs.srv, tf2_msgs.msg') 2>"$ros/smoke.err"; then
   cat "$ros/smoke.err" >&2
   die "smoke check failed: cannot import rclpy / vlm_perception_msgs with $ros/env.sh"
 fi

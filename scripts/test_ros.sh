@@ -8,7 +8,8 @@
 #    package vlm_perception_msgs, pytest and Pillow.
 # 2. builds the CLI (`vlm-perception`, the reference the node's output is compared with) and the
 #    node (`vlm_perception_node`, feature `ros`) in release, back to back from the same tree.
-# 3. runs the node's unit tests (params, convert, worker), then pytest on tests/ros. Each pytest
+# 3. lints the node (clippy with its features) and runs its unit tests (params, convert, tf,
+#    worker), then pytest on tests/ros. Each pytest
 #    run claims a ROS_DOMAIN_ID of its own and keeps discovery on loopback.
 #
 # Knobs: VLM_ROS_SKIP_UNIT=1 skips step 3's cargo unit tests; VLM_TEST_DOMAIN_ID pins the domain;
@@ -37,6 +38,9 @@ log "cargo build --release --features $features --bin vlm_perception_node"
 cargo build --release --features "$features" --bin vlm_perception_node
 
 if [ "${VLM_ROS_SKIP_UNIT:-0}" != 1 ]; then
+  # scripts/test.sh lints without the ros feature: the node's code is linted here.
+  log "cargo clippy --release --features $features --all-targets -- -D warnings"
+  cargo clippy --release --features "$features" --all-targets --quiet -- -D warnings
   log "cargo test --release --features $features --bin vlm_perception_node"
   cargo test --release --features "$features" --bin vlm_perception_node
 fi

@@ -34,7 +34,9 @@ mod spatial;
 #[cfg(feature = "vision_msgs")]
 mod vision;
 pub use planner::{ground_target, phrase_scores};
-pub use spatial::{camera_info, depth_image, markers, request_camera_info, request_depth};
+pub use spatial::{
+    camera_info, depth_image, markers, request_camera_info, request_depth, transform_stamped,
+};
 #[cfg(feature = "vision_msgs")]
 pub use vision::{detection_2d_array, detection_3d_array};
 
@@ -383,12 +385,17 @@ pub(crate) fn detection_msg(d: &Detection, position: Option<&Object3d>) -> vmsg:
         size: position
             .map(|o| spatial::vector(&o.size))
             .unwrap_or_default(),
+        orientation: spatial::quaternion(
+            &position.map_or_else(nalgebra::UnitQuaternion::identity, |o| o.orientation),
+        ),
     }
 }
 
-/// `positions`: per detection, when depth located it (may be empty: 2D only).
+/// `positions`: per detection, when depth located it (may be empty: 2D only), in
+/// `position_frame_id`.
 pub fn detection_array(
     header: &FrameHeader,
+    position_frame_id: &str,
     model: &str,
     result: &DetectionResult,
     positions: &[Option<Object3d>],
@@ -404,6 +411,7 @@ pub fn detection_array(
             .collect(),
         model: model.to_string(),
         latency_ms: millis(latency),
+        position_frame_id: position_frame_id.to_string(),
     }
 }
 
@@ -480,6 +488,7 @@ pub fn diagnostics(
     node: &str,
     s: &Snapshot,
     depth: Option<&crate::depth_sync::DepthCounters>,
+    tf: &crate::tf::TfStats,
 ) -> DiagnosticArray {
     let mut status = Vec::with_capacity(4);
     let any_ready = s.tasks.iter().any(|t| matches!(t.state, ModelState::Ready));
@@ -535,6 +544,7 @@ pub fn diagnostics(
     if let Some(c) = depth {
         status.push(spatial::depth_status(node, c));
     }
+    status.push(spatial::tf_status(node, tf));
     DiagnosticArray {
         header: Header {
             stamp: now(),

@@ -202,7 +202,8 @@ impl Lifecycle {
     async fn run(&self, through: u8) -> Result<String, String> {
         match through {
             CONFIGURING => {
-                crate::ask_worker(&self.handle, CONFIGURE_TIMEOUT, Request::Configure).await
+                crate::services::ask_worker(&self.handle, CONFIGURE_TIMEOUT, Request::Configure)
+                    .await
             }
             ACTIVATING => {
                 self.handle.set_active(true);
@@ -214,7 +215,7 @@ impl Lifecycle {
             }
             CLEANING_UP | SHUTTING_DOWN => {
                 self.handle.set_active(false);
-                crate::ask_worker(&self.handle, CONFIGURE_TIMEOUT, Request::Cleanup).await
+                crate::services::ask_worker(&self.handle, CONFIGURE_TIMEOUT, Request::Cleanup).await
             }
             _ => Err("unknown transition state".into()),
         }

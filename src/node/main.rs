@@ -12,11 +12,14 @@ mod convert;
 mod depth_sync;
 mod lifecycle;
 mod live_params;
+mod outputs;
 mod params;
+mod services;
+mod tf;
 mod worker;
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,27 +28,32 @@ use futures::{Stream, StreamExt};
 use r2r::diagnostic_msgs::msg::DiagnosticArray;
 use r2r::sensor_msgs::msg::{CameraInfo, CompressedImage, Image};
 use r2r::std_msgs::msg::String as StringMsg;
-use r2r::visualization_msgs::msg::MarkerArray;
-use r2r::vlm_perception_msgs::{msg as vmsg, srv};
-use r2r::{QosProfile, ServiceRequest, WrappedServiceTypeSupport};
+use r2r::tf2_msgs::msg::TFMessage;
+use r2r::vlm_perception_msgs::srv;
+use r2r::QosProfile;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::oneshot;
-use vlm_perception::pipeline::{DetectionResult, LoadOptions};
+use vlm_perception::pipeline::LoadOptions;
 
 use convert::{FrameHeader, RawImage};
 use depth_sync::{stamp_ns, DepthSync};
 use live_params::LiveParams;
+use outputs::{Publishers, StreamSink};
 use params::{split_texts, NodeParams, ParamError};
-use vlm_perception::pipeline::{SegmentationResult, VqaResult};
-use vlm_perception::vision::depth::Object3d;
-use worker::{
-    DepthArg, Frame, GroundArgs, Handle, ImageArg, Job, Level, Outcome, Reply, Request, Sink,
+use services::{
+    ask_call, detect_call, ground_call, score_call, segment_call, serve, set_queries_call,
+    ServiceTimeout, Services,
 };
+use tf::Transforms;
+use worker::{Frame, Handle, Job, Level, Request};
 
 /// The node's default name (remappable with `-r __node:=...`).
 const NODE_NAME: &str = "vlm_perception";
 /// Depth of the reliable output topics.
 const OUTPUT_DEPTH: usize = 10;
+/// tf2_ros's `TransformListener` QoS depth for `/tf` and `/tf_static`.
+const TF_DEPTH: usize = 100;
+/// A refused transform is logged at most this often per edge and reason.
+const TF_LOG_PERIOD: Duration = Duration::from_secs(5);
 /// How often the executor thread wakes up when idle.
 const SPIN_TIMEOUT: Duration = Duration::from_millis(20);
 
@@ -86,86 +94,6 @@ fn log(logger: &str, level: Level, msg: &str) {
         Level::Info => r2r::log_info!(logger, "{msg}"),
         Level::Warn => r2r::log_warn!(logger, "{msg}"),
         Level::Error => r2r::log_error!(logger, "{msg}"),
-    }
-}
-
-/// The worker's outputs: the result topics.
-struct Publishers {
-    logger: String,
-    detections: r2r::Publisher<vmsg::DetectionArray>,
-    segmentation: r2r::Publisher<vmsg::SegmentationArray>,
-    answers: r2r::Publisher<vmsg::Answer>,
-    overlay: Option<r2r::Publisher<Image>>,
-    /// RViz boxes of the located detections (depth on).
-    markers: Option<r2r::Publisher<MarkerArray>>,
-    #[cfg(feature = "vision_msgs")]
-    detections_2d: r2r::Publisher<r2r::vision_msgs::msg::Detection2DArray>,
-    #[cfg(feature = "vision_msgs")]
-    detections_3d: r2r::Publisher<r2r::vision_msgs::msg::Detection3DArray>,
-}
-
-impl Publishers {
-    fn check(&self, what: &str, r: r2r::Result<()>) {
-        if let Err(e) = r {
-            log(
-                &self.logger,
-                Level::Error,
-                &format!("cannot publish {what}: {e}"),
-            );
-        }
-    }
-}
-
-impl Sink for Publishers {
-    fn detections(
-        &mut self,
-        header: &FrameHeader,
-        model: &str,
-        r: &DetectionResult,
-        positions: &[Option<Object3d>],
-        latency: Duration,
-    ) {
-        let msg = convert::detection_array(header, model, r, positions, latency);
-        self.check("detections", self.detections.publish(&msg));
-        if let Some(p) = &self.markers {
-            let msg = convert::markers(header, r, positions);
-            self.check("markers", p.publish(&msg));
-        }
-        #[cfg(feature = "vision_msgs")]
-        {
-            let msg = convert::detection_2d_array(header, r);
-            self.check("detections_2d", self.detections_2d.publish(&msg));
-            if let Some(msg) = convert::detection_3d_array(header, r, positions) {
-                self.check("detections_3d", self.detections_3d.publish(&msg));
-            }
-        }
-    }
-
-    fn segmentation(
-        &mut self,
-        header: &FrameHeader,
-        model: &str,
-        r: &SegmentationResult,
-        latency: Duration,
-    ) {
-        let msg = convert::segmentation_array(header, model, r, latency);
-        self.check("segmentation", self.segmentation.publish(&msg));
-    }
-
-    fn overlay(&mut self, header: &FrameHeader, image: &image::RgbImage) {
-        if let Some(p) = &self.overlay {
-            let msg = convert::rgb_image_msg(header, image);
-            self.check("overlay", p.publish(&msg));
-        }
-    }
-
-    fn answer(&mut self, header: &FrameHeader, model: &str, r: &VqaResult, latency: Duration) {
-        let msg = convert::answer(header, model, r, latency);
-        self.check("answer", self.answers.publish(&msg));
-    }
-
-    fn log(&mut self, level: Level, message: &str) {
-        log(&self.logger, level, message);
     }
 }
 
@@ -222,6 +150,8 @@ fn run() -> Result<()> {
         detections_3d: node.create_publisher("~/detections_3d", output_qos())?,
     };
     let diagnostics = node.create_publisher::<DiagnosticArray>("/diagnostics", output_qos())?;
+    let transforms = Arc::new(Transforms::new(&params.tf));
+    let (sink, staged) = StreamSink::new(publishers.clone(), transforms.clone());
 
     // Inputs.
     let mut camera_qos = if params.camera.reliable {
@@ -254,6 +184,11 @@ fn run() -> Result<()> {
         .depth
         .enabled
         .then(|| Arc::new(DepthSync::new(params.depth.slop)));
+    // As tf2_ros's TransformListener: /tf reliable and volatile, /tf_static reliable and
+    // transient local (a late joiner still gets the static tree), both keep last 100.
+    let tf_qos = QosProfile::default().reliable().keep_last(TF_DEPTH);
+    let tf_sub = node.subscribe::<TFMessage>("/tf", tf_qos.clone().volatile())?;
+    let tf_static_sub = node.subscribe::<TFMessage>("/tf_static", tf_qos.transient_local())?;
     let queries_sub = node.subscribe::<StringMsg>("~/queries", QosProfile::default())?;
     let prompts_sub = node.subscribe::<StringMsg>("~/prompts", QosProfile::default())?;
 
@@ -343,7 +278,7 @@ fn run() -> Result<()> {
     let (handle, join) = worker::spawn(
         params.clone(),
         options,
-        publishers,
+        sink,
         depth_sync.clone(),
         params.lifecycle,
     )
@@ -378,8 +313,22 @@ fn run() -> Result<()> {
             live,
             handle.clone(),
             timeout.clone(),
+            transforms.clone(),
             logger.clone(),
         ));
+        tokio::spawn(transform_topic(
+            tf_sub,
+            transforms.clone(),
+            false,
+            logger.clone(),
+        ));
+        tokio::spawn(transform_topic(
+            tf_static_sub,
+            transforms.clone(),
+            true,
+            logger.clone(),
+        ));
+        tokio::spawn(outputs::tf_stage(staged, publishers, transforms.clone()));
         let source: Arc<str> = Arc::from(resolve(&fqn, &topic));
         if let Some(sub) = raw_sub {
             tokio::spawn(frames(
@@ -404,26 +353,27 @@ fn run() -> Result<()> {
         }
         tokio::spawn(vocabulary_topic(queries_sub, handle.clone(), true));
         tokio::spawn(vocabulary_topic(prompts_sub, handle.clone(), false));
+        let calls = Services {
+            worker: handle.clone(),
+            tf: transforms.clone(),
+        };
+        let t = &timeout;
         tokio::spawn(serve(
             set_queries,
-            handle.clone(),
-            timeout.clone(),
+            calls.clone(),
+            t.clone(),
             set_queries_call,
         ));
-        tokio::spawn(serve(detect, handle.clone(), timeout.clone(), detect_call));
-        tokio::spawn(serve(
-            segment,
-            handle.clone(),
-            timeout.clone(),
-            segment_call,
-        ));
-        tokio::spawn(serve(ask, handle.clone(), timeout.clone(), ask_call));
-        tokio::spawn(serve(score, handle.clone(), timeout.clone(), score_call));
-        tokio::spawn(serve(ground, handle.clone(), timeout.clone(), ground_call));
+        tokio::spawn(serve(detect, calls.clone(), t.clone(), detect_call));
+        tokio::spawn(serve(segment, calls.clone(), t.clone(), segment_call));
+        tokio::spawn(serve(ask, calls.clone(), t.clone(), ask_call));
+        tokio::spawn(serve(score, calls.clone(), t.clone(), score_call));
+        tokio::spawn(serve(ground, calls.clone(), t.clone(), ground_call));
         tokio::spawn(publish_diagnostics(
             diagnostics,
             handle.clone(),
             depth_sync.clone(),
+            transforms.clone(),
             fqn.clone(),
             params.diagnostics_period,
             logger.clone(),
@@ -528,56 +478,45 @@ async fn vocabulary_topic(
     }
 }
 
-/// Serves one service: each request gets its own task, which queues a job for the worker and
-/// answers when the worker replies or the timeout passes, whichever comes first.
-async fn serve<T, F, Fut>(
-    mut requests: impl Stream<Item = ServiceRequest<T>> + Unpin,
-    handle: Handle,
-    timeout: ServiceTimeout,
-    call: F,
-) where
-    T: WrappedServiceTypeSupport + 'static,
-    F: Fn(Handle, Duration, T::Request) -> Fut + Copy + Send + 'static,
-    Fut: std::future::Future<Output = (bool, T::Response)> + Send + 'static,
-    T::Request: Default + Send + 'static,
-    T::Response: Send + 'static,
-{
-    while let Some(mut req) = requests.next().await {
-        let handle = handle.clone();
-        let timeout = timeout.get();
-        tokio::spawn(async move {
-            let message = std::mem::take(&mut req.message);
-            let (success, response) = call(handle.clone(), timeout, message).await;
-            handle.count_service(success);
-            // The client may have gone away; nothing to do then.
-            let _ = req.respond(response);
-        });
-    }
-}
-
-/// `services.timeout`, which can change at run time.
-#[derive(Clone)]
-struct ServiceTimeout(Arc<AtomicU64>);
-
-impl ServiceTimeout {
-    fn new(d: Duration) -> Self {
-        Self(Arc::new(AtomicU64::new(d.as_nanos() as u64)))
-    }
-    fn get(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
-    }
-    fn set(&self, d: Duration) {
-        self.0.store(d.as_nanos() as u64, Ordering::Relaxed);
+/// `/tf` or `/tf_static` into the transform buffer; a refused transform (NaN, a loop, older
+/// than the cache, ...) is logged, at most once per edge every few seconds, and counted on
+/// /diagnostics.
+async fn transform_topic(
+    mut sub: impl Stream<Item = TFMessage> + Unpin,
+    transforms: Arc<Transforms>,
+    is_static: bool,
+    logger: String,
+) {
+    let mut logged: std::collections::HashMap<String, Instant> = Default::default();
+    while let Some(msg) = sub.next().await {
+        for t in &msg.transforms {
+            let (parent, child, stamp, transform) = convert::transform_stamped(t);
+            if let Err(e) = transforms.add(parent, child, stamp, transform, is_static) {
+                let key = format!("{parent}->{child}");
+                let now = Instant::now();
+                if logged.get(&key).is_none_or(|at| now - *at > TF_LOG_PERIOD) {
+                    let topic = if is_static { "/tf_static" } else { "/tf" };
+                    log(
+                        &logger,
+                        Level::Warn,
+                        &format!("{topic}: ignoring a transform: {e}"),
+                    );
+                    logged.insert(key, now);
+                }
+            }
+        }
+        transforms.arrived();
     }
 }
 
 /// Accepted `ros2 param set` changes: the new values go to the worker (in order with the
-/// requests) and to the service timeout.
+/// requests), to the service timeout and to the transforms (target_frame, tf.timeout).
 async fn parameter_changes(
     mut events: impl Stream<Item = (String, r2r::ParameterValue)> + Unpin,
     live: Arc<Mutex<LiveParams>>,
     handle: Handle,
     timeout: ServiceTimeout,
+    transforms: Arc<Transforms>,
     logger: String,
 ) {
     while let Some((name, value)) = events.next().await {
@@ -587,6 +526,7 @@ async fn parameter_changes(
             .current
             .clone();
         timeout.set(params.service_timeout);
+        transforms.set_params(&params.tf);
         log(
             &logger,
             Level::Info,
@@ -606,309 +546,11 @@ async fn parameter_changes(
     }
 }
 
-/// Queues `request(reply)` and waits for the worker's answer, at most `timeout`.
-async fn ask_worker<T>(
-    handle: &Handle,
-    timeout: Duration,
-    request: impl FnOnce(Reply<T>) -> Request,
-) -> Result<T, String> {
-    let (tx, rx) = oneshot::channel();
-    let job = Job {
-        request: request(tx),
-        deadline: Instant::now() + timeout,
-    };
-    if handle.submit(job).is_err() {
-        return Err(format!(
-            "busy: {} requests are already waiting",
-            worker::MAX_QUEUED_REQUESTS
-        ));
-    }
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err("internal error: the request was dropped (see the node log)".into()),
-        Err(_) => Err(worker::timeout_message(timeout, handle.loading())),
-    }
-}
-
-fn image_arg(image: &mut Image) -> ImageArg {
-    match RawImage::from_request(image) {
-        Some((header, raw)) => ImageArg::Given(header, raw),
-        None => ImageArg::Latest,
-    }
-}
-
-/// A request's threshold: `<= 0` (or NaN) means the node's default; above 1 is refused.
-fn threshold_arg(v: f32) -> Result<Option<f32>, String> {
-    match v {
-        v if v > 1.0 => Err(format!("threshold must be in [0, 1], got {v}")),
-        v if v > 0.0 => Ok(Some(v)),
-        _ => Ok(None),
-    }
-}
-
-/// A failed service answer: `success=false`, the message, everything else default.
-macro_rules! failure {
-    ($($response:ident)::+, $message:expr) => {
-        (
-            false,
-            $($response)::+ {
-                success: false,
-                message: $message,
-                ..Default::default()
-            },
-        )
-    };
-}
-
-async fn set_queries_call(
-    handle: Handle,
-    timeout: Duration,
-    req: srv::SetQueries::Request,
-) -> (bool, srv::SetQueries::Response) {
-    let detection = (!req.keep_detection).then_some(req.detection_queries);
-    let prompts = (!req.keep_segmentation).then_some(req.segmentation_prompts);
-    let detection_images = query_images(req.detection_query_images);
-    let r = ask_worker(&handle, timeout, |reply| Request::SetVocabulary {
-        detection,
-        detection_images,
-        prompts,
-        origin: "~/set_queries",
-        reply: Some(reply),
-    })
-    .await;
-    let success = r.is_ok();
-    let message = r.unwrap_or_else(|e| e);
-    (success, srv::SetQueries::Response { success, message })
-}
-
-async fn detect_call(
-    handle: Handle,
-    timeout: Duration,
-    mut req: srv::Detect::Request,
-) -> (bool, srv::Detect::Response) {
-    let image = image_arg(&mut req.image);
-    let threshold = match threshold_arg(req.threshold) {
-        Ok(t) => t,
-        Err(e) => return failure!(srv::Detect::Response, e),
-    };
-    let query_images = query_images(std::mem::take(&mut req.query_images));
-    let r = ask_worker(&handle, timeout, |reply| Request::Detect {
-        image,
-        queries: req.queries,
-        query_images,
-        threshold,
-        reply,
-    })
-    .await;
-    match r {
-        Ok(Outcome {
-            header,
-            model,
-            result,
-            latency,
-        }) => (
-            true,
-            srv::Detect::Response {
-                success: true,
-                message: format!("{} detection(s)", result.detections.len()),
-                detections: convert::detection_array(&header, &model, &result, &[], latency),
-            },
-        ),
-        Err(e) => failure!(srv::Detect::Response, e),
-    }
-}
-
-async fn segment_call(
-    handle: Handle,
-    timeout: Duration,
-    mut req: srv::Segment::Request,
-) -> (bool, srv::Segment::Response) {
-    let image = image_arg(&mut req.image);
-    let fail = |message: String| failure!(srv::Segment::Response, message);
-    let threshold = match threshold_arg(req.threshold) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    let r = ask_worker(&handle, timeout, |reply| Request::Segment {
-        image,
-        prompts: req.prompts,
-        threshold,
-        reply,
-    })
-    .await;
-    match r {
-        Ok(o) => (
-            true,
-            srv::Segment::Response {
-                success: true,
-                message: format!("{} mask(s)", o.result.masks.len()),
-                segmentations: convert::segmentation_array(
-                    &o.header, &o.model, &o.result, o.latency,
-                ),
-            },
-        ),
-        Err(e) => fail(e),
-    }
-}
-
-async fn ask_call(
-    handle: Handle,
-    timeout: Duration,
-    mut req: srv::Ask::Request,
-) -> (bool, srv::Ask::Response) {
-    let image = image_arg(&mut req.image);
-    let top_k = usize::try_from(req.top_k).ok().filter(|k| *k > 0);
-    let r = ask_worker(&handle, timeout, |reply| Request::Ask {
-        image,
-        question: req.question,
-        top_k,
-        reply,
-    })
-    .await;
-    match r {
-        Ok(o) => (
-            true,
-            srv::Ask::Response {
-                success: true,
-                message: o
-                    .result
-                    .answers
-                    .first()
-                    .map_or_else(|| "no answer".to_string(), |a| a.answer.clone()),
-                answer: convert::answer(&o.header, &o.model, &o.result, o.latency),
-            },
-        ),
-        Err(message) => failure!(srv::Ask::Response, message),
-    }
-}
-
-/// A request's query images, labelled by their `header.frame_id` (the pixels are moved).
-fn query_images(images: Vec<Image>) -> Vec<worker::QueryImage> {
-    images
-        .into_iter()
-        .map(|msg| {
-            let (header, image) = RawImage::from_image(msg);
-            worker::QueryImage {
-                label: header.frame_id,
-                image,
-            }
-        })
-        .collect()
-}
-
-/// A request's depth: the one sent with it, else the stream's pairing by the image's stamp.
-fn depth_arg(depth: &Image, camera_info: &CameraInfo) -> DepthArg {
-    match convert::request_depth(depth) {
-        Some(depth) => DepthArg::Given {
-            depth,
-            camera: convert::request_camera_info(camera_info),
-        },
-        None => DepthArg::Stream,
-    }
-}
-
-async fn score_call(
-    handle: Handle,
-    timeout: Duration,
-    mut req: srv::Score::Request,
-) -> (bool, srv::Score::Response) {
-    let fail = |message: String| failure!(srv::Score::Response, message);
-    let threshold = match threshold_arg(req.threshold) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    let depth = depth_arg(&req.depth, &req.camera_info);
-    let image = image_arg(&mut req.image);
-    let r = ask_worker(&handle, timeout, |reply| Request::Score {
-        image,
-        depth,
-        phrases: req.phrases,
-        threshold,
-        reply,
-    })
-    .await;
-    match r {
-        Ok(o) => {
-            let found = o.result.scores.iter().filter(|s| s.found).count();
-            let mut message = format!("{found} of {} phrase(s) found", o.result.scores.len());
-            if let Some(note) = &o.result.depth_note {
-                message.push_str(&format!("; no 3D: {note}"));
-            }
-            (
-                true,
-                srv::Score::Response {
-                    success: true,
-                    message,
-                    header: o.header.to_msg(),
-                    scores: convert::phrase_scores(&o.result.scores, &o.result.positions),
-                    scene: o.result.scene,
-                },
-            )
-        }
-        Err(e) => fail(e),
-    }
-}
-
-async fn ground_call(
-    handle: Handle,
-    timeout: Duration,
-    mut req: srv::Ground::Request,
-) -> (bool, srv::Ground::Response) {
-    let fail = |message: String| failure!(srv::Ground::Response, message);
-    let threshold = match threshold_arg(req.threshold) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    let depth = depth_arg(&req.depth, &req.camera_info);
-    let image = image_arg(&mut req.image);
-    let place = Some(req.place.trim().to_string()).filter(|p| !p.is_empty());
-    let args = GroundArgs {
-        pick: req.pick,
-        place,
-        threshold,
-        masks: req.return_masks,
-    };
-    let r = ask_worker(&handle, timeout, |reply| Request::Ground {
-        image,
-        depth,
-        args,
-        reply,
-    })
-    .await;
-    match r {
-        Ok(o) => {
-            let g = &o.result;
-            let mut message = format!("pick `{}`", g.pick.detection.label);
-            if let Some(p) = &g.place {
-                message.push_str(&format!(", place `{}`", p.detection.label));
-            }
-            if let Some(note) = &g.depth_note {
-                message.push_str(&format!("; no 3D: {note}"));
-            }
-            (
-                true,
-                srv::Ground::Response {
-                    success: true,
-                    message,
-                    header: o.header.to_msg(),
-                    pick: convert::ground_target(&o.header, &g.pick),
-                    has_place: g.place.is_some(),
-                    place: g
-                        .place
-                        .as_ref()
-                        .map(|p| convert::ground_target(&o.header, p))
-                        .unwrap_or_default(),
-                },
-            )
-        }
-        Err(e) => fail(e),
-    }
-}
-
 async fn publish_diagnostics(
     publisher: r2r::Publisher<DiagnosticArray>,
     handle: Handle,
     depth: Option<Arc<DepthSync>>,
+    transforms: Arc<Transforms>,
     fqn: String,
     period: Duration,
     logger: String,
@@ -919,7 +561,12 @@ async fn publish_diagnostics(
     loop {
         tick.tick().await;
         let counters = depth.as_ref().map(|d| d.counters());
-        let msg = convert::diagnostics(&fqn, &handle.snapshot(), counters.as_ref());
+        let msg = convert::diagnostics(
+            &fqn,
+            &handle.snapshot(),
+            counters.as_ref(),
+            &transforms.stats(),
+        );
         if let Err(e) = publisher.publish(&msg) {
             if !warned {
                 log(

@@ -8,6 +8,9 @@ use std::time::Duration;
 use vlm_perception::pipeline::validate_texts;
 use vlm_perception::vision::depth::DepthSampling;
 
+mod descriptions;
+pub use descriptions::DESCRIPTIONS;
+
 /// A parameter value as rcl parsed it (r2r's `ParameterValue`, without the ROS type).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -83,6 +86,10 @@ pub mod defaults {
     pub const DEPTH_SLOP: f64 = 0.05;
     pub const DEPTH_MIN_RANGE: f64 = vlm_perception::vision::depth::DEFAULT_MIN_DEPTH_M as f64;
     pub const DEPTH_MAX_RANGE: f64 = vlm_perception::vision::depth::DEFAULT_MAX_DEPTH_M as f64;
+    /// Empty: 3D outputs stay in the colour camera's optical frame.
+    pub const TARGET_FRAME: &str = "";
+    /// What a tf2 MessageFilter gives a driver's late transforms.
+    pub const TF_TIMEOUT: f64 = 0.1;
     pub const OVERLAY_ENABLED: bool = false;
     pub const LIFECYCLE: bool = false;
     pub const SERVICE_TIMEOUT: f64 = 10.0;
@@ -160,6 +167,15 @@ pub struct DepthParams {
     pub sampling: DepthSampling,
 }
 
+/// The frame of the 3D outputs (tf2).
+#[derive(Debug, Clone)]
+pub struct TfParams {
+    /// Empty: the colour camera's optical frame (no lookup).
+    pub target_frame: String,
+    /// How long a frame or call waits for a transform that is not there yet.
+    pub timeout: Duration,
+}
+
 /// Everything the node reads at startup.
 #[derive(Debug, Clone)]
 pub struct NodeParams {
@@ -172,6 +188,7 @@ pub struct NodeParams {
     pub clipseg: SegmentationParams,
     pub vilt: VqaParams,
     pub depth: DepthParams,
+    pub tf: TfParams,
     pub overlay: bool,
     pub service_timeout: Duration,
     pub diagnostics_period: Duration,
@@ -208,169 +225,14 @@ pub const KNOWN: &[&str] = &[
     "depth.slop",
     "depth.min_range",
     "depth.max_range",
+    "target_frame",
+    "tf.timeout",
     "overlay.enabled",
     "services.timeout",
     "diagnostics.period",
     "lifecycle",
     // set by ROS tooling, not ours
     "use_sim_time",
-];
-
-/// Each parameter's description (shown by `ros2 param describe`) and whether it can change
-/// while the node runs (`ros2 param set`); the others need a restart (a model reload, new
-/// subscriptions).
-pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
-    (
-        "device",
-        "Where the models run: cpu, cuda or cuda:N.",
-        false,
-    ),
-    ("dtype", "Weights precision: f32, f16 or bf16.", false),
-    (
-        "rate",
-        "Most camera frames processed per second; 0 = as fast as inference allows.",
-        true,
-    ),
-    (
-        "camera.topic",
-        "Image topic, relative to the node's namespace.",
-        false,
-    ),
-    (
-        "camera.transport",
-        "raw (sensor_msgs/Image), compressed (<topic>/compressed) or both.",
-        false,
-    ),
-    (
-        "camera.reliable",
-        "false: sensor-data QoS (best effort); true: reliable.",
-        false,
-    ),
-    (
-        "camera.depth",
-        "Camera subscription queue depth (keep last).",
-        false,
-    ),
-    (
-        "camera.max_pixels",
-        "Frames with more pixels than this are rejected as bad input.",
-        false,
-    ),
-    (
-        "owlvit.enabled",
-        "Open-vocabulary detection (OWL-ViT) on every processed frame.",
-        false,
-    ),
-    (
-        "owlvit.model",
-        "Hugging Face hub id or local checkpoint directory.",
-        false,
-    ),
-    (
-        "owlvit.queries",
-        "The detection vocabulary (re-encoded when set).",
-        true,
-    ),
-    (
-        "owlvit.score_threshold",
-        "Keep boxes scoring above this, in [0, 1].",
-        true,
-    ),
-    (
-        "owlvit.nms_iou",
-        "Per-query NMS IoU; 1.0 or more disables NMS.",
-        true,
-    ),
-    (
-        "owlvit.min_objectness",
-        "OWLv2 only: drop detections whose objectness is below this, in [0, 1]; 0 = off.",
-        true,
-    ),
-    (
-        "clipseg.enabled",
-        "Text-prompted segmentation (CLIPSeg).",
-        false,
-    ),
-    (
-        "clipseg.model",
-        "Hugging Face hub id or local checkpoint directory.",
-        false,
-    ),
-    (
-        "clipseg.prompts",
-        "Segmentation prompts on the stream; empty for none.",
-        true,
-    ),
-    (
-        "clipseg.mask_threshold",
-        "Per-pixel probability above which a pixel is in the mask.",
-        true,
-    ),
-    (
-        "vilt.enabled",
-        "Visual question answering (ViLT), through ~/ask.",
-        false,
-    ),
-    (
-        "vilt.model",
-        "Hugging Face hub id or local checkpoint directory.",
-        false,
-    ),
-    (
-        "vilt.top_k",
-        "Answers returned per question (1..100).",
-        true,
-    ),
-    (
-        "depth.enabled",
-        "3D positions from an aligned depth image and CameraInfo.",
-        false,
-    ),
-    (
-        "depth.topic",
-        "Aligned depth image topic (16UC1 mm or 32FC1 m).",
-        false,
-    ),
-    (
-        "depth.camera_info_topic",
-        "The colour camera's CameraInfo topic.",
-        false,
-    ),
-    (
-        "depth.slop",
-        "Largest stamp difference between a frame and its depth image, seconds.",
-        true,
-    ),
-    (
-        "depth.min_range",
-        "Depths below this (metres) are ignored.",
-        true,
-    ),
-    (
-        "depth.max_range",
-        "Depths above this (metres) are ignored.",
-        true,
-    ),
-    (
-        "overlay.enabled",
-        "Publish ~/overlay (boxes and masks drawn on the frame).",
-        true,
-    ),
-    (
-        "services.timeout",
-        "Seconds a service call waits for the worker.",
-        true,
-    ),
-    (
-        "diagnostics.period",
-        "Seconds between /diagnostics messages.",
-        false,
-    ),
-    (
-        "lifecycle",
-        "A managed node: models load on configure, frames are processed while active.",
-        false,
-    ),
 ];
 
 /// Reads typed values out of the flat parameter map, naming the parameter in every error.
@@ -581,6 +443,25 @@ impl NodeParams {
             },
         };
 
+        let tf_timeout = r.float("tf.timeout", d::TF_TIMEOUT)?;
+        if !(0.0..=10.0).contains(&tf_timeout) {
+            return Err(invalid(
+                "tf.timeout",
+                format!("must be in [0, 10] seconds, got {tf_timeout}"),
+            ));
+        }
+        let target_frame = r.string("target_frame", d::TARGET_FRAME)?;
+        if target_frame.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                "target_frame",
+                format!("a frame id has no whitespace, got `{target_frame}`"),
+            ));
+        }
+        let tf = TfParams {
+            target_frame,
+            timeout: Duration::from_secs_f64(tf_timeout),
+        };
+
         let timeout = r.float("services.timeout", d::SERVICE_TIMEOUT)?;
         if !(timeout > 0.0 && timeout <= MAX_SERVICE_TIMEOUT) {
             return Err(invalid(
@@ -605,6 +486,7 @@ impl NodeParams {
             clipseg,
             vilt,
             depth,
+            tf,
             overlay: r.bool("overlay.enabled", d::OVERLAY_ENABLED)?,
             service_timeout: Duration::from_secs_f64(timeout),
             diagnostics_period: Duration::from_secs_f64(period),
@@ -656,6 +538,8 @@ impl NodeParams {
             ("depth.slop", Value::Double(self.depth.slop.as_secs_f64())),
             ("depth.min_range", f(self.depth.sampling.min_depth)),
             ("depth.max_range", f(self.depth.sampling.max_depth)),
+            ("target_frame", Value::String(self.tf.target_frame.clone())),
+            ("tf.timeout", Value::Double(self.tf.timeout.as_secs_f64())),
             ("overlay.enabled", Value::Bool(self.overlay)),
             (
                 "services.timeout",
@@ -747,6 +631,27 @@ mod tests {
         assert!(e.contains("read-only"), "{e}");
         let e = p.with_change("nope", Value::Bool(true)).unwrap_err();
         assert!(e.contains("unknown"), "{e}");
+    }
+
+    #[test]
+    fn target_frame_and_tf_timeout() {
+        let p = NodeParams::from_map(&BTreeMap::new()).unwrap();
+        assert_eq!(p.tf.target_frame, "");
+        assert_eq!(p.tf.timeout, Duration::from_millis(100));
+        let q = p
+            .with_change("target_frame", Value::String(" base_link ".into()))
+            .unwrap();
+        assert_eq!(q.tf.target_frame, "base_link");
+        let e = p
+            .with_change("target_frame", Value::String("base link".into()))
+            .unwrap_err();
+        assert!(e.contains("whitespace"), "{e}");
+        let q = p.with_change("tf.timeout", Value::Double(0.0)).unwrap();
+        assert_eq!(q.tf.timeout, Duration::ZERO);
+        let e = p
+            .with_change("tf.timeout", Value::Double(-1.0))
+            .unwrap_err();
+        assert!(e.contains("[0, 10]"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! coordinates (see [`super::camera`]).
 
 use image::GrayImage;
-use nalgebra::{Point3, Vector3};
+use nalgebra::{Isometry3, Point3, UnitQuaternion, Vector3};
 
 use super::boxes::BBox;
 use super::camera::{centres_within, image_to_pixel, PinholeCamera};
@@ -404,16 +404,38 @@ fn percentile(values: &mut [f32], q: f64) -> f64 {
     }
 }
 
-/// An object's position and extent in the colour camera's optical frame, metres.
+/// An object's position and extent, metres: measured in the colour camera's optical frame, and
+/// [`transformed`](Self::transformed) into another frame as a rigid box.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Object3d {
     /// The centre of the object's visible surface: its image centre back-projected at the median
     /// depth. The camera does not see the back, so this is not the volumetric centre (that would
     /// be about `size.z / 2` farther).
     pub centre: Point3<f64>,
-    /// Width (x) and height (y) at the median depth, and the near-to-far depth spread (z). Under
-    /// a box only the central part is sampled, so z then measures the central part only.
+    /// Width (x) and height (y) at the median depth, and the near-to-far depth spread (z), along
+    /// the box's own axes (the camera's optical axes). Under a box only the central part is
+    /// sampled, so z then measures the central part only.
     pub size: Vector3<f64>,
+    /// The box's axes in the frame of `centre`: the identity in the camera's optical frame.
+    pub orientation: UnitQuaternion<f64>,
+}
+
+impl Object3d {
+    /// The same box in another frame: `target_from_source` maps points of the frame this box is
+    /// expressed in to the target frame (tf2's `lookupTransform(target, source)`). The centre
+    /// moves, the axes rotate, the size (along the box's own axes) stays.
+    pub fn transformed(&self, target_from_source: &Isometry3<f64>) -> Object3d {
+        Object3d {
+            centre: target_from_source * self.centre,
+            size: self.size,
+            orientation: target_from_source.rotation * self.orientation,
+        }
+    }
+
+    /// The point `offset` (along the box's own axes) from the centre, in the box's frame.
+    pub fn point_along_axes(&self, offset: Vector3<f64>) -> Point3<f64> {
+        self.centre + self.orientation * offset
+    }
 }
 
 /// The object seen around `centre` (colour image coordinates) spanning `size_px` (width, height)
@@ -433,6 +455,7 @@ pub fn object_at(
             size_px.1 * z / camera.fy,
             depth.far - depth.near,
         ),
+        orientation: UnitQuaternion::identity(),
     }
 }
 
@@ -863,5 +886,38 @@ mod tests {
         assert!((obj.centre.z - 1.05).abs() < 1e-6);
         // 100 px wide at 1.05 m with fx = 100.
         assert!((obj.size.x - 1.05).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_transformed_box_keeps_its_size_and_turns_its_axes() {
+        use nalgebra::{Translation3, Vector3};
+        use std::f64::consts::FRAC_PI_2;
+        // base_link <- camera optical frame, as a RealSense URDF has it: the optical frame's z
+        // (forward) is base x, its x (right) is base -y, its y (down) is base -z; 0.1 m ahead
+        // and 0.5 m up.
+        let optical = UnitQuaternion::from_euler_angles(-FRAC_PI_2, 0.0, -FRAC_PI_2);
+        let base_from_camera = Isometry3::from_parts(Translation3::new(0.1, 0.0, 0.5), optical);
+        let obj = Object3d {
+            centre: Point3::new(0.2, -0.1, 1.0),
+            size: Vector3::new(0.3, 0.2, 0.05),
+            orientation: UnitQuaternion::identity(),
+        };
+        let moved = obj.transformed(&base_from_camera);
+        // 1 m ahead, 0.2 m to the right (-y), 0.1 m above the camera (up is -y optical).
+        let expect = Point3::new(1.1, -0.2, 0.6);
+        assert!((moved.centre - expect).norm() < 1e-12, "{}", moved.centre);
+        assert_eq!(moved.size, obj.size);
+        // The box's x axis (image right) points along base -y; its y (image down) along -z.
+        let x = moved.orientation * Vector3::x();
+        let y = moved.orientation * Vector3::y();
+        assert!((x - Vector3::new(0.0, -1.0, 0.0)).norm() < 1e-12, "{x}");
+        assert!((y - Vector3::new(0.0, 0.0, -1.0)).norm() < 1e-12, "{y}");
+        // The box's top edge (image up, -y) sits above the centre in base_link.
+        let top = moved.point_along_axes(Vector3::new(0.0, -0.1, 0.0));
+        assert!((top - Point3::new(1.1, -0.2, 0.7)).norm() < 1e-12, "{top}");
+        // And back: the inverse transform gives the original box.
+        let back = moved.transformed(&base_from_camera.inverse());
+        assert!((back.centre - obj.centre).norm() < 1e-12);
+        assert!(back.orientation.angle_to(&obj.orientation) < 1e-12);
     }
 }

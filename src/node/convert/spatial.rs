@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
+use nalgebra::{Isometry3, Translation3, UnitQuaternion};
 use r2r::builtin_interfaces::msg::Duration as DurationMsg;
-use r2r::geometry_msgs::msg::{Point, Pose, Quaternion, Vector3};
+use r2r::geometry_msgs::msg::{Point, Pose, Quaternion, TransformStamped, Vector3};
 use r2r::sensor_msgs::msg::{CameraInfo, Image};
 use r2r::std_msgs::msg::ColorRGBA;
 use r2r::visualization_msgs::msg::{Marker, MarkerArray};
 use vlm_perception::pipeline::DetectionResult;
+use vlm_perception::transforms::Stamp;
 use vlm_perception::vision::camera::PinholeCamera;
 use vlm_perception::vision::depth::{DepthImage, Object3d};
 use vlm_perception::vision::draw::palette_color;
@@ -77,8 +79,40 @@ pub fn vector(v: &nalgebra::Vector3<f64>) -> Vector3 {
     }
 }
 
-/// Boxes and labels of the located detections of one frame, in the frame's optical frame;
-/// the array starts with DELETEALL so that each frame replaces the previous one's markers.
+pub fn quaternion(q: &UnitQuaternion<f64>) -> Quaternion {
+    Quaternion {
+        x: q.i,
+        y: q.j,
+        z: q.k,
+        w: q.w,
+    }
+}
+
+/// The box's centre and axes.
+pub fn object_pose(o: &Object3d) -> Pose {
+    Pose {
+        position: point(&o.centre),
+        orientation: quaternion(&o.orientation),
+    }
+}
+
+/// One transform of a `tf2_msgs/TFMessage`, as the buffer takes it: parent (`header.frame_id`),
+/// child, stamp and `parent_T_child`. The rotation is not normalised here: the buffer checks
+/// its norm (and refuses NaN) as tf2 does.
+pub fn transform_stamped(t: &TransformStamped) -> (&str, &str, Stamp, Isometry3<f64>) {
+    let (v, r) = (&t.transform.translation, &t.transform.rotation);
+    let rotation = UnitQuaternion::new_unchecked(nalgebra::Quaternion::new(r.w, r.x, r.y, r.z));
+    (
+        &t.header.frame_id,
+        &t.child_frame_id,
+        Stamp::from_ros(t.header.stamp.sec, t.header.stamp.nanosec),
+        Isometry3::from_parts(Translation3::new(v.x, v.y, v.z), rotation),
+    )
+}
+
+/// Boxes and labels of the located detections of one frame; `header`: the frame of the
+/// positions (the target frame, else the camera optical frame) at the image's stamp. The array
+/// starts with DELETEALL so that each frame replaces the previous one's markers.
 pub fn markers(
     header: &FrameHeader,
     result: &DetectionResult,
@@ -103,15 +137,6 @@ pub fn markers(
             b: f32::from(b) / 255.0,
             a,
         };
-        let pose = |p: Point| Pose {
-            position: p,
-            orientation: Quaternion {
-                x: 0.0,
-                y: 0.0,
-                z: 0.0,
-                w: 1.0,
-            },
-        };
         let id = 2 * i as i32;
         markers.push(Marker {
             header: header.to_msg(),
@@ -119,22 +144,29 @@ pub fn markers(
             id,
             type_: MARKER_CUBE,
             action: MARKER_ADD,
-            pose: pose(point(&o.centre)),
+            pose: object_pose(o),
             // a flat object still gets a visible box
             scale: vector(&o.size.map(|v| v.max(0.01))),
             color: color(BOX_ALPHA),
             lifetime: lifetime.clone(),
             ..Default::default()
         });
-        let mut above = o.centre;
-        above.y -= o.size.y / 2.0 + LABEL_HEIGHT; // optical frame: y points down
+        // above the box: -y along its own axes (the optical frame's y points down)
+        let above = o.point_along_axes(nalgebra::Vector3::new(
+            0.0,
+            -(o.size.y / 2.0 + LABEL_HEIGHT),
+            0.0,
+        ));
         markers.push(Marker {
             header: header.to_msg(),
             ns: MARKER_NS.into(),
             id: id + 1,
             type_: MARKER_TEXT_VIEW_FACING,
             action: MARKER_ADD,
-            pose: pose(point(&above)),
+            pose: Pose {
+                position: point(&above),
+                orientation: quaternion(&UnitQuaternion::identity()),
+            },
             scale: Vector3 {
                 x: 0.0,
                 y: 0.0,
@@ -142,7 +174,7 @@ pub fn markers(
             },
             color: color(1.0),
             lifetime: lifetime.clone(),
-            text: format!("{} {:.2} ({:.2} m)", d.label, d.score, o.centre.z),
+            text: format!("{} {:.2}", d.label, d.score),
             ..Default::default()
         });
     }
@@ -181,6 +213,46 @@ pub fn depth_status(
             kv("frames_with_depth", c.frames_paired),
             kv("frames_without_depth", c.frames_unpaired),
             kv("last_without_depth", &c.last_unpaired),
+        ],
+    }
+}
+
+/// The tf status on /diagnostics: OK while lookups succeed (or target_frame is empty: no
+/// lookups), WARN while the latest one failed, with its reason.
+pub fn tf_status(
+    node: &str,
+    s: &crate::tf::TfStats,
+) -> r2r::diagnostic_msgs::msg::DiagnosticStatus {
+    use super::{kv, LEVEL_OK, LEVEL_WARN};
+    let (level, message) = if s.target_frame.is_empty() {
+        (
+            LEVEL_OK,
+            "target_frame is empty: 3D outputs in the camera optical frame".to_string(),
+        )
+    } else if s.lookups_failed > 0 && s.last_error_is_latest {
+        (LEVEL_WARN, format!("3D outputs left out: {}", s.last_error))
+    } else {
+        (
+            LEVEL_OK,
+            format!(
+                "3D outputs in `{}` ({} lookups)",
+                s.target_frame, s.lookups_ok
+            ),
+        )
+    };
+    r2r::diagnostic_msgs::msg::DiagnosticStatus {
+        level,
+        name: format!("{node}: tf"),
+        message,
+        hardware_id: String::new(),
+        values: vec![
+            kv("target_frame", &s.target_frame),
+            kv("lookups_ok", s.lookups_ok),
+            kv("lookups_failed", s.lookups_failed),
+            kv("last_error", &s.last_error),
+            kv("transforms_received", s.received),
+            kv("transforms_rejected", s.rejected),
+            kv("last_rejected", &s.last_rejected),
         ],
     }
 }

@@ -7,7 +7,7 @@ use r2r::vision_msgs::msg as vision;
 use vlm_perception::pipeline::DetectionResult;
 use vlm_perception::vision::depth::Object3d;
 
-use super::spatial::{point, vector};
+use super::spatial::{object_pose, point, vector};
 use super::FrameHeader;
 
 fn hypothesis(label: &str, score: f32, position: Point) -> vision::ObjectHypothesisWithPose {
@@ -70,7 +70,9 @@ pub fn detection_2d_array(
     }
 }
 
-/// The located detections, in the camera optical frame; `None` when none was located.
+/// The located detections; `header`: the frame of the positions (the target frame, else the
+/// camera optical frame) at the image's stamp. The box is oriented along the camera's optical
+/// axes (the identity in the camera frame). `None` when none was located.
 pub fn detection_3d_array(
     header: &FrameHeader,
     result: &DetectionResult,
@@ -87,7 +89,7 @@ pub fn detection_3d_array(
                 header: header.to_msg(),
                 results: vec![hypothesis(&d.label, d.score, point(&o.centre))],
                 bbox: vision::BoundingBox3D {
-                    center: pose(point(&o.centre)),
+                    center: object_pose(o),
                     size: vector(&o.size),
                 },
                 id: i.to_string(),

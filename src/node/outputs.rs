@@ -1,0 +1,209 @@
+//! The stream's outputs: the worker's results onto the result topics. With a `target_frame`,
+//! each frame's detections pass through one ordered stage on the async runtime that waits for
+//! the camera's transform at the frame's stamp (up to `tf.timeout`, as a tf2 MessageFilter) and
+//! moves the 3D outputs into that frame; the inference thread never waits for tf.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use r2r::sensor_msgs::msg::Image;
+use r2r::visualization_msgs::msg::MarkerArray;
+use r2r::vlm_perception_msgs::msg as vmsg;
+use tokio::sync::mpsc;
+use vlm_perception::pipeline::{DetectionResult, SegmentationResult, VqaResult};
+use vlm_perception::vision::depth::Object3d;
+
+use crate::convert::{self, FrameHeader};
+use crate::log;
+use crate::tf::{Placement, Transforms};
+use crate::worker::{Level, Sink};
+
+/// Frames waiting for their transform; beyond this (a stalled tf stream at a high frame rate) a
+/// frame's detections are published without 3D rather than queued.
+const STAGE_DEPTH: usize = 16;
+/// The same tf failure is logged at most this often (it is on /diagnostics every period).
+const TF_LOG_PERIOD: Duration = Duration::from_secs(5);
+
+/// The result topics.
+#[derive(Clone)]
+pub struct Publishers {
+    pub logger: String,
+    pub detections: r2r::Publisher<vmsg::DetectionArray>,
+    pub segmentation: r2r::Publisher<vmsg::SegmentationArray>,
+    pub answers: r2r::Publisher<vmsg::Answer>,
+    pub overlay: Option<r2r::Publisher<Image>>,
+    /// RViz boxes of the located detections (depth on).
+    pub markers: Option<r2r::Publisher<MarkerArray>>,
+    #[cfg(feature = "vision_msgs")]
+    pub detections_2d: r2r::Publisher<r2r::vision_msgs::msg::Detection2DArray>,
+    #[cfg(feature = "vision_msgs")]
+    pub detections_3d: r2r::Publisher<r2r::vision_msgs::msg::Detection3DArray>,
+}
+
+impl Publishers {
+    fn check(&self, what: &str, r: r2r::Result<()>) {
+        if let Err(e) = r {
+            log(
+                &self.logger,
+                Level::Error,
+                &format!("cannot publish {what}: {e}"),
+            );
+        }
+    }
+
+    /// One frame's detections on every detection topic; `positions` are already in
+    /// `placement.frame_id`, the frame of the 3D-only topics' headers.
+    fn detections(
+        &self,
+        header: &FrameHeader,
+        placement: &Placement,
+        model: &str,
+        r: &DetectionResult,
+        positions: &[Option<Object3d>],
+        latency: Duration,
+    ) {
+        let msg =
+            convert::detection_array(header, &placement.frame_id, model, r, positions, latency);
+        self.check("detections", self.detections.publish(&msg));
+        let header_3d = placement.header(header);
+        if let Some(p) = &self.markers {
+            let msg = convert::markers(&header_3d, r, positions);
+            self.check("markers", p.publish(&msg));
+        }
+        #[cfg(feature = "vision_msgs")]
+        {
+            let msg = convert::detection_2d_array(header, r);
+            self.check("detections_2d", self.detections_2d.publish(&msg));
+            if let Some(msg) = convert::detection_3d_array(&header_3d, r, positions) {
+                self.check("detections_3d", self.detections_3d.publish(&msg));
+            }
+        }
+    }
+}
+
+/// A frame's detections on their way to the tf stage.
+pub struct Staged {
+    header: FrameHeader,
+    model: String,
+    result: DetectionResult,
+    positions: Vec<Option<Object3d>>,
+    latency: Duration,
+}
+
+/// The worker's sink: results straight onto the topics, detections through the tf stage when a
+/// target frame is set.
+pub struct StreamSink {
+    out: Publishers,
+    tf: Arc<Transforms>,
+    stage: mpsc::Sender<Staged>,
+}
+
+impl StreamSink {
+    /// The sink, and the receiving end of its tf stage (for [`tf_stage`]).
+    pub fn new(out: Publishers, tf: Arc<Transforms>) -> (Self, mpsc::Receiver<Staged>) {
+        let (stage, rx) = mpsc::channel(STAGE_DEPTH);
+        (Self { out, tf, stage }, rx)
+    }
+}
+
+impl Sink for StreamSink {
+    fn detections(
+        &mut self,
+        header: &FrameHeader,
+        model: &str,
+        r: &DetectionResult,
+        positions: &[Option<Object3d>],
+        latency: Duration,
+    ) {
+        let target = self.tf.params().target_frame;
+        if target.is_empty() {
+            let camera = Placement::camera(header);
+            return self
+                .out
+                .detections(header, &camera, model, r, positions, latency);
+        }
+        // Every frame takes the stage while a target frame is set, so that frames stay in order.
+        let staged = Staged {
+            header: header.clone(),
+            model: model.to_string(),
+            result: r.clone(),
+            positions: positions.to_vec(),
+            latency,
+        };
+        if let Err(e) = self.stage.try_send(staged) {
+            let s = match e {
+                mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
+            };
+            let placement = Placement {
+                frame_id: target,
+                transform: Err(format!(
+                    "{STAGE_DEPTH} frames are already waiting for their transforms"
+                )),
+            };
+            let mut positions = s.positions;
+            placement.place(&mut positions);
+            self.out
+                .detections(header, &placement, model, r, &positions, latency);
+        }
+    }
+
+    fn segmentation(
+        &mut self,
+        header: &FrameHeader,
+        model: &str,
+        r: &SegmentationResult,
+        latency: Duration,
+    ) {
+        let msg = convert::segmentation_array(header, model, r, latency);
+        self.out
+            .check("segmentation", self.out.segmentation.publish(&msg));
+    }
+
+    fn overlay(&mut self, header: &FrameHeader, image: &image::RgbImage) {
+        if let Some(p) = &self.out.overlay {
+            let msg = convert::rgb_image_msg(header, image);
+            self.out.check("overlay", p.publish(&msg));
+        }
+    }
+
+    fn answer(&mut self, header: &FrameHeader, model: &str, r: &VqaResult, latency: Duration) {
+        let msg = convert::answer(header, model, r, latency);
+        self.out.check("answer", self.out.answers.publish(&msg));
+    }
+
+    fn log(&mut self, level: Level, message: &str) {
+        log(&self.out.logger, level, message);
+    }
+}
+
+/// The tf stage: each staged frame waits for its transform (when it has 3D positions), then is
+/// published in the target frame, or without 3D and with the reason logged.
+pub async fn tf_stage(mut frames: mpsc::Receiver<Staged>, out: Publishers, tf: Arc<Transforms>) {
+    let mut logged: Option<(String, Instant)> = None;
+    while let Some(mut s) = frames.recv().await {
+        let located = s.positions.iter().any(Option::is_some);
+        let placement = tf.placement("", &s.header, located).await;
+        placement.place(&mut s.positions);
+        if let Some(e) = placement.error() {
+            let repeat = logged
+                .as_ref()
+                .is_some_and(|(last, at)| last == e && at.elapsed() < TF_LOG_PERIOD);
+            if !repeat {
+                log(
+                    &out.logger,
+                    Level::Warn,
+                    &format!("frame published without 3D positions: {e}"),
+                );
+                logged = Some((e.to_string(), Instant::now()));
+            }
+        }
+        out.detections(
+            &s.header,
+            &placement,
+            &s.model,
+            &s.result,
+            &s.positions,
+            s.latency,
+        );
+    }
+}

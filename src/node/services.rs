@@ -1,0 +1,389 @@
+//! The services: each call is one task that queues a job for the worker, waits for its answer
+//! (at most `services.timeout`), and for the 3D answers (`~/score`, `~/ground`) waits for the
+//! transform into the target frame (at most `tf.timeout`) before it responds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use r2r::sensor_msgs::msg::{CameraInfo, Image};
+use r2r::vlm_perception_msgs::srv;
+use r2r::{ServiceRequest, WrappedServiceTypeSupport};
+use tokio::sync::oneshot;
+
+use crate::convert::{self, RawImage};
+use crate::tf::Transforms;
+use crate::worker::{self, DepthArg, GroundArgs, Handle, ImageArg, Job, Outcome, Reply, Request};
+
+/// What every call needs: the worker, and the transforms for the 3D answers.
+#[derive(Clone)]
+pub struct Services {
+    pub worker: Handle,
+    pub tf: Arc<Transforms>,
+}
+
+/// Serves one service: each request gets its own task, which queues a job for the worker and
+/// answers when the worker replies or the timeout passes, whichever comes first.
+pub async fn serve<T, F, Fut>(
+    mut requests: impl Stream<Item = ServiceRequest<T>> + Unpin,
+    ctx: Services,
+    timeout: ServiceTimeout,
+    call: F,
+) where
+    T: WrappedServiceTypeSupport + 'static,
+    F: Fn(Services, Duration, T::Request) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = (bool, T::Response)> + Send + 'static,
+    T::Request: Default + Send + 'static,
+    T::Response: Send + 'static,
+{
+    while let Some(mut req) = requests.next().await {
+        let ctx = ctx.clone();
+        let timeout = timeout.get();
+        tokio::spawn(async move {
+            let message = std::mem::take(&mut req.message);
+            let (success, response) = call(ctx.clone(), timeout, message).await;
+            ctx.worker.count_service(success);
+            // The client may have gone away; nothing to do then.
+            let _ = req.respond(response);
+        });
+    }
+}
+
+/// `services.timeout`, which can change at run time.
+#[derive(Clone)]
+pub struct ServiceTimeout(Arc<AtomicU64>);
+
+impl ServiceTimeout {
+    pub fn new(d: Duration) -> Self {
+        Self(Arc::new(AtomicU64::new(d.as_nanos() as u64)))
+    }
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+    pub fn set(&self, d: Duration) {
+        self.0.store(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Queues `request(reply)` and waits for the worker's answer, at most `timeout`.
+pub async fn ask_worker<T>(
+    handle: &Handle,
+    timeout: Duration,
+    request: impl FnOnce(Reply<T>) -> Request,
+) -> Result<T, String> {
+    let (tx, rx) = oneshot::channel();
+    let job = Job {
+        request: request(tx),
+        deadline: Instant::now() + timeout,
+    };
+    if handle.submit(job).is_err() {
+        return Err(format!(
+            "busy: {} requests are already waiting",
+            worker::MAX_QUEUED_REQUESTS
+        ));
+    }
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err("internal error: the request was dropped (see the node log)".into()),
+        Err(_) => Err(worker::timeout_message(timeout, handle.loading())),
+    }
+}
+
+fn image_arg(image: &mut Image) -> ImageArg {
+    match RawImage::from_request(image) {
+        Some((header, raw)) => ImageArg::Given(header, raw),
+        None => ImageArg::Latest,
+    }
+}
+
+/// A request's threshold: `<= 0` (or NaN) means the node's default; above 1 is refused.
+fn threshold_arg(v: f32) -> Result<Option<f32>, String> {
+    match v {
+        v if v > 1.0 => Err(format!("threshold must be in [0, 1], got {v}")),
+        v if v > 0.0 => Ok(Some(v)),
+        _ => Ok(None),
+    }
+}
+
+/// A failed service answer: `success=false`, the message, everything else default.
+macro_rules! failure {
+    ($($response:ident)::+, $message:expr) => {
+        (
+            false,
+            $($response)::+ {
+                success: false,
+                message: $message,
+                ..Default::default()
+            },
+        )
+    };
+}
+
+pub async fn set_queries_call(
+    ctx: Services,
+    timeout: Duration,
+    req: srv::SetQueries::Request,
+) -> (bool, srv::SetQueries::Response) {
+    let detection = (!req.keep_detection).then_some(req.detection_queries);
+    let prompts = (!req.keep_segmentation).then_some(req.segmentation_prompts);
+    let detection_images = query_images(req.detection_query_images);
+    let r = ask_worker(&ctx.worker, timeout, |reply| Request::SetVocabulary {
+        detection,
+        detection_images,
+        prompts,
+        origin: "~/set_queries",
+        reply: Some(reply),
+    })
+    .await;
+    let success = r.is_ok();
+    let message = r.unwrap_or_else(|e| e);
+    (success, srv::SetQueries::Response { success, message })
+}
+
+pub async fn detect_call(
+    ctx: Services,
+    timeout: Duration,
+    mut req: srv::Detect::Request,
+) -> (bool, srv::Detect::Response) {
+    let image = image_arg(&mut req.image);
+    let threshold = match threshold_arg(req.threshold) {
+        Ok(t) => t,
+        Err(e) => return failure!(srv::Detect::Response, e),
+    };
+    let query_images = query_images(std::mem::take(&mut req.query_images));
+    let r = ask_worker(&ctx.worker, timeout, |reply| Request::Detect {
+        image,
+        queries: req.queries,
+        query_images,
+        threshold,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(Outcome {
+            header,
+            model,
+            result,
+            latency,
+        }) => (
+            true,
+            srv::Detect::Response {
+                success: true,
+                message: format!("{} detection(s)", result.detections.len()),
+                detections: convert::detection_array(
+                    &header,
+                    &header.frame_id,
+                    &model,
+                    &result,
+                    &[],
+                    latency,
+                ),
+            },
+        ),
+        Err(e) => failure!(srv::Detect::Response, e),
+    }
+}
+
+pub async fn segment_call(
+    ctx: Services,
+    timeout: Duration,
+    mut req: srv::Segment::Request,
+) -> (bool, srv::Segment::Response) {
+    let image = image_arg(&mut req.image);
+    let fail = |message: String| failure!(srv::Segment::Response, message);
+    let threshold = match threshold_arg(req.threshold) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let r = ask_worker(&ctx.worker, timeout, |reply| Request::Segment {
+        image,
+        prompts: req.prompts,
+        threshold,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(o) => (
+            true,
+            srv::Segment::Response {
+                success: true,
+                message: format!("{} mask(s)", o.result.masks.len()),
+                segmentations: convert::segmentation_array(
+                    &o.header, &o.model, &o.result, o.latency,
+                ),
+            },
+        ),
+        Err(e) => fail(e),
+    }
+}
+
+pub async fn ask_call(
+    ctx: Services,
+    timeout: Duration,
+    mut req: srv::Ask::Request,
+) -> (bool, srv::Ask::Response) {
+    let image = image_arg(&mut req.image);
+    let top_k = usize::try_from(req.top_k).ok().filter(|k| *k > 0);
+    let r = ask_worker(&ctx.worker, timeout, |reply| Request::Ask {
+        image,
+        question: req.question,
+        top_k,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(o) => (
+            true,
+            srv::Ask::Response {
+                success: true,
+                message: o
+                    .result
+                    .answers
+                    .first()
+                    .map_or_else(|| "no answer".to_string(), |a| a.answer.clone()),
+                answer: convert::answer(&o.header, &o.model, &o.result, o.latency),
+            },
+        ),
+        Err(message) => failure!(srv::Ask::Response, message),
+    }
+}
+
+/// A request's query images, labelled by their `header.frame_id` (the pixels are moved).
+fn query_images(images: Vec<Image>) -> Vec<worker::QueryImage> {
+    images
+        .into_iter()
+        .map(|msg| {
+            let (header, image) = RawImage::from_image(msg);
+            worker::QueryImage {
+                label: header.frame_id,
+                image,
+            }
+        })
+        .collect()
+}
+
+/// A request's depth: the one sent with it, else the stream's pairing by the image's stamp.
+fn depth_arg(depth: &Image, camera_info: &CameraInfo) -> DepthArg {
+    match convert::request_depth(depth) {
+        Some(depth) => DepthArg::Given {
+            depth,
+            camera: convert::request_camera_info(camera_info),
+        },
+        None => DepthArg::Stream,
+    }
+}
+
+pub async fn score_call(
+    ctx: Services,
+    timeout: Duration,
+    mut req: srv::Score::Request,
+) -> (bool, srv::Score::Response) {
+    let fail = |message: String| failure!(srv::Score::Response, message);
+    let threshold = match threshold_arg(req.threshold) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let depth = depth_arg(&req.depth, &req.camera_info);
+    let image = image_arg(&mut req.image);
+    let target_frame = std::mem::take(&mut req.target_frame);
+    let r = ask_worker(&ctx.worker, timeout, |reply| Request::Score {
+        image,
+        depth,
+        phrases: req.phrases,
+        threshold,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(o) => {
+            let mut positions = o.result.positions;
+            let located = positions.iter().any(Option::is_some);
+            let placement = ctx.tf.placement(&target_frame, &o.header, located).await;
+            placement.place(&mut positions);
+            let found = o.result.scores.iter().filter(|s| s.found).count();
+            let mut message = format!("{found} of {} phrase(s) found", o.result.scores.len());
+            if let Some(note) = o.result.depth_note.as_deref().or(placement.error()) {
+                message.push_str(&format!("; no 3D: {note}"));
+            }
+            (
+                true,
+                srv::Score::Response {
+                    success: true,
+                    message,
+                    header: o.header.to_msg(),
+                    scores: convert::phrase_scores(&o.result.scores, &positions),
+                    scene: o.result.scene,
+                    position_frame_id: placement.frame_id,
+                },
+            )
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub async fn ground_call(
+    ctx: Services,
+    timeout: Duration,
+    mut req: srv::Ground::Request,
+) -> (bool, srv::Ground::Response) {
+    let fail = |message: String| failure!(srv::Ground::Response, message);
+    let threshold = match threshold_arg(req.threshold) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let depth = depth_arg(&req.depth, &req.camera_info);
+    let image = image_arg(&mut req.image);
+    let place = Some(req.place.trim().to_string()).filter(|p| !p.is_empty());
+    let target_frame = std::mem::take(&mut req.target_frame);
+    let args = GroundArgs {
+        pick: req.pick,
+        place,
+        threshold,
+        masks: req.return_masks,
+    };
+    let r = ask_worker(&ctx.worker, timeout, |reply| Request::Ground {
+        image,
+        depth,
+        args,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(mut o) => {
+            let g = &mut o.result;
+            let located =
+                g.pick.point.is_some() || g.place.as_ref().is_some_and(|p| p.point.is_some());
+            let placement = ctx.tf.placement(&target_frame, &o.header, located).await;
+            placement.place_point(&mut g.pick.point);
+            if let Some(p) = &mut g.place {
+                placement.place_point(&mut p.point);
+            }
+            let g = &o.result;
+            let mut message = format!("pick `{}`", g.pick.detection.label);
+            if let Some(p) = &g.place {
+                message.push_str(&format!(", place `{}`", p.detection.label));
+            }
+            if let Some(note) = g.depth_note.as_deref().or(placement.error()) {
+                message.push_str(&format!("; no 3D: {note}"));
+            }
+            (
+                true,
+                srv::Ground::Response {
+                    success: true,
+                    message,
+                    header: o.header.to_msg(),
+                    pick: convert::ground_target(&o.header, &g.pick),
+                    has_place: g.place.is_some(),
+                    place: g
+                        .place
+                        .as_ref()
+                        .map(|p| convert::ground_target(&o.header, p))
+                        .unwrap_or_default(),
+                    position_frame_id: placement.frame_id,
+                },
+            )
+        }
+        Err(e) => fail(e),
+    }
+}
