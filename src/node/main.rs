@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use r2r::diagnostic_msgs::msg::DiagnosticArray;
 use r2r::sensor_msgs::msg::{CameraInfo, CompressedImage, Image};
 use r2r::std_msgs::msg::String as StringMsg;
@@ -316,18 +316,13 @@ fn run() -> Result<()> {
             transforms.clone(),
             logger.clone(),
         ));
-        tokio::spawn(transform_topic(
-            tf_sub,
-            transforms.clone(),
-            false,
-            logger.clone(),
-        ));
-        tokio::spawn(transform_topic(
-            tf_static_sub,
-            transforms.clone(),
-            true,
-            logger.clone(),
-        ));
+        let mut tf_listener = TfListener {
+            tf: Box::new(tf_sub),
+            tf_static: Box::new(tf_static_sub),
+            transforms: transforms.clone(),
+            logger: logger.clone(),
+            logged: Default::default(),
+        };
         tokio::spawn(outputs::tf_stage(staged, publishers, transforms.clone()));
         let source: Arc<str> = Arc::from(resolve(&fqn, &topic));
         if let Some(sub) = raw_sub {
@@ -384,6 +379,7 @@ fn run() -> Result<()> {
         let mut spinner = tokio::task::spawn_blocking(move || {
             while !spinning.load(Ordering::Relaxed) {
                 node.spin_once(SPIN_TIMEOUT);
+                tf_listener.drain();
             }
         });
         let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -478,34 +474,63 @@ async fn vocabulary_topic(
     }
 }
 
-/// `/tf` or `/tf_static` into the transform buffer; a refused transform (NaN, a loop, older
+type TfStream = Box<dyn Stream<Item = TFMessage> + Unpin + Send>;
+
+/// `/tf` and `/tf_static` into the transform buffer, drained on the executor thread right after
+/// each `spin_once`: r2r hands a subscription's messages over through a channel of 10 and drops
+/// the rest without a word, so a burst of transforms (a static tree from many broadcasters, a
+/// busy machine) would be lost if an async task took them. A spin takes at most one message per
+/// subscription, so draining after each one loses none. A refused transform (NaN, a loop, older
 /// than the cache, ...) is logged, at most once per edge every few seconds, and counted on
 /// /diagnostics.
-async fn transform_topic(
-    mut sub: impl Stream<Item = TFMessage> + Unpin,
+struct TfListener {
+    tf: TfStream,
+    tf_static: TfStream,
     transforms: Arc<Transforms>,
-    is_static: bool,
     logger: String,
-) {
-    let mut logged: std::collections::HashMap<String, Instant> = Default::default();
-    while let Some(msg) = sub.next().await {
+    logged: std::collections::HashMap<String, Instant>,
+}
+
+impl TfListener {
+    fn drain(&mut self) {
+        let mut any = false;
+        while let Some(Some(msg)) = self.tf.next().now_or_never() {
+            self.take(&msg, false);
+            any = true;
+        }
+        while let Some(Some(msg)) = self.tf_static.next().now_or_never() {
+            self.take(&msg, true);
+            any = true;
+        }
+        if any {
+            self.transforms.arrived();
+        }
+    }
+
+    fn take(&mut self, msg: &TFMessage, is_static: bool) {
         for t in &msg.transforms {
             let (parent, child, stamp, transform) = convert::transform_stamped(t);
-            if let Err(e) = transforms.add(parent, child, stamp, transform, is_static) {
+            if let Err(e) = self
+                .transforms
+                .add(parent, child, stamp, transform, is_static)
+            {
                 let key = format!("{parent}->{child}");
                 let now = Instant::now();
-                if logged.get(&key).is_none_or(|at| now - *at > TF_LOG_PERIOD) {
+                if self
+                    .logged
+                    .get(&key)
+                    .is_none_or(|at| now - *at > TF_LOG_PERIOD)
+                {
                     let topic = if is_static { "/tf_static" } else { "/tf" };
                     log(
-                        &logger,
+                        &self.logger,
                         Level::Warn,
                         &format!("{topic}: ignoring a transform: {e}"),
                     );
-                    logged.insert(key, now);
+                    self.logged.insert(key, now);
                 }
             }
         }
-        transforms.arrived();
     }
 }
 

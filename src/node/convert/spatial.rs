@@ -217,20 +217,20 @@ pub fn depth_status(
     }
 }
 
-/// The tf status on /diagnostics: OK while lookups succeed (or target_frame is empty: no
-/// lookups), WARN while the latest one failed, with its reason.
+/// The tf status on /diagnostics: WARN while the latest lookup failed (the stream's or a
+/// service's own `target_frame`), with its reason; else OK.
 pub fn tf_status(
     node: &str,
     s: &crate::tf::TfStats,
 ) -> r2r::diagnostic_msgs::msg::DiagnosticStatus {
     use super::{kv, LEVEL_OK, LEVEL_WARN};
-    let (level, message) = if s.target_frame.is_empty() {
+    let (level, message) = if s.lookups_failed > 0 && s.last_error_is_latest {
+        (LEVEL_WARN, format!("3D outputs left out: {}", s.last_error))
+    } else if s.target_frame.is_empty() {
         (
             LEVEL_OK,
             "target_frame is empty: 3D outputs in the camera optical frame".to_string(),
         )
-    } else if s.lookups_failed > 0 && s.last_error_is_latest {
-        (LEVEL_WARN, format!("3D outputs left out: {}", s.last_error))
     } else {
         (
             LEVEL_OK,
