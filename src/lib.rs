@@ -5,12 +5,15 @@
 //! - [`vision`]: image pre/post-processing (resize, normalize, boxes, NMS, masks, drawing).
 //! - [`pipeline`]: the library API used by the front ends: checkpoint resolution, tokenizers,
 //!   caches, device and dtype, and one task object per model ([`pipeline::Detector`], ...).
+//! - [`transforms`], [`tracking`], [`objects`]: plain-Rust robotics around the models (a tf2-style
+//!   transform buffer, ByteTrack, the memory of the objects seen).
 //!
 //! The CLI (`src/cli`) and the ROS 2 node (`src/node`, feature `ros`) are thin front ends
 //! over [`pipeline`].
 
 pub mod error;
 pub mod models;
+pub mod objects;
 pub mod pipeline;
 pub mod transforms;
 pub mod vision;
