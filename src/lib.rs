@@ -15,6 +15,7 @@ pub mod error;
 pub mod models;
 pub mod objects;
 pub mod pipeline;
+pub mod tracking;
 pub mod transforms;
 pub mod vision;
 
