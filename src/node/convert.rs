@@ -29,10 +29,12 @@ use vlm_perception::vision::image_io::{check_size, decode_rgb, to_rgb};
 use crate::params::Value;
 use crate::worker::{ModelState, Snapshot, TaskSnapshot};
 
+mod objects;
 mod planner;
 mod spatial;
 #[cfg(feature = "vision_msgs")]
 mod vision;
+pub use objects::{object_array, tracked_object};
 pub use planner::{ground_target, phrase_scores};
 pub use spatial::{
     camera_info, depth_image, markers, request_camera_info, request_depth, transform_stamped,
@@ -370,14 +372,19 @@ fn millis(d: Duration) -> f32 {
     (d.as_secs_f64() * 1e3) as f32
 }
 
-/// One detection, with its 3D position and extent when located.
-pub(crate) fn detection_msg(d: &Detection, position: Option<&Object3d>) -> vmsg::Detection {
+/// One detection, with its 3D position and extent when located, and its track (0: none).
+pub(crate) fn detection_msg(
+    d: &Detection,
+    position: Option<&Object3d>,
+    track_id: u64,
+) -> vmsg::Detection {
     vmsg::Detection {
         label: d.label.clone(),
         query_index: d.query_index as i32,
         score: d.score,
         objectness: d.objectness.unwrap_or(-1.0),
         bbox: bbox_msg(&d.bbox),
+        track_id,
         has_position: position.is_some(),
         position: position
             .map(|o| spatial::point(&o.centre))
@@ -391,14 +398,15 @@ pub(crate) fn detection_msg(d: &Detection, position: Option<&Object3d>) -> vmsg:
     }
 }
 
-/// `positions`: per detection, when depth located it (may be empty: 2D only), in
-/// `position_frame_id`.
+/// One frame's detections; `positions` (per detection, when depth located it; may be empty: 2D
+/// only) are in `position_frame_id`, `tracks` per detection its track id (may be empty).
 pub fn detection_array(
     header: &FrameHeader,
     position_frame_id: &str,
     model: &str,
     result: &DetectionResult,
     positions: &[Option<Object3d>],
+    tracks: &[u64],
     latency: Duration,
 ) -> vmsg::DetectionArray {
     vmsg::DetectionArray {
@@ -407,12 +415,20 @@ pub fn detection_array(
             .detections
             .iter()
             .enumerate()
-            .map(|(i, d)| detection_msg(d, positions.get(i).copied().flatten().as_ref()))
+            .map(|(i, d)| {
+                let position = positions.get(i).copied().flatten();
+                detection_msg(d, position.as_ref(), track_at(tracks, i))
+            })
             .collect(),
         model: model.to_string(),
         latency_ms: millis(latency),
         position_frame_id: position_frame_id.to_string(),
     }
+}
+
+/// The track id of detection `i` (0: none, or tracking off).
+pub fn track_at(tracks: &[u64], i: usize) -> u64 {
+    tracks.get(i).copied().unwrap_or(0)
 }
 
 pub fn segmentation_array(

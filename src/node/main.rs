@@ -12,6 +12,7 @@ mod convert;
 mod depth_sync;
 mod lifecycle;
 mod live_params;
+mod memory;
 mod outputs;
 mod params;
 mod services;
@@ -37,11 +38,12 @@ use vlm_perception::pipeline::LoadOptions;
 use convert::{FrameHeader, RawImage};
 use depth_sync::{stamp_ns, DepthSync};
 use live_params::LiveParams;
+use memory::Memory;
 use outputs::{Publishers, StreamSink};
 use params::{split_texts, NodeParams, ParamError};
 use services::{
-    ask_call, detect_call, ground_call, score_call, segment_call, serve, set_queries_call,
-    ServiceTimeout, Services,
+    ask_call, detect_call, get_objects_call, ground_call, score_call, segment_call, serve,
+    set_queries_call, ServiceTimeout, Services,
 };
 use tf::Transforms;
 use worker::{Frame, Handle, Job, Level, Request};
@@ -151,7 +153,17 @@ fn run() -> Result<()> {
     };
     let diagnostics = node.create_publisher::<DiagnosticArray>("/diagnostics", output_qos())?;
     let transforms = Arc::new(Transforms::new(&params.tf));
-    let (sink, staged) = StreamSink::new(publishers.clone(), transforms.clone());
+    // Latched, as a map: a planner that starts later gets the memory at once.
+    let objects_qos = QosProfile::default()
+        .reliable()
+        .transient_local()
+        .keep_last(1);
+    let memory = Arc::new(Memory::new(
+        params.objects_forget_after,
+        node.create_publisher("~/objects", objects_qos)?,
+        logger.clone(),
+    ));
+    let (sink, staged) = StreamSink::new(publishers.clone(), transforms.clone(), memory.clone());
 
     // Inputs.
     let mut camera_qos = if params.camera.reliable {
@@ -199,7 +211,8 @@ fn run() -> Result<()> {
     let segment = node.create_service::<srv::Segment::Service>("~/segment", services.clone())?;
     let ask = node.create_service::<srv::Ask::Service>("~/ask", services.clone())?;
     let score = node.create_service::<srv::Score::Service>("~/score", services.clone())?;
-    let ground = node.create_service::<srv::Ground::Service>("~/ground", services)?;
+    let ground = node.create_service::<srv::Ground::Service>("~/ground", services.clone())?;
+    let get_objects = node.create_service::<srv::GetObjects::Service>("~/get_objects", services)?;
 
     log(
         &logger,
@@ -314,6 +327,7 @@ fn run() -> Result<()> {
             handle.clone(),
             timeout.clone(),
             transforms.clone(),
+            memory.clone(),
             logger.clone(),
         ));
         let mut tf_listener = TfListener {
@@ -323,7 +337,13 @@ fn run() -> Result<()> {
             logger: logger.clone(),
             logged: Default::default(),
         };
-        tokio::spawn(outputs::tf_stage(staged, publishers, transforms.clone()));
+        tokio::spawn(outputs::tf_stage(
+            staged,
+            publishers,
+            transforms.clone(),
+            memory.clone(),
+        ));
+        tokio::spawn(forget_objects(memory.clone()));
         let source: Arc<str> = Arc::from(resolve(&fqn, &topic));
         if let Some(sub) = raw_sub {
             tokio::spawn(frames(
@@ -351,6 +371,7 @@ fn run() -> Result<()> {
         let calls = Services {
             worker: handle.clone(),
             tf: transforms.clone(),
+            memory: memory.clone(),
         };
         let t = &timeout;
         tokio::spawn(serve(
@@ -364,6 +385,12 @@ fn run() -> Result<()> {
         tokio::spawn(serve(ask, calls.clone(), t.clone(), ask_call));
         tokio::spawn(serve(score, calls.clone(), t.clone(), score_call));
         tokio::spawn(serve(ground, calls.clone(), t.clone(), ground_call));
+        tokio::spawn(serve(
+            get_objects,
+            calls.clone(),
+            t.clone(),
+            get_objects_call,
+        ));
         tokio::spawn(publish_diagnostics(
             diagnostics,
             handle.clone(),
@@ -534,6 +561,16 @@ impl TfListener {
     }
 }
 
+/// Objects are forgotten on schedule even while no frame comes.
+async fn forget_objects(memory: Arc<Memory>) {
+    let mut tick = tokio::time::interval(memory::FORGET_CHECK_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        memory.forget();
+    }
+}
+
 /// Accepted `ros2 param set` changes: the new values go to the worker (in order with the
 /// requests), to the service timeout and to the transforms (target_frame, tf.timeout).
 async fn parameter_changes(
@@ -542,6 +579,7 @@ async fn parameter_changes(
     handle: Handle,
     timeout: ServiceTimeout,
     transforms: Arc<Transforms>,
+    memory: Arc<Memory>,
     logger: String,
 ) {
     while let Some((name, value)) = events.next().await {
@@ -552,6 +590,7 @@ async fn parameter_changes(
             .clone();
         timeout.set(params.service_timeout);
         transforms.set_params(&params.tf);
+        memory.set_forget_after(params.objects_forget_after);
         log(
             &logger,
             Level::Info,

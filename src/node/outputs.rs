@@ -1,7 +1,8 @@
-//! The stream's outputs: the worker's results onto the result topics. With a `target_frame`,
-//! each frame's detections pass through one ordered stage on the async runtime that waits for
-//! the camera's transform at the frame's stamp (up to `tf.timeout`, as a tf2 MessageFilter) and
-//! moves the 3D outputs into that frame; the inference thread never waits for tf.
+//! The stream's outputs: the worker's results onto the result topics, and the tracked
+//! detections into the object memory. With a `target_frame`, each frame's detections pass
+//! through one ordered stage on the async runtime that waits for the camera's transform at the
+//! frame's stamp (up to `tf.timeout`, as a tf2 MessageFilter) and moves the 3D outputs into that
+//! frame; the inference thread never waits for tf.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,13 +11,13 @@ use r2r::sensor_msgs::msg::Image;
 use r2r::visualization_msgs::msg::MarkerArray;
 use r2r::vlm_perception_msgs::msg as vmsg;
 use tokio::sync::mpsc;
-use vlm_perception::pipeline::{DetectionResult, SegmentationResult, VqaResult};
-use vlm_perception::vision::depth::Object3d;
+use vlm_perception::pipeline::{SegmentationResult, VqaResult};
 
 use crate::convert::{self, FrameHeader};
 use crate::log;
+use crate::memory::Memory;
 use crate::tf::{Placement, Transforms};
-use crate::worker::{Level, Sink};
+use crate::worker::{FrameDetections, Level, Sink};
 
 /// Frames waiting for their transform; beyond this (a stalled tf stream at a high frame rate) a
 /// frame's detections are published without 3D rather than queued.
@@ -51,43 +52,35 @@ impl Publishers {
         }
     }
 
-    /// One frame's detections on every detection topic; `positions` are already in
+    /// One frame's detections on every detection topic; its positions are already in
     /// `placement.frame_id`, the frame of the 3D-only topics' headers.
-    fn detections(
-        &self,
-        header: &FrameHeader,
-        placement: &Placement,
-        model: &str,
-        r: &DetectionResult,
-        positions: &[Option<Object3d>],
-        latency: Duration,
-    ) {
-        let msg =
-            convert::detection_array(header, &placement.frame_id, model, r, positions, latency);
+    fn detections(&self, f: &FrameDetections, placement: &Placement) {
+        let msg = convert::detection_array(
+            &f.header,
+            &placement.frame_id,
+            &f.model,
+            &f.result,
+            &f.positions,
+            &f.tracks,
+            f.latency,
+        );
         self.check("detections", self.detections.publish(&msg));
-        let header_3d = placement.header(header);
+        let header_3d = placement.header(&f.header);
         if let Some(p) = &self.markers {
-            let msg = convert::markers(&header_3d, r, positions);
+            let msg = convert::markers(&header_3d, &f.result, &f.positions);
             self.check("markers", p.publish(&msg));
         }
         #[cfg(feature = "vision_msgs")]
         {
-            let msg = convert::detection_2d_array(header, r);
+            let msg = convert::detection_2d_array(&f.header, &f.result, &f.tracks);
             self.check("detections_2d", self.detections_2d.publish(&msg));
-            if let Some(msg) = convert::detection_3d_array(&header_3d, r, positions) {
+            let located =
+                convert::detection_3d_array(&header_3d, &f.result, &f.positions, &f.tracks);
+            if let Some(msg) = located {
                 self.check("detections_3d", self.detections_3d.publish(&msg));
             }
         }
     }
-}
-
-/// A frame's detections on their way to the tf stage.
-pub struct Staged {
-    header: FrameHeader,
-    model: String,
-    result: DetectionResult,
-    positions: Vec<Option<Object3d>>,
-    latency: Duration,
 }
 
 /// The worker's sink: results straight onto the topics, detections through the tf stage when a
@@ -95,44 +88,43 @@ pub struct Staged {
 pub struct StreamSink {
     out: Publishers,
     tf: Arc<Transforms>,
-    stage: mpsc::Sender<Staged>,
+    memory: Arc<Memory>,
+    stage: mpsc::Sender<FrameDetections>,
 }
 
 impl StreamSink {
     /// The sink, and the receiving end of its tf stage (for [`tf_stage`]).
-    pub fn new(out: Publishers, tf: Arc<Transforms>) -> (Self, mpsc::Receiver<Staged>) {
+    pub fn new(
+        out: Publishers,
+        tf: Arc<Transforms>,
+        memory: Arc<Memory>,
+    ) -> (Self, mpsc::Receiver<FrameDetections>) {
         let (stage, rx) = mpsc::channel(STAGE_DEPTH);
-        (Self { out, tf, stage }, rx)
+        (
+            Self {
+                out,
+                tf,
+                memory,
+                stage,
+            },
+            rx,
+        )
     }
 }
 
 impl Sink for StreamSink {
-    fn detections(
-        &mut self,
-        header: &FrameHeader,
-        model: &str,
-        r: &DetectionResult,
-        positions: &[Option<Object3d>],
-        latency: Duration,
-    ) {
+    fn detections(&mut self, mut frame: FrameDetections) {
         let target = self.tf.params().target_frame;
         if target.is_empty() {
-            let camera = Placement::camera(header);
-            return self
-                .out
-                .detections(header, &camera, model, r, positions, latency);
+            let camera = Placement::camera(&frame.header);
+            self.out.detections(&frame, &camera);
+            self.memory.record(&frame, &camera);
+            return;
         }
         // Every frame takes the stage while a target frame is set, so that frames stay in order.
-        let staged = Staged {
-            header: header.clone(),
-            model: model.to_string(),
-            result: r.clone(),
-            positions: positions.to_vec(),
-            latency,
-        };
-        if let Err(e) = self.stage.try_send(staged) {
-            let s = match e {
-                mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
+        if let Err(e) = self.stage.try_send(frame) {
+            frame = match e {
+                mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => f,
             };
             let placement = Placement {
                 frame_id: target,
@@ -140,10 +132,9 @@ impl Sink for StreamSink {
                     "{STAGE_DEPTH} frames are already waiting for their transforms"
                 )),
             };
-            let mut positions = s.positions;
-            placement.place(&mut positions);
-            self.out
-                .detections(header, &placement, model, r, &positions, latency);
+            placement.place(&mut frame.positions);
+            self.out.detections(&frame, &placement);
+            self.memory.record(&frame, &placement);
         }
     }
 
@@ -177,13 +168,19 @@ impl Sink for StreamSink {
 }
 
 /// The tf stage: each staged frame waits for its transform (when it has 3D positions), then is
-/// published in the target frame, or without 3D and with the reason logged.
-pub async fn tf_stage(mut frames: mpsc::Receiver<Staged>, out: Publishers, tf: Arc<Transforms>) {
+/// published in the target frame, or without 3D and with the reason logged; the object memory
+/// takes it in that frame.
+pub async fn tf_stage(
+    mut frames: mpsc::Receiver<FrameDetections>,
+    out: Publishers,
+    tf: Arc<Transforms>,
+    memory: Arc<Memory>,
+) {
     let mut logged: Option<(String, Instant)> = None;
-    while let Some(mut s) = frames.recv().await {
-        let located = s.positions.iter().any(Option::is_some);
-        let placement = tf.placement("", &s.header, located).await;
-        placement.place(&mut s.positions);
+    while let Some(mut f) = frames.recv().await {
+        let located = f.positions.iter().any(Option::is_some);
+        let placement = tf.placement("", &f.header, located).await;
+        placement.place(&mut f.positions);
         if let Some(e) = placement.error() {
             let repeat = logged
                 .as_ref()
@@ -197,13 +194,7 @@ pub async fn tf_stage(mut frames: mpsc::Receiver<Staged>, out: Publishers, tf: A
                 logged = Some((e.to_string(), Instant::now()));
             }
         }
-        out.detections(
-            &s.header,
-            &placement,
-            &s.model,
-            &s.result,
-            &s.positions,
-            s.latency,
-        );
+        out.detections(&f, &placement);
+        memory.record(&f, &placement);
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use vlm_perception::pipeline::validate_texts;
+use vlm_perception::tracking::ByteTrackConfig;
 use vlm_perception::vision::depth::DepthSampling;
 
 mod descriptions;
@@ -90,6 +91,9 @@ pub mod defaults {
     pub const TARGET_FRAME: &str = "";
     /// What a tf2 MessageFilter gives a driver's late transforms.
     pub const TF_TIMEOUT: f64 = 0.1;
+    /// Tracking is cheap next to inference: on by default.
+    pub const TRACKING_ENABLED: bool = true;
+    pub const OBJECTS_FORGET_AFTER: f64 = 60.0;
     pub const OVERLAY_ENABLED: bool = false;
     pub const LIFECYCLE: bool = false;
     pub const SERVICE_TIMEOUT: f64 = 10.0;
@@ -176,6 +180,13 @@ pub struct TfParams {
     pub timeout: Duration,
 }
 
+/// ByteTrack on the stream's detections (ultralytics' parameter names and defaults).
+#[derive(Debug, Clone)]
+pub struct TrackingParams {
+    pub enabled: bool,
+    pub config: ByteTrackConfig,
+}
+
 /// Everything the node reads at startup.
 #[derive(Debug, Clone)]
 pub struct NodeParams {
@@ -189,6 +200,9 @@ pub struct NodeParams {
     pub vilt: VqaParams,
     pub depth: DepthParams,
     pub tf: TfParams,
+    pub tracking: TrackingParams,
+    /// Objects of the memory not seen for this long are dropped.
+    pub objects_forget_after: Duration,
     pub overlay: bool,
     pub service_timeout: Duration,
     pub diagnostics_period: Duration,
@@ -227,6 +241,14 @@ pub const KNOWN: &[&str] = &[
     "depth.max_range",
     "target_frame",
     "tf.timeout",
+    "tracking.enabled",
+    "tracking.track_high_thresh",
+    "tracking.track_low_thresh",
+    "tracking.new_track_thresh",
+    "tracking.track_buffer",
+    "tracking.match_thresh",
+    "tracking.fuse_score",
+    "objects.forget_after",
     "overlay.enabled",
     "services.timeout",
     "diagnostics.period",
@@ -315,11 +337,15 @@ impl Reader<'_> {
     }
 
     fn fraction(&self, name: &str, default: f64) -> Result<f32, ParamError> {
+        self.fraction64(name, default).map(|v| v as f32)
+    }
+
+    fn fraction64(&self, name: &str, default: f64) -> Result<f64, ParamError> {
         let v = self.float(name, default)?;
         if !(0.0..=1.0).contains(&v) {
             return Err(invalid(name, format!("must be in [0, 1], got {v}")));
         }
-        Ok(v as f32)
+        Ok(v)
     }
 }
 
@@ -462,6 +488,52 @@ impl NodeParams {
             timeout: Duration::from_secs_f64(tf_timeout),
         };
 
+        let bt = ByteTrackConfig::default();
+        let track_buffer = r.int("tracking.track_buffer", i64::from(bt.track_buffer))?;
+        if !(1..=100_000).contains(&track_buffer) {
+            return Err(invalid(
+                "tracking.track_buffer",
+                format!("must be in 1..=100000 frames, got {track_buffer}"),
+            ));
+        }
+        let match_thresh = r.float("tracking.match_thresh", bt.match_thresh)?;
+        if match_thresh <= 0.0 {
+            return Err(invalid(
+                "tracking.match_thresh",
+                format!("must be positive (an IoU-distance cost limit), got {match_thresh}"),
+            ));
+        }
+        let config = ByteTrackConfig {
+            track_high_thresh: r.fraction64("tracking.track_high_thresh", bt.track_high_thresh)?,
+            track_low_thresh: r.fraction64("tracking.track_low_thresh", bt.track_low_thresh)?,
+            new_track_thresh: r.fraction64("tracking.new_track_thresh", bt.new_track_thresh)?,
+            track_buffer: track_buffer as u32,
+            match_thresh,
+            fuse_score: r.bool("tracking.fuse_score", bt.fuse_score)?,
+            // lost tracks are kept track_buffer processed frames, whatever `rate` is
+            frame_rate: bt.frame_rate,
+        };
+        if config.track_low_thresh > config.track_high_thresh {
+            return Err(invalid(
+                "tracking.track_low_thresh",
+                format!(
+                    "must not exceed tracking.track_high_thresh ({}), got {}",
+                    config.track_high_thresh, config.track_low_thresh
+                ),
+            ));
+        }
+        let tracking = TrackingParams {
+            enabled: r.bool("tracking.enabled", d::TRACKING_ENABLED)?,
+            config,
+        };
+        let forget_after = r.float("objects.forget_after", d::OBJECTS_FORGET_AFTER)?;
+        if !(forget_after > 0.0 && forget_after <= 1e6) {
+            return Err(invalid(
+                "objects.forget_after",
+                format!("must be in (0, 1e6] seconds, got {forget_after}"),
+            ));
+        }
+
         let timeout = r.float("services.timeout", d::SERVICE_TIMEOUT)?;
         if !(timeout > 0.0 && timeout <= MAX_SERVICE_TIMEOUT) {
             return Err(invalid(
@@ -487,6 +559,8 @@ impl NodeParams {
             vilt,
             depth,
             tf,
+            tracking,
+            objects_forget_after: Duration::from_secs_f64(forget_after),
             overlay: r.bool("overlay.enabled", d::OVERLAY_ENABLED)?,
             service_timeout: Duration::from_secs_f64(timeout),
             diagnostics_period: Duration::from_secs_f64(period),
@@ -540,6 +614,35 @@ impl NodeParams {
             ("depth.max_range", f(self.depth.sampling.max_depth)),
             ("target_frame", Value::String(self.tf.target_frame.clone())),
             ("tf.timeout", Value::Double(self.tf.timeout.as_secs_f64())),
+            ("tracking.enabled", Value::Bool(self.tracking.enabled)),
+            (
+                "tracking.track_high_thresh",
+                Value::Double(self.tracking.config.track_high_thresh),
+            ),
+            (
+                "tracking.track_low_thresh",
+                Value::Double(self.tracking.config.track_low_thresh),
+            ),
+            (
+                "tracking.new_track_thresh",
+                Value::Double(self.tracking.config.new_track_thresh),
+            ),
+            (
+                "tracking.track_buffer",
+                Value::Integer(i64::from(self.tracking.config.track_buffer)),
+            ),
+            (
+                "tracking.match_thresh",
+                Value::Double(self.tracking.config.match_thresh),
+            ),
+            (
+                "tracking.fuse_score",
+                Value::Bool(self.tracking.config.fuse_score),
+            ),
+            (
+                "objects.forget_after",
+                Value::Double(self.objects_forget_after.as_secs_f64()),
+            ),
             ("overlay.enabled", Value::Bool(self.overlay)),
             (
                 "services.timeout",

@@ -13,14 +13,20 @@ use r2r::{ServiceRequest, WrappedServiceTypeSupport};
 use tokio::sync::oneshot;
 
 use crate::convert::{self, RawImage};
-use crate::tf::Transforms;
-use crate::worker::{self, DepthArg, GroundArgs, Handle, ImageArg, Job, Outcome, Reply, Request};
+use crate::memory::Memory;
+use crate::tf::{Placement, Transforms};
+use crate::worker::{
+    self, DepthArg, GroundArgs, Handle, ImageArg, Job, Outcome, Reply, Request, ScoreAnswer,
+};
+use vlm_perception::pipeline::grounding::scene_description;
+use vlm_perception::pipeline::Detection;
 
-/// What every call needs: the worker, and the transforms for the 3D answers.
+/// What every call needs: the worker, the transforms for the 3D answers, the object memory.
 #[derive(Clone)]
 pub struct Services {
     pub worker: Handle,
     pub tf: Arc<Transforms>,
+    pub memory: Arc<Memory>,
 }
 
 /// Serves one service: each request gets its own task, which queues a job for the worker and
@@ -177,6 +183,7 @@ pub async fn detect_call(
                     &model,
                     &result,
                     &[],
+                    &[],
                     latency,
                 ),
             },
@@ -287,6 +294,7 @@ pub async fn score_call(
     let depth = depth_arg(&req.depth, &req.camera_info);
     let image = image_arg(&mut req.image);
     let target_frame = std::mem::take(&mut req.target_frame);
+    let from_memory = req.from_memory;
     let r = ask_worker(&ctx.worker, timeout, |reply| Request::Score {
         image,
         depth,
@@ -297,13 +305,21 @@ pub async fn score_call(
     .await;
     match r {
         Ok(o) => {
-            let mut positions = o.result.positions;
-            let located = positions.iter().any(Option::is_some);
+            let mut a = o.result;
+            let located = a.positions.iter().any(Option::is_some);
             let placement = ctx.tf.placement(&target_frame, &o.header, located).await;
-            placement.place(&mut positions);
-            let found = o.result.scores.iter().filter(|s| s.found).count();
-            let mut message = format!("{found} of {} phrase(s) found", o.result.scores.len());
-            if let Some(note) = o.result.depth_note.as_deref().or(placement.error()) {
+            placement.place(&mut a.positions);
+            let remembered = if from_memory {
+                remember(&ctx.memory, &mut a, &placement)
+            } else {
+                0
+            };
+            let found = a.scores.iter().filter(|s| s.found).count();
+            let mut message = format!("{found} of {} phrase(s) found", a.scores.len());
+            if remembered > 0 {
+                message.push_str(&format!(" ({remembered} from the object memory)"));
+            }
+            if let Some(note) = a.depth_note.as_deref().or(placement.error()) {
                 message.push_str(&format!("; no 3D: {note}"));
             }
             (
@@ -312,8 +328,8 @@ pub async fn score_call(
                     success: true,
                     message,
                     header: o.header.to_msg(),
-                    scores: convert::phrase_scores(&o.result.scores, &positions),
-                    scene: o.result.scene,
+                    scores: convert::phrase_scores(&a.scores, &a.positions, &a.tracks),
+                    scene: a.scene,
                     position_frame_id: placement.frame_id,
                 },
             )
@@ -386,4 +402,53 @@ pub async fn ground_call(
         }
         Err(e) => fail(e),
     }
+}
+
+/// `~/score` with `from_memory`: each phrase not found in the image but remembered under the
+/// same label takes the remembered object (its last score, box, track and, when it is in the
+/// answer's frame, its 3D box); the scene is written again. Returns how many phrases it added.
+fn remember(memory: &Memory, a: &mut ScoreAnswer, placement: &Placement) -> usize {
+    let mut added = 0;
+    for (i, s) in a.scores.iter_mut().enumerate() {
+        if s.found {
+            continue;
+        }
+        let Some(o) = memory.latest(&s.phrase) else {
+            continue;
+        };
+        s.found = true;
+        s.score = o.last_score;
+        s.detection = Some(Detection::new(i, o.label.clone(), o.last_score, o.bbox));
+        a.positions[i] = o
+            .position
+            .filter(|p| p.frame_id == placement.frame_id)
+            .map(|p| p.object);
+        a.tracks[i] = o.id;
+        added += 1;
+    }
+    if added > 0 {
+        a.scene = scene_description(&a.scores);
+    }
+    added
+}
+
+/// `~/get_objects`: the object memory, filtered by label, cleared on request.
+pub async fn get_objects_call(
+    ctx: Services,
+    _timeout: Duration,
+    req: srv::GetObjects::Request,
+) -> (bool, srv::GetObjects::Response) {
+    let objects = ctx.memory.read(&req.labels, req.clear);
+    let mut message = format!("{} object(s)", objects.len());
+    if req.clear {
+        message.push_str(", forgotten");
+    }
+    (
+        true,
+        srv::GetObjects::Response {
+            success: true,
+            message,
+            objects: objects.iter().map(convert::tracked_object).collect(),
+        },
+    )
 }

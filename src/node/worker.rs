@@ -43,6 +43,7 @@ mod models;
 mod planner;
 mod requests;
 mod stream;
+pub mod tracks;
 
 pub use diagnostics::{Snapshot, TaskSnapshot};
 use embed_cache::EmbedCache;
@@ -51,6 +52,7 @@ pub use handle::{Handle, MAX_QUEUED_REQUESTS};
 pub use image_queries::QueryImage;
 use log_limiter::LogLimiter;
 pub use planner::{DepthArg, GroundAnswer, GroundArgs, ScoreAnswer, Target};
+use tracks::StreamTracks;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -212,18 +214,23 @@ pub enum Level {
     Error,
 }
 
+/// One processed frame's detections, for the sink.
+#[derive(Debug, Clone)]
+pub struct FrameDetections {
+    pub header: FrameHeader,
+    pub model: String,
+    pub result: DetectionResult,
+    /// Per detection its 3D position in the camera optical frame, when depth was paired with
+    /// the frame (empty when depth is off).
+    pub positions: Vec<Option<Object3d>>,
+    /// Per detection its track id ([`tracks::NO_TRACK`]: none; empty when tracking is off).
+    pub tracks: Vec<u64>,
+    pub latency: Duration,
+}
+
 /// Where the worker's results and log lines go (the ROS publishers, or a test double).
 pub trait Sink: Send + 'static {
-    /// `positions`: per detection its 3D position, when depth was paired with the frame
-    /// (empty when depth is off).
-    fn detections(
-        &mut self,
-        header: &FrameHeader,
-        model: &str,
-        r: &DetectionResult,
-        positions: &[Option<Object3d>],
-        latency: Duration,
-    );
+    fn detections(&mut self, frame: FrameDetections);
     fn segmentation(
         &mut self,
         header: &FrameHeader,
@@ -309,7 +316,6 @@ pub fn spawn<S: Sink>(
         shared,
         queries: params.owlvit.queries.clone(),
         prompts: params.clipseg.prompts.clone(),
-        params,
         options,
         sink,
         detector: None,
@@ -320,8 +326,10 @@ pub fn spawn<S: Sink>(
         query_cache: EmbedCache::default(),
         prompt_cache: EmbedCache::default(),
         limiter: LogLimiter::default(),
+        tracks: StreamTracks::new(&params.tracking.config),
         next_frame_at: Instant::now(),
         load_on_start: !lifecycle,
+        params,
     };
     let join = std::thread::Builder::new()
         .name("inference".into())
@@ -352,6 +360,8 @@ struct Worker<S: Sink> {
     query_cache: EmbedCache<QueryEmbeddings>,
     prompt_cache: EmbedCache<PromptEmbeddings>,
     limiter: LogLimiter,
+    /// ByteTrack on the stream's detections.
+    tracks: StreamTracks,
     next_frame_at: Instant,
     /// false for a lifecycle node: models load on `configure`.
     load_on_start: bool,

@@ -12,10 +12,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use nalgebra::Point3;
-
 use crate::transforms::Stamp;
 use crate::vision::boxes::BBox;
+use crate::vision::depth::Object3d;
 
 /// The default `objects.forget_after`.
 pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(60);
@@ -28,8 +27,8 @@ pub struct Sighting<'a> {
     pub score: f32,
     /// In the image's pixels.
     pub bbox: BBox,
-    /// The 3D position when depth located it, in `position_frame`.
-    pub position: Option<Point3<f64>>,
+    /// The 3D box when depth located it, in `position_frame`.
+    pub position: Option<Object3d>,
 }
 
 /// Where a frame was seen: its image's stamp and frame, and the frame of its 3D positions.
@@ -60,10 +59,10 @@ pub struct ObjectRecord {
     seen_at: Instant,
 }
 
-/// A remembered 3D position.
+/// A remembered 3D position (the object's box: centre, size and orientation).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placed {
-    pub point: Point3<f64>,
+    pub object: Object3d,
     pub frame_id: String,
     pub stamp: Stamp,
 }
@@ -116,8 +115,8 @@ impl ObjectMemory {
         now: Instant,
     ) -> bool {
         for s in sightings {
-            let position = s.position.map(|point| Placed {
-                point,
+            let position = s.position.map(|object| Placed {
+                object,
                 frame_id: frame.position_frame.to_string(),
                 stamp: frame.stamp,
             });

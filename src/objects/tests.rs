@@ -1,4 +1,5 @@
 use super::*;
+use nalgebra::{Point3, UnitQuaternion, Vector3};
 
 fn bbox(x: f32) -> BBox {
     BBox {
@@ -23,7 +24,11 @@ fn seen(id: u64, label: &str, score: f32, x: f32, position: Option<[f64; 3]>) ->
         label,
         score,
         bbox: bbox(x),
-        position: position.map(|[x, y, z]| Point3::new(x, y, z)),
+        position: position.map(|[x, y, z]| Object3d {
+            centre: Point3::new(x, y, z),
+            size: Vector3::new(0.1, 0.1, 0.05),
+            orientation: UnitQuaternion::identity(),
+        }),
     }
 }
 
@@ -49,7 +54,7 @@ fn an_object_keeps_its_first_sighting_best_score_and_last_position() {
     assert_eq!(o.times_seen, 3);
     // The depth-less sightings keep the position measured at 10 s, in its frame.
     let p = o.position.unwrap();
-    assert_eq!(p.point, Point3::new(1.0, 2.0, 0.5));
+    assert_eq!(p.object.centre, Point3::new(1.0, 2.0, 0.5));
     assert_eq!(
         (p.frame_id.as_str(), p.stamp),
         ("odom", Stamp::from_ros(10, 0))

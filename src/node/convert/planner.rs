@@ -8,9 +8,11 @@ use super::spatial::point;
 use super::{bbox_msg, detection_msg, mono_image_msg, FrameHeader};
 use crate::worker::Target;
 
+/// Per phrase its score and best box, with the box's 3D position and track id when known.
 pub fn phrase_scores(
     scores: &[PhraseScore],
     positions: &[Option<Object3d>],
+    tracks: &[u64],
 ) -> Vec<vmsg::PhraseScore> {
     scores
         .iter()
@@ -22,7 +24,10 @@ pub fn phrase_scores(
             detection: s
                 .detection
                 .as_ref()
-                .map(|d| detection_msg(d, positions.get(i).copied().flatten().as_ref()))
+                .map(|d| {
+                    let position = positions.get(i).copied().flatten();
+                    detection_msg(d, position.as_ref(), super::track_at(tracks, i))
+                })
                 .unwrap_or_default(),
         })
         .collect()
@@ -32,6 +37,7 @@ pub fn ground_target(header: &FrameHeader, t: &Target) -> vmsg::GroundTarget {
     vmsg::GroundTarget {
         phrase: t.detection.label.clone(),
         score: t.detection.score,
+        track_id: t.track_id,
         bbox: bbox_msg(&t.detection.bbox),
         pixel: vmsg::Point2D {
             x: t.pixel.x,

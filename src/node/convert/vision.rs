@@ -23,6 +23,14 @@ fn hypothesis(label: &str, score: f32, position: Point) -> vision::ObjectHypothe
     }
 }
 
+/// `Detection2D.id` / `Detection3D.id`: the detection's track id, empty when it has none.
+fn track_label(tracks: &[u64], i: usize) -> String {
+    match super::track_at(tracks, i) {
+        0 => String::new(),
+        id => id.to_string(),
+    }
+}
+
 fn pose(position: Point) -> Pose {
     Pose {
         position,
@@ -36,10 +44,11 @@ fn pose(position: Point) -> Pose {
 }
 
 /// `results[0].hypothesis.class_id` = the query text, `score` in [0, 1], `bbox` centre/size in
-/// pixels, header = the source image's; `id` = the detection's rank in the frame.
+/// pixels, header = the source image's; `id` = the detection's track id (empty: none).
 pub fn detection_2d_array(
     header: &FrameHeader,
     result: &DetectionResult,
+    tracks: &[u64],
 ) -> vision::Detection2DArray {
     vision::Detection2DArray {
         header: header.to_msg(),
@@ -63,7 +72,7 @@ pub fn detection_2d_array(
                         size_x: f64::from(d.bbox.width()),
                         size_y: f64::from(d.bbox.height()),
                     },
-                    id: i.to_string(),
+                    id: track_label(tracks, i),
                 }
             })
             .collect(),
@@ -77,6 +86,7 @@ pub fn detection_3d_array(
     header: &FrameHeader,
     result: &DetectionResult,
     positions: &[Option<Object3d>],
+    tracks: &[u64],
 ) -> Option<vision::Detection3DArray> {
     let detections: Vec<vision::Detection3D> = result
         .detections
@@ -92,7 +102,7 @@ pub fn detection_3d_array(
                     center: object_pose(o),
                     size: vector(&o.size),
                 },
-                id: i.to_string(),
+                id: track_label(tracks, i),
             })
         })
         .collect();

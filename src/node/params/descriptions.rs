@@ -148,6 +148,46 @@ pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
         true,
     ),
     (
+        "tracking.enabled",
+        "ByteTrack on the stream: a persistent track_id on every detection, one tracker per label.",
+        true,
+    ),
+    (
+        "tracking.track_high_thresh",
+        "ByteTrack: detections scoring at least this are associated first, in [0, 1].",
+        true,
+    ),
+    (
+        "tracking.track_low_thresh",
+        "ByteTrack: lower-scoring detections above this may continue a track, in [0, 1].",
+        true,
+    ),
+    (
+        "tracking.new_track_thresh",
+        "ByteTrack: an unmatched detection scoring at least this starts a track, in [0, 1].",
+        true,
+    ),
+    (
+        "tracking.track_buffer",
+        "ByteTrack: processed frames a lost track is kept before it is removed.",
+        true,
+    ),
+    (
+        "tracking.match_thresh",
+        "ByteTrack: IoU-distance cost limit of the first association.",
+        true,
+    ),
+    (
+        "tracking.fuse_score",
+        "ByteTrack: fuse detection scores into the IoU cost.",
+        true,
+    ),
+    (
+        "objects.forget_after",
+        "Seconds an object of the memory (~/objects) is kept after it was last seen.",
+        true,
+    ),
+    (
         "overlay.enabled",
         "Publish ~/overlay (boxes and masks drawn on the frame).",
         true,

@@ -62,6 +62,7 @@ impl<S: Sink> Worker<S> {
         if new.rate != self.params.rate {
             self.next_frame_at = Instant::now();
         }
+        self.tracks.set_config(&new.tracking.config);
         self.params = new;
         if queries.is_some() || prompts.is_some() {
             let _ = self.set_vocabulary(queries, prompts, "parameters");

@@ -11,6 +11,7 @@ use vlm_perception::pipeline::{validate_texts, Detection, SegmentParams, Segment
 use vlm_perception::vision::camera::PinholeCamera;
 use vlm_perception::vision::depth::{DepthImage, Object3d};
 
+use super::tracks::NO_TRACK;
 use super::{ImageArg, Outcome, Sink, Task, Worker};
 use crate::convert::FrameHeader;
 use crate::depth_sync::{camera_for, check_aligned, stamp_ns, DepthPair};
@@ -31,6 +32,8 @@ pub struct ScoreAnswer {
     pub scores: Vec<PhraseScore>,
     /// Per phrase, the 3D position of its best box.
     pub positions: Vec<Option<Object3d>>,
+    /// Per phrase, the stream's track of its best box (on the latest frame; 0: none).
+    pub tracks: Vec<u64>,
     pub scene: String,
     /// Why there are no 3D positions, when there are none.
     pub depth_note: Option<String>,
@@ -39,6 +42,8 @@ pub struct ScoreAnswer {
 /// One grounded phrase.
 pub struct Target {
     pub detection: Detection,
+    /// The stream's track of the box (on the latest frame; 0: none).
+    pub track_id: u64,
     pub pixel: ActPixel,
     pub point: Option<Point3<f64>>,
     pub mask: Option<GrayImage>,
@@ -156,6 +161,14 @@ impl<S: Sink> Worker<S> {
             }
             Err(e) => (vec![None; scores.len()], Some(e)),
         };
+        let tracks = scores
+            .iter()
+            .map(|s| {
+                s.detection
+                    .as_ref()
+                    .map_or(NO_TRACK, |d| self.tracks.track_of(&header, d))
+            })
+            .collect();
         Ok(Outcome {
             header,
             model,
@@ -164,6 +177,7 @@ impl<S: Sink> Worker<S> {
                 scene: scene_description(&scores),
                 scores,
                 positions,
+                tracks,
                 depth_note,
             },
         })
@@ -224,6 +238,7 @@ impl<S: Sink> Worker<S> {
                 Err(_) => None,
             };
             targets.push(Target {
+                track_id: self.tracks.track_of(&header, &detection),
                 detection,
                 pixel,
                 point,

@@ -11,7 +11,7 @@ use vlm_perception::vision::depth::Object3d;
 use vlm_perception::vision::draw::{draw_labelled_box, palette_color, tint_mask};
 
 use super::diagnostics::push_bounded;
-use super::{lock, ms, Frame, Sink, Task, Worker};
+use super::{lock, ms, Frame, FrameDetections, Sink, Task, Worker};
 use crate::convert::decode;
 use crate::depth_sync::stamp_ns;
 
@@ -35,12 +35,17 @@ impl<S: Sink> Worker<S> {
             match result {
                 Ok(r) => {
                     let positions = self.frame_positions(frame, &image, &r, &segmentation);
-                    let model = self.detector.as_ref().map_or("", |d| d.name()).to_string();
-                    self.sink
-                        .detections(&frame.header, &model, &r, &positions, r.timings.total());
+                    let tracks = if self.params.tracking.enabled {
+                        self.tracks.update(&frame.header, &r.detections)
+                    } else {
+                        Vec::new()
+                    };
                     if let Some(canvas) = overlay.as_mut() {
-                        for d in r.detections.iter().rev() {
-                            let label = format!("{} {:.2}", d.label, d.score);
+                        for (i, d) in r.detections.iter().enumerate().rev() {
+                            let label = match tracks.get(i).copied().unwrap_or(0) {
+                                0 => format!("{} {:.2}", d.label, d.score),
+                                id => format!("#{id} {} {:.2}", d.label, d.score),
+                            };
                             draw_labelled_box(
                                 canvas,
                                 &d.bbox,
@@ -49,6 +54,14 @@ impl<S: Sink> Worker<S> {
                             );
                         }
                     }
+                    self.sink.detections(FrameDetections {
+                        header: frame.header.clone(),
+                        model: self.detector.as_ref().map_or("", |d| d.name()).to_string(),
+                        latency: r.timings.total(),
+                        result: r,
+                        positions,
+                        tracks,
+                    });
                 }
                 Err(e) => self.inference_error(Task::Detection, &e),
             }
