@@ -28,6 +28,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -1700,6 +1702,9 @@ def main() -> None:
         make_image_guided(name, target, query, nms)
     print("resize")
     make_resize_refs()
+    # The tracker's fixtures live under tests/fixtures too: the rmtree above took them.
+    print("tracking (scripts/make_tracking_fixtures.py)")
+    subprocess.run([sys.executable, str(Path(__file__).with_name("make_tracking_fixtures.py"))], check=True)
     write_readme()
     verify()
     total = sum(f.stat().st_size for f in FIX.rglob("*") if f.is_file())

@@ -5,8 +5,8 @@ Usage (from the repository root):
 
     bash scripts/setup_reference.sh && .venv-ref/bin/python scripts/make_tracking_fixtures.py
 
-scripts/make_fixtures.py deletes all of tests/fixtures/ before it regenerates the model fixtures: run this script
-after it. This one deletes and rewrites tests/fixtures/reference/tracking/ only. It is deterministic (seeded
+scripts/make_fixtures.py deletes all of tests/fixtures/ before it regenerates the model fixtures, and runs this
+script at its end. This one deletes and rewrites tests/fixtures/reference/tracking/ only. It is deterministic (seeded
 NumPy generators, fixed JSON formatting): with the versions pinned in scripts/requirements-reference.txt
 (ultralytics, lap, numpy) a rerun writes byte-identical files. Fixtures are never edited by hand.
 

@@ -31,7 +31,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 from vlm_perception_msgs.msg import Answer, DetectionArray, SegmentationArray
-from vlm_perception_msgs.srv import Ask
+from vlm_perception_msgs.srv import Ask, GetObjects
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = [REPO / "tests/fixtures/images" / n for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
@@ -144,6 +144,7 @@ class SampleCamera:
         n.create_subscription(Answer, f"{node_name}/answers", self.answers.append, RELIABLE)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, RELIABLE)
         self.ask = n.create_client(Ask, f"{node_name}/ask")
+        self.get_objects = n.create_client(GetObjects, f"{node_name}/get_objects")
 
     def _on_diag(self, msg):
         mine = {s.name.split(": ", 1)[1]: s for s in msg.status if s.name.startswith(self.fqn + ": ")}
@@ -180,11 +181,32 @@ def print_detections(m: DetectionArray, limit: int):
           f"{m.position_frame_id or '(no frame)'}")
     for d in m.detections[:limit]:
         b = d.bbox
-        at = (f"  at ({d.position.x:+.2f}, {d.position.y:+.2f}, {d.position.z:.2f}) m" if d.has_position else "")
-        print(f"    {d.score:6.3f}  {d.label:24s} center ({b.center.position.x:7.1f}, {b.center.position.y:7.1f})"
+        at = (f"  at ({d.position.x:+.2f}, {d.position.y:+.2f}, {d.position.z:+.2f}) m" if d.has_position else "")
+        track = f"#{d.track_id}" if d.track_id else "-"
+        print(f"    {track:>5s} {d.score:6.3f}  {d.label:24s} center ({b.center.position.x:7.1f}, {b.center.position.y:7.1f})"
               f"  size {b.size_x:6.1f} x {b.size_y:6.1f}{at}")
     if len(m.detections) > limit:
         print(f"    ... {len(m.detections) - limit} more")
+
+
+def print_object_memory(cam, timeout: float):
+    """The node's object memory (~/get_objects): every tracked object seen, where and when."""
+    if not cam.get_objects.wait_for_service(timeout_sec=5):
+        print("\n~/get_objects: not available")
+        return
+    fut = cam.get_objects.call_async(GetObjects.Request())
+    cam.spin_until(fut.done, timeout)
+    r = fut.result() if fut.done() else None
+    if r is None or not r.success:
+        print(f"\n~/get_objects: {r.message if r else 'no response'}")
+        return
+    print(f"\nobject memory (~/get_objects): {len(r.objects)} object(s)")
+    for o in sorted(r.objects, key=lambda o: -o.best_score)[:8]:
+        at = (f" at ({o.position.x:+.2f}, {o.position.y:+.2f}, {o.position.z:+.2f}) m in {o.position_frame_id}"
+              if o.has_position else "")
+        print(f"  #{o.id:<4d} {o.label:16s} best {o.best_score:.3f}, seen {o.times_seen}x{at}")
+    if len(r.objects) > 8:
+        print(f"  ... {len(r.objects) - 8} more")
 
 
 def main():
@@ -238,7 +260,7 @@ def main():
                 continue
             print_detections(det, args.show)
             entry = {"image": path.name, "position_frame_id": det.position_frame_id, "detections": [
-                {"label": d.label, "score": round(d.score, 4),
+                {"label": d.label, "score": round(d.score, 4), "track_id": d.track_id,
                  "center": [round(d.bbox.center.position.x, 1), round(d.bbox.center.position.y, 1)],
                  "size": [round(d.bbox.size_x, 1), round(d.bbox.size_y, 1)],
                  **({"position_m": [round(d.position.x, 3), round(d.position.y, 3), round(d.position.z, 3)]}
@@ -271,6 +293,7 @@ def main():
                     else:
                         print(f"  ask: {r.message}")
             results.append(entry)
+        print_object_memory(cam, args.frame_timeout)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
         cam.spin_until(lambda: False, 1.2)  # one more diagnostics period
         if cam.diag and "stream" in cam.diag:

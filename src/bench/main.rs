@@ -3,7 +3,8 @@
 //! Each subcommand prints one JSON object: per-stage medians and p95 in milliseconds (and each
 //! timed sample, in order), the thread count and the peak resident set size.
 //!
-//! - `detect`: OWL-ViT / OWLv2, query embeddings once (as the node), then frames;
+//! - `detect`: OWL-ViT / OWLv2, query embeddings once (as the node), then frames, each also
+//!   through ByteTrack as the node's stream does (`track`: its share of the frame);
 //! - `segment`: CLIPSeg, prompt embeddings once, then frames (one image pass, prompts batched);
 //! - `ask`: ViLT VQA, one question per frame;
 //! - `gemm`: one large f32 matmul, the machine's compute floor for the rest;
@@ -21,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use vlm_perception::pipeline::{
     host_memory, DetectParams, Detector, LoadOptions, SegmentParams, Segmenter, Timings, VqaModel,
 };
+use vlm_perception::tracking::{ByteTrackConfig, LabelledBox, LabelledTracker};
 use vlm_perception::vision::image_io;
 
 #[derive(Debug, Parser)]
@@ -257,11 +259,35 @@ fn detect(run: &RunArgs, queries: &[String]) -> Result<serde_json::Value> {
     let embeds = detector.encode_queries(queries)?;
     let params = DetectParams::default();
     let mut detections = 0;
+    // As the node's stream: every frame's detections through ByteTrack (one tracker per label),
+    // with thresholds at the detection threshold so that every detection is tracked (the
+    // random-weight checkpoints score below ByteTrack's defaults): the worst case.
+    let threshold = f64::from(params.threshold);
+    let mut tracker = LabelledTracker::new(ByteTrackConfig {
+        track_high_thresh: threshold,
+        new_track_thresh: threshold,
+        track_low_thresh: threshold / 2.0,
+        ..ByteTrackConfig::default()
+    })?;
+    let (mut track_ms, mut tracked) = (Vec::new(), 0);
     let (totals, stages) = time_frames(run, || {
         let result = detector.detect(&image, &embeds, &params)?;
         detections = result.detections.len();
+        let boxes: Vec<LabelledBox<'_>> = result
+            .detections
+            .iter()
+            .map(|d| LabelledBox {
+                label: &d.label,
+                xyxy: d.bbox.to_array(),
+                score: d.score,
+            })
+            .collect();
+        let t = Instant::now();
+        tracked = tracker.update(&boxes).iter().flatten().count();
+        track_ms.push(ms(t.elapsed()));
         Ok(result.timings)
     })?;
+    let track_ms = track_ms.split_off(track_ms.len() - totals.len());
     Ok(report(
         run,
         "detect",
@@ -272,6 +298,8 @@ fn detect(run: &RunArgs, queries: &[String]) -> Result<serde_json::Value> {
             "queries": queries.len(),
             "encode_queries": stats(encode),
             "detections": detections,
+            "tracked": tracked,
+            "track": stats(track_ms),
         }),
     ))
 }
