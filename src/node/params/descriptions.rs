@@ -169,7 +169,8 @@ pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
     ),
     (
         "tracking.track_buffer",
-        "ByteTrack: processed frames a lost track is kept before it is removed.",
+        "ByteTrack: processed frames a lost track is kept (it may return one frame later, as in \
+         ultralytics).",
         true,
     ),
     (
