@@ -7,6 +7,8 @@
 //!   through ByteTrack as the node's stream does (`track`: its share of the frame);
 //! - `segment`: CLIPSeg, prompt embeddings once, then frames (one image pass, prompts batched);
 //! - `ask`: ViLT VQA, one question per frame;
+//! - `track`: ByteTrack alone, replaying a detection sequence of the tracking fixtures (what a
+//!   frame of tracking costs next to a frame of inference);
 //! - `gemm`: one large f32 matmul, the machine's compute floor for the rest;
 //! - `mac-rates`: one core's multiply-accumulate rate per AVX-512 instruction (f32 FMA, bf16
 //!   dot product, f16 FMA): what a reduced-precision path could gain here.
@@ -56,6 +58,15 @@ enum Command {
         run: RunArgs,
         #[arg(long)]
         question: String,
+    },
+    /// ByteTrack (one tracker per label, default parameters) on a detection sequence of
+    /// tests/fixtures/reference/tracking (`frames[].detections[]`: xyxy, score, label), replayed
+    /// `--rounds` times with a fresh tracker: the time of one frame's update.
+    Track {
+        #[arg(long)]
+        sequence: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
     },
     /// One f32 matmul (m, k) x (k, n) on the CPU: the machine's GEMM rate in GFLOP/s.
     Gemm {
@@ -355,6 +366,66 @@ fn ask(run: &RunArgs, question: &str) -> Result<serde_json::Value> {
     ))
 }
 
+#[derive(serde::Deserialize)]
+struct TrackSequence {
+    frames: Vec<TrackFrame>,
+}
+
+#[derive(serde::Deserialize)]
+struct TrackFrame {
+    detections: Vec<TrackInput>,
+}
+
+#[derive(serde::Deserialize)]
+struct TrackInput {
+    xyxy: [f32; 4],
+    score: f32,
+    label: String,
+}
+
+fn track(sequence: &std::path::Path, rounds: usize) -> Result<serde_json::Value> {
+    anyhow::ensure!(rounds > 0, "--rounds must be positive");
+    let text = std::fs::read_to_string(sequence)
+        .with_context(|| format!("reading `{}`", sequence.display()))?;
+    let seq: TrackSequence = serde_json::from_str(&text)
+        .with_context(|| format!("`{}` is not a tracking sequence", sequence.display()))?;
+    let frames: Vec<Vec<LabelledBox<'_>>> = seq
+        .frames
+        .iter()
+        .map(|f| {
+            f.detections
+                .iter()
+                .map(|d| LabelledBox {
+                    label: &d.label,
+                    xyxy: d.xyxy,
+                    score: d.score,
+                })
+                .collect()
+        })
+        .collect();
+    let (mut times, mut tracked) = (Vec::new(), 0usize);
+    for _ in 0..rounds {
+        let mut tracker = LabelledTracker::new(ByteTrackConfig::default())?;
+        for boxes in &frames {
+            let t = Instant::now();
+            let out = tracker.update(boxes);
+            times.push(ms(t.elapsed()));
+            tracked += out.iter().flatten().count();
+        }
+    }
+    let boxes: usize = frames.iter().map(Vec::len).sum();
+    Ok(serde_json::json!({
+        "impl": "vlm_perception (ByteTrack)",
+        "task": "track",
+        "sequence": sequence,
+        "frames": frames.len(),
+        "rounds": rounds,
+        "boxes_per_frame": boxes as f64 / frames.len().max(1) as f64,
+        "tracked_per_frame": tracked as f64 / times.len().max(1) as f64,
+        "update": stats(times),
+    }))
+}
+
 fn gemm(m: usize, k: usize, n: usize, warmup: usize, iters: usize) -> Result<serde_json::Value> {
     anyhow::ensure!(iters > 0, "--iters must be positive");
     let dev = Device::Cpu;
@@ -400,6 +471,7 @@ fn main() -> Result<()> {
             iters,
         } => gemm(m, k, n, warmup, iters)?,
         Command::MacRates { rounds } => mac_rates::mac_rates(rounds)?,
+        Command::Track { sequence, rounds } => track(&sequence, rounds)?,
     };
     println!("{out}");
     Ok(())
