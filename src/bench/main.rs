@@ -284,15 +284,7 @@ fn detect(run: &RunArgs, queries: &[String]) -> Result<serde_json::Value> {
     let (totals, stages) = time_frames(run, || {
         let result = detector.detect(&image, &embeds, &params)?;
         detections = result.detections.len();
-        let boxes: Vec<LabelledBox<'_>> = result
-            .detections
-            .iter()
-            .map(|d| LabelledBox {
-                label: &d.label,
-                xyxy: d.bbox.to_array(),
-                score: d.score,
-            })
-            .collect();
+        let boxes: Vec<LabelledBox<'_>> = result.detections.iter().map(Into::into).collect();
         let t = Instant::now();
         tracked = tracker.update(&boxes).iter().flatten().count();
         track_ms.push(ms(t.elapsed()));

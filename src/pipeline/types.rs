@@ -37,6 +37,17 @@ pub struct Detection {
     pub objectness: Option<f32>,
 }
 
+/// A detection as the tracker takes it (its label, corners and score).
+impl<'a> From<&'a Detection> for crate::tracking::LabelledBox<'a> {
+    fn from(d: &'a Detection) -> Self {
+        Self {
+            label: &d.label,
+            xyxy: d.bbox.to_array(),
+            score: d.score,
+        }
+    }
+}
+
 impl Detection {
     /// A detection without objectness (OWL-ViT); see [`Self::with_objectness`].
     pub fn new(query_index: usize, label: impl Into<String>, score: f32, bbox: BBox) -> Self {

@@ -40,14 +40,7 @@ impl StreamTracks {
 
     /// One processed frame: per detection its track id, [`NO_TRACK`] for none.
     pub(super) fn update(&mut self, header: &FrameHeader, detections: &[Detection]) -> Vec<u64> {
-        let boxes: Vec<LabelledBox<'_>> = detections
-            .iter()
-            .map(|d| LabelledBox {
-                label: &d.label,
-                xyxy: d.bbox.to_array(),
-                score: d.score,
-            })
-            .collect();
+        let boxes: Vec<LabelledBox<'_>> = detections.iter().map(Into::into).collect();
         let ids: Vec<u64> = self
             .tracker
             .update(&boxes)
