@@ -1705,6 +1705,9 @@ def main() -> None:
     # The tracker's fixtures live under tests/fixtures too: the rmtree above took them.
     print("tracking (scripts/make_tracking_fixtures.py)")
     subprocess.run([sys.executable, str(Path(__file__).with_name("make_tracking_fixtures.py"))], check=True)
+    # So do the CLIP zero-shot classification fixtures (they read the images written above).
+    print("CLIP zero-shot classification (scripts/make_clip_fixtures.py)")
+    subprocess.run([sys.executable, str(Path(__file__).with_name("make_clip_fixtures.py"))], check=True)
     write_readme()
     verify()
     total = sum(f.stat().st_size for f in FIX.rglob("*") if f.is_file())

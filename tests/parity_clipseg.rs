@@ -18,7 +18,8 @@ mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::*;
-use vlm_perception::models::clipseg::{vision::ClipSegVisionTransformer, ClipSegConfig};
+use vlm_perception::models::clip::vision::ClipVisionTransformer;
+use vlm_perception::models::clipseg::ClipSegConfig;
 use vlm_perception::pipeline::{Checkpoint, SegmentParams, Segmenter};
 use vlm_perception::vision::{image_io::load_rgb, masks::post_process_segmentation};
 
@@ -242,7 +243,7 @@ fn vision_tower_split_reads_the_checkpoint_layers() {
     let encoder_cfg = v.encoder_config("clipseg-tiny-rd16").unwrap();
     let vb = ckpt.model_vars(&load_options()).unwrap();
     let tower = |needed: usize| {
-        ClipSegVisionTransformer::new(vb.pp("clip").pp("vision_model"), v, &encoder_cfg, needed)
+        ClipVisionTransformer::new(vb.pp("clip").pp("vision_model"), v, &encoder_cfg, needed)
             .unwrap()
     };
     let pv = npy_f32(

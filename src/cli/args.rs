@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-/// Open-vocabulary perception for robots: OWL-ViT / OWLv2 detection, CLIPSeg segmentation and ViLT
-/// visual question answering, on CPU or NVIDIA GPUs.
+/// Open-vocabulary perception for robots: OWL-ViT / OWLv2 detection, CLIPSeg segmentation, ViLT
+/// visual question answering and CLIP zero-shot classification, on CPU or NVIDIA GPUs.
 #[derive(Debug, Parser)]
 #[command(name = "vlm-perception", version, about)]
 pub struct Cli {
@@ -26,6 +26,8 @@ pub enum Command {
     Segment(SegmentArgs),
     /// Answer a question about an image (ViLT).
     Ask(AskArgs),
+    /// Classify an image among candidate labels, zero-shot (CLIP).
+    Classify(ClassifyArgs),
 }
 
 /// Where and how a model runs.
@@ -148,6 +150,30 @@ pub struct AskArgs {
     pub top_k: usize,
 
     /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The image to classify (PNG, JPEG, WebP, GIF, BMP, TIFF).
+    #[arg(long)]
+    pub image: PathBuf,
+
+    /// A candidate label, e.g. "door open"; repeat for several (the scores are a softmax over
+    /// them, so give at least two to compare).
+    #[arg(long = "label", value_name = "TEXT", required = true)]
+    pub labels: Vec<String>,
+
+    /// The text each label is put in, `{}` standing for the label (`{{`, `}}`: literal braces).
+    /// Pass "{}" for labels that are already sentences.
+    #[arg(long, default_value = vlm_perception::pipeline::DEFAULT_HYPOTHESIS_TEMPLATE)]
+    pub template: String,
+
+    /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -3,6 +3,7 @@
 
 mod args;
 mod ask;
+mod classify;
 mod detect;
 mod segment;
 
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
         Command::Detect(a) => detect::run(a),
         Command::Segment(a) => segment::run(a),
         Command::Ask(a) => ask::run(a),
+        Command::Classify(a) => classify::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

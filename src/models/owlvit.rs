@@ -19,7 +19,9 @@ use crate::models::ModelVars;
 use serde::Deserialize;
 
 use super::clip::encoder::{AttentionMask, ClipEncoder};
-use super::clip::text::{argmax_position, input_ids_to_vec, ClipTextConfig, ClipTextTransformer};
+use super::clip::text::{
+    argmax_position, input_ids_to_vec, ClipTextTowerConfig, ClipTextTransformer,
+};
 use super::clip::{clip_defaults, clip_tower_configs, Activation, ClipEncoderConfig};
 use super::kernels::{layer_norm, Epilogue, FusedLinear, LayerNorm, PatchEmbedding};
 use crate::vision::boxes::BBox;
@@ -118,7 +120,7 @@ impl OwlVitConfig {
     }
 
     /// Checks what the architecture needs and returns the towers' configs (text, vision).
-    fn towers(&self, model: &str) -> crate::Result<(ClipTextConfig, ClipEncoderConfig)> {
+    fn towers(&self, model: &str) -> crate::Result<(ClipTextTowerConfig, ClipEncoderConfig)> {
         let t = &self.text_config;
         if self.projection_dim != t.hidden_size {
             // The class head compares projected query embeddings with image embeddings mapped
@@ -412,7 +414,7 @@ impl OwlVitForObjectDetection {
     fn build(
         vb: ModelVars,
         cfg: &OwlVitConfig,
-        text_cfg: &ClipTextConfig,
+        text_cfg: &ClipTextTowerConfig,
         vision_cfg: &ClipEncoderConfig,
         base_model_prefix: &str,
     ) -> Result<Self> {

@@ -31,8 +31,8 @@ use crate::vision::{
     masks::sigmoid,
     owlv2_preprocess::Owlv2ImageProcessor,
     preprocess::{
-        ImageProcessor, PreprocessorConfig, ProcessorDefaults, Resample, SizeSpec,
-        OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+        ImageProcessor, PreprocessorConfig, ProcessorDefaults, Resample, ShortestEdgeRule,
+        SizeSpec, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
     },
 };
 
@@ -346,6 +346,7 @@ const OWLVIT_PROCESSOR_DEFAULTS: ProcessorDefaults = ProcessorDefaults {
     crop_size: None,
     image_mean: OPENAI_CLIP_MEAN,
     image_std: OPENAI_CLIP_STD,
+    shortest_edge: ShortestEdgeRule::Vilt,
 };
 
 impl Detector {

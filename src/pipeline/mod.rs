@@ -1,10 +1,12 @@
 //! The library API the front ends use: resolve a checkpoint, load a task object on a device,
 //! run it on images. One task object per model family:
 //! - [`Detector`]: OWL-ViT / OWLv2 open-vocabulary detection.
+//! - [`Classifier`]: CLIP zero-shot image classification.
 //! - [`Segmenter`]: CLIPSeg text-prompted segmentation.
 //! - [`VqaModel`]: ViLT visual question answering.
 
 pub mod checkpoint;
+pub mod classify;
 pub mod detect;
 pub mod device;
 pub mod grounding;
@@ -17,6 +19,9 @@ pub mod vqa;
 pub mod weights;
 
 pub use checkpoint::Checkpoint;
+pub use classify::{
+    ClassificationResult, Classifier, LabelEmbeddings, LabelScore, DEFAULT_HYPOTHESIS_TEMPLATE,
+};
 pub use detect::{
     DetectParams, Detector, DetectorFamily, ImageQueryOutput, QueryEmbeddings, QueryKind,
 };

@@ -24,8 +24,8 @@ use crate::vision::{
     boxes::BBox,
     masks::post_process_segmentation,
     preprocess::{
-        ImageProcessor, PreprocessorConfig, ProcessorDefaults, Resample, ResizeMode, SizeSpec,
-        IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD,
+        ImageProcessor, PreprocessorConfig, ProcessorDefaults, Resample, ResizeMode,
+        ShortestEdgeRule, SizeSpec, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD,
     },
 };
 
@@ -46,6 +46,7 @@ const VIT_PROCESSOR_DEFAULTS: ProcessorDefaults = ProcessorDefaults {
     crop_size: None,
     image_mean: IMAGENET_STANDARD_MEAN,
     image_std: IMAGENET_STANDARD_STD,
+    shortest_edge: ShortestEdgeRule::Vilt,
 };
 
 /// Post-processing parameters.

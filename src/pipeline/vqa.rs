@@ -18,8 +18,8 @@ use crate::models::vilt::{ViltConfig, ViltForQuestionAnswering};
 use crate::vision::{
     masks::sigmoid,
     preprocess::{
-        ImageProcessor, PreprocessorConfig, ProcessorDefaults, Resample, SizeSpec,
-        IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD,
+        ImageProcessor, PreprocessorConfig, ProcessorDefaults, Resample, ShortestEdgeRule,
+        SizeSpec, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD,
     },
 };
 
@@ -46,6 +46,7 @@ const VILT_PROCESSOR_DEFAULTS: ProcessorDefaults = ProcessorDefaults {
     crop_size: None,
     image_mean: IMAGENET_STANDARD_MEAN,
     image_std: IMAGENET_STANDARD_STD,
+    shortest_edge: ShortestEdgeRule::Vilt,
 };
 
 /// One answer with its score.

@@ -103,6 +103,20 @@ pub struct ProcessorDefaults {
     pub crop_size: Option<SizeSpec>,
     pub image_mean: [f32; 3],
     pub image_std: [f32; 3],
+    /// What a `shortest_edge` size means for this class.
+    pub shortest_edge: ShortestEdgeRule,
+}
+
+/// The two meanings transformers gives a `{"shortest_edge": n}` size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShortestEdgeRule {
+    /// ViLT's own `get_resize_output_image_size`: the longer edge capped (default 1333/800 of
+    /// the shorter), both sides rounded, then floored to `size_divisor`.
+    Vilt,
+    /// `image_transforms.get_resize_output_image_size(default_to_square=False)`, as
+    /// `CLIPImageProcessor`: the shorter edge to n, the longer `int(n * long / short)`
+    /// (truncated), no cap.
+    KeepAspect,
 }
 
 /// How the input is resized.
@@ -120,6 +134,10 @@ pub enum ResizeMode {
         shortest: usize,
         longest: Option<usize>,
         divisor: Option<usize>,
+    },
+    /// Shorter edge to `shortest`, the longer one `int(shortest * long / short)` (CLIP).
+    ShortestEdgeKeepAspect {
+        shortest: usize,
     },
 }
 
@@ -170,10 +188,24 @@ impl ImageProcessor {
                 SizeSpec::ShortestEdge {
                     shortest_edge,
                     longest_edge,
-                } => ResizeMode::ShortestEdge {
-                    shortest: shortest_edge,
-                    longest: longest_edge,
-                    divisor: cfg.size_divisor,
+                } => match defaults.shortest_edge {
+                    ShortestEdgeRule::Vilt => ResizeMode::ShortestEdge {
+                        shortest: shortest_edge,
+                        longest: longest_edge,
+                        divisor: cfg.size_divisor,
+                    },
+                    // transformers 5 resizes `shortest_edge` + `longest_edge` sizes by
+                    // another rule (`get_size_with_aspect_ratio`), which no CLIP checkpoint uses.
+                    ShortestEdgeRule::KeepAspect if longest_edge.is_some() => {
+                        return Err(Error::InvalidInput(
+                            "a size with both shortest_edge and longest_edge is not supported \
+                             for this processor"
+                                .into(),
+                        ))
+                    }
+                    ShortestEdgeRule::KeepAspect => ResizeMode::ShortestEdgeKeepAspect {
+                        shortest: shortest_edge,
+                    },
                 },
             }
         } else {
@@ -215,6 +247,9 @@ impl ImageProcessor {
                 longest,
                 divisor,
             } => shortest_edge_size(height, width, shortest, longest, divisor),
+            ResizeMode::ShortestEdgeKeepAspect { shortest } => {
+                shortest_edge_keep_aspect(height, width, shortest)
+            }
         }
     }
 
@@ -262,6 +297,23 @@ impl ImageProcessor {
                 }
             });
         out
+    }
+}
+
+/// transformers' `get_resize_output_image_size(size=shortest, default_to_square=False)`
+/// (`image_transforms.py`), as `CLIPImageProcessor` resizes: (height, width) with the shorter
+/// edge `shortest` and the longer `int(shortest * long / short)`, computed in floats as Python.
+pub fn shortest_edge_keep_aspect(height: usize, width: usize, shortest: usize) -> (usize, usize) {
+    let (short, long) = if width <= height {
+        (width, height)
+    } else {
+        (height, width)
+    };
+    let new_long = (shortest as f64 * long as f64 / short.max(1) as f64) as usize;
+    if width <= height {
+        (new_long, shortest)
+    } else {
+        (shortest, new_long)
     }
 }
 
@@ -382,6 +434,15 @@ mod tests {
             shortest_edge_size(100, 1000, 384, None, Some(32)),
             (64, 639 / 32 * 32)
         );
+    }
+
+    #[test]
+    fn clip_sizes_keep_the_aspect_and_truncate() {
+        // chelsea.png (300 x 451) -> 224 x int(336.77) = 336; a portrait 181 x 107 -> 378 x 224
+        assert_eq!(shortest_edge_keep_aspect(300, 451, 224), (224, 336));
+        assert_eq!(shortest_edge_keep_aspect(181, 107, 224), (378, 224));
+        assert_eq!(shortest_edge_keep_aspect(33, 31, 64), (68, 64));
+        assert_eq!(shortest_edge_keep_aspect(5, 5, 64), (64, 64));
     }
 
     #[test]

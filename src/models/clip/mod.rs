@@ -1,7 +1,8 @@
 //! The CLIP transformer that OWL-ViT and CLIPSeg are built on: the encoder layer stack
-//! ([`encoder`]) and the causal text tower ([`text`]). Each model keeps its own vision
-//! embeddings and tower around [`encoder::ClipEncoder`]; CLIPSeg's decoder layers reuse
-//! [`encoder::ClipAttention`].
+//! ([`encoder`]), the causal text tower ([`text`]) and the vision tower ([`vision`]), and
+//! `CLIPModel` itself ([`model`]: zero-shot image classification). OWL-ViT keeps its own vision
+//! embeddings and tower around [`encoder::ClipEncoder`]; CLIPSeg's vision tower is CLIP's, and
+//! its decoder layers reuse [`encoder::ClipAttention`].
 //!
 //! - Paper: [Learning Transferable Visual Models From Natural Language Supervision](https://arxiv.org/abs/2103.00020)
 //! - Model card: [openai/clip-vit-base-patch32](https://huggingface.co/openai/clip-vit-base-patch32)
@@ -18,7 +19,11 @@
 //! `gelu`) and `layer_norm_eps` from the config.
 
 pub mod encoder;
+pub mod model;
 pub mod text;
+pub mod vision;
+
+use serde::Deserialize;
 
 pub use crate::models::kernels::Activation;
 
@@ -69,6 +74,74 @@ pub mod clip_defaults {
     pub fn projection_dim() -> usize {
         512
     }
+    pub fn text_max_positions() -> usize {
+        77
+    }
+    pub fn pad_token_id() -> u32 {
+        1
+    }
+    pub fn bos_token_id() -> u32 {
+        49406
+    }
+    pub fn eos_token_id() -> u32 {
+        49407
+    }
+    pub fn image_size() -> usize {
+        224
+    }
+    pub fn logit_scale_init_value() -> f64 {
+        2.6592
+    }
+}
+
+/// transformers' `CLIPTextConfig` (`CLIPSegTextConfig` copies it).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipTextConfig {
+    #[serde(default = "clip_defaults::vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "clip_defaults::text_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "clip_defaults::text_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "clip_defaults::layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "clip_defaults::text_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "clip_defaults::text_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "clip_defaults::act")]
+    pub hidden_act: String,
+    #[serde(default = "clip_defaults::eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "clip_defaults::pad_token_id")]
+    pub pad_token_id: u32,
+    #[serde(default = "clip_defaults::bos_token_id")]
+    pub bos_token_id: u32,
+    #[serde(default = "clip_defaults::eos_token_id")]
+    pub eos_token_id: u32,
+}
+
+/// transformers' `CLIPVisionConfig` (`CLIPSegVisionConfig` copies it).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipVisionConfig {
+    #[serde(default = "clip_defaults::vision_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "clip_defaults::vision_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "clip_defaults::layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "clip_defaults::vision_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "clip_defaults::channels")]
+    pub num_channels: usize,
+    #[serde(default = "clip_defaults::image_size")]
+    pub image_size: usize,
+    #[serde(default = "clip_defaults::patch_size")]
+    pub patch_size: usize,
+    #[serde(default = "clip_defaults::act")]
+    pub hidden_act: String,
+    #[serde(default = "clip_defaults::eps")]
+    pub layer_norm_eps: f64,
 }
 
 /// What the encoder needs from a transformers CLIP-style tower config.
@@ -114,9 +187,9 @@ macro_rules! clip_tower_configs {
             pub fn clip_config(
                 &self,
                 model: &str,
-            ) -> $crate::Result<$crate::models::clip::text::ClipTextConfig> {
+            ) -> $crate::Result<$crate::models::clip::text::ClipTextTowerConfig> {
                 let tower = $crate::models::clip::TEXT_TOWER;
-                Ok($crate::models::clip::text::ClipTextConfig {
+                Ok($crate::models::clip::text::ClipTextTowerConfig {
                     vocab_size: self.vocab_size,
                     max_position_embeddings: self.max_position_embeddings,
                     encoder: $crate::models::clip::clip_tower_configs!(@encoder self, model, tower)?,
@@ -153,6 +226,8 @@ macro_rules! clip_tower_configs {
     };
 }
 pub(crate) use clip_tower_configs;
+
+clip_tower_configs!(text: ClipTextConfig, vision: ClipVisionConfig);
 
 /// Checks that the patches tile a vision config's (square) image.
 pub fn check_patch_grid(model: &str, image_size: usize, patch_size: usize) -> crate::Result<()> {

@@ -16,7 +16,7 @@ use crate::models::kernels::{layer_norm, LayerNorm};
 
 /// What the text tower needs from a transformers CLIP-style text config.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ClipTextConfig {
+pub struct ClipTextTowerConfig {
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
     pub encoder: ClipEncoderConfig,
@@ -32,7 +32,7 @@ pub struct ClipTextEmbeddings {
 }
 
 impl ClipTextEmbeddings {
-    pub fn new(vb: ModelVars, cfg: &ClipTextConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipTextTowerConfig) -> Result<Self> {
         let d = cfg.encoder.hidden_size;
         Ok(Self {
             token_embedding: vb.get((cfg.vocab_size, d), "token_embedding.weight")?,
@@ -68,7 +68,7 @@ pub struct ClipTextTransformer {
 }
 
 impl ClipTextTransformer {
-    pub fn new(vb: ModelVars, cfg: &ClipTextConfig) -> Result<Self> {
+    pub fn new(vb: ModelVars, cfg: &ClipTextTowerConfig) -> Result<Self> {
         let enc = &cfg.encoder;
         Ok(Self {
             embeddings: ClipTextEmbeddings::new(vb.pp("embeddings"), cfg)?,
@@ -112,6 +112,26 @@ pub fn input_ids_to_vec(input_ids: &Tensor) -> Result<Vec<Vec<u32>>> {
     input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()
 }
 
+/// transformers keeps the pre-#24773 pooling (argmax of the ids) for configs whose text
+/// `eos_token_id` is this value (`CLIPTextTransformer.forward`; the OpenAI CLIP configs have it).
+pub const LEGACY_EOS_TOKEN_ID: u32 = 2;
+
+/// The token each row is pooled at, as `CLIPTextTransformer` (and CLIPSeg's copy): the first
+/// `eos_token_id` (0 when a row has none, as torch's argmax of an all-zero row), or with the
+/// legacy `eos_token_id == 2` the first maximum id.
+pub fn pooling_positions(input_ids: &[Vec<u32>], eos_token_id: u32) -> Vec<usize> {
+    input_ids
+        .iter()
+        .map(|row| {
+            if eos_token_id == LEGACY_EOS_TOKEN_ID {
+                argmax_position(row)
+            } else {
+                row.iter().position(|&id| id == eos_token_id).unwrap_or(0)
+            }
+        })
+        .collect()
+}
+
 /// `input_ids.argmax(dim=-1)` of one row: the first maximum id, as torch (CLIP's EOS token,
 /// whose id is the largest in its vocabulary).
 pub fn argmax_position(row: &[u32]) -> usize {
@@ -133,5 +153,12 @@ mod tests {
         assert_eq!(argmax_position(&[49406, 320, 49407, 0, 0]), 2);
         assert_eq!(argmax_position(&[5, 9, 9, 1]), 1);
         assert_eq!(argmax_position(&[0, 0]), 0);
+    }
+
+    #[test]
+    fn pooling_at_the_first_eos_or_the_legacy_argmax() {
+        let ids = vec![vec![49406, 320, 49407, 49407], vec![5, 7, 6, 0]];
+        assert_eq!(pooling_positions(&ids, 49407), [2, 0]);
+        assert_eq!(pooling_positions(&ids, LEGACY_EOS_TOKEN_ID), [2, 1]);
     }
 }

@@ -6,10 +6,10 @@
 //!   (<https://github.com/huggingface/transformers/blob/v5.17.0/src/transformers/models/clipseg/modeling_clipseg.py>).
 //!
 //! The text tower is CLIP's ([`super::clip::text`], pooled here at the first EOS, as
-//! transformers does); the vision tower runs CLIP's encoder ([`super::clip::encoder`]) behind
-//! CLIPSeg's own embeddings, whose position table is bicubically interpolated to the input size
-//! ([`vision`]). The decoder ([`decoder`]) reduces the `extract_layers` activations, applies
-//! FiLM with the prompt embedding and upsamples with transposed convolutions.
+//! transformers does); so is the vision tower ([`super::clip::vision`]: CLIP's encoder behind
+//! embeddings whose position table is bicubically interpolated to the input size). The decoder
+//! ([`decoder`]) reduces the `extract_layers` activations, applies FiLM with the prompt
+//! embedding and upsamples with transposed convolutions.
 //!
 //! transformers repeats the whole image pass once per prompt. Here the image is encoded once
 //! ([`ClipSegForImageSegmentation::encode_image`]: vision tower plus every prompt-independent
@@ -18,7 +18,6 @@
 //! operations as in transformers, so the logits are equal up to float rounding.
 
 pub mod decoder;
-pub mod vision;
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{linear_no_bias, Linear};
@@ -27,34 +26,19 @@ use crate::models::ModelVars;
 use serde::Deserialize;
 
 use self::decoder::{ClipSegDecoder, DecoderImageState};
-use self::vision::ClipSegVisionTransformer;
-use super::clip::text::{argmax_position, input_ids_to_vec, ClipTextConfig, ClipTextTransformer};
-use super::clip::{clip_defaults, clip_tower_configs, ClipEncoderConfig};
+use super::clip::text::{
+    input_ids_to_vec, pooling_positions, ClipTextTowerConfig, ClipTextTransformer,
+};
+use super::clip::vision::ClipVisionTransformer;
+use super::clip::{clip_defaults, ClipEncoderConfig, ClipTextConfig, ClipVisionConfig};
 
 /// Prompts decoded together against one image: the decoder's MLP activations take
 /// `prompts x tokens x decoder_intermediate_size` floats (~4 MB per prompt for
 /// CIDAS/clipseg-rd64-refined), so long prompt lists run in batches of this size.
 pub const MAX_PROMPTS_PER_DECODE: usize = 16;
 
-/// transformers keeps the pre-#24773 pooling (argmax of the ids) for configs whose text
-/// `eos_token_id` is this value (`CLIPSegTextModel.forward`).
-pub const LEGACY_EOS_TOKEN_ID: u32 = 2;
+pub use super::clip::text::LEGACY_EOS_TOKEN_ID;
 
-fn default_text_max_positions() -> usize {
-    77
-}
-fn default_pad_token_id() -> u32 {
-    1
-}
-fn default_bos_token_id() -> u32 {
-    49406
-}
-fn default_eos_token_id() -> u32 {
-    49407
-}
-fn default_image_size() -> usize {
-    224
-}
 fn default_extract_layers() -> Vec<usize> {
     vec![3, 6, 9]
 }
@@ -68,55 +52,11 @@ fn default_decoder_intermediate() -> usize {
     2048
 }
 
-/// transformers' `CLIPSegTextConfig`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClipSegTextConfig {
-    #[serde(default = "clip_defaults::vocab_size")]
-    pub vocab_size: usize,
-    #[serde(default = "clip_defaults::text_hidden")]
-    pub hidden_size: usize,
-    #[serde(default = "clip_defaults::text_intermediate")]
-    pub intermediate_size: usize,
-    #[serde(default = "clip_defaults::layers")]
-    pub num_hidden_layers: usize,
-    #[serde(default = "clip_defaults::text_heads")]
-    pub num_attention_heads: usize,
-    #[serde(default = "default_text_max_positions")]
-    pub max_position_embeddings: usize,
-    #[serde(default = "clip_defaults::act")]
-    pub hidden_act: String,
-    #[serde(default = "clip_defaults::eps")]
-    pub layer_norm_eps: f64,
-    #[serde(default = "default_pad_token_id")]
-    pub pad_token_id: u32,
-    #[serde(default = "default_bos_token_id")]
-    pub bos_token_id: u32,
-    #[serde(default = "default_eos_token_id")]
-    pub eos_token_id: u32,
-}
+/// transformers' `CLIPSegTextConfig`: the fields and defaults of `CLIPTextConfig`.
+pub type ClipSegTextConfig = ClipTextConfig;
 
-/// transformers' `CLIPSegVisionConfig`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClipSegVisionConfig {
-    #[serde(default = "clip_defaults::vision_hidden")]
-    pub hidden_size: usize,
-    #[serde(default = "clip_defaults::vision_intermediate")]
-    pub intermediate_size: usize,
-    #[serde(default = "clip_defaults::layers")]
-    pub num_hidden_layers: usize,
-    #[serde(default = "clip_defaults::vision_heads")]
-    pub num_attention_heads: usize,
-    #[serde(default = "clip_defaults::channels")]
-    pub num_channels: usize,
-    #[serde(default = "default_image_size")]
-    pub image_size: usize,
-    #[serde(default = "clip_defaults::patch_size")]
-    pub patch_size: usize,
-    #[serde(default = "clip_defaults::act")]
-    pub hidden_act: String,
-    #[serde(default = "clip_defaults::eps")]
-    pub layer_norm_eps: f64,
-}
+/// transformers' `CLIPSegVisionConfig`: the fields and defaults of `CLIPVisionConfig`.
+pub type ClipSegVisionConfig = ClipVisionConfig;
 
 /// transformers' `CLIPSegConfig`. `decoder_hidden_act` is not read: transformers' decoder
 /// layers always use ReLU (`decoder_config.hidden_act = "relu"`).
@@ -142,7 +82,7 @@ pub struct ClipSegConfig {
 
 impl ClipSegConfig {
     /// Checks what the architecture needs and returns the towers' configs (text, vision).
-    fn towers(&self, model: &str) -> crate::Result<(ClipTextConfig, ClipEncoderConfig)> {
+    fn towers(&self, model: &str) -> crate::Result<(ClipTextTowerConfig, ClipEncoderConfig)> {
         let unsupported = |reason: String| crate::Error::Unsupported {
             model: model.to_string(),
             reason,
@@ -189,8 +129,6 @@ impl ClipSegConfig {
     }
 }
 
-clip_tower_configs!(text: ClipSegTextConfig, vision: ClipSegVisionConfig);
-
 /// The raw outputs of [`ClipSegForImageSegmentation::forward`].
 #[derive(Debug, Clone)]
 pub struct ClipSegImageSegmentationOutput {
@@ -211,7 +149,7 @@ pub struct ClipSegImageState {
 pub struct ClipSegForImageSegmentation {
     text_model: ClipTextTransformer,
     text_projection: Linear,
-    vision_model: ClipSegVisionTransformer,
+    vision_model: ClipVisionTransformer,
     visual_projection: Linear,
     decoder: ClipSegDecoder,
     extract_layers: Vec<usize>,
@@ -228,7 +166,7 @@ impl ClipSegForImageSegmentation {
     fn build(
         vb: ModelVars,
         cfg: &ClipSegConfig,
-        text_cfg: &ClipTextConfig,
+        text_cfg: &ClipTextTowerConfig,
         vision_cfg: &ClipEncoderConfig,
     ) -> Result<Self> {
         let clip = vb.pp("clip");
@@ -240,7 +178,7 @@ impl ClipSegForImageSegmentation {
         )?;
         // The encoder layers past the last extracted one only matter for image prompts.
         let needed_layers = cfg.extract_layers.iter().max().map_or(0, |&l| l + 1);
-        let vision_model = ClipSegVisionTransformer::new(
+        let vision_model = ClipVisionTransformer::new(
             clip.pp("vision_model"),
             &cfg.vision_config,
             vision_cfg,
@@ -263,7 +201,7 @@ impl ClipSegForImageSegmentation {
         })
     }
 
-    pub fn vision_model(&self) -> &ClipSegVisionTransformer {
+    pub fn vision_model(&self) -> &ClipVisionTransformer {
         &self.vision_model
     }
 
@@ -271,18 +209,7 @@ impl ClipSegForImageSegmentation {
     /// (0 when a row has none, as torch's argmax of an all-zero row), or with the legacy
     /// `eos_token_id == 2` the first maximum id.
     pub fn pooling_positions(&self, input_ids: &[Vec<u32>]) -> Vec<usize> {
-        input_ids
-            .iter()
-            .map(|row| {
-                if self.eos_token_id == LEGACY_EOS_TOKEN_ID {
-                    argmax_position(row)
-                } else {
-                    row.iter()
-                        .position(|&id| id == self.eos_token_id)
-                        .unwrap_or(0)
-                }
-            })
-            .collect()
+        pooling_positions(input_ids, self.eos_token_id)
     }
 
     /// `get_text_features(...).pooler_output`: the pooled text output, projected (not

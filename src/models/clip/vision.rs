@@ -1,9 +1,10 @@
-//! CLIPSeg's vision tower: `CLIPSegVisionEmbeddings` (with `interpolate_pos_encoding`) in
-//! front of CLIP's encoder ([`crate::models::clip::encoder`]), `pre_layrnorm` and
-//! `post_layernorm` (`CLIPSegVisionModel` in transformers v5.17.0 `modeling_clipseg.py`).
+//! CLIP's vision tower: `CLIPVisionEmbeddings` (with `interpolate_pos_encoding`) in front of
+//! the encoder ([`crate::models::clip::encoder`]), `pre_layrnorm` and `post_layernorm`
+//! (`CLIPVisionTransformer` in transformers v5.17.0 `models/clip/modeling_clip.py`, which
+//! `CLIPSegVisionTransformer` in `modeling_clipseg.py` copies). `CLIPModel` and CLIPSeg run it.
 //!
-//! Segmentation runs the encoder only up to the last layer the decoder extracts; image prompts,
-//! which need the pooled output of the last layer, run all of it.
+//! Segmentation runs the encoder only up to the last layer the decoder extracts; image prompts
+//! and CLIP's image features, which need the pooled output of the last layer, run all of it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,17 +12,17 @@ use std::sync::{Arc, Mutex};
 use crate::models::ModelVars;
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
 
-use super::ClipSegVisionConfig;
+use super::ClipVisionConfig;
 use crate::models::clip::encoder::{AttentionMask, ClipEncoder};
 use crate::models::clip::ClipEncoderConfig;
 use crate::models::interpolate;
 use crate::models::kernels::{layer_norm, LayerNorm, PatchEmbedding};
 
-/// transformers' `CLIPSegVisionEmbeddings`: class token + patch embeddings + a position table
+/// transformers' `CLIPVisionEmbeddings` (`CLIPSegVisionEmbeddings`): class token + patch embeddings + a position table
 /// interpolated bicubically (align_corners=False) to the input's patch grid. Interpolated
 /// tables are computed on the host once per grid and cached on the device.
 #[derive(Debug, Clone)]
-pub struct ClipSegVisionEmbeddings {
+pub struct ClipVisionEmbeddings {
     class_embedding: Tensor,
     patch_embedding: PatchEmbedding,
     /// (1 + side * side, d) as stored in the checkpoint.
@@ -35,8 +36,8 @@ pub struct ClipSegVisionEmbeddings {
     cache: Arc<Mutex<HashMap<(usize, usize), Tensor>>>,
 }
 
-impl ClipSegVisionEmbeddings {
-    pub fn new(vb: ModelVars, cfg: &ClipSegVisionConfig) -> Result<Self> {
+impl ClipVisionEmbeddings {
+    pub fn new(vb: ModelVars, cfg: &ClipVisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let class_embedding = vb.get(d, "class_embedding")?;
         let patch_embedding = PatchEmbedding::new(
@@ -110,10 +111,11 @@ impl ClipSegVisionEmbeddings {
     }
 }
 
-/// transformers' `CLIPSegVisionModel` (the tower of `CLIPSegModel.vision_model`).
+/// transformers' `CLIPVisionTransformer` (`CLIPModel.vision_model`; CLIPSeg's copy is
+/// `CLIPSegModel.vision_model`).
 #[derive(Debug, Clone)]
-pub struct ClipSegVisionTransformer {
-    embeddings: ClipSegVisionEmbeddings,
+pub struct ClipVisionTransformer {
+    embeddings: ClipVisionEmbeddings,
     pre_layrnorm: LayerNorm,
     encoder: ClipEncoder,
     post_layernorm: LayerNorm,
@@ -121,15 +123,15 @@ pub struct ClipSegVisionTransformer {
     needed_layers: usize,
 }
 
-impl ClipSegVisionTransformer {
+impl ClipVisionTransformer {
     /// `needed_layers`: how many encoder layers segmentation runs (last extracted layer + 1).
     pub fn new(
         vb: ModelVars,
-        cfg: &ClipSegVisionConfig,
+        cfg: &ClipVisionConfig,
         encoder_cfg: &ClipEncoderConfig,
         needed_layers: usize,
     ) -> Result<Self> {
-        let embeddings = ClipSegVisionEmbeddings::new(vb.pp("embeddings"), cfg)?;
+        let embeddings = ClipVisionEmbeddings::new(vb.pp("embeddings"), cfg)?;
         let pre_layrnorm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?;
         let post_layernorm =
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm"))?;
@@ -143,7 +145,7 @@ impl ClipSegVisionTransformer {
         })
     }
 
-    pub fn embeddings(&self) -> &ClipSegVisionEmbeddings {
+    pub fn embeddings(&self) -> &ClipVisionEmbeddings {
         &self.embeddings
     }
 
