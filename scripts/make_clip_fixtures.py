@@ -172,6 +172,11 @@ def make_clip(name: str, spec: dict, vocab: dict, merges: list) -> None:
                 logits_pil = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
                                    pixel_values=pv_pil).logits_per_image
             mf.check_finite("logits_per_image", logits)
+            if spec["tokenizer_json"]:
+                # the tokenizers-library view of tokenizer.json (what the Rust port loads) agrees
+                raw = mf.Tokenizer.from_file(str(out / "tokenizer.json"))
+                raw.enable_padding(pad_id=pad_id, pad_token=spec["pad_token"])
+                assert [e.ids for e in raw.encode_batch(sequences)] == tok["input_ids"].tolist()
             res = clf(image, candidate_labels=labels, **kwargs)
             res_pil = clf_pil(image, candidate_labels=labels, **kwargs)
             probs = logits.softmax(dim=-1)[0]

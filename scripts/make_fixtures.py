@@ -1504,6 +1504,15 @@ owlv2-tiny-p16 chelsea <- chelsea_107x181). `meta.json` names the images and the
   -> `conditional_pixel_values.npy`, `visual_prompt_logits.npy` [1, S, S],
   `visual_prompt_conditional_embeddings.npy`.
 
+### CLIP zero-shot classification (`reference/clip-tiny*/<image>/`, `scripts/make_clip_fixtures.py`)
+* `meta.json`: per case (labels, `hypothesis_template`; null = the pipeline's "This is a photo of {{}}."): the
+  formatted `sequences`, their `input_ids` / `attention_mask` (`padding=True`, as the pipeline), the
+  `pipeline("zero-shot-image-classification")` result with its default (torchvision) image backend (`pipeline`)
+  and with the PIL backend (`pipeline_pil`), and `CLIPModel`'s `logits_per_image` and their softmax
+  (`probabilities`) on each backend's pixels; the PIL pixels' per-channel statistics.
+* clip-tiny (64 px) also stores `pixel_values.npy` (the pipeline's, torchvision) and `pixel_values_pil.npy`
+  [1, 3, 64, 64]; clip-tiny-bin is the 224 px layout of openai/clip-vit-base-patch32 and stores no pixel arrays.
+
 ### ViLT (`reference/vilt-*/<image>/`)
 * `pixel_values.npy` [1, 3, H, W], `pixel_mask.npy` [1, H, W] (all ones for a single image),
   `pixel_values_pil.npy`.
@@ -1618,7 +1627,8 @@ def verify() -> None:
     for d in sorted(MODELS.iterdir()):
         proc = AutoProcessor.from_pretrained(d)
         tok = AutoTokenizer.from_pretrained(d)
-        assert type(proc).__name__ in ("OwlViTProcessor", "Owlv2Processor", "CLIPSegProcessor", "ViltProcessor"), type(proc)
+        assert type(proc).__name__ in ("OwlViTProcessor", "Owlv2Processor", "CLIPSegProcessor", "ViltProcessor",
+                                       "CLIPProcessor"), type(proc)
         weights = {f.name for f in d.iterdir()} & {"model.safetensors", "pytorch_model.bin"}
         assert len(weights) == 1, weights
         # the tokenizers-library view of tokenizer.json (what a Rust port loads) must agree with transformers
