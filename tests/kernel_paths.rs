@@ -20,7 +20,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use vlm_perception::models::KernelPath;
-use vlm_perception::pipeline::{Detector, LoadOptions, Segmenter, VqaModel};
+use vlm_perception::pipeline::{Classifier, Detector, LoadOptions, Segmenter, VqaModel};
 
 /// f32 outputs of the two paths: at most this far apart (the parity suites' logit tolerance).
 const PATHS_TOL: f32 = 1e-4;
@@ -37,7 +37,8 @@ struct Case {
     outputs: &'static [&'static str],
 }
 
-/// One model of each family: OWL-ViT and OWLv2 detection, CLIPSeg segmentation, ViLT VQA.
+/// One model of each family: OWL-ViT and OWLv2 detection, CLIPSeg segmentation, ViLT VQA,
+/// CLIP zero-shot classification.
 const CASES: &[Case] = &[
     Case {
         model: "owlvit-tiny-p16",
@@ -59,7 +60,15 @@ const CASES: &[Case] = &[
         stem: "chelsea",
         outputs: &["q0/logits"],
     },
+    Case {
+        model: "clip-tiny",
+        stem: "chelsea",
+        outputs: &["logits_per_image"],
+    },
 ];
+
+/// The CLIP case's label set (four labels, the default template) in its `meta.json`.
+const CLIP_CASE: usize = 1;
 
 fn options(dtype: DType, kernels: KernelPath) -> LoadOptions {
     LoadOptions {
@@ -86,6 +95,14 @@ fn run(case: &Case, opts: &LoadOptions) -> Vec<Tensor> {
         let mut outputs = vec![f32(&out.logits), f32(&out.pred_boxes)];
         outputs.extend(out.objectness_logits.as_ref().map(f32));
         outputs
+    } else if case.model.starts_with("clip-") {
+        let clf = Classifier::load(model, opts).unwrap();
+        let c = &m["cases"][CLIP_CASE];
+        let template = c["hypothesis_template"]
+            .as_str()
+            .unwrap_or(vlm_perception::pipeline::DEFAULT_HYPOTHESIS_TEMPLATE);
+        let labels = clf.encode_labels(&strings(c, "labels"), template).unwrap();
+        vec![f32(&clf.forward(&pixel_values, &labels).unwrap())]
     } else if case.model.starts_with("clipseg") {
         let seg = Segmenter::load(model, opts).unwrap();
         let prompts = seg.encode_prompts(&strings(&m, "prompts")).unwrap();
@@ -114,6 +131,18 @@ fn run(case: &Case, opts: &LoadOptions) -> Vec<Tensor> {
 
 fn reference(case: &Case) -> Vec<Tensor> {
     let dir = reference_dir(case.model, case.stem);
+    if case.model.starts_with("clip-") {
+        // stored in meta.json: one row of logits
+        let m = meta(case.model, case.stem);
+        let row: Vec<f32> = m["cases"][CLIP_CASE]["logits_per_image"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let n = row.len();
+        return vec![Tensor::from_vec(row, (1, n), &Device::Cpu).unwrap()];
+    }
     case.outputs
         .iter()
         .map(|name| npy_f32(&dir.join(format!("{name}.npy"))))
