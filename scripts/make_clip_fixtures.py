@@ -17,9 +17,10 @@ What it writes, per checkpoint (hub layout: config.json, weights, tokenizer file
     alike than trained ones, and ln(100), the OpenAI checkpoints' value, saturates every softmax), a CLIPImageProcessor scaled down to 64 px (shortest edge 64, centre
     crop 64) for a 64 px / patch-16 vision tower.
   * clip-tiny-bin: pytorch_model.bin, vocab.json/merges.txt only, `!` pads, the legacy text `eos_token_id` 2
-    (pooling at argmax(input_ids), as the OpenAI configs), the initial logit_scale (2.6592), GELU, and the
-    CLIPImageProcessor's defaults (shortest edge 224 BICUBIC, centre crop 224, CLIP mean/std) for a 224 px /
-    patch-32 vision tower: the layout of openai/clip-vit-base-patch32, shrunk in width only.
+    (pooling at argmax(input_ids), as the OpenAI configs), the initial logit_scale (2.6592), GELU, and
+    openai/clip-vit-base-patch32's own preprocessor_config.json (integer `size` / `crop_size` 224: shortest edge
+    224 BICUBIC, centre crop 224, CLIP mean/std) for a 224 px / patch-32 vision tower: that checkpoint's layout,
+    shrunk in width only.
 Both use the tiny CLIP BPE vocabulary of make_fixtures.py (the first 256 merges) to stay small.
 
 References, tests/fixtures/reference/<model>/<image stem>/:
@@ -54,6 +55,18 @@ from transformers import (  # noqa: E402
 )
 
 DEFAULT_TEMPLATE = "This is a photo of {}."
+
+OPENAI_PREPROCESSOR_CONFIG = {
+    "crop_size": 224,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": 224,
+}
 
 # (labels, hypothesis_template or None for the pipeline's default)
 CASES = [
@@ -95,7 +108,7 @@ SPECS = {
         "text": dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                      max_position_embeddings=77, hidden_act="gelu"),
         "projection_dim": 8,
-        "processor": dict(),
+        "processor": "openai",
         "pixel_arrays": False,
         "images": ["chelsea.png", "coffee.png", "rocket.jpg"],
     },
@@ -131,8 +144,14 @@ def make_clip(name: str, spec: dict, vocab: dict, merges: list) -> None:
         if spec["logit_scale"] is not None:
             model.logit_scale.fill_(spec["logit_scale"])
     mf.save_model(model, out, spec["format"])
-    ip = CLIPImageProcessor(**spec["processor"])
-    mf.save_image_processor(ip, out, "CLIPProcessor")
+    if spec["processor"] == "openai":
+        # openai/clip-vit-base-patch32's preprocessor_config.json, verbatim: the feature-extractor era's integer
+        # sizes, which CLIPImageProcessor reads as shortest_edge 224 / crop 224 x 224 (default_to_square=False)
+        mf.write_json(out / "preprocessor_config.json", OPENAI_PREPROCESSOR_CONFIG)
+        ip = CLIPImageProcessor.from_pretrained(out)
+        assert ip.size.shortest_edge == 224 and (ip.crop_size.height, ip.crop_size.width) == (224, 224)
+    else:
+        mf.save_image_processor(CLIPImageProcessor(**spec["processor"]), out, "CLIPProcessor")
     mf.write_clip_tokenizer(
         out,
         vocab,

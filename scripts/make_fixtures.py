@@ -1511,7 +1511,8 @@ owlv2-tiny-p16 chelsea <- chelsea_107x181). `meta.json` names the images and the
   and with the PIL backend (`pipeline_pil`), and `CLIPModel`'s `logits_per_image` and their softmax
   (`probabilities`) on each backend's pixels; the PIL pixels' per-channel statistics.
 * clip-tiny (64 px) also stores `pixel_values.npy` (the pipeline's, torchvision) and `pixel_values_pil.npy`
-  [1, 3, 64, 64]; clip-tiny-bin is the 224 px layout of openai/clip-vit-base-patch32 and stores no pixel arrays.
+  [1, 3, 64, 64]; clip-tiny-bin is the 224 px layout of openai/clip-vit-base-patch32 (with that checkpoint's
+  preprocessor_config.json verbatim: integer `size` / `crop_size`) and stores no pixel arrays.
 
 ### ViLT (`reference/vilt-*/<image>/`)
 * `pixel_values.npy` [1, 3, H, W], `pixel_mask.npy` [1, H, W] (all ones for a single image),

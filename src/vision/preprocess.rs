@@ -115,7 +115,8 @@ pub enum ShortestEdgeRule {
     Vilt,
     /// `image_transforms.get_resize_output_image_size(default_to_square=False)`, as
     /// `CLIPImageProcessor`: the shorter edge to n, the longer `int(n * long / short)`
-    /// (truncated), no cap.
+    /// (truncated), no cap. A bare integer `size` means the same (`default_to_square=False`:
+    /// the OpenAI checkpoints' files say `"size": 224`).
     KeepAspect,
 }
 
@@ -181,6 +182,9 @@ impl ImageProcessor {
         let resize = if cfg.do_resize.unwrap_or(true) {
             match cfg.size.unwrap_or(defaults.size) {
                 SizeSpec::HeightWidth { height, width } => ResizeMode::Exact { height, width },
+                SizeSpec::Square(s) if defaults.shortest_edge == ShortestEdgeRule::KeepAspect => {
+                    ResizeMode::ShortestEdgeKeepAspect { shortest: s }
+                }
                 SizeSpec::Square(s) => ResizeMode::Exact {
                     height: s,
                     width: s,
@@ -443,6 +447,37 @@ mod tests {
         assert_eq!(shortest_edge_keep_aspect(181, 107, 224), (378, 224));
         assert_eq!(shortest_edge_keep_aspect(33, 31, 64), (68, 64));
         assert_eq!(shortest_edge_keep_aspect(5, 5, 64), (64, 64));
+    }
+
+    #[test]
+    fn an_integer_size_is_a_shortest_edge_where_not_square_by_default() {
+        let cfg: PreprocessorConfig =
+            serde_json::from_str(r#"{"size": 224, "crop_size": 224}"#).unwrap();
+        let defaults = |shortest_edge| ProcessorDefaults {
+            size: SizeSpec::Square(1),
+            resample: Resample::Bicubic,
+            do_center_crop: true,
+            crop_size: None,
+            image_mean: OPENAI_CLIP_MEAN,
+            image_std: OPENAI_CLIP_STD,
+            shortest_edge,
+        };
+        let clip =
+            ImageProcessor::from_config(cfg.clone(), &defaults(ShortestEdgeRule::KeepAspect))
+                .unwrap();
+        assert_eq!(
+            clip.resize,
+            ResizeMode::ShortestEdgeKeepAspect { shortest: 224 }
+        );
+        assert_eq!(clip.center_crop, Some((224, 224)));
+        let square = ImageProcessor::from_config(cfg, &defaults(ShortestEdgeRule::Vilt)).unwrap();
+        assert_eq!(
+            square.resize,
+            ResizeMode::Exact {
+                height: 224,
+                width: 224
+            }
+        );
     }
 
     #[test]
