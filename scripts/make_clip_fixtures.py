@@ -160,8 +160,8 @@ def make_clip(name: str, spec: dict, vocab: dict, merges: list) -> None:
         max_len=spec["text"]["max_position_embeddings"],
         processor_class="CLIPProcessor",
         tokenizer_json=spec["tokenizer_json"],
-        cat_ids=[vocab[mf.CLIP_BOS]] + [vocab[t] for t in ("a</w>", "p", "ho", "to</w>", "of</w>", "a</w>", "c", "at</w>")]
-        + [vocab[mf.CLIP_EOS]],
+        cat_ids=mf.CLIP_CAT_IDS if len(vocab) == 49408 else [vocab[mf.CLIP_BOS]]
+        + [vocab[t] for t in ("a</w>", "p", "ho", "to</w>", "of</w>", "a</w>", "c", "at</w>")] + [vocab[mf.CLIP_EOS]],
     )
 
     model = CLIPModel.from_pretrained(out).eval()
