@@ -32,12 +32,12 @@ use super::clip::text::{
 use super::clip::vision::ClipVisionTransformer;
 use super::clip::{clip_defaults, ClipEncoderConfig, ClipTextConfig, ClipVisionConfig};
 
+pub use super::clip::text::LEGACY_EOS_TOKEN_ID;
+
 /// Prompts decoded together against one image: the decoder's MLP activations take
 /// `prompts x tokens x decoder_intermediate_size` floats (~4 MB per prompt for
 /// CIDAS/clipseg-rd64-refined), so long prompt lists run in batches of this size.
 pub const MAX_PROMPTS_PER_DECODE: usize = 16;
-
-pub use super::clip::text::LEGACY_EOS_TOKEN_ID;
 
 fn default_extract_layers() -> Vec<usize> {
     vec![3, 6, 9]
