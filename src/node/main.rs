@@ -12,6 +12,7 @@ mod convert;
 mod depth_sync;
 mod lifecycle;
 mod live_params;
+mod log_limiter;
 mod memory;
 mod outputs;
 mod params;
@@ -38,6 +39,7 @@ use vlm_perception::pipeline::LoadOptions;
 use convert::{FrameHeader, RawImage};
 use depth_sync::{stamp_ns, DepthSync};
 use live_params::LiveParams;
+use log_limiter::{suppressed_note, LogLimiter};
 use memory::Memory;
 use outputs::{Publishers, StreamSink};
 use params::{split_texts, NodeParams, ParamError};
@@ -335,7 +337,7 @@ fn run() -> Result<()> {
             tf_static: Box::new(tf_static_sub),
             transforms: transforms.clone(),
             logger: logger.clone(),
-            logged: Default::default(),
+            limiter: LogLimiter::with_period(TF_LOG_PERIOD),
         };
         tokio::spawn(outputs::tf_stage(
             staged,
@@ -515,7 +517,8 @@ struct TfListener {
     tf_static: TfStream,
     transforms: Arc<Transforms>,
     logger: String,
-    logged: std::collections::HashMap<String, Instant>,
+    /// Per edge.
+    limiter: LogLimiter,
 }
 
 impl TfListener {
@@ -542,19 +545,16 @@ impl TfListener {
                 .add(parent, child, stamp, transform, is_static)
             {
                 let key = format!("{parent}->{child}");
-                let now = Instant::now();
-                if self
-                    .logged
-                    .get(&key)
-                    .is_none_or(|at| now - *at > TF_LOG_PERIOD)
-                {
+                if let Some(suppressed) = self.limiter.allow(&key, Instant::now()) {
                     let topic = if is_static { "/tf_static" } else { "/tf" };
                     log(
                         &self.logger,
                         Level::Warn,
-                        &format!("{topic}: ignoring a transform: {e}"),
+                        &format!(
+                            "{topic}: ignoring a transform: {e}{}",
+                            suppressed_note(suppressed)
+                        ),
                     );
-                    self.logged.insert(key, now);
                 }
             }
         }

@@ -15,6 +15,7 @@ use vlm_perception::pipeline::{SegmentationResult, VqaResult};
 
 use crate::convert::{self, FrameHeader};
 use crate::log;
+use crate::log_limiter::{suppressed_note, LogLimiter};
 use crate::memory::Memory;
 use crate::tf::{Placement, Transforms};
 use crate::worker::{FrameDetections, Level, Sink};
@@ -176,22 +177,22 @@ pub async fn tf_stage(
     tf: Arc<Transforms>,
     memory: Arc<Memory>,
 ) {
-    let mut logged: Option<(String, Instant)> = None;
+    // One line per period whatever the reason: the reasons name stamps, so each frame's differs.
+    let mut limiter = LogLimiter::with_period(TF_LOG_PERIOD);
     while let Some(mut f) = frames.recv().await {
         let located = f.positions.iter().any(Option::is_some);
         let placement = tf.placement("", &f.header, located).await;
         placement.place(&mut f.positions);
         if let Some(e) = placement.error() {
-            let repeat = logged
-                .as_ref()
-                .is_some_and(|(last, at)| last == e && at.elapsed() < TF_LOG_PERIOD);
-            if !repeat {
+            if let Some(suppressed) = limiter.allow("tf", Instant::now()) {
                 log(
                     &out.logger,
                     Level::Warn,
-                    &format!("frame published without 3D positions: {e}"),
+                    &format!(
+                        "frame published without 3D positions: {e}{}",
+                        suppressed_note(suppressed)
+                    ),
                 );
-                logged = Some((e.to_string(), Instant::now()));
             }
         }
         out.detections(&f, &placement);

@@ -14,7 +14,7 @@
 //! Here: the requests, the worker thread and its loop. Beside it: [`handle`] (the executor's
 //! side: mailbox and queue), `models` (loading, states, embeddings), `stream` (the camera
 //! frames), `requests`, `image_queries` and `planner` (the services), `control` (lifecycle
-//! and parameters), `diagnostics`, and the small `embed_cache` and `log_limiter`.
+//! and parameters), `diagnostics`, and the small `embed_cache`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -38,19 +38,18 @@ mod diagnostics;
 mod embed_cache;
 mod handle;
 mod image_queries;
-mod log_limiter;
 mod models;
 mod planner;
 mod requests;
 mod stream;
 pub mod tracks;
 
+use crate::log_limiter::{suppressed_note, LogLimiter};
 pub use diagnostics::{Snapshot, TaskSnapshot};
 use embed_cache::EmbedCache;
 use handle::Shared;
 pub use handle::{Handle, MAX_QUEUED_REQUESTS};
 pub use image_queries::QueryImage;
-use log_limiter::LogLimiter;
 pub use planner::{DepthArg, GroundAnswer, GroundArgs, ScoreAnswer, Target};
 use tracks::StreamTracks;
 
@@ -426,11 +425,7 @@ impl<S: Sink> Worker<S> {
 
     fn log_limited(&mut self, key: &str, level: Level, message: String) {
         if let Some(suppressed) = self.limiter.allow(key, Instant::now()) {
-            let msg = if suppressed > 0 {
-                format!("{message} ({suppressed} similar message(s) suppressed)")
-            } else {
-                message
-            };
+            let msg = format!("{message}{}", suppressed_note(suppressed));
             self.sink.log(level, &msg);
         }
     }

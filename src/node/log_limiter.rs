@@ -1,24 +1,38 @@
-//! Rate limits for the worker's log lines: a camera that sends bad frames at 30 Hz gets one
-//! line per period, not thirty a second.
+//! Rate limits for the node's log lines: a camera that sends bad frames at 30 Hz gets one
+//! line per period, not thirty a second (the worker's faults, refused transforms, frames
+//! published without 3D).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// A repeated fault of the same kind is logged at most once per this period.
+/// A repeated fault of the same kind is logged at most once per this period (by default).
 const LOG_PERIOD: Duration = Duration::from_secs(10);
 
-/// Logs the first fault of each kind, then at most one per [`LOG_PERIOD`] with a count of the
-/// ones left out.
-#[derive(Default)]
-pub(super) struct LogLimiter {
+/// Logs the first fault of each kind, then at most one per period with a count of the ones
+/// left out.
+pub struct LogLimiter {
+    period: Duration,
     last: HashMap<String, (Instant, u64)>,
 }
 
+impl Default for LogLimiter {
+    fn default() -> Self {
+        Self::with_period(LOG_PERIOD)
+    }
+}
+
 impl LogLimiter {
+    pub fn with_period(period: Duration) -> Self {
+        Self {
+            period,
+            last: HashMap::new(),
+        }
+    }
+
     /// `Some(suppressed)` when a line for `key` may be logged now.
-    pub(super) fn allow(&mut self, key: &str, now: Instant) -> Option<u64> {
+    pub fn allow(&mut self, key: &str, now: Instant) -> Option<u64> {
         match self.last.get_mut(key) {
-            Some((at, suppressed)) if now.duration_since(*at) < LOG_PERIOD => {
+            Some((at, suppressed)) if now.duration_since(*at) < self.period => {
                 *suppressed += 1;
                 None
             }
@@ -33,6 +47,15 @@ impl LogLimiter {
                 Some(0)
             }
         }
+    }
+}
+
+/// What a rate-limited line adds about the lines left out since the last one.
+pub fn suppressed_note(suppressed: u64) -> String {
+    if suppressed > 0 {
+        format!(" ({suppressed} similar message(s) suppressed)")
+    } else {
+        String::new()
     }
 }
 
