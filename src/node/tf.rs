@@ -6,7 +6,7 @@
 //! Plain library types only here: the messages are converted in `convert`, the subscriptions
 //! live in `main.rs`.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nalgebra::{Isometry3, Point3};
@@ -17,6 +17,7 @@ use vlm_perception::transforms::{
 use vlm_perception::vision::depth::Object3d;
 
 use crate::convert::FrameHeader;
+use crate::lock;
 use crate::params::TfParams;
 
 /// Counters and the last error, for /diagnostics.
@@ -98,10 +99,6 @@ pub struct Transforms {
     arrived: Notify,
     params: Mutex<TfParams>,
     stats: Mutex<TfStats>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether more transforms can still make a failed lookup succeed: a frame not there yet, trees

@@ -18,7 +18,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
@@ -53,9 +53,7 @@ pub use image_queries::QueryImage;
 pub use planner::{DepthArg, GroundAnswer, GroundArgs, ScoreAnswer, Target};
 use tracks::StreamTracks;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::lock;
 
 /// A camera frame as received.
 #[derive(Debug)]
