@@ -264,6 +264,7 @@ mod tests {
 
     #[test]
     fn fused_layer_matches_the_unfused_formulation() {
+        use crate::models::kernels::tests::randn;
         let (d, inner, heads) = (16, 24, 4);
         let dev = Device::Cpu;
         let mut w = HashMap::new();
@@ -275,18 +276,15 @@ mod tests {
             ("mlp.fc1", (inner, d)),
             ("mlp.fc2", (d, inner)),
         ] {
-            let weight = (Tensor::randn(0f32, 1f32, shape, &dev).unwrap() * 0.3).unwrap();
-            let bias = Tensor::randn(0f32, 1f32, shape.0, &dev).unwrap();
+            let weight = (randn(&[shape.0, shape.1]) * 0.3).unwrap();
+            let bias = randn(&[shape.0]);
             w.insert(format!("{name}.weight"), weight);
             w.insert(format!("{name}.bias"), bias);
         }
         for name in ["layer_norm1", "layer_norm2"] {
-            let weight = (Tensor::randn(0f32, 1f32, d, &dev).unwrap() + 1.0).unwrap();
+            let weight = (randn(&[d]) + 1.0).unwrap();
             w.insert(format!("{name}.weight"), weight);
-            w.insert(
-                format!("{name}.bias"),
-                Tensor::randn(0f32, 1f32, d, &dev).unwrap(),
-            );
+            w.insert(format!("{name}.bias"), randn(&[d]));
         }
         let vb = candle_nn::VarBuilder::from_tensors(w.clone(), DType::F32, &dev);
         // 600 tokens: ten blocks of queries
@@ -295,7 +293,7 @@ mod tests {
             (Activation::Gelu, (3, 7)),
             (Activation::QuickGelu, (2, 600)),
         ] {
-            let xs = Tensor::randn(0f32, 1f32, (b, n, d), &dev).unwrap();
+            let xs = randn(&[b, n, d]);
             let cfg = ClipEncoderConfig {
                 hidden_size: d,
                 intermediate_size: inner,

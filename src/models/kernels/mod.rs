@@ -294,8 +294,42 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// Largest absolute difference relative to the reference's largest magnitude (at least 1):
+    /// f32 sums of many products round by an amount that grows with their size, and a CPU with
+    /// other SIMD widths sums in another order.
+    pub(crate) fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
+        let scale = want
+            .to_dtype(DType::F32)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        max_diff(got, want) / scale.max(1.0)
+    }
+
+    thread_local! {
+        // Each test runs on a thread of its own, so each draws the same numbers on every run:
+        // a tolerance that fails does so on every run, not one in a hundred.
+        static RNG: std::cell::RefCell<rand::rngs::StdRng> =
+            std::cell::RefCell::new(rand::SeedableRng::seed_from_u64(0x5eed));
+    }
+
+    /// Standard normal samples from the test thread's seeded generator.
     pub(crate) fn randn(shape: &[usize]) -> Tensor {
-        Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap()
+        use rand::Rng;
+        let n = shape.iter().product::<usize>();
+        let values: Vec<f32> = RNG.with(|rng| {
+            let mut rng = rng.borrow_mut();
+            (0..n)
+                .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
+                .collect()
+        });
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
     }
 
     #[test]

@@ -194,7 +194,7 @@ fn spread_blocks(blocks: &[f32], b: usize, h: usize, w: usize, c: usize, k: usiz
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{max_diff, randn};
+    use super::super::tests::{randn, rel_diff};
     use super::*;
     use crate::models::KernelPath;
     use candle_core::{DType, Module};
@@ -264,7 +264,7 @@ mod tests {
                 .unwrap();
                 assert_eq!(got.dims(), [2, 4 * 3, d]);
                 assert!(
-                    max_diff(&got, &want) < 1e-5,
+                    rel_diff(&got, &want) < 1e-5,
                     "{dtype:?} {kernels:?} bias {with_bias}"
                 );
             }
@@ -296,7 +296,7 @@ mod tests {
                     Some(a) => a.forward(&want).unwrap(),
                     None => want.clone(),
                 };
-                assert!(max_diff(&got, &want) < 1e-5, "{kernels:?} {act:?}");
+                assert!(rel_diff(&got, &want) < 1e-5, "{kernels:?} {act:?}");
             }
         }
     }
