@@ -20,7 +20,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use common::*;
 use vlm_perception::models::clip::vision::ClipVisionTransformer;
 use vlm_perception::models::clipseg::ClipSegConfig;
-use vlm_perception::pipeline::{Checkpoint, SegmentParams, Segmenter};
+use vlm_perception::pipeline::{Checkpoint, PromptEmbeddings, SegmentParams, Segmenter};
 use vlm_perception::vision::{image_io::load_rgb, masks::post_process_segmentation};
 
 const MODELS: &[&str] = &["clipseg-tiny-rd16", "clipseg-tiny-complex"];
@@ -229,6 +229,80 @@ fn image_prompt_matches_reference() {
         .unwrap();
     let (_, rel) = rel_diff(&logits, &reference);
     assert!(rel <= LOGIT_REL_TOL, "pipeline image prompt: {rel}");
+}
+
+#[test]
+fn text_and_image_prompts_mix_in_one_call() {
+    // transformers takes text or image prompts per call; a mixed list must give, row for row,
+    // the text prompts' reference logits and then the image prompt's.
+    let model = "clipseg-tiny-rd16";
+    let seg = load(model);
+    let dir = reference_dir(model, "chelsea");
+    let m = meta(model, "chelsea");
+    let visual = m["visual_prompt"].as_str().unwrap();
+    let prompt_img = load_rgb(&image_path(visual)).unwrap();
+    let text = seg.encode_prompts(&prompts(&m)).unwrap();
+    let example = seg.image_prompts(&[prompt_img.clone()], &[visual]).unwrap();
+    // Cached by label and pixels: the same image again is not embedded again.
+    assert!(std::sync::Arc::ptr_eq(
+        &example,
+        &seg.image_prompts(&[prompt_img.clone()], &[visual]).unwrap()
+    ));
+    let mixed = PromptEmbeddings::concat(&[&text, &example]).unwrap();
+    assert_eq!(mixed.len(), text.len() + 1);
+    assert_eq!(mixed.texts.last().unwrap(), visual);
+    let logits = seg
+        .forward(&npy_f32(&dir.join("pixel_values.npy")), &mixed)
+        .unwrap();
+    let reference = Tensor::cat(
+        &[
+            npy_f32(&dir.join("logits.npy")),
+            npy_f32(&dir.join("visual_prompt_logits.npy")),
+        ],
+        0,
+    )
+    .unwrap();
+    let (abs, rel) = rel_diff(&logits, &reference);
+    assert!(
+        rel <= LOGIT_REL_TOL,
+        "mixed prompts: {abs} ({rel} relative)"
+    );
+    assert!(seg.image_prompts(&[prompt_img], &["a", "b"]).is_err());
+    assert!(PromptEmbeddings::concat(&[]).is_err());
+
+    // The CLI: text prompts first, then each --prompt-image labelled by file name, with the
+    // library's masks.
+    let out = segment_cli(
+        model,
+        "chelsea.png",
+        &prompts(&m),
+        &["--prompt-image", image_path(visual).to_str().unwrap()],
+    );
+    let entries = out["prompts"].as_array().unwrap();
+    assert_eq!(entries.len(), text.len() + 1);
+    assert_eq!(entries.last().unwrap()["prompt"], visual);
+    let want = seg
+        .segment(
+            &load_rgb(&image_path("chelsea.png")).unwrap(),
+            &mixed,
+            &SegmentParams::default(),
+        )
+        .unwrap();
+    for (e, w) in entries.iter().zip(&want.masks) {
+        let area = e["area_fraction"].as_f64().unwrap() as f32;
+        assert!(
+            (area - w.area_fraction).abs() < 1e-6,
+            "{e} vs {}",
+            w.area_fraction
+        );
+    }
+    let images_only = segment_cli(
+        model,
+        "chelsea.png",
+        &[],
+        &["--prompt-image", image_path(visual).to_str().unwrap()],
+    );
+    assert_eq!(images_only["prompts"].as_array().unwrap().len(), 1);
 }
 
 #[test]
@@ -544,6 +618,21 @@ fn bad_inputs_fail_cleanly() {
     assert_fails_with(
         &cli(&["segment", "--model", m, "--image", img, "--prompt", " "]),
         &["prompt 0 is empty"],
+    );
+    // A prompt image that is not an image.
+    let not_image = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_image.path(), b"not a png").unwrap();
+    assert_fails_with(
+        &cli(&[
+            "segment",
+            "--model",
+            m,
+            "--image",
+            img,
+            "--prompt-image",
+            not_image.path().to_str().unwrap(),
+        ]),
+        &["--prompt-image"],
     );
     // Threshold outside [0, 1].
     assert_fails_with(

@@ -100,7 +100,16 @@ pub struct DetectArgs {
     pub overlay: Option<PathBuf>,
 }
 
+/// A query or prompt image's label: its file name.
+pub fn file_label(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("prompt_kind").required(true).multiple(true).args(["prompts", "prompt_images"])))]
 pub struct SegmentArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -110,8 +119,14 @@ pub struct SegmentArgs {
     pub image: PathBuf,
 
     /// A text prompt, e.g. "the sponge"; repeat for several (one mask each).
-    #[arg(long = "prompt", value_name = "TEXT", required = true)]
+    #[arg(long = "prompt", value_name = "TEXT")]
     pub prompts: Vec<String>,
+
+    /// An example image as a prompt ("segment things like this", transformers'
+    /// `conditional_pixel_values`); repeat for several, one mask each, labelled by file name.
+    /// They follow the text prompts.
+    #[arg(long = "prompt-image", value_name = "PATH")]
+    pub prompt_images: Vec<PathBuf>,
 
     /// A pixel belongs to a prompt's mask when its probability is above this.
     #[arg(long, default_value_t = vlm_perception::pipeline::segment::DEFAULT_MASK_THRESHOLD)]

@@ -1,7 +1,5 @@
 //! `vlm-perception detect`.
 
-use std::path::Path;
-
 use anyhow::{Context, Result};
 use vlm_perception::{
     pipeline::{
@@ -11,7 +9,7 @@ use vlm_perception::{
     vision::{draw, image_io},
 };
 
-use crate::args::DetectArgs;
+use crate::args::{file_label, DetectArgs};
 
 /// `--nms-iou`'s default with text queries: no NMS, as transformers' `post_process_object_detection`.
 const DEFAULT_TEXT_NMS_IOU: f32 = 1.0;
@@ -131,13 +129,6 @@ pub fn run(args: &DetectArgs) -> Result<()> {
 }
 
 /// A query image's label: its file name (the whole path when it has none).
-fn file_label(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
-}
-
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()

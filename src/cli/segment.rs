@@ -4,11 +4,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use vlm_perception::{
-    pipeline::{LoadOptions, SegmentParams, SegmentationResult, Segmenter},
+    pipeline::{LoadOptions, PromptEmbeddings, SegmentParams, SegmentationResult, Segmenter},
     vision::{draw, image_io, masks::MASK_OFF},
 };
 
-use crate::args::SegmentArgs;
+use crate::args::{file_label, SegmentArgs};
 
 /// Opacity of each prompt's colour in the overlay.
 const OVERLAY_ALPHA: f32 = 0.5;
@@ -21,9 +21,29 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     }
     let options = LoadOptions::parse(&args.model.device, &args.model.dtype)?;
     let image = image_io::load_rgb(&args.image)?;
+    let prompt_images = args
+        .prompt_images
+        .iter()
+        .map(|path| image_io::load_rgb(path).context("cannot read --prompt-image"))
+        .collect::<Result<Vec<_>>>()?;
     let segmenter = Segmenter::load(&args.model.model, &options)
         .with_context(|| format!("cannot load segmentation model `{}`", args.model.model))?;
-    let prompts = segmenter.encode_prompts(&args.prompts)?;
+    let text = if args.prompts.is_empty() {
+        None
+    } else {
+        Some(segmenter.encode_prompts(&args.prompts)?)
+    };
+    let examples = if prompt_images.is_empty() {
+        None
+    } else {
+        let labels: Vec<String> = args.prompt_images.iter().map(|p| file_label(p)).collect();
+        Some(segmenter.encode_image_prompts(&prompt_images, &labels)?)
+    };
+    let parts: Vec<&PromptEmbeddings> = [text.as_ref(), examples.as_ref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let prompts = PromptEmbeddings::concat(&parts)?;
     let params = SegmentParams {
         threshold: args.threshold,
     };

@@ -7,7 +7,6 @@
 //! `post_process_object_detection` ([`Detector::detect`]), image-guided ones as
 //! `post_process_image_guided_detection` ([`Detector::detect_image_guided`]).
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +16,7 @@ use image::RgbImage;
 use super::{
     checkpoint::{Checkpoint, PREPROCESSOR_FILE},
     device::LoadOptions,
-    text_cache::TextCache,
+    text_cache::{image_key, TextCache},
     tokenizer::{Padding, TextTokenizer, TokenizerKind},
     types::{Detection, DetectionResult, Timings},
     validate_texts,
@@ -331,7 +330,7 @@ pub struct Detector {
     processor: DetectionProcessor,
     options: LoadOptions,
     cache: TextCache<QueryEmbeddings>,
-    /// Query images, keyed by label and content ([`image_query_key`]).
+    /// Query images, keyed by label and content ([`image_key`]).
     image_cache: TextCache<QueryEmbeddings>,
 }
 
@@ -490,7 +489,7 @@ impl Detector {
         let keys: Vec<String> = images
             .iter()
             .zip(labels)
-            .map(|(image, label)| image_query_key(label.as_ref(), image))
+            .map(|(image, label)| image_key(label.as_ref(), image))
             .collect();
         self.image_cache
             .get_or_encode(&keys, || self.encode_query_images(images, labels))
@@ -917,26 +916,6 @@ fn check_query_images<S: AsRef<str>>(images: &[RgbImage], labels: &[S]) -> Resul
     Ok(())
 }
 
-/// A cache key for one query image: its label, size and a 128-bit digest of its pixels (two
-/// passes of std's `DefaultHasher` with different prefixes; the key lives only in this
-/// process), so that an image changed under the same name is embedded again.
-fn image_query_key(label: &str, image: &RgbImage) -> String {
-    let digest = |seed: u8| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        seed.hash(&mut h);
-        image.dimensions().hash(&mut h);
-        image.as_raw().hash(&mut h);
-        h.finish()
-    };
-    format!(
-        "{label}\u{0}{}x{}\u{0}{:016x}{:016x}",
-        image.width(),
-        image.height(),
-        digest(0),
-        digest(1)
-    )
-}
-
 /// Checks that logits, boxes and objectness have one row per box.
 fn check_rows(raw: &RawDetections) -> Result<()> {
     let n = raw.boxes.len();
@@ -1086,20 +1065,6 @@ mod tests {
         assert_eq!(run(sigmoid(1.0) + 1e-3, 1.0).len(), 1);
         // Every score zeroed by the threshold: no box has a positive alpha.
         assert!(run(0.99, 1.0).is_empty());
-    }
-
-    #[test]
-    fn image_query_keys_follow_label_and_pixels() {
-        let a = RgbImage::new(4, 3);
-        let mut b = a.clone();
-        b.get_pixel_mut(3, 2).0[2] = 1;
-        assert_eq!(image_query_key("x", &a), image_query_key("x", &a.clone()));
-        assert_ne!(image_query_key("x", &a), image_query_key("y", &a));
-        assert_ne!(image_query_key("x", &a), image_query_key("x", &b));
-        assert_ne!(
-            image_query_key("x", &a),
-            image_query_key("x", &RgbImage::new(3, 4))
-        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::{
     checkpoint::Checkpoint,
     device::LoadOptions,
-    text_cache::TextCache,
+    text_cache::{image_key, TextCache},
     tokenizer::{Padding, TextTokenizer, TokenizerKind},
     types::Timings,
     validate_texts,
@@ -83,6 +83,28 @@ impl PromptEmbeddings {
     pub fn is_empty(&self) -> bool {
         self.texts.is_empty()
     }
+
+    /// The prompts of `parts` in order, as one list (text and image prompts mixed in one call,
+    /// each a prompt of its own). Parts of a different width or device are an error.
+    pub fn concat(parts: &[&PromptEmbeddings]) -> Result<PromptEmbeddings> {
+        let parts: Vec<&PromptEmbeddings> =
+            parts.iter().copied().filter(|p| !p.is_empty()).collect();
+        if let [only] = parts.as_slice() {
+            return Ok((*only).clone());
+        }
+        if parts.is_empty() {
+            return Err(Error::InvalidInput("no prompts given".into()));
+        }
+        let embeds: Vec<&Tensor> = parts.iter().map(|p| &p.embeds).collect();
+        Ok(PromptEmbeddings {
+            texts: parts.iter().flat_map(|p| p.texts.iter().cloned()).collect(),
+            embeds: Tensor::cat(&embeds, 0)?,
+            truncated: parts
+                .iter()
+                .flat_map(|p| p.truncated.iter().copied())
+                .collect(),
+        })
+    }
 }
 
 /// One prompt's mask at the original image size.
@@ -148,6 +170,19 @@ pub struct SegmentationResult {
     pub timings: Timings,
 }
 
+/// One label per image prompt, each a valid text.
+fn check_image_prompts<S: AsRef<str>>(images: &[RgbImage], labels: &[S]) -> Result<()> {
+    validate_texts(labels, "image prompt label")?;
+    if images.len() != labels.len() {
+        return Err(Error::InvalidInput(format!(
+            "{} image prompts but {} labels",
+            images.len(),
+            labels.len()
+        )));
+    }
+    Ok(())
+}
+
 /// CLIPSeg segmenter on one device.
 pub struct Segmenter {
     name: String,
@@ -156,6 +191,8 @@ pub struct Segmenter {
     processor: ImageProcessor,
     options: LoadOptions,
     cache: TextCache<PromptEmbeddings>,
+    /// Image prompts, keyed by label and content ([`image_key`]).
+    image_cache: TextCache<PromptEmbeddings>,
 }
 
 impl Segmenter {
@@ -208,6 +245,7 @@ impl Segmenter {
             processor,
             options: options.clone(),
             cache: TextCache::new(),
+            image_cache: TextCache::new(),
         })
     }
 
@@ -261,14 +299,7 @@ impl Segmenter {
         images: &[RgbImage],
         labels: &[S],
     ) -> Result<PromptEmbeddings> {
-        validate_texts(labels, "image prompt label")?;
-        if images.len() != labels.len() {
-            return Err(Error::InvalidInput(format!(
-                "{} image prompts but {} labels",
-                images.len(),
-                labels.len()
-            )));
-        }
+        check_image_prompts(images, labels)?;
         let pixels = images
             .iter()
             .map(|img| self.pixel_values(img))
@@ -279,6 +310,24 @@ impl Segmenter {
             embeds,
             truncated: vec![false; images.len()],
         })
+    }
+
+    /// The embeddings of image prompts (named by `labels`), re-encoded only when a label or an
+    /// image's pixels changed since the last call: a stream segmenting by the same example
+    /// images embeds them once.
+    pub fn image_prompts<S: AsRef<str>>(
+        &self,
+        images: &[RgbImage],
+        labels: &[S],
+    ) -> Result<Arc<PromptEmbeddings>> {
+        check_image_prompts(images, labels)?;
+        let keys: Vec<String> = images
+            .iter()
+            .zip(labels)
+            .map(|(image, label)| image_key(label.as_ref(), image))
+            .collect();
+        self.image_cache
+            .get_or_encode(&keys, || self.encode_image_prompts(images, labels))
     }
 
     /// Preprocessed pixel values (1, 3, S, S) in the model's dtype. Any image size works: the

@@ -1,7 +1,11 @@
 //! A single-slot cache of text embeddings, keyed by the text list they were computed from:
-//! a camera stream asks for the same vocabulary every frame, and it changes rarely.
+//! a camera stream asks for the same vocabulary every frame, and it changes rarely. Images
+//! used as queries or prompts are keyed by [`image_key`].
 
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
+
+use image::RgbImage;
 
 use crate::error::Result;
 
@@ -32,9 +36,40 @@ impl<T> TextCache<T> {
     }
 }
 
+/// A cache key for one query or prompt image: its label, size and a 128-bit digest of its
+/// pixels (two passes of std's `DefaultHasher` with different prefixes; the key lives only in
+/// this process), so that an image changed under the same name is embedded again.
+pub(crate) fn image_key(label: &str, image: &RgbImage) -> String {
+    let digest = |seed: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        seed.hash(&mut h);
+        image.dimensions().hash(&mut h);
+        image.as_raw().hash(&mut h);
+        h.finish()
+    };
+    format!(
+        "{label}\u{0}{}x{}\u{0}{:016x}{:016x}",
+        image.width(),
+        image.height(),
+        digest(0),
+        digest(1)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_keys_follow_label_and_pixels() {
+        let a = RgbImage::new(4, 3);
+        let mut b = a.clone();
+        b.get_pixel_mut(3, 2).0[2] = 1;
+        assert_eq!(image_key("x", &a), image_key("x", &a.clone()));
+        assert_ne!(image_key("x", &a), image_key("y", &a));
+        assert_ne!(image_key("x", &a), image_key("x", &b));
+        assert_ne!(image_key("x", &a), image_key("x", &RgbImage::new(3, 4)));
+    }
 
     #[test]
     fn encodes_only_when_the_list_changes() {
