@@ -242,11 +242,14 @@ fn text_and_image_prompts_mix_in_one_call() {
     let visual = m["visual_prompt"].as_str().unwrap();
     let prompt_img = load_rgb(&image_path(visual)).unwrap();
     let text = seg.encode_prompts(&prompts(&m)).unwrap();
-    let example = seg.image_prompts(&[prompt_img.clone()], &[visual]).unwrap();
+    let example = seg
+        .image_prompts(std::slice::from_ref(&prompt_img), &[visual])
+        .unwrap();
     // Cached by label and pixels: the same image again is not embedded again.
     assert!(std::sync::Arc::ptr_eq(
         &example,
-        &seg.image_prompts(&[prompt_img.clone()], &[visual]).unwrap()
+        &seg.image_prompts(std::slice::from_ref(&prompt_img), &[visual])
+            .unwrap()
     ));
     let mixed = PromptEmbeddings::concat(&[&text, &example]).unwrap();
     assert_eq!(mixed.len(), text.len() + 1);

@@ -22,7 +22,7 @@ use r2r::{Parameter, ParameterValue};
 use vlm_perception::pipeline::{Detection, DetectionResult};
 use vlm_perception::vision::depth::Object3d;
 
-use vlm_perception::pipeline::{SegmentationResult, VqaResult};
+use vlm_perception::pipeline::{ClassificationResult, SegmentationResult, VqaResult};
 use vlm_perception::vision::boxes::BBox;
 use vlm_perception::vision::image_io::{check_size, decode_rgb, to_rgb};
 
@@ -478,6 +478,29 @@ pub fn answer(
     }
 }
 
+pub fn classification(
+    header: &FrameHeader,
+    model: &str,
+    result: &ClassificationResult,
+    latency: Duration,
+) -> vmsg::Classification {
+    vmsg::Classification {
+        header: header.to_msg(),
+        hypothesis_template: result.template.clone(),
+        labels: result
+            .labels
+            .iter()
+            .map(|l| vmsg::LabelScore {
+                label: l.label.clone(),
+                score: l.score,
+                logit: l.logit,
+            })
+            .collect(),
+        model: model.to_string(),
+        latency_ms: millis(latency),
+    }
+}
+
 pub fn now() -> Time {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -547,6 +570,7 @@ pub fn diagnostics(
             kv("service_failures", s.service_failures),
             kv("query_encodings", s.query_encodings),
             kv("prompt_encodings", s.prompt_encodings),
+            kv("label_encodings", s.label_encodings),
             kv("queries", s.queries.join(", ")),
             kv("prompts", s.prompts.join(", ")),
             kv("rate_limit_hz", s.rate),

@@ -44,8 +44,8 @@ use memory::Memory;
 use outputs::{Publishers, StreamSink};
 use params::{split_texts, NodeParams, ParamError};
 use services::{
-    ask_call, detect_call, get_objects_call, ground_call, score_call, segment_call, serve,
-    set_queries_call, ServiceTimeout, Services,
+    ask_call, classify_call, detect_call, get_objects_call, ground_call, score_call, segment_call,
+    serve, set_queries_call, ServiceTimeout, Services,
 };
 use tf::Transforms;
 use worker::{Frame, Handle, Job, Level, Request};
@@ -147,6 +147,7 @@ fn run() -> Result<()> {
         detections: node.create_publisher("~/detections", output_qos())?,
         segmentation: node.create_publisher("~/segmentation", output_qos())?,
         answers: node.create_publisher("~/answers", output_qos())?,
+        classification: node.create_publisher("~/classification", output_qos())?,
         // always there: `overlay.enabled` can be switched on at run time
         overlay: Some(node.create_publisher("~/overlay", output_qos())?),
         markers: if params.depth.enabled {
@@ -218,6 +219,7 @@ fn run() -> Result<()> {
     let detect = node.create_service::<srv::Detect::Service>("~/detect", services.clone())?;
     let segment = node.create_service::<srv::Segment::Service>("~/segment", services.clone())?;
     let ask = node.create_service::<srv::Ask::Service>("~/ask", services.clone())?;
+    let classify = node.create_service::<srv::Classify::Service>("~/classify", services.clone())?;
     let score = node.create_service::<srv::Score::Service>("~/score", services.clone())?;
     let ground = node.create_service::<srv::Ground::Service>("~/ground", services.clone())?;
     let get_objects = node.create_service::<srv::GetObjects::Service>("~/get_objects", services)?;
@@ -227,7 +229,7 @@ fn run() -> Result<()> {
         Level::Info,
         &format!(
             "{fqn}: camera `{topic}` ({:?}, {}), device {} {}, rate {} Hz, detection {}, \
-             segmentation {}, vqa {}, overlay {}",
+             segmentation {}, vqa {}, classification {}, overlay {}",
             params.camera.transport,
             if params.camera.reliable {
                 "reliable"
@@ -249,6 +251,11 @@ fn run() -> Result<()> {
             },
             if params.vilt.enabled {
                 &params.vilt.model
+            } else {
+                "off"
+            },
+            if params.clip.enabled {
+                &params.clip.model
             } else {
                 "off"
             },
@@ -391,6 +398,7 @@ fn run() -> Result<()> {
         tokio::spawn(serve(detect, calls.clone(), t.clone(), detect_call));
         tokio::spawn(serve(segment, calls.clone(), t.clone(), segment_call));
         tokio::spawn(serve(ask, calls.clone(), t.clone(), ask_call));
+        tokio::spawn(serve(classify, calls.clone(), t.clone(), classify_call));
         tokio::spawn(serve(score, calls.clone(), t.clone(), score_call));
         tokio::spawn(serve(ground, calls.clone(), t.clone(), ground_call));
         tokio::spawn(serve(
@@ -500,6 +508,7 @@ async fn vocabulary_topic(
                 detection,
                 detection_images: Vec::new(),
                 prompts,
+                prompt_images: Vec::new(),
                 origin,
                 reply: None,
             },

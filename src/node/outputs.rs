@@ -11,7 +11,7 @@ use r2r::sensor_msgs::msg::Image;
 use r2r::visualization_msgs::msg::MarkerArray;
 use r2r::vlm_perception_msgs::msg as vmsg;
 use tokio::sync::mpsc;
-use vlm_perception::pipeline::{SegmentationResult, VqaResult};
+use vlm_perception::pipeline::{ClassificationResult, SegmentationResult, VqaResult};
 
 use crate::convert::{self, FrameHeader};
 use crate::log;
@@ -33,6 +33,8 @@ pub struct Publishers {
     pub detections: r2r::Publisher<vmsg::DetectionArray>,
     pub segmentation: r2r::Publisher<vmsg::SegmentationArray>,
     pub answers: r2r::Publisher<vmsg::Answer>,
+    /// The stream's classification among `clip.labels`.
+    pub classification: r2r::Publisher<vmsg::Classification>,
     pub overlay: Option<r2r::Publisher<Image>>,
     /// RViz boxes of the located detections (depth on).
     pub markers: Option<r2r::Publisher<MarkerArray>>,
@@ -161,6 +163,18 @@ impl Sink for StreamSink {
     fn answer(&mut self, header: &FrameHeader, model: &str, r: &VqaResult, latency: Duration) {
         let msg = convert::answer(header, model, r, latency);
         self.out.check("answer", self.out.answers.publish(&msg));
+    }
+
+    fn classification(
+        &mut self,
+        header: &FrameHeader,
+        model: &str,
+        r: &ClassificationResult,
+        latency: Duration,
+    ) {
+        let msg = convert::classification(header, model, r, latency);
+        self.out
+            .check("classification", self.out.classification.publish(&msg));
     }
 
     fn log(&mut self, level: Level, message: &str) {

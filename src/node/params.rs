@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use vlm_perception::pipeline::validate_texts;
+use vlm_perception::pipeline::{format_hypothesis, DEFAULT_HYPOTHESIS_TEMPLATE};
 use vlm_perception::tracking::ByteTrackConfig;
 use vlm_perception::vision::depth::DepthSampling;
 
 mod descriptions;
+mod reader;
 pub use descriptions::DESCRIPTIONS;
+use reader::Reader;
 
 /// A parameter value as rcl parsed it (r2r's `ParameterValue`, without the ROS type).
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +81,9 @@ pub mod defaults {
     pub const VILT_ENABLED: bool = true;
     pub const VILT_MODEL: &str = "dandelin/vilt-b32-finetuned-vqa";
     pub const VILT_TOP_K: i64 = 5;
+    /// Off: one more model in memory, for those who classify.
+    pub const CLIP_ENABLED: bool = false;
+    pub const CLIP_MODEL: &str = "openai/clip-vit-base-patch32";
     pub const DEPTH_ENABLED: bool = false;
     /// As the RealSense driver names its depth registered to the colour camera.
     pub const DEPTH_TOPIC: &str = "aligned_depth_to_color/image_raw";
@@ -153,6 +158,16 @@ pub struct SegmentationParams {
     pub mask_threshold: f32,
 }
 
+/// Zero-shot classification (CLIP): `~/classify`, and the stream's labels.
+#[derive(Debug, Clone)]
+pub struct ClassificationParams {
+    pub enabled: bool,
+    pub model: String,
+    /// Labels classified on every processed frame (`~/classification`); empty: none.
+    pub labels: Vec<String>,
+    pub hypothesis_template: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct VqaParams {
     pub enabled: bool,
@@ -198,6 +213,7 @@ pub struct NodeParams {
     pub owlvit: DetectionParams,
     pub clipseg: SegmentationParams,
     pub vilt: VqaParams,
+    pub clip: ClassificationParams,
     pub depth: DepthParams,
     pub tf: TfParams,
     pub tracking: TrackingParams,
@@ -233,6 +249,10 @@ pub const KNOWN: &[&str] = &[
     "vilt.enabled",
     "vilt.model",
     "vilt.top_k",
+    "clip.enabled",
+    "clip.model",
+    "clip.labels",
+    "clip.hypothesis_template",
     "depth.enabled",
     "depth.topic",
     "depth.camera_info_topic",
@@ -256,98 +276,6 @@ pub const KNOWN: &[&str] = &[
     // set by ROS tooling, not ours
     "use_sim_time",
 ];
-
-/// Reads typed values out of the flat parameter map, naming the parameter in every error.
-struct Reader<'a> {
-    map: &'a BTreeMap<String, Value>,
-}
-
-impl Reader<'_> {
-    fn get(&self, name: &str) -> Option<&Value> {
-        match self.map.get(name) {
-            None | Some(Value::NotSet) => None,
-            Some(v) => Some(v),
-        }
-    }
-
-    fn wrong_type(name: &str, expected: &str, v: &Value) -> ParamError {
-        invalid(name, format!("expected {expected}, got {}", v.type_name()))
-    }
-
-    fn bool(&self, name: &str, default: bool) -> Result<bool, ParamError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(Self::wrong_type(name, "a bool", v)),
-        }
-    }
-
-    fn int(&self, name: &str, default: i64) -> Result<i64, ParamError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(Value::Integer(i)) => Ok(*i),
-            Some(v) => Err(Self::wrong_type(name, "an integer", v)),
-        }
-    }
-
-    /// A float; integers are accepted (`rate: 5`).
-    fn float(&self, name: &str, default: f64) -> Result<f64, ParamError> {
-        let v = match self.get(name) {
-            None => default,
-            Some(Value::Double(d)) => *d,
-            Some(Value::Integer(i)) => *i as f64,
-            Some(v) => return Err(Self::wrong_type(name, "a number", v)),
-        };
-        if !v.is_finite() {
-            return Err(invalid(name, format!("must be finite, got {v}")));
-        }
-        Ok(v)
-    }
-
-    fn string(&self, name: &str, default: &str) -> Result<String, ParamError> {
-        match self.get(name) {
-            None => Ok(default.to_string()),
-            Some(Value::String(s)) => Ok(s.trim().to_string()),
-            Some(v) => Err(Self::wrong_type(name, "a string", v)),
-        }
-    }
-
-    fn nonempty_string(&self, name: &str, default: &str) -> Result<String, ParamError> {
-        let s = self.string(name, default)?;
-        if s.is_empty() {
-            return Err(invalid(name, "must not be empty"));
-        }
-        Ok(s)
-    }
-
-    /// A list of texts: a string array, or one comma-separated string (`""` or `[]`: none).
-    fn texts(&self, name: &str, default: &[&str], what: &str) -> Result<Vec<String>, ParamError> {
-        let list = match self.map.get(name) {
-            None => default.iter().map(|s| s.to_string()).collect(),
-            // rcl parses `[]` as "not set": an explicitly empty list.
-            Some(Value::NotSet) => Vec::new(),
-            Some(Value::StringArray(a)) => a.iter().map(|s| s.trim().to_string()).collect(),
-            Some(Value::String(s)) => split_texts(s),
-            Some(v) => return Err(Self::wrong_type(name, "a string array", v)),
-        };
-        if !list.is_empty() {
-            validate_texts(&list, what).map_err(|e| invalid(name, e.to_string()))?;
-        }
-        Ok(list)
-    }
-
-    fn fraction(&self, name: &str, default: f64) -> Result<f32, ParamError> {
-        self.fraction64(name, default).map(|v| v as f32)
-    }
-
-    fn fraction64(&self, name: &str, default: f64) -> Result<f64, ParamError> {
-        let v = self.float(name, default)?;
-        if !(0.0..=1.0).contains(&v) {
-            return Err(invalid(name, format!("must be in [0, 1], got {v}")));
-        }
-        Ok(v)
-    }
-}
 
 /// Splits a comma-separated vocabulary (`"a cup, a red block"`), dropping blanks.
 pub fn split_texts(s: &str) -> Vec<String> {
@@ -437,6 +365,17 @@ impl NodeParams {
             enabled: r.bool("vilt.enabled", d::VILT_ENABLED)?,
             model: r.nonempty_string("vilt.model", d::VILT_MODEL)?,
             top_k: top_k as usize,
+        };
+
+        let hypothesis_template =
+            r.string("clip.hypothesis_template", DEFAULT_HYPOTHESIS_TEMPLATE)?;
+        format_hypothesis(&hypothesis_template, "label")
+            .map_err(|e| invalid("clip.hypothesis_template", e.to_string()))?;
+        let clip = ClassificationParams {
+            enabled: r.bool("clip.enabled", d::CLIP_ENABLED)?,
+            model: r.nonempty_string("clip.model", d::CLIP_MODEL)?,
+            labels: r.texts("clip.labels", &[], "label")?,
+            hypothesis_template,
         };
 
         let slop = r.float("depth.slop", d::DEPTH_SLOP)?;
@@ -557,6 +496,7 @@ impl NodeParams {
             owlvit,
             clipseg,
             vilt,
+            clip,
             depth,
             tf,
             tracking,
@@ -603,6 +543,13 @@ impl NodeParams {
             ("vilt.enabled", Value::Bool(self.vilt.enabled)),
             ("vilt.model", Value::String(self.vilt.model.clone())),
             ("vilt.top_k", Value::Integer(self.vilt.top_k as i64)),
+            ("clip.enabled", Value::Bool(self.clip.enabled)),
+            ("clip.model", Value::String(self.clip.model.clone())),
+            ("clip.labels", texts(&self.clip.labels)),
+            (
+                "clip.hypothesis_template",
+                Value::String(self.clip.hypothesis_template.clone()),
+            ),
             ("depth.enabled", Value::Bool(self.depth.enabled)),
             ("depth.topic", Value::String(self.depth.topic.clone())),
             (

@@ -134,10 +134,12 @@ pub async fn set_queries_call(
     let detection = (!req.keep_detection).then_some(req.detection_queries);
     let prompts = (!req.keep_segmentation).then_some(req.segmentation_prompts);
     let detection_images = query_images(req.detection_query_images);
+    let prompt_images = query_images(req.segmentation_prompt_images);
     let r = ask_worker(&ctx.worker, timeout, |reply| Request::SetVocabulary {
         detection,
         detection_images,
         prompts,
+        prompt_images,
         origin: "~/set_queries",
         reply: Some(reply),
     })
@@ -203,9 +205,11 @@ pub async fn segment_call(
         Ok(t) => t,
         Err(e) => return fail(e),
     };
+    let prompt_images = query_images(std::mem::take(&mut req.prompt_images));
     let r = ask_worker(&ctx.worker, timeout, |reply| Request::Segment {
         image,
         prompts: req.prompts,
+        prompt_images,
         threshold,
         reply,
     })
@@ -253,6 +257,37 @@ pub async fn ask_call(
             },
         ),
         Err(message) => failure!(srv::Ask::Response, message),
+    }
+}
+
+pub async fn classify_call(
+    ctx: Services,
+    timeout: Duration,
+    mut req: srv::Classify::Request,
+) -> (bool, srv::Classify::Response) {
+    let image = image_arg(&mut req.image);
+    let template = req.hypothesis_template.trim();
+    let template = (!template.is_empty()).then(|| template.to_string());
+    let r = ask_worker(&ctx.worker, timeout, |reply| Request::Classify {
+        image,
+        labels: req.labels,
+        template,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(o) => (
+            true,
+            srv::Classify::Response {
+                success: true,
+                message: o
+                    .result
+                    .top()
+                    .map_or_else(String::new, |t| format!("{} ({:.3})", t.label, t.score)),
+                classification: convert::classification(&o.header, &o.model, &o.result, o.latency),
+            },
+        ),
+        Err(message) => failure!(srv::Classify::Response, message),
     }
 }
 

@@ -13,8 +13,8 @@
 //!
 //! Here: the requests, the worker thread and its loop. Beside it: [`handle`] (the executor's
 //! side: mailbox and queue), `models` (loading, states, embeddings), `stream` (the camera
-//! frames), `requests`, `image_queries` and `planner` (the services), `control` (lifecycle
-//! and parameters), `diagnostics`, and the small `embed_cache`.
+//! frames), `requests`, `image_queries`, `classify` and `planner` (the services), `control`
+//! (lifecycle and parameters), `diagnostics`, and the small `embed_cache`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use tokio::sync::oneshot;
 use vlm_perception::pipeline::{
-    DetectionResult, Detector, LoadOptions, PromptEmbeddings, QueryEmbeddings, SegmentationResult,
-    Segmenter, VqaModel, VqaResult,
+    ClassificationResult, Classifier, DetectionResult, Detector, LabelEmbeddings, LoadOptions,
+    PromptEmbeddings, QueryEmbeddings, SegmentationResult, Segmenter, VqaModel, VqaResult,
 };
 use vlm_perception::vision::depth::Object3d;
 
@@ -33,6 +33,7 @@ use crate::convert::{FrameError, FrameHeader, RawImage};
 use crate::depth_sync::DepthSync;
 use crate::params::NodeParams;
 
+mod classify;
 mod control;
 mod diagnostics;
 mod embed_cache;
@@ -49,6 +50,7 @@ pub use diagnostics::{Snapshot, TaskSnapshot};
 use embed_cache::EmbedCache;
 use handle::Shared;
 pub use handle::{Handle, MAX_QUEUED_REQUESTS};
+use image_queries::LabelledImages;
 pub use image_queries::QueryImage;
 pub use planner::{DepthArg, GroundAnswer, GroundArgs, ScoreAnswer, Target};
 use tracks::StreamTracks;
@@ -91,6 +93,8 @@ pub enum Request {
         /// Query images as the detection vocabulary instead (when not empty).
         detection_images: Vec<QueryImage>,
         prompts: Option<Vec<String>>,
+        /// Example images as further stream prompts (with `prompts`: `None` keeps both).
+        prompt_images: Vec<QueryImage>,
         /// `~/set_queries` or `~/queries`, for messages.
         origin: &'static str,
         reply: Option<Reply<String>>,
@@ -106,8 +110,10 @@ pub enum Request {
     },
     Segment {
         image: ImageArg,
-        /// Empty: the current prompts.
+        /// Empty: the current prompts (unless there are prompt images).
         prompts: Vec<String>,
+        /// Example images as further prompts, after the text ones.
+        prompt_images: Vec<QueryImage>,
         threshold: Option<f32>,
         reply: Reply<Outcome<SegmentationResult>>,
     },
@@ -116,6 +122,15 @@ pub enum Request {
         question: String,
         top_k: Option<usize>,
         reply: Reply<Outcome<VqaResult>>,
+    },
+    /// Zero-shot classification among labels.
+    Classify {
+        image: ImageArg,
+        /// Empty: `clip.labels`.
+        labels: Vec<String>,
+        /// `None`: `clip.hypothesis_template`.
+        template: Option<String>,
+        reply: Reply<Outcome<ClassificationResult>>,
     },
     /// SayCan-style affordances of object phrases.
     Score {
@@ -153,6 +168,7 @@ impl Job {
             Request::Detect { reply, .. } => reply.is_closed(),
             Request::Segment { reply, .. } => reply.is_closed(),
             Request::Ask { reply, .. } => reply.is_closed(),
+            Request::Classify { reply, .. } => reply.is_closed(),
             Request::Score { reply, .. } => reply.is_closed(),
             Request::Ground { reply, .. } => reply.is_closed(),
             Request::Reconfigure(_) => false,
@@ -175,6 +191,9 @@ impl Job {
                 let _ = reply.send(Err(message));
             }
             Request::Ask { reply, .. } => {
+                let _ = reply.send(Err(message));
+            }
+            Request::Classify { reply, .. } => {
                 let _ = reply.send(Err(message));
             }
             Request::Score { reply, .. } => {
@@ -237,6 +256,14 @@ pub trait Sink: Send + 'static {
     );
     fn overlay(&mut self, header: &FrameHeader, image: &RgbImage);
     fn answer(&mut self, header: &FrameHeader, model: &str, r: &VqaResult, latency: Duration);
+    /// A processed frame's classification among `clip.labels`.
+    fn classification(
+        &mut self,
+        header: &FrameHeader,
+        model: &str,
+        r: &ClassificationResult,
+        latency: Duration,
+    );
     fn log(&mut self, level: Level, message: &str);
 }
 
@@ -255,24 +282,43 @@ enum Task {
     Detection,
     Segmentation,
     Vqa,
+    Classification,
 }
 
 impl Task {
-    const ALL: [Task; 3] = [Task::Detection, Task::Segmentation, Task::Vqa];
+    const ALL: [Task; 4] = [
+        Task::Detection,
+        Task::Segmentation,
+        Task::Vqa,
+        Task::Classification,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Task::Detection => "detection (owlvit)",
             Task::Segmentation => "segmentation (clipseg)",
             Task::Vqa => "vqa (vilt)",
+            Task::Classification => "classification (clip)",
         }
     }
 
+    /// The parameter group of its model.
     fn group(self) -> &'static str {
         match self {
             Task::Detection => "owlvit",
             Task::Segmentation => "clipseg",
             Task::Vqa => "vilt",
+            Task::Classification => "clip",
+        }
+    }
+
+    /// `(enabled, model)` of its parameter group.
+    fn model(self, params: &NodeParams) -> (bool, &str) {
+        match self {
+            Task::Detection => (params.owlvit.enabled, &params.owlvit.model),
+            Task::Segmentation => (params.clipseg.enabled, &params.clipseg.model),
+            Task::Vqa => (params.vilt.enabled, &params.vilt.model),
+            Task::Classification => (params.clip.enabled, &params.clip.model),
         }
     }
 }
@@ -289,14 +335,10 @@ pub fn spawn<S: Sink>(
     let tasks = Task::ALL
         .iter()
         .map(|&t| {
-            let (enabled, model) = match t {
-                Task::Detection => (params.owlvit.enabled, &params.owlvit.model),
-                Task::Segmentation => (params.clipseg.enabled, &params.clipseg.model),
-                Task::Vqa => (params.vilt.enabled, &params.vilt.model),
-            };
+            let (enabled, model) = t.model(&params);
             TaskSnapshot {
                 task: t.label(),
-                model: model.clone(),
+                model: model.to_string(),
                 state: match (enabled, lifecycle) {
                     (false, _) => ModelState::Disabled,
                     (true, false) => ModelState::Loading,
@@ -318,10 +360,13 @@ pub fn spawn<S: Sink>(
         detector: None,
         segmenter: None,
         vqa: None,
+        classifier: None,
         depth,
         image_vocabulary: None,
         query_cache: EmbedCache::default(),
         prompt_cache: EmbedCache::default(),
+        image_prompts: Arc::default(),
+        label_cache: EmbedCache::default(),
         limiter: LogLimiter::default(),
         tracks: StreamTracks::new(&params.tracking.config),
         next_frame_at: Instant::now(),
@@ -347,6 +392,7 @@ struct Worker<S: Sink> {
     detector: Option<Detector>,
     segmenter: Option<Segmenter>,
     vqa: Option<VqaModel>,
+    classifier: Option<Classifier>,
     /// Depth pairing, when `depth.enabled`.
     depth: Option<Arc<DepthSync>>,
     /// Query images as the stream's vocabulary (set through `~/set_queries`), in place of text.
@@ -356,6 +402,10 @@ struct Worker<S: Sink> {
     prompts: Vec<String>,
     query_cache: EmbedCache<QueryEmbeddings>,
     prompt_cache: EmbedCache<PromptEmbeddings>,
+    /// Example images as further stream prompts (`~/set_queries`), after the text ones.
+    image_prompts: Arc<LabelledImages>,
+    /// Label embeddings, keyed by the template followed by the labels.
+    label_cache: EmbedCache<LabelEmbeddings>,
     limiter: LogLimiter,
     /// ByteTrack on the stream's detections.
     tracks: StreamTracks,
@@ -467,6 +517,7 @@ impl<S: Sink> Worker<S> {
             Request::Detect { .. }
                 | Request::Segment { .. }
                 | Request::Ask { .. }
+                | Request::Classify { .. }
                 | Request::Score { .. }
                 | Request::Ground { .. }
         );
@@ -480,15 +531,16 @@ impl<S: Sink> Worker<S> {
                 detection,
                 detection_images,
                 prompts,
+                prompt_images,
                 origin,
                 reply,
             } => {
                 let r = if detection_images.is_empty() {
-                    self.set_vocabulary(detection, prompts, origin)
+                    self.set_vocabulary(detection, prompts, prompt_images, origin)
                 } else {
                     self.set_image_vocabulary(detection_images)
                         .and_then(|images| {
-                            let rest = self.set_vocabulary(None, prompts, origin)?;
+                            let rest = self.set_vocabulary(None, prompts, prompt_images, origin)?;
                             Ok(format!("{images}; {rest}"))
                         })
                 };
@@ -513,10 +565,11 @@ impl<S: Sink> Worker<S> {
             Request::Segment {
                 image,
                 prompts,
+                prompt_images,
                 threshold,
                 reply,
             } => {
-                let r = self.segment(image, prompts, threshold);
+                let r = self.segment(image, prompts, prompt_images, threshold);
                 let _ = reply.send(r);
             }
             Request::Ask {
@@ -530,6 +583,14 @@ impl<S: Sink> Worker<S> {
                     self.sink.answer(&o.header, &o.model, &o.result, o.latency);
                 }
                 let _ = reply.send(r);
+            }
+            Request::Classify {
+                image,
+                labels,
+                template,
+                reply,
+            } => {
+                let _ = reply.send(self.classify(image, labels, template));
             }
             Request::Score {
                 image,

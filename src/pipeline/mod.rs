@@ -20,7 +20,8 @@ pub mod weights;
 
 pub use checkpoint::Checkpoint;
 pub use classify::{
-    ClassificationResult, Classifier, LabelEmbeddings, LabelScore, DEFAULT_HYPOTHESIS_TEMPLATE,
+    format_hypothesis, ClassificationResult, Classifier, LabelEmbeddings, LabelScore,
+    DEFAULT_HYPOTHESIS_TEMPLATE,
 };
 pub use detect::{
     DetectParams, Detector, DetectorFamily, ImageQueryOutput, QueryEmbeddings, QueryKind,

@@ -107,6 +107,26 @@ pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
         true,
     ),
     (
+        "clip.enabled",
+        "Zero-shot image classification (CLIP), through ~/classify and ~/classification.",
+        false,
+    ),
+    (
+        "clip.model",
+        "Hugging Face hub id or local checkpoint directory (a CLIPModel).",
+        false,
+    ),
+    (
+        "clip.labels",
+        "Labels classified on every processed frame, published on ~/classification; empty for none.",
+        true,
+    ),
+    (
+        "clip.hypothesis_template",
+        "Each label goes through this template (one {}), as transformers' pipeline.",
+        true,
+    ),
+    (
         "depth.enabled",
         "3D positions from an aligned depth image and CameraInfo.",
         false,

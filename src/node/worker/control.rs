@@ -36,8 +36,10 @@ impl<S: Sink> Worker<S> {
         self.detector = None;
         self.segmenter = None;
         self.vqa = None;
+        self.classifier = None;
         self.query_cache = EmbedCache::default();
         self.prompt_cache = EmbedCache::default();
+        self.label_cache = EmbedCache::default();
         self.image_vocabulary = None;
         for t in Task::ALL {
             if self.state(t) != ModelState::Disabled {
@@ -65,7 +67,8 @@ impl<S: Sink> Worker<S> {
         self.tracks.set_config(&new.tracking.config);
         self.params = new;
         if queries.is_some() || prompts.is_some() {
-            let _ = self.set_vocabulary(queries, prompts, "parameters");
+            // New text prompts replace the stream's example images too.
+            let _ = self.set_vocabulary(queries, prompts, Vec::new(), "parameters");
         }
     }
 }

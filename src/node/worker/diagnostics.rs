@@ -34,6 +34,7 @@ pub(super) struct Stats {
     pub(super) service_failures: u64,
     pub(super) query_encodings: u64,
     pub(super) prompt_encodings: u64,
+    pub(super) label_encodings: u64,
     /// Receipt -> results published, ms.
     pub(super) latencies: VecDeque<f64>,
     /// Decode + inference, ms.
@@ -63,6 +64,7 @@ pub struct Snapshot {
     pub service_failures: u64,
     pub query_encodings: u64,
     pub prompt_encodings: u64,
+    pub label_encodings: u64,
     pub queries: Vec<String>,
     pub prompts: Vec<String>,
     pub rate: f64,
@@ -123,6 +125,7 @@ impl Handle {
             service_failures: s.service_failures,
             query_encodings: s.query_encodings,
             prompt_encodings: s.prompt_encodings,
+            label_encodings: s.label_encodings,
             queries: s.queries.clone(),
             prompts: s.prompts.clone(),
             rate: f64::from_bits(self.shared.rate.load(Ordering::Relaxed)),

@@ -185,6 +185,7 @@ mod tests {
                     detection: None,
                     detection_images: Vec::new(),
                     prompts: None,
+                    prompt_images: Vec::new(),
                     origin: "test",
                     reply: Some(tx),
                 },

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use vlm_perception::pipeline::{Detector, PromptEmbeddings, QueryEmbeddings, Segmenter, VqaModel};
+use vlm_perception::pipeline::{
+    Classifier, Detector, PromptEmbeddings, QueryEmbeddings, Segmenter, VqaModel,
+};
 
 use super::{lock, Level, ModelState, Sink, Task, Worker};
 
@@ -61,6 +63,16 @@ impl<S: Sink> Worker<S> {
                 Err(e) => self.load_failed(Task::Vqa, &p.vilt.model, &e),
             }
         }
+        if p.clip.enabled {
+            let t0 = Instant::now();
+            match Classifier::load(&p.clip.model, &self.options) {
+                Ok(c) => {
+                    self.classifier = Some(c);
+                    self.loaded(Task::Classification, &p.clip.model, t0);
+                }
+                Err(e) => self.load_failed(Task::Classification, &p.clip.model, &e),
+            }
+        }
     }
 
     pub(super) fn loaded(&mut self, task: Task, model: &str, t0: Instant) {
@@ -89,11 +101,7 @@ impl<S: Sink> Worker<S> {
 
     /// Why `task` cannot serve a request right now.
     pub(super) fn unavailable(&self, task: Task) -> String {
-        let model = match task {
-            Task::Detection => &self.params.owlvit.model,
-            Task::Segmentation => &self.params.clipseg.model,
-            Task::Vqa => &self.params.vilt.model,
-        };
+        let (_, model) = task.model(&self.params);
         match self.state(task) {
             ModelState::Disabled => format!(
                 "{} is disabled (parameter `{}.enabled` is false)",
@@ -129,6 +137,13 @@ impl<S: Sink> Worker<S> {
     /// The loaded VQA model, or why there is none.
     pub(super) fn loaded_vqa(&self) -> Result<&VqaModel, String> {
         self.vqa.as_ref().ok_or_else(|| self.unavailable(Task::Vqa))
+    }
+
+    /// The loaded classifier, or why there is none.
+    pub(super) fn loaded_classifier(&self) -> Result<&Classifier, String> {
+        self.classifier
+            .as_ref()
+            .ok_or_else(|| self.unavailable(Task::Classification))
     }
 
     pub(super) fn query_embeddings(

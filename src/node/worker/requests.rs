@@ -2,23 +2,28 @@
 //! service, parameters) and the ad-hoc detect / segment / ask services, on the request's image
 //! or the latest camera frame.
 
+use std::sync::Arc;
+
 use image::RgbImage;
 use vlm_perception::pipeline::{
     validate_texts, DetectParams, DetectionResult, SegmentParams, SegmentationResult, VqaResult,
 };
 
-use super::{lock, ImageArg, Level, Outcome, Sink, Task, Worker};
+use super::{lock, ImageArg, LabelledImages, Level, Outcome, QueryImage, Sink, Task, Worker};
 use crate::convert::{decode, FrameHeader};
 use crate::params::MAX_TOP_K;
 
 impl<S: Sink> Worker<S> {
+    /// Replaces the stream's detection vocabulary and/or its segmentation prompts (`None`:
+    /// keep); `prompt_images` go with `prompts`, after them.
     pub(super) fn set_vocabulary(
         &mut self,
         detection: Option<Vec<String>>,
         prompts: Option<Vec<String>>,
+        prompt_images: Vec<QueryImage>,
         origin: &'static str,
     ) -> Result<String, String> {
-        let result = self.apply_vocabulary(detection, prompts);
+        let result = self.apply_vocabulary(detection, prompts, prompt_images);
         match &result {
             Ok(msg) => self.sink.log(Level::Info, &format!("{origin}: {msg}")),
             Err(e) => {
@@ -37,6 +42,7 @@ impl<S: Sink> Worker<S> {
         &mut self,
         detection: Option<Vec<String>>,
         prompts: Option<Vec<String>>,
+        prompt_images: Vec<QueryImage>,
     ) -> Result<String, String> {
         // Validate everything before changing anything.
         if let Some(q) = &detection {
@@ -47,6 +53,10 @@ impl<S: Sink> Worker<S> {
                 validate_texts(p, "segmentation prompt").map_err(|e| e.to_string())?;
             }
         }
+        let images = match prompts {
+            Some(_) => self.decode_images(prompt_images, "prompt image")?,
+            None => LabelledImages::default(),
+        };
         let mut notes = Vec::new();
         let mut failed = Vec::new();
         if let Some(q) = detection {
@@ -64,9 +74,9 @@ impl<S: Sink> Worker<S> {
             self.queries = q;
         }
         if let Some(p) = prompts {
-            if !p.is_empty() {
+            if !p.is_empty() || !images.is_empty() {
                 if self.segmenter.is_some() {
-                    self.prompt_embeddings(&p, true)
+                    self.mixed_prompt_embeddings(&p, true, &images)
                         .map_err(|e| format!("cannot encode the segmentation prompts: {e}"))?;
                 } else {
                     failed.push(format!(
@@ -75,12 +85,15 @@ impl<S: Sink> Worker<S> {
                     ));
                 }
             }
-            notes.push(if p.is_empty() {
-                "segmentation prompts cleared (no segmentation on the stream)".to_string()
-            } else {
-                format!("{} segmentation prompts", p.len())
+            notes.push(match (p.len(), images.images.len()) {
+                (0, 0) => {
+                    "segmentation prompts cleared (no segmentation on the stream)".to_string()
+                }
+                (n, 0) => format!("{n} segmentation prompts"),
+                (n, m) => format!("{n} segmentation prompts and {m} prompt image(s)"),
             });
             self.prompts = p;
+            self.image_prompts = Arc::new(images);
         }
         {
             let mut s = lock(&self.shared.stats);
@@ -107,6 +120,7 @@ impl<S: Sink> Worker<S> {
             Task::Detection => self.detector.is_some(),
             Task::Segmentation => self.segmenter.is_some(),
             Task::Vqa => self.vqa.is_some(),
+            Task::Classification => self.classifier.is_some(),
         };
         if !loaded {
             return Err(self.unavailable(task));
@@ -163,17 +177,29 @@ impl<S: Sink> Worker<S> {
         })
     }
 
+    /// `~/segment`: the request's text prompts then its example images, or the stream's when
+    /// it names neither.
     pub(super) fn segment(
         &mut self,
         image: ImageArg,
         prompts: Vec<String>,
+        prompt_images: Vec<QueryImage>,
         threshold: Option<f32>,
     ) -> Result<Outcome<SegmentationResult>, String> {
         let (header, img) = self.image_for(Task::Segmentation, image)?;
-        let (prompts, for_stream) = request_texts(prompts, &self.prompts, ("prompt", "prompts"))?;
-        let emb = self
-            .prompt_embeddings(&prompts, for_stream)
-            .map_err(|e| e.to_string())?;
+        let emb = if prompts.is_empty() && prompt_images.is_empty() {
+            if self.prompts.is_empty() && self.image_prompts.is_empty() {
+                return Err("no prompts: pass some, or set the vocabulary with set_queries".into());
+            }
+            let (texts, images) = (self.prompts.clone(), Arc::clone(&self.image_prompts));
+            self.mixed_prompt_embeddings(&texts, true, &images)?
+        } else {
+            if !prompts.is_empty() {
+                validate_texts(&prompts, "prompt").map_err(|e| e.to_string())?;
+            }
+            let images = self.decode_images(prompt_images, "prompt image")?;
+            self.mixed_prompt_embeddings(&prompts, false, &images)?
+        };
         let params = SegmentParams {
             threshold: threshold.unwrap_or(self.params.clipseg.mask_threshold),
         };

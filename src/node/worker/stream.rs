@@ -1,6 +1,7 @@
 //! The camera stream: each frame through the enabled models, with the stream's vocabulary and
 //! prompts, its results and overlay to the sink, and its timings to the statistics.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use image::RgbImage;
@@ -28,8 +29,11 @@ impl<S: Sink> Worker<S> {
         let mut overlay = self.params.overlay.then(|| image.clone());
 
         let detections = self.detector.is_some().then(|| self.detect_frame(&image));
-        let segmentation = (self.segmenter.is_some() && !self.prompts.is_empty())
-            .then(|| self.segment_frame(&image));
+        let segmentation = (self.segmenter.is_some()
+            && !(self.prompts.is_empty() && self.image_prompts.is_empty()))
+        .then(|| self.segment_frame(&image));
+        let classification = (self.classifier.is_some() && !self.params.clip.labels.is_empty())
+            .then(|| self.classify_frame(&image));
 
         if let Some(result) = detections {
             match result {
@@ -86,6 +90,21 @@ impl<S: Sink> Worker<S> {
             }
         }
 
+        if let Some(result) = classification {
+            match result {
+                Ok(r) => {
+                    let model = self
+                        .classifier
+                        .as_ref()
+                        .map_or("", |c| c.name())
+                        .to_string();
+                    self.sink
+                        .classification(&frame.header, &model, &r, r.timings.total());
+                }
+                Err(e) => self.inference_error(Task::Classification, &e),
+            }
+        }
+
         if let Some(canvas) = overlay {
             self.sink.overlay(&frame.header, &canvas);
         }
@@ -135,11 +154,11 @@ impl<S: Sink> Worker<S> {
 
     /// The stream prompts on one frame.
     pub(super) fn segment_frame(&mut self, image: &RgbImage) -> Result<SegmentationResult, String> {
-        let prompts = self.prompts.clone();
+        let (prompts, images) = (self.prompts.clone(), Arc::clone(&self.image_prompts));
         let params = SegmentParams {
             threshold: self.params.clipseg.mask_threshold,
         };
-        let emb = self.prompt_embeddings(&prompts, true)?;
+        let emb = self.mixed_prompt_embeddings(&prompts, true, &images)?;
         match &self.segmenter {
             Some(s) => s.segment(image, &emb, &params).map_err(|e| e.to_string()),
             None => Err("no segmentation model".to_string()),
