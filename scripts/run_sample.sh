@@ -2,7 +2,7 @@
 # Sets everything up and runs vlm_perception_node on the bundled sample photos: an image-sequence
 # publisher (scripts/sample_camera.py) stands in for a camera and the robot's static tf tree,
 # prints what the node publishes for each frame (detections with 3D positions in base_link,
-# segmentation, the answer to a question) and saves the overlays.
+# segmentation, the zero-shot classification, the answer to a question) and saves the overlays.
 #
 #   scripts/run_sample.sh [--out DIR] [--compressed] [--question TEXT] [--images FILE...]
 #
@@ -10,6 +10,7 @@
 #   VLM_OWLVIT_MODEL   default google/owlvit-base-patch32
 #   VLM_CLIPSEG_MODEL  default CIDAS/clipseg-rd64-refined
 #   VLM_VILT_MODEL     default dandelin/vilt-b32-finetuned-vqa
+#   VLM_CLIP_MODEL     default openai/clip-vit-base-patch32
 # A default is used when it is in the HF cache or the hub is reachable (the node downloads it on
 # first use). Otherwise, or with VLM_SAMPLE_OFFLINE=1, the run falls back to the tiny random
 # checkpoints in tests/fixtures/models: everything runs, but their boxes and answers are noise.
@@ -73,7 +74,8 @@ pick() { # pick RESULT_VAR ENV_VAR HUB_ID FIXTURE: sets RESULT_VAR to the model 
 pick owlvit VLM_OWLVIT_MODEL google/owlvit-base-patch32 owlvit-tiny-p16
 pick clipseg VLM_CLIPSEG_MODEL CIDAS/clipseg-rd64-refined clipseg-tiny-rd16
 pick vilt VLM_VILT_MODEL dandelin/vilt-b32-finetuned-vqa vilt-tiny-vqa
-log "models: owlvit=$owlvit clipseg=$clipseg vilt=$vilt"
+pick clip VLM_CLIP_MODEL openai/clip-vit-base-patch32 clip-tiny
+log "models: owlvit=$owlvit clipseg=$clipseg vilt=$vilt clip=$clip"
 if [ "${#fallback[@]}" -gt 0 ]; then
   log "NOTE: no reachable Hugging Face hub and no cached weights for ${fallback[*]}: using the tiny RANDOM"
   log "      test checkpoints (tests/fixtures/models). The pipeline runs end to end, but boxes, masks and"
@@ -90,6 +92,8 @@ cat > "$out/sample_params.yaml" <<YAML
     owlvit: {model: "$owlvit", queries: ["a cat", "a coffee cup", "a rocket", "a person"]}
     clipseg: {model: "$clipseg", prompts: ["a cat", "a cup"]}
     vilt: {model: "$vilt"}
+    # zero-shot classification of every processed frame, on ~/classification
+    clip: {enabled: true, model: "$clip", labels: ["a cat", "a cup of coffee", "a rocket launch"]}
     overlay: {enabled: true}
     depth: {enabled: true}
     # 3D outputs in the robot's frame: sample_camera.py publishes the static tree

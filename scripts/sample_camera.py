@@ -30,7 +30,7 @@ from geometry_msgs.msg import TransformStamped
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
-from vlm_perception_msgs.msg import Answer, DetectionArray, SegmentationArray
+from vlm_perception_msgs.msg import Answer, Classification, DetectionArray, SegmentationArray
 from vlm_perception_msgs.srv import Ask, GetObjects
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +125,7 @@ class SampleCamera:
         self.node = rclpy.create_node("sample_camera")
         self.fqn = node_name
         self.detections, self.segmentations, self.answers, self.overlays = {}, {}, [], {}
+        self.classifications = {}
         self.diag = None
         n = self.node
         self.raw_pub = n.create_publisher(Image, camera_topic, qos_profile_sensor_data)
@@ -142,6 +143,8 @@ class SampleCamera:
         n.create_subscription(Image, f"{node_name}/overlay",
                               lambda m: self.overlays.setdefault(stamp_key(m.header), m), RELIABLE)
         n.create_subscription(Answer, f"{node_name}/answers", self.answers.append, RELIABLE)
+        n.create_subscription(Classification, f"{node_name}/classification",
+                              lambda m: self.classifications.setdefault(stamp_key(m.header), m), RELIABLE)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, RELIABLE)
         self.ask = n.create_client(Ask, f"{node_name}/ask")
         self.get_objects = n.create_client(GetObjects, f"{node_name}/get_objects")
@@ -272,6 +275,11 @@ def main():
                     print(f"    {s.label:24s} area {100 * s.area_fraction:5.1f} %  mean score {s.score:.3f}")
                 entry["segmentation"] = [{"label": s.label, "area_fraction": round(s.area_fraction, 4),
                                           "score": round(s.score, 4)} for s in seg.segmentations]
+            cls = cam.spin_until(lambda: cam.classifications.get(key), 1.0)
+            if cls:
+                ranked = ", ".join(f"{c.label} ({c.score:.2f})" for c in cls.labels)
+                print(f"  classification ({cls.model}, {cls.latency_ms:.0f} ms): {ranked}")
+                entry["classification"] = [{"label": c.label, "score": round(c.score, 4)} for c in cls.labels]
             overlay = cam.spin_until(lambda: cam.overlays.get(key), 1.0)
             if overlay:
                 from PIL import Image as PILImage
