@@ -16,7 +16,7 @@ use image::RgbImage;
 use super::{
     checkpoint::{Checkpoint, PREPROCESSOR_FILE},
     device::LoadOptions,
-    text_cache::{image_key, TextCache},
+    text_cache::{image_keys, TextCache},
     tokenizer::{Padding, TextTokenizer, TokenizerKind},
     types::{Detection, DetectionResult, Timings},
     validate_texts,
@@ -486,13 +486,10 @@ impl Detector {
         labels: &[S],
     ) -> Result<Arc<QueryEmbeddings>> {
         check_query_images(images, labels)?;
-        let keys: Vec<String> = images
-            .iter()
-            .zip(labels)
-            .map(|(image, label)| image_key(label.as_ref(), image))
-            .collect();
         self.image_cache
-            .get_or_encode(&keys, || self.encode_query_images(images, labels))
+            .get_or_encode(&image_keys(images, labels), || {
+                self.encode_query_images(images, labels)
+            })
     }
 
     /// `embed_image_query` on preprocessed query pixel values (b, 3, H, W): the raw outputs,

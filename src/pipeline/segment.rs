@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::{
     checkpoint::Checkpoint,
     device::LoadOptions,
-    text_cache::{image_key, TextCache},
+    text_cache::{image_keys, TextCache},
     tokenizer::{Padding, TextTokenizer, TokenizerKind},
     types::Timings,
     validate_texts,
@@ -321,13 +321,10 @@ impl Segmenter {
         labels: &[S],
     ) -> Result<Arc<PromptEmbeddings>> {
         check_image_prompts(images, labels)?;
-        let keys: Vec<String> = images
-            .iter()
-            .zip(labels)
-            .map(|(image, label)| image_key(label.as_ref(), image))
-            .collect();
         self.image_cache
-            .get_or_encode(&keys, || self.encode_image_prompts(images, labels))
+            .get_or_encode(&image_keys(images, labels), || {
+                self.encode_image_prompts(images, labels)
+            })
     }
 
     /// Preprocessed pixel values (1, 3, S, S) in the model's dtype. Any image size works: the

@@ -56,6 +56,15 @@ pub(crate) fn image_key(label: &str, image: &RgbImage) -> String {
     )
 }
 
+/// The [`image_key`]s of images named by `labels`, in order.
+pub(crate) fn image_keys<S: AsRef<str>>(images: &[RgbImage], labels: &[S]) -> Vec<String> {
+    images
+        .iter()
+        .zip(labels)
+        .map(|(image, label)| image_key(label.as_ref(), image))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -280,9 +280,9 @@ pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Largest absolute difference (f32), for the layers' tests.
-    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+    /// Largest absolute value (f32).
+    fn max_abs(t: &Tensor) -> f32 {
+        t.to_dtype(DType::F32)
             .unwrap()
             .abs()
             .unwrap()
@@ -294,22 +294,16 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// Largest absolute difference (f32), for the layers' tests.
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        max_abs(&(a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap())
+    }
+
     /// Largest absolute difference relative to the reference's largest magnitude (at least 1):
     /// f32 sums of many products round by an amount that grows with their size, and a CPU with
     /// other SIMD widths sums in another order.
     pub(crate) fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
-        let scale = want
-            .to_dtype(DType::F32)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        max_diff(got, want) / scale.max(1.0)
+        max_diff(got, want) / max_abs(want).max(1.0)
     }
 
     thread_local! {

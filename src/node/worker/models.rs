@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use vlm_perception::pipeline::{
-    Classifier, Detector, PromptEmbeddings, QueryEmbeddings, Segmenter, VqaModel,
+    Classifier, Detector, LoadOptions, PromptEmbeddings, QueryEmbeddings, Segmenter, VqaModel,
 };
 
 use super::{lock, Level, ModelState, Sink, Task, Worker};
@@ -24,58 +24,45 @@ impl<S: Sink> Worker<S> {
     }
 
     pub(super) fn load_models(&mut self) {
-        let p = self.params.clone();
-        if p.owlvit.enabled {
-            let t0 = Instant::now();
-            match Detector::load(&p.owlvit.model, &self.options) {
-                Ok(d) => {
-                    self.detector = Some(d);
-                    self.loaded(Task::Detection, &p.owlvit.model, t0);
-                    if !self.queries.is_empty() {
-                        // Encode the default vocabulary now rather than on the first frame.
-                        let queries = self.queries.clone();
-                        if let Err(e) = self.query_embeddings(&queries, true) {
-                            self.sink
-                                .log(Level::Error, &format!("cannot encode owlvit.queries: {e}"));
-                        }
-                    }
-                }
-                Err(e) => self.load_failed(Task::Detection, &p.owlvit.model, &e),
+        self.detector = self.load(Task::Detection, Detector::load);
+        if self.detector.is_some() && !self.queries.is_empty() {
+            // Encode the default vocabulary now rather than on the first frame.
+            let queries = self.queries.clone();
+            if let Err(e) = self.query_embeddings(&queries, true) {
+                self.sink
+                    .log(Level::Error, &format!("cannot encode owlvit.queries: {e}"));
             }
         }
-        if p.clipseg.enabled {
-            let t0 = Instant::now();
-            match Segmenter::load(&p.clipseg.model, &self.options) {
-                Ok(s) => {
-                    self.segmenter = Some(s);
-                    self.loaded(Task::Segmentation, &p.clipseg.model, t0);
-                }
-                Err(e) => self.load_failed(Task::Segmentation, &p.clipseg.model, &e),
-            }
+        self.segmenter = self.load(Task::Segmentation, Segmenter::load);
+        self.vqa = self.load(Task::Vqa, VqaModel::load);
+        self.classifier = self.load(Task::Classification, Classifier::load);
+    }
+
+    /// Loads `task`'s model when its group is enabled, logging and recording the outcome.
+    fn load<M>(
+        &mut self,
+        task: Task,
+        load: impl FnOnce(&str, &LoadOptions) -> vlm_perception::Result<M>,
+    ) -> Option<M> {
+        let (enabled, model) = task.model(&self.params);
+        if !enabled {
+            return None;
         }
-        if p.vilt.enabled {
-            let t0 = Instant::now();
-            match VqaModel::load(&p.vilt.model, &self.options) {
-                Ok(v) => {
-                    self.vqa = Some(v);
-                    self.loaded(Task::Vqa, &p.vilt.model, t0);
-                }
-                Err(e) => self.load_failed(Task::Vqa, &p.vilt.model, &e),
+        let model = model.to_string();
+        let t0 = Instant::now();
+        match load(&model, &self.options) {
+            Ok(m) => {
+                self.loaded(task, &model, t0);
+                Some(m)
             }
-        }
-        if p.clip.enabled {
-            let t0 = Instant::now();
-            match Classifier::load(&p.clip.model, &self.options) {
-                Ok(c) => {
-                    self.classifier = Some(c);
-                    self.loaded(Task::Classification, &p.clip.model, t0);
-                }
-                Err(e) => self.load_failed(Task::Classification, &p.clip.model, &e),
+            Err(e) => {
+                self.load_failed(task, &model, &e);
+                None
             }
         }
     }
 
-    pub(super) fn loaded(&mut self, task: Task, model: &str, t0: Instant) {
+    fn loaded(&mut self, task: Task, model: &str, t0: Instant) {
         self.set_state(task, ModelState::Ready);
         self.sink.log(
             Level::Info,
@@ -87,7 +74,7 @@ impl<S: Sink> Worker<S> {
         );
     }
 
-    pub(super) fn load_failed(&mut self, task: Task, model: &str, e: &vlm_perception::Error) {
+    fn load_failed(&mut self, task: Task, model: &str, e: &vlm_perception::Error) {
         let msg = format!("{e}");
         self.set_state(task, ModelState::Failed(msg.clone()));
         self.sink.log(
