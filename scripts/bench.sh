@@ -16,6 +16,7 @@
 #     clipseg-1   CLIPSeg rd64 @352 (CIDAS/clipseg-rd64-refined, ViT-B/16), 1 prompt
 #     clipseg-4   CLIPSeg rd64 @352, 4 prompts
 #     vilt        ViLT B/32 VQA (dandelin/vilt-b32-finetuned-vqa) @384x576, a 12-token question
+#     clip        CLIP B/32 zero-shot classification (openai/clip-vit-base-patch32) @224, 4 labels
 #     gemm        one f32 matmul on the CPU, 2048x2048x2048 and the encoder's fc1 shape
 #                 577x768x3072 (m x k x n): the machine's GEMM rate, ours and PyTorch's; then
 #                 one core's multiply-accumulate rate per AVX-512 instruction (vlm-bench
@@ -36,7 +37,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 device=cpu dtype=f32 iters=20 warmup=3 case_=owlvit-b32 rounds=1 lockstep=0
-all_cases=(owlvit-b32 owlvit-b16 owlv2 clipseg-1 clipseg-4 vilt gemm)
+all_cases=(owlvit-b32 owlvit-b16 owlv2 clipseg-1 clipseg-4 vilt clip gemm)
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
@@ -156,6 +157,12 @@ run_case() {
       img="$(vilt_image)"
       echo "# case $c: ask, \"$vilt_question\", model=$model image=$img device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
       run_pair ask --model "$model" --image "$img" --question "$vilt_question" "${common[@]}" :: --expect-hw 384 576
+      ;;
+    clip)
+      model="$(checkpoint clip-random-safetensors clip)"
+      echo "# case $c: classify, 4 labels, model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
+      run_pair classify --model "$model" --image "$image" --label "a cat" --label "a dog" \
+        --label "a cup of coffee" --label "a remote control" "${common[@]}"
       ;;
     gemm)
       local shape m k n

@@ -17,7 +17,7 @@ image="$root/tests/fixtures/images/chelsea.png"
 echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores" >&2
 # OWL-ViT B/16 (2305 tokens) and OWLv2 at 960 px (3601 tokens) have the largest activations; their
 # weights load the same way as B/32's, so they run in safetensors alone.
-for arch in owlvit owlvit-b16 owlv2 clipseg vilt; do
+for arch in owlvit owlvit-b16 owlv2 clipseg vilt clip; do
   formats=(safetensors bin)
   case "$arch" in owlvit-b16|owlv2) formats=(safetensors) ;; esac
   for fmt in "${formats[@]}"; do
@@ -34,6 +34,7 @@ for arch in owlvit owlvit-b16 owlv2 clipseg vilt; do
       owlvit|owlvit-b16|owlv2) task=(detect --query "a photo of a cat" --query "a remote control") ;;
       clipseg) task=(segment --prompt "a cat" --prompt "a remote control") ;;
       vilt) task=(ask --question "how many cats are there?") ;;
+      clip) task=(classify --label "a cat" --label "a dog" --label "a remote control") ;;
     esac
     run="$("$python" scripts/bench_reference.py peak-rss -- "$cli" "${task[0]}" --model "$model" --image "$image" "${task[@]:1}")"
     "$python" - "$arch" "$fmt" "$weights" "$run" <<'PY'

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """The transformers + PyTorch half of the side-by-side benchmark (scripts/bench.sh).
 
-  bench_reference.py make-checkpoint OUT_DIR [--arch owlvit|owlvit-b16|owlv2|clipseg|vilt] [--format safetensors|bin]
+  bench_reference.py make-checkpoint OUT_DIR [--arch owlvit|owlvit-b16|owlv2|clipseg|vilt|clip] [--format safetensors|bin]
       Writes a randomly initialised checkpoint with the architecture of the reference checkpoint
       (transformers' config defaults: owlvit = google/owlvit-base-patch32, ViT-B/32 at 768x768,
       12+12 layers; owlvit-b16 = google/owlvit-base-patch16, the same with 16 px patches (2305
       tokens); owlv2 = google/owlv2-base-patch16 at 960x960 (3601 tokens; Owlv2Config's default
       is 768, which this wrote before, 2305 tokens); clipseg = CIDAS/clipseg-rd64-refined
-      (ViT-B/16, 16 px patches, complex transposed convolution) at 352x352; vilt = ViLT-B/32 with the 3129 answers of dandelin/vilt-b32-finetuned-vqa) in hub
+      (ViT-B/16, 16 px patches, complex transposed convolution) at 352x352; vilt = ViLT-B/32 with the 3129 answers of dandelin/vilt-b32-finetuned-vqa;
+      clip = openai/clip-vit-base-patch32 with its preprocessor_config.json) in hub
       layout, with the tokenizer of the fixtures. Speed and memory do not depend on the weights,
       and the real checkpoints cannot be downloaded here.
 
@@ -17,7 +18,8 @@
   bench_reference.py detect --model DIR --image FILE --query Q [...]
   bench_reference.py segment --model DIR --image FILE --prompt P [...]
   bench_reference.py ask --model DIR --image FILE --question Q [--expect-hw H W]
-      (all three also take [--device cpu|cuda] [--dtype f32|f16|bf16] [--warmup N] [--iters N])
+  bench_reference.py classify --model DIR --image FILE --label L [...] [--template T]
+      (all four also take [--device cpu|cuda] [--dtype f32|f16|bf16] [--warmup N] [--iters N])
       Time per frame (RGB image in memory -> results on the host) and model-only, interleaved
       within each iteration. One JSON object shaped like vlm-bench's: "preprocess", "forward",
       "frame" as {median_ms, p95_ms, min_ms, samples_ms (in the order taken)}, "threads" (torch's
@@ -42,6 +44,11 @@
       ask (ViLT VQA): processor(image, question) + model(**inputs) + sigmoid / top-1 to host, the
         standard call, which is also the cheapest. Reports "pixel_shape" (of pixel_values; with
         --expect-hw, fails unless it is H x W) and "question_tokens" ([CLS] and [SEP] included).
+      classify (CLIP zero-shot): standard = transformers' zero-shot-image-classification pipeline
+        call (the labels through the template, tokenized and encoded per call; "frame_standard");
+        cheapest = processor on the image + get_image_features + logit_scale.exp() * cosine
+        similarities against label embeddings computed once ("encode_labels") + softmax to host.
+        Checks once, before timing, that both give the pipeline's probabilities to 1e-5.
 
   bench_reference.py gemm [--m 2048 --k 2048 --n 2048] [--warmup 3] [--iters 20]
       One f32 (m, k) x (k, n) torch.matmul on the CPU (output allocated each call, as vlm-bench
@@ -68,6 +75,8 @@ TOKENIZER_FROM = {
     "owlv2": "owlvit-tiny-p16",
     "clipseg": "clipseg-tiny-rd16",
     "vilt": "vilt-tiny-vqa",
+    # the full CLIP vocabulary (clip-tiny's is cut down); the processor comes from clip-tiny-bin
+    "clip": "owlvit-tiny-p16",
 }
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt"]
 # The answer vocabulary size of dandelin/vilt-b32-finetuned-vqa (VQAv2's 3129 answers).
@@ -102,6 +111,10 @@ def make_checkpoint(out: Path, arch: str = "owlvit", fmt: str = "safetensors") -
         config = tf.CLIPSegConfig(vision_config={"patch_size": 16}, use_complex_transposed_convolution=True)
         model_cls, side = tf.CLIPSegForImageSegmentation, 352
         config.architectures = ["CLIPSegForImageSegmentation"]
+    elif arch == "clip":
+        config = tf.CLIPConfig()  # defaults = openai/clip-vit-base-patch32
+        model_cls, side = tf.CLIPModel, config.vision_config.image_size
+        config.architectures = ["CLIPModel"]
     elif arch == "vilt":
         labels = {i: f"answer {i}" for i in range(VILT_VQA_LABELS)}
         config = tf.ViltConfig(num_labels=VILT_VQA_LABELS, id2label=labels, label2id={v: k for k, v in labels.items()})
@@ -123,14 +136,17 @@ def make_checkpoint(out: Path, arch: str = "owlvit", fmt: str = "safetensors") -
     for name in TOKENIZER_FILES:
         if (src / name).exists():
             shutil.copy(src / name, out / name)
-    if arch == "vilt":
-        # ViLT's text positions: 40 in the real checkpoint
+    if arch in ("vilt", "clip"):
+        # the text positions of the real checkpoints: ViLT's 40, CLIP's 77
+        text = config.text_config if arch == "clip" else config
         tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
-        tok_cfg["model_max_length"] = config.max_position_embeddings
+        tok_cfg["model_max_length"] = text.max_position_embeddings
         (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
-    pre_src = FIXTURE_MODELS / ("owlv2-tiny-p16" if arch == "owlv2" else TOKENIZER_FROM[arch])
+    pre_src = FIXTURE_MODELS / {"owlv2": "owlv2-tiny-p16", "clip": "clip-tiny-bin"}.get(arch, TOKENIZER_FROM[arch])
     pre = json.loads((pre_src / "preprocessor_config.json").read_text())
-    if arch == "vilt":
+    if arch == "clip":
+        pass  # clip-tiny-bin carries openai/clip-vit-base-patch32's own preprocessor_config.json
+    elif arch == "vilt":
         pre["size"] = {"shortest_edge": side}
     else:
         pre["size"] = {"height": side, "width": side}
@@ -447,6 +463,87 @@ def ask(args) -> None:
     }))
 
 
+def classify(args) -> None:
+    from transformers import CLIPModel, pipeline
+
+    device, dtype, sync = setup(args)
+    processor, model, load_ms, rss_before_load = load(args, CLIPModel)
+    image = Image.open(args.image).convert("RGB")
+    labels = args.labels
+    classifier = pipeline("zero-shot-image-classification", model=model, image_processor=processor.image_processor,
+                          tokenizer=processor.tokenizer, device=device, dtype=dtype)
+
+    def standard():
+        # transformers' zero-shot pipeline, as its docs call it: the labels are encoded per call
+        return classifier(image, candidate_labels=labels, hypothesis_template=args.template)
+
+    def encode_labels():
+        # the label embeddings once, as our node caches them
+        tokens = processor.tokenizer([args.template.format(l) for l in labels], padding=True,
+                                     return_tensors="pt").to(device)
+        text = model.get_text_features(**tokens)
+        text = text.pooler_output if hasattr(text, "pooler_output") else text
+        return text / text.norm(p=2, dim=-1, keepdim=True)
+
+    def cheapest_inputs():
+        return processor(images=image, return_tensors="pt")["pixel_values"].to(device, dtype)
+
+    def cheapest_forward(pixel_values, text_embeds):
+        # CLIPModel.forward's image half and its logits_per_image against the cached labels
+        img = model.get_image_features(pixel_values=pixel_values)
+        img = img.pooler_output if hasattr(img, "pooler_output") else img
+        img = img / img.norm(p=2, dim=-1, keepdim=True)
+        logits = model.logit_scale.exp() * img @ text_embeds.t()
+        return logits.softmax(dim=-1).float().cpu()
+
+    with torch.inference_mode():
+        # The cheapest path must give the pipeline's probabilities.
+        want = {r["label"]: r["score"] for r in standard()}
+        got = cheapest_forward(cheapest_inputs(), encode_labels())[0].tolist()
+        max_diff = max(abs(want[l] - p) for l, p in zip(labels, got))
+        tol = 1e-5 if dtype == torch.float32 else 5e-2
+        if not max_diff < tol:
+            raise SystemExit(f"CLIP check FAILED: cheapest vs pipeline probabilities max abs diff {max_diff:.3g} >= {tol}")
+        print(f"# CLIP check: cheapest vs pipeline probabilities, max abs diff {max_diff:.3g} (< {tol})", file=sys.stderr)
+
+        std, encode, pre, fwd = [], [], [], []
+        for i in iterations(args):
+            timed = i >= args.warmup
+            t0 = time.perf_counter()
+            standard()
+            sync()
+            if timed:
+                std.append(ms(t0))
+            t0 = time.perf_counter()
+            text_embeds = encode_labels()
+            sync()
+            if timed:
+                encode.append(ms(t0))
+            t0 = time.perf_counter()
+            pixel_values = cheapest_inputs()
+            if timed:
+                pre.append(ms(t0))
+            t0 = time.perf_counter()
+            probs = cheapest_forward(pixel_values, text_embeds)
+            if timed:
+                fwd.append(ms(t0))
+
+    print(json.dumps({
+        **common(args, "classify", load_ms, rss_before_load),
+        "labels": len(labels),
+        "pixel_shape": list(pixel_values.shape),
+        "check_max_abs_diff": max_diff,
+        "top": labels[int(probs[0].argmax())],
+        "encode_labels": stats(encode),
+        # the pipeline call whole (preprocess, label encoding, forward, postprocess)
+        "frame_standard": stats(std),
+        "preprocess": stats(pre),
+        "forward": stats(fwd),
+        "frame": stats([a + b for a, b in zip(pre, fwd)]),
+        "peak_rss_mib": peak_rss_mib(),
+    }))
+
+
 def gemm(args) -> None:
     if args.iters <= 0:
         raise SystemExit("--iters must be positive")
@@ -482,7 +579,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     mk = sub.add_parser("make-checkpoint")
     mk.add_argument("out", type=Path)
-    mk.add_argument("--arch", choices=["owlvit", "owlvit-b16", "owlv2", "clipseg", "vilt"], default="owlvit")
+    mk.add_argument("--arch", choices=["owlvit", "owlvit-b16", "owlv2", "clipseg", "vilt", "clip"], default="owlvit")
     mk.add_argument("--format", choices=["safetensors", "bin"], default="safetensors")
     pr = sub.add_parser("peak-rss")
     pr.add_argument("command", nargs=argparse.REMAINDER)
@@ -504,6 +601,9 @@ def main() -> None:
     a.add_argument("--question", required=True)
     a.add_argument("--expect-hw", type=int, nargs=2, metavar=("H", "W"),
                    help="fail unless the processor's pixel_values are H x W")
+    c = run_args(sub.add_parser("classify"))
+    c.add_argument("--label", dest="labels", action="append", required=True)
+    c.add_argument("--template", default="This is a photo of {}.")
     g = sub.add_parser("gemm")
     for dim in ("m", "k", "n"):
         g.add_argument(f"--{dim}", type=int, default=2048)
@@ -517,7 +617,7 @@ def main() -> None:
     elif args.cmd == "peak-rss":
         peak_rss(args.command[1:] if args.command[:1] == ["--"] else args.command)
     else:
-        {"detect": detect, "segment": segment, "ask": ask, "gemm": gemm}[args.cmd](args)
+        {"detect": detect, "segment": segment, "ask": ask, "classify": classify, "gemm": gemm}[args.cmd](args)
 
 
 if __name__ == "__main__":

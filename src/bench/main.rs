@@ -7,6 +7,7 @@
 //!   through ByteTrack as the node's stream does (`track`: its share of the frame);
 //! - `segment`: CLIPSeg, prompt embeddings once, then frames (one image pass, prompts batched);
 //! - `ask`: ViLT VQA, one question per frame;
+//! - `classify`: CLIP zero-shot classification, label embeddings once (as the node), then frames;
 //! - `track`: ByteTrack alone, replaying a detection sequence of the tracking fixtures (what a
 //!   frame of tracking costs next to a frame of inference);
 //! - `gemm`: one large f32 matmul, the machine's compute floor for the rest;
@@ -22,7 +23,8 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use vlm_perception::pipeline::{
-    host_memory, DetectParams, Detector, LoadOptions, SegmentParams, Segmenter, Timings, VqaModel,
+    host_memory, Classifier, DetectParams, Detector, LoadOptions, SegmentParams, Segmenter,
+    Timings, VqaModel, DEFAULT_HYPOTHESIS_TEMPLATE,
 };
 use vlm_perception::tracking::{ByteTrackConfig, LabelledBox, LabelledTracker};
 use vlm_perception::vision::image_io;
@@ -58,6 +60,15 @@ enum Command {
         run: RunArgs,
         #[arg(long)]
         question: String,
+    },
+    /// CLIP zero-shot classification: label encoding once, then `--iters` frames.
+    Classify {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long = "label", required = true)]
+        labels: Vec<String>,
+        #[arg(long, default_value = DEFAULT_HYPOTHESIS_TEMPLATE)]
+        template: String,
     },
     /// ByteTrack (one tracker per label, default parameters) on a detection sequence of
     /// tests/fixtures/reference/tracking (`frames[].detections[]`: xyxy, score, label), replayed
@@ -358,6 +369,33 @@ fn ask(run: &RunArgs, question: &str) -> Result<serde_json::Value> {
     ))
 }
 
+fn classify(run: &RunArgs, labels: &[String], template: &str) -> Result<serde_json::Value> {
+    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let image = image_io::load_rgb(&run.image)?;
+    let t = Instant::now();
+    let classifier = Classifier::load(&run.model, &options)
+        .with_context(|| format!("loading `{}`", run.model))?;
+    let load_ms = ms(t.elapsed());
+    let encode = time_encode(run, || {
+        sync(&classifier.encode_labels(labels, template)?.embeds)
+    })?;
+    let embeds = classifier.encode_labels(labels, template)?;
+    let mut top = String::new();
+    let (totals, stages) = time_frames(run, || {
+        let result = classifier.classify(&image, &embeds)?;
+        top = result.top().map(|l| l.label.clone()).unwrap_or_default();
+        Ok(result.timings)
+    })?;
+    Ok(report(
+        run,
+        "classify",
+        load_ms,
+        totals,
+        &stages,
+        serde_json::json!({"labels": labels.len(), "encode_labels": stats(encode), "top": top}),
+    ))
+}
+
 #[derive(serde::Deserialize)]
 struct TrackSequence {
     frames: Vec<TrackFrame>,
@@ -455,6 +493,11 @@ fn main() -> Result<()> {
         Command::Detect { run, queries } => detect(&run, &queries)?,
         Command::Segment { run, prompts } => segment(&run, &prompts)?,
         Command::Ask { run, question } => ask(&run, &question)?,
+        Command::Classify {
+            run,
+            labels,
+            template,
+        } => classify(&run, &labels, &template)?,
         Command::Gemm {
             m,
             k,
