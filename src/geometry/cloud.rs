@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use nalgebra::{Point3, Vector3};
+use nalgebra::{Isometry3, Point3, Vector3};
 
 use super::{depth_pixels, drop_depth_outliers, enough_depth};
 use crate::error::{Error, Result};
@@ -139,6 +139,18 @@ pub fn voxel_downsample(points: &[Point3<f32>], voxel: f32) -> Result<Vec<Point3
         .into_iter()
         .map(|(s, n)| Point3::from((s / f64::from(n)).cast::<f32>()))
         .collect())
+}
+
+/// `points` moved into another frame: `target_from_source` maps points of their frame to the
+/// target frame (tf2's `lookupTransform(target, source)`); computed in f64.
+pub fn transform_points(
+    points: &[Point3<f32>],
+    target_from_source: &Isometry3<f64>,
+) -> Vec<Point3<f32>> {
+    points
+        .iter()
+        .map(|p| (target_from_source * p.cast::<f64>()).cast::<f32>())
+        .collect()
 }
 
 /// At most `max_points` (0 = all) of `points`, evenly spaced in their order: points come in image
@@ -427,6 +439,21 @@ mod tests {
         assert_eq!(out[1], pts[2]);
         assert_eq!(out[2], pts[3]);
         assert_eq!(voxel_downsample(&pts[..2], 0.0).unwrap(), pts[..2]);
+    }
+
+    #[test]
+    fn points_move_into_the_target_frame() {
+        use nalgebra::{Translation3, UnitQuaternion};
+        use std::f64::consts::FRAC_PI_2;
+        // base_link <- optical frame: optical z is base x, optical x is base -y, y is base -z.
+        let optical = UnitQuaternion::from_euler_angles(-FRAC_PI_2, 0.0, -FRAC_PI_2);
+        let base = Isometry3::from_parts(Translation3::new(0.1, 0.0, 0.5), optical);
+        let moved = transform_points(&[Point3::new(0.2, -0.1, 1.0)], &base);
+        assert!(
+            (moved[0] - Point3::new(1.1, -0.2, 0.6)).norm() < 1e-6,
+            "{}",
+            moved[0]
+        );
     }
 
     #[test]

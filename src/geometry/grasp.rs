@@ -1,8 +1,9 @@
 //! Grasp and place poses for a parallel gripper, from an aligned depth image and a mask:
 //! - the approach axis (z) is the negated normal of a least-squares plane fitted to the depth
 //!   points in a window around the target pixel: it points from the camera into the surface;
-//! - the closing axis (x) is the mask's minor principal axis (second moments of its pixels inside
-//!   the detection's box), carried through the camera onto that plane, so the fingers close
+//! - the closing axis (x) is the mask's minor principal axis: the mask's pixels inside the
+//!   detection's box are laid onto that plane through their rays and their second moments taken
+//!   within it (a tilted surface's foreshortening does not swap its sides), so the fingers close
 //!   across the object's short side;
 //! - y = z × x (right-handed).
 //!
@@ -10,14 +11,15 @@
 //! so ([`GraspPose::approach_from_fit`], [`GraspPose::closing_from_mask`], [`GraspPose::notes`]).
 
 use image::GrayImage;
-use nalgebra::{Isometry3, Matrix3, Point3, Rotation3, Translation3, UnitQuaternion, Vector3};
+use nalgebra::{Isometry3, Point3, Rotation3, Translation3, UnitQuaternion, Vector3};
 
+use super::fit::{camera_axis_across, mask_axis_on_plane};
+pub use super::fit::{mask_axes, plane_fit, MaskAxes, PlaneFit};
 use super::{depth_pixels, drop_depth_outliers};
 use crate::error::{Error, Result};
 use crate::vision::boxes::BBox;
-use crate::vision::camera::{centres_within, image_to_pixel, PinholeCamera};
+use crate::vision::camera::PinholeCamera;
 use crate::vision::depth::{DepthImage, DepthSampling};
-use crate::vision::masks::MASK_OFF;
 
 /// Default side of the plane-fit window, colour pixels: ~3.5 cm at 1 m for a 600 px focal
 /// length, small enough to stay on a graspable face, large enough to average depth noise.
@@ -38,8 +40,8 @@ pub struct GraspParams {
     pub window: u32,
     /// Fewest valid depth points in the window for a fit (at least 3).
     pub min_points: usize,
-    /// Smallest major/minor length ratio of the mask (square roots of its second-moment
-    /// eigenvalues) for a closing axis (at least 1).
+    /// Smallest major/minor length ratio of the mask laid onto the plane (square roots of its
+    /// second-moment eigenvalues) for a closing axis (at least 1).
     pub min_elongation: f64,
 }
 
@@ -78,135 +80,6 @@ impl GraspParams {
     }
 }
 
-/// A least-squares plane through 3D points.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PlaneFit {
-    /// The points' centroid (on the plane).
-    pub centroid: Point3<f64>,
-    /// Unit normal, oriented towards the camera (the frame's origin): `normal · centroid < 0`.
-    pub normal: Vector3<f64>,
-    /// Root mean square distance of the points from the plane, metres.
-    pub rms: f64,
-    pub points: usize,
-}
-
-/// The total-least-squares plane of `points`: the normal is the eigenvector of the smallest
-/// eigenvalue of their covariance. `None` for fewer than 3 points or (nearly) collinear ones.
-pub fn plane_fit(points: &[Point3<f64>]) -> Option<PlaneFit> {
-    if points.len() < 3 {
-        return None;
-    }
-    let n = points.len() as f64;
-    let centroid = Point3::from(points.iter().map(|p| p.coords).sum::<Vector3<f64>>() / n);
-    let cov = points.iter().fold(Matrix3::zeros(), |acc, p| {
-        let d = p - centroid;
-        acc + d * d.transpose()
-    }) / n;
-    let eig = cov.symmetric_eigen();
-    let mut order = [0usize, 1, 2];
-    order.sort_by(|&a, &b| eig.eigenvalues[a].total_cmp(&eig.eigenvalues[b]));
-    let (lo, mid, hi) = (
-        eig.eigenvalues[order[0]],
-        eig.eigenvalues[order[1]],
-        eig.eigenvalues[order[2]],
-    );
-    // Collinear points (a single depth row or column) span no plane.
-    if !(hi > 0.0 && mid > 1e-9 * hi) {
-        return None;
-    }
-    let mut normal = eig.eigenvectors.column(order[0]).normalize();
-    if normal.dot(&centroid.coords) > 0.0 {
-        normal = -normal;
-    }
-    Some(PlaneFit {
-        centroid,
-        normal,
-        rms: lo.max(0.0).sqrt(),
-        points: points.len(),
-    })
-}
-
-/// The principal axes of a mask's pixels (from their second moments), in image coordinates.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MaskAxes {
-    /// The pixels' centroid, image coordinates.
-    pub centroid: (f64, f64),
-    /// Unit directions (x right, y down) of the long and short sides; `minor` is `major` turned
-    /// by +90° (towards y).
-    pub major: (f64, f64),
-    pub minor: (f64, f64),
-    /// Standard deviations of the pixels along `major` and `minor`, pixels.
-    pub major_sd: f64,
-    pub minor_sd: f64,
-    pub pixels: usize,
-}
-
-impl MaskAxes {
-    /// `major_sd / minor_sd` (∞ for a one-pixel-wide line): 1 for a disc or a square, the side
-    /// ratio for a rectangle.
-    pub fn elongation(&self) -> f64 {
-        if self.minor_sd > 0.0 {
-            self.major_sd / self.minor_sd
-        } else {
-            f64::INFINITY
-        }
-    }
-
-    /// The angle of `major` from the image's x axis towards its y axis, radians in (-π/2, π/2].
-    pub fn major_angle(&self) -> f64 {
-        self.major.1.atan2(self.major.0)
-    }
-}
-
-/// The principal axes of `mask`'s pixels whose centres lie inside `bbox` (image coordinates; the
-/// whole mask when `None`). `None` for fewer than 3 pixels.
-pub fn mask_axes(mask: &GrayImage, bbox: Option<&BBox>) -> Option<MaskAxes> {
-    let (w, h) = mask.dimensions();
-    let (cols, rows) = match bbox {
-        Some(b) => (
-            centres_within(f64::from(b.x_min), f64::from(b.x_max), w),
-            centres_within(f64::from(b.y_min), f64::from(b.y_max), h),
-        ),
-        None => (0..w, 0..h),
-    };
-    // Offsets from the window's corner keep the sums small for f64.
-    let (x0, y0) = (f64::from(cols.start), f64::from(rows.start));
-    let (mut n, mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0usize, 0.0, 0.0, 0.0, 0.0, 0.0);
-    for y in rows {
-        for x in cols.clone() {
-            if mask.get_pixel(x, y)[0] != MASK_OFF {
-                let (dx, dy) = (f64::from(x) - x0, f64::from(y) - y0);
-                n += 1;
-                sx += dx;
-                sy += dy;
-                sxx += dx * dx;
-                syy += dy * dy;
-                sxy += dx * dy;
-            }
-        }
-    }
-    if n < 3 {
-        return None;
-    }
-    let nf = n as f64;
-    let (mx, my) = (sx / nf, sy / nf);
-    let (mu20, mu02, mu11) = (sxx / nf - mx * mx, syy / nf - my * my, sxy / nf - mx * my);
-    // Eigen-decomposition of the 2x2 covariance in closed form.
-    let half_trace = 0.5 * (mu20 + mu02);
-    let root = (0.25 * (mu20 - mu02).powi(2) + mu11 * mu11).sqrt();
-    let theta = 0.5 * (2.0 * mu11).atan2(mu20 - mu02);
-    let major = (theta.cos(), theta.sin());
-    Some(MaskAxes {
-        // Pixel x covers [x, x + 1): its centre is x + 0.5.
-        centroid: (x0 + mx + 0.5, y0 + my + 0.5),
-        major,
-        minor: (-major.1, major.0),
-        major_sd: (half_trace + root).max(0.0).sqrt(),
-        minor_sd: (half_trace - root).max(0.0).sqrt(),
-        pixels: n,
-    })
-}
-
 /// Where and on what to place a gripper frame.
 #[derive(Debug, Clone, Copy)]
 pub struct GraspTarget<'a> {
@@ -233,7 +106,8 @@ pub struct GraspPose {
     pub closing_from_mask: bool,
     /// The plane fit, when there was one (its rms tells how flat the surface was).
     pub plane: Option<PlaneFit>,
-    /// The mask's major/minor length ratio, when the mask had pixels in the box.
+    /// The major/minor length ratio of the mask laid onto the plane, when it had pixels in the
+    /// box.
     pub elongation: Option<f64>,
     /// Why an axis fell back, in words (empty when both came from the data).
     pub notes: Vec<String>,
@@ -326,37 +200,32 @@ pub fn grasp_pose(
     };
     let approach = plane.map_or_else(Vector3::z, |p| -p.normal);
 
-    // Closing: the mask's short side, carried onto the plane (depth_pixels checked its size).
-    let axes = target.mask.and_then(|m| mask_axes(m, Some(&target.bbox)));
-    let elongation = axes.map(|a| a.elongation());
-    let from_mask = match (target.mask, axes) {
-        (None, _) => {
+    // Closing: the mask's short side on the plane (depth_pixels checked the mask's size).
+    let on_plane = target
+        .mask
+        .map(|m| mask_axis_on_plane(camera, m, &target.bbox, &target.position, &approach));
+    let elongation = on_plane.flatten().map(|(_, e)| e);
+    let from_mask = match on_plane {
+        None => {
             notes.push("closing: no mask; closing along the camera's x".into());
             None
         }
-        (Some(_), None) => {
+        Some(None) => {
             notes.push(
-                "closing: fewer than 3 mask pixels in the box; closing along the camera's x".into(),
+                "closing: fewer than 3 mask pixels in the box meet the surface; closing along \
+                 the camera's x"
+                    .into(),
             );
             None
         }
-        (Some(_), Some(a)) if a.elongation() < params.min_elongation => {
+        Some(Some((_, e))) if e < params.min_elongation => {
             notes.push(format!(
-                "closing: the mask is round (axis ratio {:.3} < {}); closing along the camera's x",
-                a.elongation(),
+                "closing: the mask is round (axis ratio {e:.3} < {}); closing along the camera's x",
                 params.min_elongation
             ));
             None
         }
-        (Some(_), Some(a)) => {
-            let on_plane = image_direction_on_plane(camera, target, &approach, a.minor);
-            if on_plane.is_none() {
-                notes.push(
-                    "closing: the surface is seen edge-on; closing along the camera's x".into(),
-                );
-            }
-            on_plane
-        }
+        Some(Some((axis, _))) => Some(axis),
     };
     let closing_from_mask = from_mask.is_some();
     let closing = from_mask.unwrap_or_else(|| camera_axis_across(&approach));
@@ -383,48 +252,13 @@ pub fn grasp_pose(
     })
 }
 
-/// The unit 3D direction, on the plane through `target.position` with normal `normal`, of the
-/// image line through the target pixel along `dir` (image x right, y down): both pixels' rays
-/// meet the plane and the points' difference is the direction (exact under perspective, as a
-/// line maps to a line). `None` where a ray runs along the plane.
-fn image_direction_on_plane(
-    camera: &PinholeCamera,
-    target: &GraspTarget<'_>,
-    normal: &Vector3<f64>,
-    dir: (f64, f64),
-) -> Option<Vector3<f64>> {
-    let d = normal.dot(&target.position.coords);
-    let on_plane = |x: f64, y: f64| {
-        let (u, v) = image_to_pixel(x, y);
-        let ray = camera.back_project(u, v, 1.0).coords;
-        let along = normal.dot(&ray);
-        // Below ~0.06° the intersection is numerically meaningless.
-        (along.abs() > 1e-3 * ray.norm()).then(|| ray * (d / along))
-    };
-    let (x, y) = target.pixel;
-    let a = on_plane(x, y)?;
-    let b = on_plane(x + dir.0, y + dir.1)?;
-    let v = b - a;
-    let v = v - normal * normal.dot(&v);
-    (v.norm() > 0.0).then(|| v.normalize())
-}
-
-/// The camera's x made orthogonal to `z` (its y where z is nearly along x).
-fn camera_axis_across(z: &Vector3<f64>) -> Vector3<f64> {
-    [Vector3::x(), Vector3::y()]
-        .into_iter()
-        .map(|a| a - z * z.dot(&a))
-        .find(|a| a.norm() > 1e-3)
-        .unwrap_or_else(Vector3::x)
-        .normalize()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use image::Luma;
+    use nalgebra::Matrix3;
 
-    use crate::vision::masks::MASK_ON;
+    use crate::vision::masks::{MASK_OFF, MASK_ON};
 
     // A colour camera with square pixels, so that image angles are angles in a fronto-parallel
     // plane; depth at half its resolution.
@@ -596,6 +430,48 @@ mod tests {
             axis_angle_deg(&g.closing(), &Vector3::y()) < 0.5,
             "{}",
             g.closing()
+        );
+        assert_frame(&g, &p0);
+    }
+
+    #[test]
+    fn foreshortening_does_not_swap_the_sides() {
+        // A 10 x 6 cm rectangle on a plane turned 60° about the camera's y: its long side, along
+        // the tilt, is 25 px in the image against 30 px for the short one. The image's moments
+        // would close along the long side; the plane's close along the short one (y).
+        let colour = colour_camera();
+        let p0 = Point3::new(0.0, 0.0, 1.0);
+        let (s, c) = 60f64.to_radians().sin_cos();
+        let n = Vector3::new(s, 0.0, -c);
+        let along_tilt = Vector3::new(c, 0.0, s);
+        let depth = plane_depth(&colour.scaled_to(160, 120).unwrap(), &p0, &n);
+        let mask = GrayImage::from_fn(320, 240, |x, y| {
+            let ray = colour.back_project(f64::from(x), f64::from(y), 1.0).coords;
+            let q = ray * (n.dot(&p0.coords) / n.dot(&ray)) - p0.coords;
+            let on = q.dot(&along_tilt).abs() <= 0.05 && q.y.abs() <= 0.03;
+            Luma([if on { MASK_ON } else { MASK_OFF }])
+        });
+        let image = mask_axes(&mask, None).unwrap();
+        assert!(image.major.1.abs() > 0.99, "{image:?}");
+        let g = grasp_pose(
+            &colour,
+            &depth,
+            &DepthSampling::default(),
+            &target(&colour, p0, Some(&mask)),
+            &GraspParams::default(),
+        )
+        .unwrap();
+        assert!(g.approach_from_fit && g.closing_from_mask, "{:?}", g.notes);
+        assert!((g.approach() + n).norm() < 1e-3);
+        assert!(
+            axis_angle_deg(&g.closing(), &Vector3::y()) < 0.5,
+            "{}",
+            g.closing()
+        );
+        assert!(
+            (g.elongation.unwrap() - 10.0 / 6.0).abs() < 0.05,
+            "{:?}",
+            g.elongation
         );
         assert_frame(&g, &p0);
     }

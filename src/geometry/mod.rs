@@ -8,11 +8,12 @@
 //! [`crate::vision::depth`]).
 
 pub mod cloud;
+pub mod fit;
 pub mod grasp;
 
 pub use cloud::{
-    object_points, pack_cloud, voxel_downsample, CloudField, CloudObject, CloudParams, PackedCloud,
-    POINT_FIELD_FLOAT32, POINT_FIELD_UINT32,
+    object_points, pack_cloud, transform_points, voxel_downsample, CloudField, CloudObject,
+    CloudParams, PackedCloud, POINT_FIELD_FLOAT32, POINT_FIELD_UINT32,
 };
 pub use grasp::{
     grasp_pose, mask_axes, plane_fit, GraspParams, GraspPose, GraspTarget, MaskAxes, PlaneFit,
