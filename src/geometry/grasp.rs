@@ -13,8 +13,7 @@
 use image::GrayImage;
 use nalgebra::{Isometry3, Point3, Rotation3, Translation3, UnitQuaternion, Vector3};
 
-use super::fit::{camera_axis_across, mask_axis_on_plane};
-pub use super::fit::{mask_axes, plane_fit, MaskAxes, PlaneFit};
+use super::fit::{camera_axis_across, mask_axis_on_plane, plane_fit, PlaneFit};
 use super::{depth_pixels, drop_depth_outliers};
 use crate::error::{Error, Result};
 use crate::vision::boxes::BBox;
@@ -230,13 +229,14 @@ pub fn grasp_pose(
     let closing_from_mask = from_mask.is_some();
     let closing = from_mask.unwrap_or_else(|| camera_axis_across(&approach));
 
-    // One of ±x: the one towards the image's right (or down), so the pose does not flip between
-    // frames.
-    let closing = if closing.x < 0.0 || (closing.x == 0.0 && closing.y < 0.0) {
-        -closing
+    // One of ±x: the one towards the image's right (down for a vertical axis, where rounding
+    // decides the sign of x), so the pose does not flip between frames.
+    let towards = if closing.x.abs() > 1e-6 {
+        closing.x
     } else {
-        closing
+        closing.y
     };
+    let closing = if towards < 0.0 { -closing } else { closing };
     let y = approach.cross(&closing);
     let rotation = Rotation3::from_basis_unchecked(&[closing, y, approach]);
     Ok(GraspPose {
@@ -258,6 +258,7 @@ mod tests {
     use image::Luma;
     use nalgebra::Matrix3;
 
+    use crate::geometry::fit::mask_axes;
     use crate::vision::masks::{MASK_OFF, MASK_ON};
 
     // A colour camera with square pixels, so that image angles are angles in a fronto-parallel

@@ -15,9 +15,8 @@ pub use cloud::{
     object_points, pack_cloud, transform_points, voxel_downsample, CloudField, CloudObject,
     CloudParams, PackedCloud, POINT_FIELD_FLOAT32, POINT_FIELD_UINT32,
 };
-pub use grasp::{
-    grasp_pose, mask_axes, plane_fit, GraspParams, GraspPose, GraspTarget, MaskAxes, PlaneFit,
-};
+pub use fit::{mask_axes, plane_fit, MaskAxes, PlaneFit};
+pub use grasp::{grasp_pose, GraspParams, GraspPose, GraspTarget};
 
 use image::{GrayImage, Luma};
 
