@@ -1,0 +1,194 @@
+//! Geometry on an aligned depth image, beyond one point per object: per-object point clouds
+//! ([`cloud`]) and grasp / place poses from a local plane fit and the mask's shape ([`grasp`]).
+//!
+//! Everything is in the colour camera's optical frame (REP 103: x right, y down, z forward),
+//! metres; the caller transforms into its target frame. Boxes, masks and pixels are in the crate's
+//! image coordinates (pixel `i` spans `[i, i + 1)`, see [`crate::vision::camera`]); the depth image
+//! is registered to the colour camera, at its resolution or another (as in
+//! [`crate::vision::depth`]).
+
+pub mod cloud;
+pub mod fit;
+pub mod grasp;
+
+pub use cloud::{
+    object_points, pack_cloud, transform_points, voxel_downsample, CloudField, CloudObject,
+    CloudParams, PackedCloud, POINT_FIELD_FLOAT32, POINT_FIELD_UINT32,
+};
+pub use fit::{mask_axes, plane_fit, MaskAxes, PlaneFit};
+pub use grasp::{grasp_pose, GraspParams, GraspPose, GraspTarget};
+
+use image::{GrayImage, Luma};
+
+use crate::error::{Error, Result};
+use crate::vision::boxes::BBox;
+use crate::vision::camera::centres_within;
+use crate::vision::depth::{DepthImage, DepthSampling};
+use crate::vision::masks::MASK_OFF;
+
+/// `mask` with everything outside `bbox` cleared: a phrase's segmentation mask covers every
+/// instance of the phrase, so one detection's pixels are those inside its box.
+pub fn mask_in_box(mask: &GrayImage, bbox: &BBox) -> GrayImage {
+    let (w, h) = mask.dimensions();
+    let cols = centres_within(f64::from(bbox.x_min), f64::from(bbox.x_max), w);
+    let rows = centres_within(f64::from(bbox.y_min), f64::from(bbox.y_max), h);
+    GrayImage::from_fn(w, h, |x, y| {
+        if cols.contains(&x) && rows.contains(&y) {
+            *mask.get_pixel(x, y)
+        } else {
+            Luma([MASK_OFF])
+        }
+    })
+}
+
+/// A valid depth pixel: its column and row in the depth image, and its depth in metres.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct DepthPixel {
+    pub x: u32,
+    pub y: u32,
+    pub z: f32,
+}
+
+/// The valid depth pixels (as [`DepthSampling`] accepts them) whose centres fall inside `window`
+/// (colour image coordinates; the whole image when `None`) and on `mask` (colour resolution, when
+/// given), each depth pixel sampled once where its centre falls in the colour image - the rule of
+/// [`crate::vision::depth::robust_depth`]. Also returns how many depth pixels were sampled.
+pub(crate) fn depth_pixels(
+    depth: &DepthImage,
+    colour_size: (u32, u32),
+    window: Option<&BBox>,
+    mask: Option<&GrayImage>,
+    sampling: &DepthSampling,
+) -> Result<(Vec<DepthPixel>, usize)> {
+    let (cw, ch) = colour_size;
+    if cw == 0 || ch == 0 {
+        return Err(Error::InvalidInput(format!(
+            "colour image size must be non-zero, got {cw}x{ch}"
+        )));
+    }
+    if let Some(m) = mask {
+        if m.dimensions() != colour_size {
+            return Err(Error::InvalidInput(format!(
+                "a {}x{} mask for a {cw}x{ch} colour image",
+                m.width(),
+                m.height()
+            )));
+        }
+    }
+    let (dw, dh) = (depth.width(), depth.height());
+    let (cols, rows) = match window {
+        Some(b) => {
+            if !b.to_array().iter().all(|v| v.is_finite()) {
+                return Err(Error::InvalidInput(format!(
+                    "object box must be finite, got {:?}",
+                    b.to_array()
+                )));
+            }
+            // Image coordinates scale by the size ratio (no half-pixel shift).
+            let sx = f64::from(dw) / f64::from(cw);
+            let sy = f64::from(dh) / f64::from(ch);
+            (
+                centres_within(f64::from(b.x_min) * sx, f64::from(b.x_max) * sx, dw),
+                centres_within(f64::from(b.y_min) * sy, f64::from(b.y_max) * sy, dh),
+            )
+        }
+        None => (0..dw, 0..dh),
+    };
+    let metres = depth.metres();
+    let mut out = Vec::new();
+    let mut sampled = 0usize;
+    for y in rows {
+        let my = nearest_source(y, dh, ch);
+        for x in cols.clone() {
+            if let Some(m) = mask {
+                if m.get_pixel(nearest_source(x, dw, cw), my)[0] == MASK_OFF {
+                    continue;
+                }
+            }
+            sampled += 1;
+            let z = metres[y as usize * dw as usize + x as usize];
+            if z > 0.0 && z >= sampling.min_depth && z <= sampling.max_depth {
+                out.push(DepthPixel { x, y, z });
+            }
+        }
+    }
+    Ok((out, sampled))
+}
+
+/// Whether `valid` of `sampled` depth pixels are enough for an estimate, by the rule of
+/// [`crate::vision::depth::robust_depth`] (a minimum count and a minimum fraction).
+pub(crate) fn enough_depth(valid: usize, sampled: usize, sampling: &DepthSampling) -> bool {
+    let needed = sampling
+        .min_valid_pixels
+        .max((f64::from(sampling.min_valid_fraction) * sampled as f64).ceil() as usize)
+        .max(1);
+    valid >= needed
+}
+
+/// Keeps the pixels whose depth lies between the sampling's near and far percentiles (the
+/// 10th-90th by default): flying pixels at edges and background under a mask's border fall
+/// outside, as they fall outside the near and far faces of [`crate::vision::depth::DepthStats`].
+pub(crate) fn drop_depth_outliers(pixels: &mut Vec<DepthPixel>, sampling: &DepthSampling) {
+    if pixels.is_empty() {
+        return;
+    }
+    let mut zs: Vec<f32> = pixels.iter().map(|p| p.z).collect();
+    let near = percentile(&mut zs, sampling.near_percentile);
+    let far = percentile(&mut zs, sampling.far_percentile);
+    pixels.retain(|p| (near..=far).contains(&f64::from(p.z)));
+}
+
+/// The pixel of a `src_n`-pixel axis under the centre of pixel `i` of a `dst_n`-pixel axis
+/// spanning the same extent (as in `vision::depth`).
+fn nearest_source(i: u32, dst_n: u32, src_n: u32) -> u32 {
+    let s = (2 * u64::from(i) + 1) * u64::from(src_n) / (2 * u64::from(dst_n));
+    s.min(u64::from(src_n) - 1) as u32
+}
+
+/// numpy.percentile's default "linear" percentile (q in 0..=100) of non-empty, NaN-free values
+/// (the definition of `vision::depth`'s); reorders them.
+fn percentile(values: &mut [f32], q: f64) -> f64 {
+    let n = values.len();
+    let pos = q / 100.0 * (n - 1) as f64;
+    let k = (pos.floor().max(0.0) as usize).min(n - 1);
+    let frac = pos - k as f64;
+    let (_, lo, right) = values.select_nth_unstable_by(k, f32::total_cmp);
+    let lo = f64::from(*lo);
+    match right.iter().copied().min_by(f32::total_cmp) {
+        Some(hi) if frac > 0.0 => lo + frac * (f64::from(hi) - lo),
+        _ => lo,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vision::masks::MASK_ON;
+
+    #[test]
+    fn mask_in_box_keeps_one_instance() {
+        let mask = GrayImage::from_pixel(8, 6, Luma([MASK_ON]));
+        let one = mask_in_box(&mask, &BBox::from([2.0, 1.0, 5.0, 3.0]));
+        let on: Vec<(u32, u32)> = one
+            .enumerate_pixels()
+            .filter(|(_, _, p)| p[0] != MASK_OFF)
+            .map(|(x, y, _)| (x, y))
+            .collect();
+        assert_eq!(on, [(2, 1), (3, 1), (4, 1), (2, 2), (3, 2), (4, 2)]);
+    }
+
+    #[test]
+    fn outlier_rule_keeps_the_10th_to_90th_percentile() {
+        // 0.90, 0.91, ..., 1.10 m: the 10th/90th percentiles are 0.92 and 1.08.
+        let mut px: Vec<DepthPixel> = (0..21)
+            .map(|i| DepthPixel {
+                x: i,
+                y: 0,
+                z: 0.9 + 0.01 * i as f32,
+            })
+            .collect();
+        drop_depth_outliers(&mut px, &DepthSampling::default());
+        let xs: Vec<u32> = px.iter().map(|p| p.x).collect();
+        assert_eq!(xs, (2..=18).collect::<Vec<_>>());
+    }
+}
