@@ -23,7 +23,7 @@ use image::{GrayImage, Luma};
 use crate::error::{Error, Result};
 use crate::vision::boxes::BBox;
 use crate::vision::camera::centres_within;
-use crate::vision::depth::{DepthImage, DepthSampling};
+use crate::vision::depth::{nearest_source, percentile, DepthImage, DepthSampling};
 use crate::vision::masks::MASK_OFF;
 
 /// `mask` with everything outside `bbox` cleared: a phrase's segmentation mask covers every
@@ -136,28 +136,6 @@ pub(crate) fn drop_depth_outliers(pixels: &mut Vec<DepthPixel>, sampling: &Depth
     let near = percentile(&mut zs, sampling.near_percentile);
     let far = percentile(&mut zs, sampling.far_percentile);
     pixels.retain(|p| (near..=far).contains(&f64::from(p.z)));
-}
-
-/// The pixel of a `src_n`-pixel axis under the centre of pixel `i` of a `dst_n`-pixel axis
-/// spanning the same extent (as in `vision::depth`).
-fn nearest_source(i: u32, dst_n: u32, src_n: u32) -> u32 {
-    let s = (2 * u64::from(i) + 1) * u64::from(src_n) / (2 * u64::from(dst_n));
-    s.min(u64::from(src_n) - 1) as u32
-}
-
-/// numpy.percentile's default "linear" percentile (q in 0..=100) of non-empty, NaN-free values
-/// (the definition of `vision::depth`'s); reorders them.
-fn percentile(values: &mut [f32], q: f64) -> f64 {
-    let n = values.len();
-    let pos = q / 100.0 * (n - 1) as f64;
-    let k = (pos.floor().max(0.0) as usize).min(n - 1);
-    let frac = pos - k as f64;
-    let (_, lo, right) = values.select_nth_unstable_by(k, f32::total_cmp);
-    let lo = f64::from(*lo);
-    match right.iter().copied().min_by(f32::total_cmp) {
-        Some(hi) if frac > 0.0 => lo + frac * (f64::from(hi) - lo),
-        _ => lo,
-    }
 }
 
 #[cfg(test)]

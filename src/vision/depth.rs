@@ -379,7 +379,7 @@ pub fn robust_depth(
 
 /// The pixel of a `src_n`-pixel axis under the centre of pixel `i` of a `dst_n`-pixel axis
 /// spanning the same extent: `floor((i + 0.5) src_n / dst_n)`, in exact integers.
-fn nearest_source(i: u32, dst_n: u32, src_n: u32) -> u32 {
+pub(crate) fn nearest_source(i: u32, dst_n: u32, src_n: u32) -> u32 {
     let s = (2 * u64::from(i) + 1) * u64::from(src_n) / (2 * u64::from(dst_n));
     // `s < src_n` for `i < dst_n`; the min guards the cast.
     s.min(u64::from(src_n) - 1) as u32
@@ -388,7 +388,7 @@ fn nearest_source(i: u32, dst_n: u32, src_n: u32) -> u32 {
 /// The `q`-th percentile (0..=100) of `values` (non-empty, no NaN) with numpy.percentile's default
 /// "linear" method: `values[k] + frac (values[k + 1] - values[k])` of the sorted values at position
 /// `q / 100 (n - 1)`. Reorders `values`; O(n).
-fn percentile(values: &mut [f32], q: f64) -> f64 {
+pub(crate) fn percentile(values: &mut [f32], q: f64) -> f64 {
     let n = values.len();
     if n == 0 {
         return f64::NAN;
