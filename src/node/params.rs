@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use vlm_perception::geometry::{CloudParams, GraspParams};
 use vlm_perception::pipeline::{format_hypothesis, DEFAULT_HYPOTHESIS_TEMPLATE};
 use vlm_perception::tracking::ByteTrackConfig;
 use vlm_perception::vision::depth::DepthSampling;
@@ -217,6 +218,10 @@ pub struct NodeParams {
     pub depth: DepthParams,
     pub tf: TfParams,
     pub tracking: TrackingParams,
+    /// Object point clouds (`~/ground`'s `return_points`).
+    pub pointcloud: CloudParams,
+    /// `~/ground`'s gripper poses.
+    pub grasp: GraspParams,
     /// Objects of the memory not seen for this long are dropped.
     pub objects_forget_after: Duration,
     pub overlay: bool,
@@ -268,6 +273,11 @@ pub const KNOWN: &[&str] = &[
     "tracking.track_buffer",
     "tracking.match_thresh",
     "tracking.fuse_score",
+    "pointcloud.voxel",
+    "pointcloud.max_points",
+    "grasp.window",
+    "grasp.min_points",
+    "grasp.min_elongation",
     "objects.forget_after",
     "overlay.enabled",
     "services.timeout",
@@ -465,6 +475,47 @@ impl NodeParams {
             enabled: r.bool("tracking.enabled", d::TRACKING_ENABLED)?,
             config,
         };
+        let max_points = r.int(
+            "pointcloud.max_points",
+            CloudParams::default().max_points as i64,
+        )?;
+        if !(0..=1_000_000).contains(&max_points) {
+            return Err(invalid(
+                "pointcloud.max_points",
+                format!("must be in 0..=1000000 (0: no cap), got {max_points}"),
+            ));
+        }
+        let pointcloud = CloudParams {
+            voxel: r.float("pointcloud.voxel", f64::from(CloudParams::default().voxel))? as f32,
+            max_points: max_points as usize,
+        };
+        pointcloud
+            .validate()
+            .map_err(|e| invalid("pointcloud.voxel", e.to_string()))?;
+        let g = GraspParams::default();
+        let window = r.int("grasp.window", i64::from(g.window))?;
+        let min_points = r.int("grasp.min_points", g.min_points as i64)?;
+        let grasp = GraspParams {
+            window: u32::try_from(window).unwrap_or(0).min(1001),
+            min_points: usize::try_from(min_points).unwrap_or(0),
+            min_elongation: r.float("grasp.min_elongation", g.min_elongation)?,
+        };
+        if !(3..=1001).contains(&window) {
+            return Err(invalid(
+                "grasp.window",
+                format!("must be in 3..=1001 pixels, got {window}"),
+            ));
+        }
+        if min_points < 3 {
+            return Err(invalid(
+                "grasp.min_points",
+                format!("must be at least 3 (a plane), got {min_points}"),
+            ));
+        }
+        grasp
+            .validate()
+            .map_err(|e| invalid("grasp.min_elongation", e.to_string()))?;
+
         let forget_after = r.float("objects.forget_after", d::OBJECTS_FORGET_AFTER)?;
         if !(forget_after > 0.0 && forget_after <= 1e6) {
             return Err(invalid(
@@ -500,6 +551,8 @@ impl NodeParams {
             depth,
             tf,
             tracking,
+            pointcloud,
+            grasp,
             objects_forget_after: Duration::from_secs_f64(forget_after),
             overlay: r.bool("overlay.enabled", d::OVERLAY_ENABLED)?,
             service_timeout: Duration::from_secs_f64(timeout),
@@ -585,6 +638,20 @@ impl NodeParams {
             (
                 "tracking.fuse_score",
                 Value::Bool(self.tracking.config.fuse_score),
+            ),
+            ("pointcloud.voxel", f(self.pointcloud.voxel)),
+            (
+                "pointcloud.max_points",
+                Value::Integer(self.pointcloud.max_points as i64),
+            ),
+            ("grasp.window", Value::Integer(i64::from(self.grasp.window))),
+            (
+                "grasp.min_points",
+                Value::Integer(self.grasp.min_points as i64),
+            ),
+            (
+                "grasp.min_elongation",
+                Value::Double(self.grasp.min_elongation),
             ),
             (
                 "objects.forget_after",

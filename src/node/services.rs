@@ -18,6 +18,7 @@ use crate::tf::{Placement, Transforms};
 use crate::worker::{
     self, DepthArg, GroundArgs, Handle, ImageArg, Job, Outcome, Reply, Request, ScoreAnswer,
 };
+use vlm_perception::geometry::transform_points;
 use vlm_perception::pipeline::grounding::scene_description;
 use vlm_perception::pipeline::Detection;
 
@@ -392,6 +393,7 @@ pub async fn ground_call(
         place,
         threshold,
         masks: req.return_masks,
+        points: req.return_points,
     };
     let r = ask_worker(&ctx.worker, timeout, |reply| Request::Ground {
         image,
@@ -406,11 +408,12 @@ pub async fn ground_call(
             let located =
                 g.pick.point.is_some() || g.place.as_ref().is_some_and(|p| p.point.is_some());
             let placement = ctx.tf.placement(&target_frame, &o.header, located).await;
-            placement.place_point(&mut g.pick.point);
+            place_target(&placement, &mut g.pick);
             if let Some(p) = &mut g.place {
-                placement.place_point(&mut p.point);
+                place_target(&placement, p);
             }
             let g = &o.result;
+            let header_3d = placement.header(&o.header);
             let mut message = format!("pick `{}`", g.pick.detection.label);
             if let Some(p) = &g.place {
                 message.push_str(&format!(", place `{}`", p.detection.label));
@@ -424,12 +427,12 @@ pub async fn ground_call(
                     success: true,
                     message,
                     header: o.header.to_msg(),
-                    pick: convert::ground_target(&o.header, &g.pick),
+                    pick: convert::ground_target(&o.header, &header_3d, &g.pick),
                     has_place: g.place.is_some(),
                     place: g
                         .place
                         .as_ref()
-                        .map(|p| convert::ground_target(&o.header, p))
+                        .map(|p| convert::ground_target(&o.header, &header_3d, p))
                         .unwrap_or_default(),
                     position_frame_id: placement.frame_id,
                 },
@@ -437,6 +440,13 @@ pub async fn ground_call(
         }
         Err(e) => fail(e),
     }
+}
+
+/// Moves a ground target's point, pose and points into the placement's frame.
+fn place_target(placement: &Placement, t: &mut worker::Target) {
+    placement.place_point(&mut t.point);
+    placement.place_with(&mut t.grasp, |g, tf| g.transformed(tf));
+    placement.place_with(&mut t.points, |p, tf| transform_points(p, tf));
 }
 
 /// `~/score` with `from_memory`: each phrase not found in the image but remembered under the

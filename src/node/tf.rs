@@ -78,10 +78,24 @@ impl Placement {
 
     /// Moves a target point into the frame; `None` when the transform failed.
     pub fn place_point(&self, point: &mut Option<Point3<f64>>) {
+        self.place_with(point, |p, t| t * p);
+    }
+
+    /// Moves `value` into the frame with `moved(value, target_from_camera)`; `None` when the
+    /// transform failed.
+    pub fn place_with<T>(
+        &self,
+        value: &mut Option<T>,
+        moved: impl FnOnce(&T, &Isometry3<f64>) -> T,
+    ) {
         match &self.transform {
             Ok(None) => {}
-            Ok(Some(t)) => *point = point.map(|p| t * p),
-            Err(_) => *point = None,
+            Ok(Some(t)) => {
+                if let Some(v) = value.as_mut() {
+                    *v = moved(v, t);
+                }
+            }
+            Err(_) => *value = None,
         }
     }
 

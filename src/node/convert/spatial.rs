@@ -6,9 +6,10 @@ use std::time::Duration;
 use nalgebra::{Isometry3, Translation3, UnitQuaternion};
 use r2r::builtin_interfaces::msg::Duration as DurationMsg;
 use r2r::geometry_msgs::msg::{Point, Pose, Quaternion, TransformStamped, Vector3};
-use r2r::sensor_msgs::msg::{CameraInfo, Image};
+use r2r::sensor_msgs::msg::{CameraInfo, Image, PointCloud2, PointField};
 use r2r::std_msgs::msg::ColorRGBA;
 use r2r::visualization_msgs::msg::{Marker, MarkerArray};
+use vlm_perception::geometry::{pack_cloud, CloudObject};
 use vlm_perception::pipeline::DetectionResult;
 use vlm_perception::transforms::Stamp;
 use vlm_perception::vision::camera::PinholeCamera;
@@ -93,6 +94,45 @@ pub fn object_pose(o: &Object3d) -> Pose {
     Pose {
         position: point(&o.centre),
         orientation: quaternion(&o.orientation),
+    }
+}
+
+/// A rigid pose (e.g. a gripper's) as `geometry_msgs/Pose`.
+pub fn pose(p: &Isometry3<f64>) -> Pose {
+    Pose {
+        position: point(&p.translation.vector.into()),
+        orientation: quaternion(&p.rotation),
+    }
+}
+
+/// Objects' points as one `sensor_msgs/PointCloud2` (the library's packed layout); an empty
+/// cloud (width 0) when there are none or they cannot be packed.
+pub fn point_cloud(header: &FrameHeader, objects: &[CloudObject<'_>]) -> PointCloud2 {
+    let Ok(c) = pack_cloud(objects) else {
+        return PointCloud2 {
+            header: header.to_msg(),
+            ..Default::default()
+        };
+    };
+    PointCloud2 {
+        header: header.to_msg(),
+        height: c.height,
+        width: c.width,
+        fields: c
+            .fields
+            .iter()
+            .map(|f| PointField {
+                name: f.name.to_string(),
+                offset: f.offset,
+                datatype: f.datatype,
+                count: f.count,
+            })
+            .collect(),
+        is_bigendian: c.is_bigendian,
+        point_step: c.point_step,
+        row_step: c.row_step,
+        data: c.data,
+        is_dense: c.is_dense,
     }
 }
 

@@ -204,6 +204,31 @@ pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
         true,
     ),
     (
+        "pointcloud.voxel",
+        "Voxel edge (metres) for object point clouds (~/ground return_points); 0 = off.",
+        true,
+    ),
+    (
+        "pointcloud.max_points",
+        "Most points in one object's cloud (evenly thinned beyond); 0 = no cap.",
+        true,
+    ),
+    (
+        "grasp.window",
+        "Side (colour pixels) of the window around a ~/ground target whose depth the approach plane is fitted to.",
+        true,
+    ),
+    (
+        "grasp.min_points",
+        "Fewest valid depth points in that window for a plane fit (else the camera's axis).",
+        true,
+    ),
+    (
+        "grasp.min_elongation",
+        "Smallest major/minor ratio of the mask for a closing axis (else the camera's x).",
+        true,
+    ),
+    (
         "objects.forget_after",
         "Seconds an object of the memory (~/objects) is kept after it was last seen.",
         true,

@@ -4,12 +4,14 @@
 
 use image::{GrayImage, RgbImage};
 use nalgebra::Point3;
+use vlm_perception::geometry::{grasp_pose, mask_in_box, object_points, GraspPose, GraspTarget};
 use vlm_perception::pipeline::grounding::{
     act_pixel, phrase_scores, scene_description, ActPixel, DepthContext, PhraseScore,
 };
 use vlm_perception::pipeline::{validate_texts, Detection, SegmentParams, SegmentationResult};
 use vlm_perception::vision::camera::PinholeCamera;
-use vlm_perception::vision::depth::{DepthImage, Object3d};
+use vlm_perception::vision::depth::{DepthImage, Object3d, ObjectRegion};
+use vlm_perception::vision::masks::MASK_OFF;
 
 use super::tracks::NO_TRACK;
 use super::{ImageArg, Outcome, Sink, Task, Worker};
@@ -46,6 +48,10 @@ pub struct Target {
     pub track_id: u64,
     pub pixel: ActPixel,
     pub point: Option<Point3<f64>>,
+    /// The gripper pose at `point` (with it), in the camera's optical frame until placed.
+    pub grasp: Option<GraspPose>,
+    /// The object's points when asked, in the camera's optical frame until placed.
+    pub points: Option<Vec<Point3<f32>>>,
     pub mask: Option<GrayImage>,
 }
 
@@ -62,6 +68,8 @@ pub struct GroundArgs {
     pub place: Option<String>,
     pub threshold: Option<f32>,
     pub masks: bool,
+    /// Return each target's point cloud.
+    pub points: bool,
 }
 
 impl<S: Sink> Worker<S> {
@@ -183,6 +191,31 @@ impl<S: Sink> Worker<S> {
         })
     }
 
+    /// The points of one detected object: the depth under its part of the phrase's mask (the
+    /// mask inside its box: one object of the phrase), else under its box's central part.
+    fn object_cloud(
+        &self,
+        pair: &DepthPair,
+        detection: &Detection,
+        mask: Option<&GrayImage>,
+    ) -> Result<Vec<Point3<f32>>, String> {
+        let instance = mask
+            .map(|m| mask_in_box(m, &detection.bbox))
+            .filter(|m| m.pixels().any(|p| p[0] != MASK_OFF));
+        let region = match &instance {
+            Some(m) => ObjectRegion::Mask(m),
+            None => ObjectRegion::Box(detection.bbox),
+        };
+        object_points(
+            &pair.camera,
+            &pair.depth,
+            region,
+            &self.params.depth.sampling,
+            &self.params.pointcloud,
+        )
+        .map_err(|e| e.to_string())
+    }
+
     pub(super) fn ground(
         &mut self,
         image: ImageArg,
@@ -237,11 +270,38 @@ impl<S: Sink> Worker<S> {
                 .map_err(|e| e.to_string())?,
                 Err(_) => None,
             };
+            let (grasp, points) = match (&pair, point) {
+                (Ok(p), Some(position)) => {
+                    let shape = mask.map(|m| &m.mask);
+                    let grasp = grasp_pose(
+                        &p.camera,
+                        &p.depth,
+                        &self.params.depth.sampling,
+                        &GraspTarget {
+                            pixel: (pixel.x, pixel.y),
+                            position,
+                            bbox: detection.bbox,
+                            mask: shape,
+                        },
+                        &self.params.grasp,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let points = if args.points {
+                        Some(self.object_cloud(p, &detection, shape)?)
+                    } else {
+                        None
+                    };
+                    (Some(grasp), points)
+                }
+                _ => (None, None),
+            };
             targets.push(Target {
                 track_id: self.tracks.track_of(&header, &detection),
                 detection,
                 pixel,
                 point,
+                grasp,
+                points,
                 mask: mask.filter(|_| args.masks).map(|m| m.mask.clone()),
             });
         }
