@@ -1629,7 +1629,7 @@ def verify() -> None:
         proc = AutoProcessor.from_pretrained(d)
         tok = AutoTokenizer.from_pretrained(d)
         assert type(proc).__name__ in ("OwlViTProcessor", "Owlv2Processor", "CLIPSegProcessor", "ViltProcessor",
-                                       "CLIPProcessor"), type(proc)
+                                       "CLIPProcessor", "BlipProcessor"), type(proc)
         weights = {f.name for f in d.iterdir()} & {"model.safetensors", "pytorch_model.bin"}
         assert len(weights) == 1, weights
         # the tokenizers-library view of tokenizer.json (what a Rust port loads) must agree with transformers
@@ -1719,6 +1719,9 @@ def main() -> None:
     # So do the CLIP zero-shot classification fixtures (they read the images written above).
     print("CLIP zero-shot classification (scripts/make_clip_fixtures.py)")
     subprocess.run([sys.executable, str(Path(__file__).with_name("make_clip_fixtures.py"))], check=True)
+    # And the BLIP captioning / generative VQA fixtures (they read the images written above).
+    print("BLIP captioning and VQA (scripts/make_blip_fixtures.py)")
+    subprocess.run([sys.executable, str(Path(__file__).with_name("make_blip_fixtures.py"))], check=True)
     write_readme()
     verify()
     total = sum(f.stat().st_size for f in FIX.rglob("*") if f.is_file())
