@@ -4,11 +4,14 @@
 //! - [`Classifier`]: CLIP zero-shot image classification.
 //! - [`Segmenter`]: CLIPSeg text-prompted segmentation.
 //! - [`VqaModel`]: ViLT visual question answering.
+//! - [`BlipGenerator`] ([`Captioner`]): BLIP image captioning and generative VQA.
 
+pub mod caption;
 pub mod checkpoint;
 pub mod classify;
 pub mod detect;
 pub mod device;
+pub mod generate;
 pub mod grounding;
 pub mod host_memory;
 pub mod segment;
@@ -18,7 +21,9 @@ pub mod types;
 pub mod vqa;
 pub mod weights;
 
+pub use caption::{BlipGenerator, Captioner, GeneratedText};
 pub use checkpoint::Checkpoint;
+pub use generate::{EarlyStopping, GenerationConfig};
 pub use classify::{
     ClassificationResult, Classifier, LabelEmbeddings, LabelScore, DEFAULT_HYPOTHESIS_TEMPLATE,
 };
