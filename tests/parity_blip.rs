@@ -203,3 +203,59 @@ fn caption_from_an_image_file() {
     // a VQA call on a captioning checkpoint is refused
     assert!(gen.answer(&image, "what is this?", &config).is_err());
 }
+
+/// The generated ids of one reference case (after the prompt).
+fn reference_new_tokens(model: &str, stem: &str, text: &str, setting: &str) -> Vec<u32> {
+    let refs = cases_json(model);
+    let image = refs["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["stem"] == stem)
+        .unwrap();
+    let case = image["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["setting"] == setting && c["text"] == text)
+        .unwrap();
+    ids(&case["sequence"])[ids(&case["prompt_ids"]).len()..].to_vec()
+}
+
+#[test]
+fn caption_and_ask_clis_match_generate() {
+    let image = image_path("coffee.png");
+    let out = cli_json(&[
+        "caption",
+        "--model",
+        model_dir("blip-tiny").to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        "a photo of",
+        "--num-beams",
+        "3",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]);
+    let want = reference_new_tokens("blip-tiny", "coffee", "a photo of", "beam3");
+    assert_eq!(ids(&out["token_ids"]), want);
+    assert!(out["score"].as_f64().is_some() && out["stop"].is_string());
+    let question = "how many cats are there?";
+    let out = cli_json(&[
+        "ask",
+        "--model",
+        model_dir("blip-tiny-vqa").to_str().unwrap(),
+        "--image",
+        image_path("chelsea.png").to_str().unwrap(),
+        "--question",
+        question,
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    let want = reference_new_tokens("blip-tiny-vqa", "chelsea", question, "greedy");
+    assert_eq!(ids(&out["token_ids"]), want);
+    assert_eq!(out["prompt"], question);
+}
