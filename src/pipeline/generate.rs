@@ -450,7 +450,10 @@ fn beam_search(
         if !(improvable && open && !hits.iter().all(|&h| h)) {
             break;
         }
-        decoder.select_rows(&origins)?;
+        // reorder the cache unless every beam continues itself
+        if origins.iter().enumerate().any(|(i, &o)| o as usize != i) {
+            decoder.select_rows(&origins)?;
+        }
         let last: Vec<u32> = running.iter().map(|s| s[s.len() - 1]).collect();
         rows = decoder.step(&last)?;
         if rows.len() != beams {
