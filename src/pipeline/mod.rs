@@ -23,7 +23,6 @@ pub mod weights;
 
 pub use caption::{BlipGenerator, Captioner, GeneratedText};
 pub use checkpoint::Checkpoint;
-pub use generate::{EarlyStopping, GenerationConfig};
 pub use classify::{
     ClassificationResult, Classifier, LabelEmbeddings, LabelScore, DEFAULT_HYPOTHESIS_TEMPLATE,
 };
@@ -31,6 +30,7 @@ pub use detect::{
     DetectParams, Detector, DetectorFamily, ImageQueryOutput, QueryEmbeddings, QueryKind,
 };
 pub use device::LoadOptions;
+pub use generate::{EarlyStopping, GenerationConfig};
 pub use segment::{
     PromptEmbeddings, PromptMask, SegmentParams, SegmentationLogits, SegmentationResult, Segmenter,
 };
