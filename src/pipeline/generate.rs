@@ -107,9 +107,11 @@ impl GenerationConfig {
                 "the prompt has {prompt_len} tokens, the generation's max_length is {max_length}"
             )));
         }
-        if max_length > max_positions {
+        // the last token is generated, never fed back: positions 0..max_length - 1 are run
+        if max_length > max_positions + 1 {
             return Err(Error::InvalidInput(format!(
-                "max_length {max_length} exceeds the decoder's {max_positions} positions"
+                "max_length {max_length} exceeds the decoder's {max_positions} positions (plus \
+                 the last token)"
             )));
         }
         let min_length = self
@@ -506,7 +508,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.lengths(4, 512).unwrap(), (9, 6));
-        assert!(c.lengths(4, 8).is_err());
+        assert!(c.lengths(4, 8).is_ok() && c.lengths(4, 7).is_err());
     }
 
     #[test]
