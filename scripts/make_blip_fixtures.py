@@ -75,6 +75,9 @@ CAPTION_SETTINGS = [
     ("beam3_never", dict(num_beams=3, max_new_tokens=8, early_stopping="never", length_penalty=1.5)),
     ("beam3_min_rep", dict(num_beams=3, max_new_tokens=10, min_new_tokens=4, repetition_penalty=1.3)),
     ("beam4_short", dict(num_beams=4, max_new_tokens=3)),
+    # no prompt only: the whole position table (1 + 64 tokens: the last one is never fed back)
+    ("greedy_long", dict(max_new_tokens=64, min_new_tokens=64)),
+    ("beam3_long", dict(num_beams=3, max_new_tokens=64, min_new_tokens=64)),
 ]
 VQA_SETTINGS = [
     ("greedy", dict(max_new_tokens=8)),
@@ -228,6 +231,8 @@ def make_blip(name: str, spec: dict) -> None:
             if name == "blip-tiny-vqa":
                 prompt_ids = [model.config.text_config.bos_token_id]  # the answer decoder starts from [DEC]
             for setting, kwargs in spec["settings"]:
+                if setting.endswith("_long") and text is not None:
+                    continue
                 with torch.no_grad():
                     res = model.generate(**{k: v.clone() for k, v in inputs.items()}, output_scores=True,
                                          return_dict_in_generate=True, **kwargs)

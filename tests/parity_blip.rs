@@ -2,7 +2,8 @@
 //! random checkpoints of scripts/make_blip_fixtures.py (blip-tiny: BlipForConditionalGeneration;
 //! blip-tiny-vqa: BlipForQuestionAnswering), for 4 images x prompts / questions x generation
 //! settings (greedy, beam search with 3 and 4 beams, length penalties, early_stopping true /
-//! false / "never", min_length, min_new_tokens, repetition penalty, the default 20 new tokens):
+//! false / "never", min_length, min_new_tokens, repetition penalty, the default 20 new tokens,
+//! 64 new tokens over the whole position table):
 //!
 //! - the decoder's prompt (`[DEC]` + prompt tokens without the trailing `[SEP]`) and the
 //!   question's token ids identical to the processor's;
