@@ -1514,6 +1514,17 @@ owlv2-tiny-p16 chelsea <- chelsea_107x181). `meta.json` names the images and the
   [1, 3, 64, 64]; clip-tiny-bin is the 224 px layout of openai/clip-vit-base-patch32 (with that checkpoint's
   preprocessor_config.json verbatim: integer `size` / `crop_size`) and stores no pixel arrays.
 
+### BLIP captioning and VQA (`reference/blip-tiny*/`, `scripts/make_blip_fixtures.py`)
+* `blip-tiny` (BlipForConditionalGeneration) and `blip-tiny-vqa` (BlipForQuestionAnswering): 64 px / patch 16,
+  2-layer towers, bert-base-uncased's first 2200 WordPiece lines + `[DEC]` (bos) / `[ENC]`; the LM head's
+  `[SEP]` bias raised so that some generations stop on it. No generation_config.json (as the hub repositories).
+* `cases.json` (one case a line): per image, per prompt / question and generation setting (greedy, beam search,
+  length penalties, early_stopping, min_length / min_new_tokens, repetition penalty, the default length): the
+  decoder's prompt ids, `generate`'s sequence, the decoded text, greedy's per-step scores or beam search's
+  `sequences_scores`.
+* `blip-tiny/<image>/pixel_values.npy` [1, 3, 64, 64] (the processor's, torchvision; the VQA checkpoint's
+  processor is the same), `blip-tiny/first_logits.npy`: the first step's logits for chelsea, no prompt.
+
 ### ViLT (`reference/vilt-*/<image>/`)
 * `pixel_values.npy` [1, 3, H, W], `pixel_mask.npy` [1, H, W] (all ones for a single image),
   `pixel_values_pil.npy`.
@@ -1529,6 +1540,12 @@ PIL `Image.resize` and with torchvision `resize(antialias=True)` (what transform
 
 ## transformers behaviour worth knowing (5.17.0)
 
+* BLIP `generate`: the prompt's `[CLS]` becomes `[DEC]` (text `bos_token_id`) and its last token (`[SEP]`) is
+  dropped; no prompt is `[DEC]` alone; it stops on `sep_token_id` ([SEP]), not `eos_token_id`. The text decoder's
+  generation settings come from its own config-derived defaults: a `generation_config.json` or generation keys in
+  `config.json` are ignored (checked), so unset means greedy and `max_length` = prompt + 20, capped at the text
+  `max_position_embeddings`. `min_new_tokens` overrides `min_length` (prompt + min_new_tokens). Beam search
+  orders exactly equal scores by `torch.topk`, which documents no order for ties.
 * OWL-ViT tokenizer: pad token `!` is registered as a special added token (id 0), so a `!` inside a query
   becomes id 0 instead of `!</w>` (256). The processor pads every query to `max_length`; truncation keeps
   `<|endoftext|>` last. The text tower pools at `argmax(input_ids)` (the EOS, the largest id) and uses a causal
@@ -1629,7 +1646,7 @@ def verify() -> None:
         proc = AutoProcessor.from_pretrained(d)
         tok = AutoTokenizer.from_pretrained(d)
         assert type(proc).__name__ in ("OwlViTProcessor", "Owlv2Processor", "CLIPSegProcessor", "ViltProcessor",
-                                       "CLIPProcessor"), type(proc)
+                                       "CLIPProcessor", "BlipProcessor"), type(proc)
         weights = {f.name for f in d.iterdir()} & {"model.safetensors", "pytorch_model.bin"}
         assert len(weights) == 1, weights
         # the tokenizers-library view of tokenizer.json (what a Rust port loads) must agree with transformers
@@ -1719,6 +1736,9 @@ def main() -> None:
     # So do the CLIP zero-shot classification fixtures (they read the images written above).
     print("CLIP zero-shot classification (scripts/make_clip_fixtures.py)")
     subprocess.run([sys.executable, str(Path(__file__).with_name("make_clip_fixtures.py"))], check=True)
+    # And the BLIP captioning / generative VQA fixtures (they read the images written above).
+    print("BLIP captioning and VQA (scripts/make_blip_fixtures.py)")
+    subprocess.run([sys.executable, str(Path(__file__).with_name("make_blip_fixtures.py"))], check=True)
     write_readme()
     verify()
     total = sum(f.stat().st_size for f in FIX.rglob("*") if f.is_file())

@@ -34,7 +34,7 @@ part "cargo test --release" cargo test --release
 # GPU (CUDA, Jetson) runs instead of our CPU kernels, against the same references.
 part "parity tests on the generic kernel path (VLM_TEST_KERNEL_PATH=generic)" \
   env VLM_TEST_KERNEL_PATH=generic cargo test --release --test parity_owlvit --test parity_owlv2 \
-  --test parity_image_guided --test parity_clipseg --test parity_vilt --test parity_clip
+  --test parity_image_guided --test parity_clipseg --test parity_vilt --test parity_clip --test parity_blip
 part "ROS 2 node tests" bash scripts/test_ros.sh
 if [ "${VLM_PLATFORM_CHECKS:-1}" != 0 ]; then
   part "the cuda feature compiles, compute 90 and 87 (scripts/check_cuda.sh)" \

@@ -211,3 +211,35 @@ fn bad_flags() {
     );
     assert_fails_with(&out, &["tpu"]);
 }
+
+#[test]
+fn caption_bad_input() {
+    let blip = model_dir("blip-tiny");
+    let image = image_path("coffee.png");
+    let caption = |extra: &[&str]| {
+        let mut args = vec![
+            "caption",
+            "--model",
+            blip.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        cli(&args)
+    };
+    assert_fails_with(&caption(&["--num-beams", "0"]), &["num_beams"]);
+    assert_fails_with(
+        &caption(&["--max-new-tokens", "100"]),
+        &["max_length", "64 positions"],
+    );
+    assert_fails_with(&caption(&["--prompt", "  "]), &["prompt"]);
+    // a VQA checkpoint is not a captioner, a CLIP one not BLIP
+    let out = cli(&[
+        "caption",
+        "--model",
+        model_dir("clip-tiny").to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+    ]);
+    assert_fails_with(&out, &["CLIPModel", "BlipForConditionalGeneration"]);
+}

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// Open-vocabulary perception for robots: OWL-ViT / OWLv2 detection, CLIPSeg segmentation, ViLT
-/// visual question answering and CLIP zero-shot classification, on CPU or NVIDIA GPUs.
+/// and BLIP visual question answering, CLIP zero-shot classification and BLIP captioning, on CPU
+/// or NVIDIA GPUs.
 #[derive(Debug, Parser)]
 #[command(name = "vlm-perception", version, about)]
 pub struct Cli {
@@ -24,10 +25,62 @@ pub enum Command {
     Detect(DetectArgs),
     /// Segment the regions described by text prompts (CLIPSeg).
     Segment(SegmentArgs),
-    /// Answer a question about an image (ViLT).
+    /// Answer a question about an image (ViLT: ranked answers; BLIP VQA: a generated answer;
+    /// from the checkpoint).
     Ask(AskArgs),
     /// Classify an image among candidate labels, zero-shot (CLIP).
     Classify(ClassifyArgs),
+    /// Describe an image in a sentence (BLIP captioning).
+    Caption(CaptionArgs),
+}
+
+/// Text generation settings (BLIP); unset ones are transformers' `generate` defaults: greedy,
+/// 20 new tokens.
+#[derive(Debug, Args)]
+pub struct GenerationArgs {
+    /// Beam search with this many beams (1: greedy).
+    #[arg(long, value_name = "N")]
+    pub num_beams: Option<usize>,
+
+    /// At most this many generated tokens.
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+}
+
+impl GenerationArgs {
+    pub fn is_set(&self) -> bool {
+        self.num_beams.is_some() || self.max_new_tokens.is_some()
+    }
+
+    pub fn config(&self) -> vlm_perception::pipeline::GenerationConfig {
+        let mut c = vlm_perception::pipeline::GenerationConfig::default();
+        if let Some(n) = self.num_beams {
+            c.num_beams = n;
+        }
+        c.max_new_tokens = self.max_new_tokens;
+        c
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CaptionArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The image to describe (PNG, JPEG, WebP, GIF, BMP, TIFF).
+    #[arg(long)]
+    pub image: PathBuf,
+
+    /// Text the caption continues, e.g. "a photo of" (it starts the caption printed).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where and how a model runs.
@@ -160,9 +213,13 @@ pub struct AskArgs {
     #[arg(long, value_name = "TEXT")]
     pub question: String,
 
-    /// How many answers to return (at most the model's answer vocabulary).
+    /// How many answers to return (at most the model's answer vocabulary; ViLT only).
     #[arg(long, default_value_t = vlm_perception::pipeline::vqa::DEFAULT_TOP_K)]
     pub top_k: usize,
+
+    /// BLIP VQA only.
+    #[command(flatten)]
+    pub generation: GenerationArgs,
 
     /// Print one JSON object instead of text.
     #[arg(long)]

@@ -1,8 +1,9 @@
-//! `vlm-perception ask`.
+//! `vlm-perception ask`: ViLT (ranked answers) or BLIP VQA (a generated answer), from the
+//! checkpoint's config.json.
 
 use anyhow::{Context, Result};
 use vlm_perception::{
-    pipeline::{LoadOptions, VqaModel},
+    pipeline::{BlipGenerator, Checkpoint, LoadOptions, VqaModel},
     vision::image_io,
 };
 
@@ -14,7 +15,15 @@ pub fn run(args: &AskArgs) -> Result<()> {
     }
     let options = LoadOptions::parse(&args.model.device, &args.model.dtype)?;
     let image = image_io::load_rgb(&args.image)?;
-    let model = VqaModel::load(&args.model.model, &options)
+    let ckpt = Checkpoint::resolve(&args.model.model)
+        .with_context(|| format!("cannot load VQA model `{}`", args.model.model))?;
+    if BlipGenerator::is_blip(&ckpt)? {
+        return run_blip(args, &ckpt, &options, &image);
+    }
+    if args.generation.is_set() {
+        anyhow::bail!("--num-beams and --max-new-tokens apply to BLIP VQA checkpoints only");
+    }
+    let model = VqaModel::from_checkpoint(&ckpt, &options)
         .with_context(|| format!("cannot load VQA model `{}`", args.model.model))?;
     let result = model
         .ask(&image, &args.question, args.top_k)
@@ -31,6 +40,30 @@ pub fn run(args: &AskArgs) -> Result<()> {
         for (i, a) in result.answers.iter().enumerate() {
             println!("{:>3}. {:<24} {:.3}", i + 1, a.answer, a.score);
         }
+    }
+    Ok(())
+}
+
+fn run_blip(
+    args: &AskArgs,
+    ckpt: &Checkpoint,
+    options: &LoadOptions,
+    image: &image::RgbImage,
+) -> Result<()> {
+    let model = BlipGenerator::from_checkpoint(ckpt, options)
+        .with_context(|| format!("cannot load VQA model `{}`", args.model.model))?;
+    let result = model
+        .answer(image, &args.question, &args.generation.config())
+        .with_context(|| format!("cannot answer about `{}`", args.image.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!(
+            "Q: {} ({:.1} ms)",
+            args.question,
+            result.timings.total().as_secs_f64() * 1e3
+        );
+        println!("A: {}", result.text);
     }
     Ok(())
 }

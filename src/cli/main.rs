@@ -3,6 +3,7 @@
 
 mod args;
 mod ask;
+mod caption;
 mod classify;
 mod detect;
 mod segment;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         Command::Segment(a) => segment::run(a),
         Command::Ask(a) => ask::run(a),
         Command::Classify(a) => classify::run(a),
+        Command::Caption(a) => caption::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

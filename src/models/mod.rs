@@ -1,6 +1,7 @@
 //! Pure candle ports of the transformers models. Nothing here knows about ROS, files or
 //! images: configs deserialize `config.json`, modules take tensors.
 
+pub mod blip;
 pub mod clip;
 pub mod clipseg;
 pub mod interpolate;

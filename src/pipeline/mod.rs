@@ -4,11 +4,14 @@
 //! - [`Classifier`]: CLIP zero-shot image classification.
 //! - [`Segmenter`]: CLIPSeg text-prompted segmentation.
 //! - [`VqaModel`]: ViLT visual question answering.
+//! - [`BlipGenerator`] ([`Captioner`]): BLIP image captioning and generative VQA.
 
+pub mod caption;
 pub mod checkpoint;
 pub mod classify;
 pub mod detect;
 pub mod device;
+pub mod generate;
 pub mod grounding;
 pub mod host_memory;
 pub mod segment;
@@ -18,6 +21,7 @@ pub mod types;
 pub mod vqa;
 pub mod weights;
 
+pub use caption::{BlipGenerator, Captioner, GeneratedText};
 pub use checkpoint::Checkpoint;
 pub use classify::{
     format_hypothesis, ClassificationResult, Classifier, LabelEmbeddings, LabelScore,
@@ -27,6 +31,7 @@ pub use detect::{
     DetectParams, Detector, DetectorFamily, ImageQueryOutput, QueryEmbeddings, QueryKind,
 };
 pub use device::LoadOptions;
+pub use generate::{EarlyStopping, GenerationConfig};
 pub use segment::{
     PromptEmbeddings, PromptMask, SegmentParams, SegmentationLogits, SegmentationResult, Segmenter,
 };

@@ -167,6 +167,17 @@ impl TextTokenizer {
         self.pad_id
     }
 
+    /// The text of `ids`, as transformers' `decode`: with `skip_special`, special and added
+    /// special tokens (BLIP's `[DEC]`, `[SEP]`) are left out; the file's decoder joins the rest.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Tokenizer {
+                model: self.model.clone(),
+                reason: format!("cannot decode {ids:?}: {e}"),
+            })
+    }
+
     /// Tokenizes `texts` with special tokens, truncating to the model's maximum length (with a
     /// warning, as transformers does) and padding as asked.
     pub fn encode<S: AsRef<str>>(&self, texts: &[S], padding: Padding) -> Result<TokenBatch> {
