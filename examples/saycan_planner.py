@@ -73,6 +73,11 @@ def fmt_target(t, frame: str) -> str:
         s += f", 3D x={t.point.x:.3f} y={t.point.y:.3f} z={t.point.z:.3f} m in {frame}"
     else:
         s += ", no 3D point (see the message)"
+    if t.has_pose:
+        q = t.pose.orientation
+        s += (f"\n         gripper pose: quaternion (x={q.x:.3f} y={q.y:.3f} z={q.z:.3f} w={q.w:.3f}), approach "
+              f"{'from the surface' if t.approach_from_fit else 'along the camera axis'}, closing "
+              f"{'across the mask' if t.closing_from_mask else 'along the camera x'}")
     return s
 
 

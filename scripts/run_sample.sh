@@ -2,15 +2,17 @@
 # Sets everything up and runs vlm_perception_node on the bundled sample photos: an image-sequence
 # publisher (scripts/sample_camera.py) stands in for a camera and the robot's static tf tree,
 # prints what the node publishes for each frame (detections with 3D positions in base_link,
-# segmentation, the zero-shot classification, the answer to a question) and saves the overlays.
+# segmentation, the zero-shot classification, a caption, the answer to a question) and saves the
+# overlays.
 #
 #   scripts/run_sample.sh [--out DIR] [--compressed] [--question TEXT] [--images FILE...]
 #
 # Models (each a Hugging Face hub id or a local checkpoint directory in hub layout):
 #   VLM_OWLVIT_MODEL   default google/owlvit-base-patch32
 #   VLM_CLIPSEG_MODEL  default CIDAS/clipseg-rd64-refined
-#   VLM_VILT_MODEL     default dandelin/vilt-b32-finetuned-vqa
+#   VLM_VQA_MODEL      default Salesforce/blip-vqa-base (or dandelin/vilt-b32-finetuned-vqa)
 #   VLM_CLIP_MODEL     default openai/clip-vit-base-patch32
+#   VLM_BLIP_MODEL     default Salesforce/blip-image-captioning-base
 # A default is used when it is in the HF cache or the hub is reachable (the node downloads it on
 # first use). Otherwise, or with VLM_SAMPLE_OFFLINE=1, the run falls back to the tiny random
 # checkpoints in tests/fixtures/models: everything runs, but their boxes and answers are noise.
@@ -73,9 +75,11 @@ pick() { # pick RESULT_VAR ENV_VAR HUB_ID FIXTURE: sets RESULT_VAR to the model 
 }
 pick owlvit VLM_OWLVIT_MODEL google/owlvit-base-patch32 owlvit-tiny-p16
 pick clipseg VLM_CLIPSEG_MODEL CIDAS/clipseg-rd64-refined clipseg-tiny-rd16
-pick vilt VLM_VILT_MODEL dandelin/vilt-b32-finetuned-vqa vilt-tiny-vqa
+# free-form answers (BLIP VQA); dandelin/vilt-b32-finetuned-vqa ranks fixed answers instead
+pick vilt VLM_VQA_MODEL Salesforce/blip-vqa-base blip-tiny-vqa
 pick clip VLM_CLIP_MODEL openai/clip-vit-base-patch32 clip-tiny
-log "models: owlvit=$owlvit clipseg=$clipseg vilt=$vilt clip=$clip"
+pick blip VLM_BLIP_MODEL Salesforce/blip-image-captioning-base blip-tiny
+log "models: owlvit=$owlvit clipseg=$clipseg vqa=$vilt clip=$clip blip=$blip"
 if [ "${#fallback[@]}" -gt 0 ]; then
   log "NOTE: no reachable Hugging Face hub and no cached weights for ${fallback[*]}: using the tiny RANDOM"
   log "      test checkpoints (tests/fixtures/models). The pipeline runs end to end, but boxes, masks and"
@@ -94,6 +98,8 @@ cat > "$out/sample_params.yaml" <<YAML
     vilt: {model: "$vilt"}
     # zero-shot classification of every processed frame, on ~/classification
     clip: {enabled: true, model: "$clip", labels: ["a cat", "a cup of coffee", "a rocket launch"]}
+    # a caption of each frame (~/caption)
+    blip: {enabled: true, model: "$blip"}
     overlay: {enabled: true}
     depth: {enabled: true}
     # 3D outputs in the robot's frame: sample_camera.py publishes the static tree

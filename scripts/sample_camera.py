@@ -31,7 +31,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 from vlm_perception_msgs.msg import Answer, Classification, DetectionArray, SegmentationArray
-from vlm_perception_msgs.srv import Ask, GetObjects
+from vlm_perception_msgs.srv import Ask, Caption, GetObjects
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = [REPO / "tests/fixtures/images" / n for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
@@ -147,6 +147,7 @@ class SampleCamera:
                               lambda m: self.classifications.setdefault(stamp_key(m.header), m), RELIABLE)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, RELIABLE)
         self.ask = n.create_client(Ask, f"{node_name}/ask")
+        self.caption = n.create_client(Caption, f"{node_name}/caption")
         self.get_objects = n.create_client(GetObjects, f"{node_name}/get_objects")
 
     def _on_diag(self, msg):
@@ -286,6 +287,17 @@ def main():
                 out = args.out / f"{path.stem}_overlay.png"
                 PILImage.frombytes("RGB", (overlay.width, overlay.height), bytes(overlay.data)).save(out)
                 print(f"  overlay -> {out}")
+            if cam.caption.wait_for_service(timeout_sec=5):
+                fut = cam.caption.call_async(Caption.Request())  # no image: the latest frame
+                cam.spin_until(fut.done, args.frame_timeout)
+                r = fut.result() if fut.done() else None
+                if r is None:
+                    print("  caption: no response")
+                elif r.success:
+                    print(f"  caption ({r.caption.model}, {r.caption.latency_ms:.0f} ms): \"{r.caption.text}\"")
+                    entry["caption"] = r.caption.text
+                else:
+                    print(f"  caption: {r.message}")
             if args.question:
                 req = Ask.Request(question=args.question, top_k=3)  # no image: the latest frame
                 if cam.ask.wait_for_service(timeout_sec=5):
@@ -295,7 +307,8 @@ def main():
                     if r is None:
                         print("  ask: no response")
                     elif r.success:
-                        answers = ", ".join(f"{a.answer} ({a.score:.2f})" for a in r.answer.answers)
+                        answers = ", ".join(f"{a.answer} ({a.score:.2f})" if a.score else f"\"{a.answer}\""
+                                            for a in r.answer.answers)
                         print(f"  ask \"{args.question}\": {answers}")
                         entry["answers"] = [{"answer": a.answer, "score": round(a.score, 4)} for a in r.answer.answers]
                     else:

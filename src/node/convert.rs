@@ -22,7 +22,9 @@ use r2r::{Parameter, ParameterValue};
 use vlm_perception::pipeline::{Detection, DetectionResult};
 use vlm_perception::vision::depth::Object3d;
 
-use vlm_perception::pipeline::{ClassificationResult, SegmentationResult, VqaResult};
+use vlm_perception::pipeline::{
+    ClassificationResult, GeneratedText, SegmentationResult, VqaResult,
+};
 use vlm_perception::vision::boxes::BBox;
 use vlm_perception::vision::image_io::{check_size, decode_rgb, to_rgb};
 
@@ -473,6 +475,24 @@ pub fn answer(
                 score: a.score,
             })
             .collect(),
+        model: model.to_string(),
+        latency_ms: millis(latency),
+    }
+}
+
+pub fn caption(
+    header: &FrameHeader,
+    model: &str,
+    result: &GeneratedText,
+    latency: Duration,
+) -> vmsg::Caption {
+    vmsg::Caption {
+        header: header.to_msg(),
+        prompt: result.prompt.clone().unwrap_or_default(),
+        text: result.text.clone(),
+        num_tokens: u32::try_from(result.token_ids.len()).unwrap_or(u32::MAX),
+        stop: crate::worker::stop_name(result.stop).to_string(),
+        score: result.score.unwrap_or(0.0),
         model: model.to_string(),
         latency_ms: millis(latency),
     }

@@ -44,8 +44,8 @@ use memory::Memory;
 use outputs::{Publishers, StreamSink};
 use params::{split_texts, NodeParams, ParamError};
 use services::{
-    ask_call, classify_call, detect_call, get_objects_call, ground_call, score_call, segment_call,
-    serve, set_queries_call, ServiceTimeout, Services,
+    ask_call, caption_call, classify_call, detect_call, get_objects_call, ground_call, score_call,
+    segment_call, serve, set_queries_call, ServiceTimeout, Services,
 };
 use tf::Transforms;
 use worker::{Frame, Handle, Job, Level, Request};
@@ -220,6 +220,7 @@ fn run() -> Result<()> {
     let segment = node.create_service::<srv::Segment::Service>("~/segment", services.clone())?;
     let ask = node.create_service::<srv::Ask::Service>("~/ask", services.clone())?;
     let classify = node.create_service::<srv::Classify::Service>("~/classify", services.clone())?;
+    let caption = node.create_service::<srv::Caption::Service>("~/caption", services.clone())?;
     let score = node.create_service::<srv::Score::Service>("~/score", services.clone())?;
     let ground = node.create_service::<srv::Ground::Service>("~/ground", services.clone())?;
     let get_objects = node.create_service::<srv::GetObjects::Service>("~/get_objects", services)?;
@@ -229,7 +230,7 @@ fn run() -> Result<()> {
         Level::Info,
         &format!(
             "{fqn}: camera `{topic}` ({:?}, {}), device {} {}, rate {} Hz, detection {}, \
-             segmentation {}, vqa {}, classification {}, overlay {}",
+             segmentation {}, vqa {}, classification {}, captioning {}, overlay {}",
             params.camera.transport,
             if params.camera.reliable {
                 "reliable"
@@ -256,6 +257,11 @@ fn run() -> Result<()> {
             },
             if params.clip.enabled {
                 &params.clip.model
+            } else {
+                "off"
+            },
+            if params.blip.enabled {
+                &params.blip.model
             } else {
                 "off"
             },
@@ -399,6 +405,7 @@ fn run() -> Result<()> {
         tokio::spawn(serve(segment, calls.clone(), t.clone(), segment_call));
         tokio::spawn(serve(ask, calls.clone(), t.clone(), ask_call));
         tokio::spawn(serve(classify, calls.clone(), t.clone(), classify_call));
+        tokio::spawn(serve(caption, calls.clone(), t.clone(), caption_call));
         tokio::spawn(serve(score, calls.clone(), t.clone(), score_call));
         tokio::spawn(serve(ground, calls.clone(), t.clone(), ground_call));
         tokio::spawn(serve(

@@ -85,6 +85,12 @@ pub mod defaults {
     /// Off: one more model in memory, for those who classify.
     pub const CLIP_ENABLED: bool = false;
     pub const CLIP_MODEL: &str = "openai/clip-vit-base-patch32";
+    /// Off: one more model in memory, for those who caption.
+    pub const BLIP_ENABLED: bool = false;
+    pub const BLIP_MODEL: &str = "Salesforce/blip-image-captioning-base";
+    /// transformers' `generate` defaults for BLIP (its checkpoints carry no generation config).
+    pub const BLIP_NUM_BEAMS: i64 = 1;
+    pub const BLIP_MAX_NEW_TOKENS: i64 = 20;
     pub const DEPTH_ENABLED: bool = false;
     /// As the RealSense driver names its depth registered to the colour camera.
     pub const DEPTH_TOPIC: &str = "aligned_depth_to_color/image_raw";
@@ -105,6 +111,11 @@ pub mod defaults {
     pub const SERVICE_TIMEOUT: f64 = 10.0;
     pub const DIAGNOSTICS_PERIOD: f64 = 1.0;
 }
+
+/// Most beams a caption or generated answer may search with.
+pub const MAX_BEAMS: i64 = 8;
+/// Most tokens a caption or generated answer may have.
+pub const MAX_NEW_TOKENS: i64 = 512;
 
 /// Most answers a VQA call may return.
 pub const MAX_TOP_K: i64 = 100;
@@ -157,6 +168,15 @@ pub struct SegmentationParams {
     pub model: String,
     pub prompts: Vec<String>,
     pub mask_threshold: f32,
+}
+
+/// Captioning (BLIP): `~/caption`; its generation settings also serve a BLIP VQA `vilt.model`.
+#[derive(Debug, Clone)]
+pub struct CaptionParams {
+    pub enabled: bool,
+    pub model: String,
+    pub num_beams: usize,
+    pub max_new_tokens: usize,
 }
 
 /// Zero-shot classification (CLIP): `~/classify`, and the stream's labels.
@@ -215,6 +235,7 @@ pub struct NodeParams {
     pub clipseg: SegmentationParams,
     pub vilt: VqaParams,
     pub clip: ClassificationParams,
+    pub blip: CaptionParams,
     pub depth: DepthParams,
     pub tf: TfParams,
     pub tracking: TrackingParams,
@@ -258,6 +279,10 @@ pub const KNOWN: &[&str] = &[
     "clip.model",
     "clip.labels",
     "clip.hypothesis_template",
+    "blip.enabled",
+    "blip.model",
+    "blip.num_beams",
+    "blip.max_new_tokens",
     "depth.enabled",
     "depth.topic",
     "depth.camera_info_topic",
@@ -386,6 +411,27 @@ impl NodeParams {
             model: r.nonempty_string("clip.model", d::CLIP_MODEL)?,
             labels: r.texts("clip.labels", &[], "label")?,
             hypothesis_template,
+        };
+
+        let num_beams = r.int("blip.num_beams", d::BLIP_NUM_BEAMS)?;
+        if !(1..=MAX_BEAMS).contains(&num_beams) {
+            return Err(invalid(
+                "blip.num_beams",
+                format!("must be in 1..={MAX_BEAMS} (1: greedy), got {num_beams}"),
+            ));
+        }
+        let max_new_tokens = r.int("blip.max_new_tokens", d::BLIP_MAX_NEW_TOKENS)?;
+        if !(1..=MAX_NEW_TOKENS).contains(&max_new_tokens) {
+            return Err(invalid(
+                "blip.max_new_tokens",
+                format!("must be in 1..={MAX_NEW_TOKENS}, got {max_new_tokens}"),
+            ));
+        }
+        let blip = CaptionParams {
+            enabled: r.bool("blip.enabled", d::BLIP_ENABLED)?,
+            model: r.nonempty_string("blip.model", d::BLIP_MODEL)?,
+            num_beams: num_beams as usize,
+            max_new_tokens: max_new_tokens as usize,
         };
 
         let slop = r.float("depth.slop", d::DEPTH_SLOP)?;
@@ -548,6 +594,7 @@ impl NodeParams {
             clipseg,
             vilt,
             clip,
+            blip,
             depth,
             tf,
             tracking,
@@ -602,6 +649,13 @@ impl NodeParams {
             (
                 "clip.hypothesis_template",
                 Value::String(self.clip.hypothesis_template.clone()),
+            ),
+            ("blip.enabled", Value::Bool(self.blip.enabled)),
+            ("blip.model", Value::String(self.blip.model.clone())),
+            ("blip.num_beams", Value::Integer(self.blip.num_beams as i64)),
+            (
+                "blip.max_new_tokens",
+                Value::Integer(self.blip.max_new_tokens as i64),
             ),
             ("depth.enabled", Value::Bool(self.depth.enabled)),
             ("depth.topic", Value::String(self.depth.topic.clone())),

@@ -16,7 +16,8 @@ use crate::convert::{self, RawImage};
 use crate::memory::Memory;
 use crate::tf::{Placement, Transforms};
 use crate::worker::{
-    self, DepthArg, GroundArgs, Handle, ImageArg, Job, Outcome, Reply, Request, ScoreAnswer,
+    self, DepthArg, GenerationArgs, GroundArgs, Handle, ImageArg, Job, Outcome, Reply, Request,
+    ScoreAnswer,
 };
 use vlm_perception::geometry::transform_points;
 use vlm_perception::pipeline::grounding::scene_description;
@@ -258,6 +259,39 @@ pub async fn ask_call(
             },
         ),
         Err(message) => failure!(srv::Ask::Response, message),
+    }
+}
+
+pub async fn caption_call(
+    ctx: Services,
+    timeout: Duration,
+    mut req: srv::Caption::Request,
+) -> (bool, srv::Caption::Response) {
+    let image = image_arg(&mut req.image);
+    let prompt = (!req.prompt.is_empty()).then(|| std::mem::take(&mut req.prompt));
+    // <= 0: the parameter; a positive value is checked against its range by the worker.
+    let positive = |v: i32| usize::try_from(v).ok().filter(|v| *v > 0);
+    let generation = GenerationArgs {
+        num_beams: positive(req.num_beams),
+        max_new_tokens: positive(req.max_new_tokens),
+    };
+    let r = ask_worker(&ctx.worker, timeout, |reply| Request::Caption {
+        image,
+        prompt,
+        generation,
+        reply,
+    })
+    .await;
+    match r {
+        Ok(o) => (
+            true,
+            srv::Caption::Response {
+                success: true,
+                message: o.result.text.clone(),
+                caption: convert::caption(&o.header, &o.model, &o.result, o.latency),
+            },
+        ),
+        Err(message) => failure!(srv::Caption::Response, message),
     }
 }
 

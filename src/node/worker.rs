@@ -13,7 +13,8 @@
 //!
 //! Here: the requests, the worker thread and its loop. Beside it: [`handle`] (the executor's
 //! side: mailbox and queue), `models` (loading, states, embeddings), `stream` (the camera
-//! frames), `requests`, `image_queries`, `classify` and `planner` (the services), `control`
+//! frames), `requests`, `image_queries`, `classify`, `generate` and `planner` (the services),
+//! `control`
 //! (lifecycle and parameters), `diagnostics`, and the small `embed_cache`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,8 +25,9 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use tokio::sync::oneshot;
 use vlm_perception::pipeline::{
-    ClassificationResult, Classifier, DetectionResult, Detector, LabelEmbeddings, LoadOptions,
-    PromptEmbeddings, QueryEmbeddings, SegmentationResult, Segmenter, VqaModel, VqaResult,
+    BlipGenerator, ClassificationResult, Classifier, DetectionResult, Detector, GeneratedText,
+    LabelEmbeddings, LoadOptions, PromptEmbeddings, QueryEmbeddings, SegmentationResult, Segmenter,
+    VqaResult,
 };
 use vlm_perception::vision::depth::Object3d;
 
@@ -37,6 +39,7 @@ mod classify;
 mod control;
 mod diagnostics;
 mod embed_cache;
+mod generate;
 mod handle;
 mod image_queries;
 mod models;
@@ -48,6 +51,8 @@ pub mod tracks;
 use crate::log_limiter::{suppressed_note, LogLimiter};
 pub use diagnostics::{Snapshot, TaskSnapshot};
 use embed_cache::EmbedCache;
+use generate::VqaBackend;
+pub use generate::{stop_name, GenerationArgs};
 use handle::Shared;
 pub use handle::{Handle, MAX_QUEUED_REQUESTS};
 use image_queries::LabelledImages;
@@ -123,6 +128,13 @@ pub enum Request {
         top_k: Option<usize>,
         reply: Reply<Outcome<VqaResult>>,
     },
+    /// A BLIP caption.
+    Caption {
+        image: ImageArg,
+        prompt: Option<String>,
+        generation: GenerationArgs,
+        reply: Reply<Outcome<GeneratedText>>,
+    },
     /// Zero-shot classification among labels.
     Classify {
         image: ImageArg,
@@ -169,6 +181,7 @@ impl Job {
             Request::Segment { reply, .. } => reply.is_closed(),
             Request::Ask { reply, .. } => reply.is_closed(),
             Request::Classify { reply, .. } => reply.is_closed(),
+            Request::Caption { reply, .. } => reply.is_closed(),
             Request::Score { reply, .. } => reply.is_closed(),
             Request::Ground { reply, .. } => reply.is_closed(),
             Request::Reconfigure(_) => false,
@@ -194,6 +207,9 @@ impl Job {
                 let _ = reply.send(Err(message));
             }
             Request::Classify { reply, .. } => {
+                let _ = reply.send(Err(message));
+            }
+            Request::Caption { reply, .. } => {
                 let _ = reply.send(Err(message));
             }
             Request::Score { reply, .. } => {
@@ -283,14 +299,16 @@ enum Task {
     Segmentation,
     Vqa,
     Classification,
+    Caption,
 }
 
 impl Task {
-    const ALL: [Task; 4] = [
+    const ALL: [Task; 5] = [
         Task::Detection,
         Task::Segmentation,
         Task::Vqa,
         Task::Classification,
+        Task::Caption,
     ];
 
     fn label(self) -> &'static str {
@@ -299,6 +317,7 @@ impl Task {
             Task::Segmentation => "segmentation (clipseg)",
             Task::Vqa => "vqa (vilt)",
             Task::Classification => "classification (clip)",
+            Task::Caption => "captioning (blip)",
         }
     }
 
@@ -309,6 +328,7 @@ impl Task {
             Task::Segmentation => "clipseg",
             Task::Vqa => "vilt",
             Task::Classification => "clip",
+            Task::Caption => "blip",
         }
     }
 
@@ -319,6 +339,7 @@ impl Task {
             Task::Segmentation => (params.clipseg.enabled, &params.clipseg.model),
             Task::Vqa => (params.vilt.enabled, &params.vilt.model),
             Task::Classification => (params.clip.enabled, &params.clip.model),
+            Task::Caption => (params.blip.enabled, &params.blip.model),
         }
     }
 }
@@ -361,6 +382,7 @@ pub fn spawn<S: Sink>(
         segmenter: None,
         vqa: None,
         classifier: None,
+        captioner: None,
         depth,
         image_vocabulary: None,
         query_cache: EmbedCache::default(),
@@ -391,8 +413,9 @@ struct Worker<S: Sink> {
     sink: S,
     detector: Option<Detector>,
     segmenter: Option<Segmenter>,
-    vqa: Option<VqaModel>,
+    vqa: Option<VqaBackend>,
     classifier: Option<Classifier>,
+    captioner: Option<BlipGenerator>,
     /// Depth pairing, when `depth.enabled`.
     depth: Option<Arc<DepthSync>>,
     /// Query images as the stream's vocabulary (set through `~/set_queries`), in place of text.
@@ -518,6 +541,7 @@ impl<S: Sink> Worker<S> {
                 | Request::Segment { .. }
                 | Request::Ask { .. }
                 | Request::Classify { .. }
+                | Request::Caption { .. }
                 | Request::Score { .. }
                 | Request::Ground { .. }
         );
@@ -591,6 +615,14 @@ impl<S: Sink> Worker<S> {
                 reply,
             } => {
                 let _ = reply.send(self.classify(image, labels, template));
+            }
+            Request::Caption {
+                image,
+                prompt,
+                generation,
+                reply,
+            } => {
+                let _ = reply.send(self.caption(image, prompt, generation));
             }
             Request::Score {
                 image,

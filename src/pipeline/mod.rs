@@ -31,7 +31,7 @@ pub use detect::{
     DetectParams, Detector, DetectorFamily, ImageQueryOutput, QueryEmbeddings, QueryKind,
 };
 pub use device::LoadOptions;
-pub use generate::{EarlyStopping, GenerationConfig};
+pub use generate::{EarlyStopping, GenerationConfig, StopReason};
 pub use segment::{
     PromptEmbeddings, PromptMask, SegmentParams, SegmentationLogits, SegmentationResult, Segmenter,
 };

@@ -98,7 +98,7 @@ pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
     ),
     (
         "vilt.model",
-        "Hugging Face hub id or local checkpoint directory.",
+        "Hugging Face hub id or local checkpoint directory: ViLT (ranked answers) or BLIP VQA (a generated answer).",
         false,
     ),
     (
@@ -124,6 +124,26 @@ pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
     (
         "clip.hypothesis_template",
         "Each label goes through this template (one {}), as transformers' pipeline.",
+        true,
+    ),
+    (
+        "blip.enabled",
+        "Image captioning (BLIP), through ~/caption.",
+        false,
+    ),
+    (
+        "blip.model",
+        "Hugging Face hub id or local checkpoint directory (BlipForConditionalGeneration).",
+        false,
+    ),
+    (
+        "blip.num_beams",
+        "Beams of caption and BLIP-answer generation (1..8; 1 = greedy).",
+        true,
+    ),
+    (
+        "blip.max_new_tokens",
+        "Most generated tokens of a caption or BLIP answer (1..512).",
         true,
     ),
     (

@@ -37,6 +37,7 @@ impl<S: Sink> Worker<S> {
         self.segmenter = None;
         self.vqa = None;
         self.classifier = None;
+        self.captioner = None;
         self.query_cache = EmbedCache::default();
         self.prompt_cache = EmbedCache::default();
         self.label_cache = EmbedCache::default();

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use vlm_perception::pipeline::{
-    Classifier, Detector, LoadOptions, PromptEmbeddings, QueryEmbeddings, Segmenter, VqaModel,
+    BlipGenerator, Classifier, Detector, LoadOptions, PromptEmbeddings, QueryEmbeddings, Segmenter,
 };
 
-use super::{lock, Level, ModelState, Sink, Task, Worker};
+use super::{lock, Level, ModelState, Sink, Task, VqaBackend, Worker};
 
 impl<S: Sink> Worker<S> {
     pub(super) fn set_state(&self, task: Task, state: ModelState) {
@@ -34,8 +34,9 @@ impl<S: Sink> Worker<S> {
             }
         }
         self.segmenter = self.load(Task::Segmentation, Segmenter::load);
-        self.vqa = self.load(Task::Vqa, VqaModel::load);
+        self.vqa = self.load(Task::Vqa, VqaBackend::load);
         self.classifier = self.load(Task::Classification, Classifier::load);
+        self.captioner = self.load(Task::Caption, BlipGenerator::load);
     }
 
     /// Loads `task`'s model when its group is enabled, logging and recording the outcome.
@@ -122,8 +123,15 @@ impl<S: Sink> Worker<S> {
     }
 
     /// The loaded VQA model, or why there is none.
-    pub(super) fn loaded_vqa(&self) -> Result<&VqaModel, String> {
+    pub(super) fn loaded_vqa(&self) -> Result<&VqaBackend, String> {
         self.vqa.as_ref().ok_or_else(|| self.unavailable(Task::Vqa))
+    }
+
+    /// The loaded captioning model, or why there is none.
+    pub(super) fn loaded_captioner(&self) -> Result<&BlipGenerator, String> {
+        self.captioner
+            .as_ref()
+            .ok_or_else(|| self.unavailable(Task::Caption))
     }
 
     /// The loaded classifier, or why there is none.

@@ -9,7 +9,9 @@ use vlm_perception::pipeline::{
     validate_texts, DetectParams, DetectionResult, SegmentParams, SegmentationResult, VqaResult,
 };
 
-use super::{lock, ImageArg, LabelledImages, Level, Outcome, QueryImage, Sink, Task, Worker};
+use super::{
+    lock, ImageArg, LabelledImages, Level, Outcome, QueryImage, Sink, Task, VqaBackend, Worker,
+};
 use crate::convert::{decode, FrameHeader};
 use crate::params::MAX_TOP_K;
 
@@ -121,6 +123,7 @@ impl<S: Sink> Worker<S> {
             Task::Segmentation => self.segmenter.is_some(),
             Task::Vqa => self.vqa.is_some(),
             Task::Classification => self.classifier.is_some(),
+            Task::Caption => self.captioner.is_some(),
         };
         if !loaded {
             return Err(self.unavailable(task));
@@ -228,7 +231,10 @@ impl<S: Sink> Worker<S> {
             .unwrap_or(self.params.vilt.top_k)
             .clamp(1, MAX_TOP_K as usize);
         let v = self.loaded_vqa()?;
-        let result = v.ask(&img, &question, top_k).map_err(|e| e.to_string())?;
+        let result = match v {
+            VqaBackend::Vilt(m) => m.ask(&img, &question, top_k).map_err(|e| e.to_string())?,
+            VqaBackend::Blip(m) => self.generated_answer(m, &img, &question)?,
+        };
         Ok(Outcome {
             header,
             model: v.name().to_string(),
