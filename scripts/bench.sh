@@ -17,6 +17,11 @@
 #     clipseg-4   CLIPSeg rd64 @352, 4 prompts
 #     vilt        ViLT B/32 VQA (dandelin/vilt-b32-finetuned-vqa) @384x576, a 12-token question
 #     clip        CLIP B/32 zero-shot classification (openai/clip-vit-base-patch32) @224, 4 labels
+#     blip        BLIP captioning (Salesforce/blip-image-captioning-base) @384, greedy, 20 new tokens
+#     blip-beam3  the same with 3 beams
+#     blip-vqa    BLIP VQA (Salesforce/blip-vqa-base) @384, a question, greedy, 10 new tokens
+#                 (BLIP cases: exactly N new tokens a frame on both sides; "vision" is the vision
+#                 tower alone, "per_token" = (generate - vision) / N)
 #     gemm        one f32 matmul on the CPU, 2048x2048x2048 and the encoder's fc1 shape
 #                 577x768x3072 (m x k x n): the machine's GEMM rate, ours and PyTorch's; then
 #                 one core's multiply-accumulate rate per AVX-512 instruction (vlm-bench
@@ -37,7 +42,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 device=cpu dtype=f32 iters=20 warmup=3 case_=owlvit-b32 rounds=1 lockstep=0
-all_cases=(owlvit-b32 owlvit-b16 owlv2 clipseg-1 clipseg-4 vilt clip gemm)
+all_cases=(owlvit-b32 owlvit-b16 owlv2 clipseg-1 clipseg-4 vilt clip blip blip-beam3 blip-vqa gemm)
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
@@ -163,6 +168,18 @@ run_case() {
       echo "# case $c: classify, 4 labels, model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
       run_pair classify --model "$model" --image "$image" --label "a cat" --label "a dog" \
         --label "a cup of coffee" --label "a remote control" "${common[@]}"
+      ;;
+    blip|blip-beam3)
+      model="$(checkpoint blip-random-safetensors blip)"
+      local beams=1
+      [ "$c" = blip-beam3 ] && beams=3
+      echo "# case $c: generate (caption), $beams beam(s), 20 new tokens, model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
+      run_pair generate --model "$model" --image "$image" --num-beams "$beams" --max-new-tokens 20 "${common[@]}"
+      ;;
+    blip-vqa)
+      model="$(checkpoint blip-vqa-random-safetensors blip-vqa)"
+      echo "# case $c: generate (VQA), \"$vilt_question\", 10 new tokens, model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
+      run_pair generate --model "$model" --image "$image" --question "$vilt_question" --max-new-tokens 10 "${common[@]}"
       ;;
     gemm)
       local shape m k n

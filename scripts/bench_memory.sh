@@ -17,9 +17,9 @@ image="$root/tests/fixtures/images/chelsea.png"
 echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores" >&2
 # OWL-ViT B/16 (2305 tokens) and OWLv2 at 960 px (3601 tokens) have the largest activations; their
 # weights load the same way as B/32's, so they run in safetensors alone.
-for arch in owlvit owlvit-b16 owlv2 clipseg vilt clip; do
+for arch in owlvit owlvit-b16 owlv2 clipseg vilt clip blip blip-vqa; do
   formats=(safetensors bin)
-  case "$arch" in owlvit-b16|owlv2) formats=(safetensors) ;; esac
+  case "$arch" in owlvit-b16|owlv2|blip|blip-vqa) formats=(safetensors) ;; esac
   for fmt in "${formats[@]}"; do
     dir="$arch"
     # the real CLIPSeg checkpoint's architecture (ViT-B/16, refined head); clipseg-random-* was B/32
@@ -35,6 +35,8 @@ for arch in owlvit owlvit-b16 owlv2 clipseg vilt clip; do
       clipseg) task=(segment --prompt "a cat" --prompt "a remote control") ;;
       vilt) task=(ask --question "how many cats are there?") ;;
       clip) task=(classify --label "a cat" --label "a dog" --label "a remote control") ;;
+      blip) task=(caption) ;;
+      blip-vqa) task=(ask --question "what color is the cat?") ;;
     esac
     run="$("$python" scripts/bench_reference.py peak-rss -- "$cli" "${task[0]}" --model "$model" --image "$image" "${task[@]:1}")"
     "$python" - "$arch" "$fmt" "$weights" "$run" <<'PY'

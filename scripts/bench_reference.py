@@ -8,7 +8,9 @@
       tokens); owlv2 = google/owlv2-base-patch16 at 960x960 (3601 tokens; Owlv2Config's default
       is 768, which this wrote before, 2305 tokens); clipseg = CIDAS/clipseg-rd64-refined
       (ViT-B/16, 16 px patches, complex transposed convolution) at 352x352; vilt = ViLT-B/32 with the 3129 answers of dandelin/vilt-b32-finetuned-vqa;
-      clip = openai/clip-vit-base-patch32 with its preprocessor_config.json) in hub
+      clip = openai/clip-vit-base-patch32 with its preprocessor_config.json; blip / blip-vqa =
+      Salesforce/blip-image-captioning-base / blip-vqa-base, BlipConfig's defaults, the whole
+      bert-base-uncased vocabulary + [DEC], [ENC]) in hub
       layout, with the tokenizer of the fixtures. Speed and memory do not depend on the weights,
       and the real checkpoints cannot be downloaded here.
 
@@ -19,7 +21,9 @@
   bench_reference.py segment --model DIR --image FILE --prompt P [...]
   bench_reference.py ask --model DIR --image FILE --question Q [--expect-hw H W]
   bench_reference.py classify --model DIR --image FILE --label L [...] [--template T]
-      (all four also take [--device cpu|cuda] [--dtype f32|f16|bf16] [--warmup N] [--iters N])
+  bench_reference.py generate --model DIR --image FILE [--prompt P | --question Q] [--num-beams N]
+                              [--max-new-tokens N]
+      (all five also take [--device cpu|cuda] [--dtype f32|f16|bf16] [--warmup N] [--iters N])
       Time per frame (RGB image in memory -> results on the host) and model-only, interleaved
       within each iteration. One JSON object shaped like vlm-bench's: "preprocess", "forward",
       "frame" as {median_ms, p95_ms, min_ms, samples_ms (in the order taken)}, "threads" (torch's
@@ -49,6 +53,10 @@
         cheapest = processor on the image + get_image_features + logit_scale.exp() * cosine
         similarities against label embeddings computed once ("encode_labels") + softmax to host.
         Checks once, before timing, that both give the pipeline's probabilities to 1e-5.
+      generate (BLIP captioning / VQA, by config.json): processor(images=image, text=prompt or
+        question) + model.generate(max_new_tokens=N, min_new_tokens=N, num_beams=B): exactly N new
+        tokens a frame. "vision": the vision tower alone (timed apart); "per_token": (generate -
+        vision) / N; "sequence": the generated ids (ours must be the same).
 
   bench_reference.py gemm [--m 2048 --k 2048 --n 2048] [--warmup 3] [--iters 20]
       One f32 (m, k) x (k, n) torch.matmul on the CPU (output allocated each call, as vlm-bench
@@ -115,6 +123,13 @@ def make_checkpoint(out: Path, arch: str = "owlvit", fmt: str = "safetensors") -
         config = tf.CLIPConfig()  # defaults = openai/clip-vit-base-patch32
         model_cls, side = tf.CLIPModel, config.vision_config.image_size
         config.architectures = ["CLIPModel"]
+    elif arch in ("blip", "blip-vqa"):
+        # Salesforce/blip-image-captioning-base / blip-vqa-base: BlipConfig's defaults (ViT-B/16
+        # at 384 px, 577 tokens; BERT-base text with [DEC] = 30522)
+        config = tf.BlipConfig()
+        model_cls = tf.BlipForConditionalGeneration if arch == "blip" else tf.BlipForQuestionAnswering
+        side = config.vision_config.image_size
+        config.architectures = [model_cls.__name__]
     elif arch == "vilt":
         labels = {i: f"answer {i}" for i in range(VILT_VQA_LABELS)}
         config = tf.ViltConfig(num_labels=VILT_VQA_LABELS, id2label=labels, label2id={v: k for k, v in labels.items()})
@@ -132,6 +147,18 @@ def make_checkpoint(out: Path, arch: str = "owlvit", fmt: str = "safetensors") -
         state = load_file(str(out / "model.safetensors"))
         (out / "model.safetensors").unlink()
         torch.save({k: state[k].contiguous() for k in sorted(state)}, out / "pytorch_model.bin")
+    if arch in ("blip", "blip-vqa"):
+        # the hub checkpoints carry no generation_config.json (BLIP's generate ignores it anyway)
+        (out / "generation_config.json").unlink(missing_ok=True)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from make_blip_fixtures import write_tokenizer
+
+        write_tokenizer(out, None)  # bert-base-uncased's whole vocabulary + [DEC], [ENC]
+        pre = json.loads((FIXTURE_MODELS / "blip-tiny" / "preprocessor_config.json").read_text())
+        pre["size"] = {"height": side, "width": side}
+        (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+        print(out)
+        return
     src = FIXTURE_MODELS / TOKENIZER_FROM[arch]
     for name in TOKENIZER_FILES:
         if (src / name).exists():
@@ -544,6 +571,55 @@ def classify(args) -> None:
     }))
 
 
+def generate(args) -> None:
+    import transformers as tf
+
+    device, dtype, sync = setup(args)
+    arch = (tf.AutoConfig.from_pretrained(args.model).architectures or ["BlipForConditionalGeneration"])[0]
+    model_cls = tf.BlipForQuestionAnswering if arch == "BlipForQuestionAnswering" else tf.BlipForConditionalGeneration
+    processor, model, load_ms, rss_before_load = load(args, model_cls)
+    image = Image.open(args.image).convert("RGB")
+    text = args.question if args.question else args.prompt
+    n = args.max_new_tokens
+    # exactly n new tokens a frame on both sides (random weights would stop at random places)
+    kwargs = dict(max_new_tokens=n, min_new_tokens=n, num_beams=args.num_beams)
+
+    pre, vision, gen, sequence = [], [], [], None
+    with torch.inference_mode():
+        for i in iterations(args):
+            timed = i >= args.warmup
+            t0 = time.perf_counter()
+            inputs = processor(images=image, text=text, return_tensors="pt").to(device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            if timed:
+                pre.append(ms(t0))
+            t0 = time.perf_counter()
+            model.vision_model(pixel_values=inputs["pixel_values"])
+            sync()
+            if timed:
+                vision.append(ms(t0))
+            t0 = time.perf_counter()
+            sequence = model.generate(**inputs, **kwargs)[0].tolist()
+            if timed:
+                gen.append(ms(t0))
+    per_token = [(g - v) / n for g, v in zip(gen, vision)]
+    print(json.dumps({
+        **common(args, "generate", load_ms, rss_before_load),
+        "architecture": arch,
+        "text": text,
+        "num_beams": args.num_beams,
+        "new_tokens": n,
+        "sequence": sequence,
+        "preprocess": stats(pre),
+        # the vision tower alone, and generate whole (its own vision pass included)
+        "vision": stats(vision),
+        "forward": stats(gen),
+        "per_token": stats(per_token),
+        "frame": stats([a + b for a, b in zip(pre, gen)]),
+        "peak_rss_mib": peak_rss_mib(),
+    }))
+
+
 def gemm(args) -> None:
     if args.iters <= 0:
         raise SystemExit("--iters must be positive")
@@ -579,7 +655,8 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     mk = sub.add_parser("make-checkpoint")
     mk.add_argument("out", type=Path)
-    mk.add_argument("--arch", choices=["owlvit", "owlvit-b16", "owlv2", "clipseg", "vilt", "clip"], default="owlvit")
+    mk.add_argument("--arch", choices=["owlvit", "owlvit-b16", "owlv2", "clipseg", "vilt", "clip", "blip", "blip-vqa"],
+                    default="owlvit")
     mk.add_argument("--format", choices=["safetensors", "bin"], default="safetensors")
     pr = sub.add_parser("peak-rss")
     pr.add_argument("command", nargs=argparse.REMAINDER)
@@ -604,6 +681,11 @@ def main() -> None:
     c = run_args(sub.add_parser("classify"))
     c.add_argument("--label", dest="labels", action="append", required=True)
     c.add_argument("--template", default="This is a photo of {}.")
+    gen = run_args(sub.add_parser("generate"))
+    gen.add_argument("--prompt")
+    gen.add_argument("--question")
+    gen.add_argument("--num-beams", type=int, default=1)
+    gen.add_argument("--max-new-tokens", type=int, default=20)
     g = sub.add_parser("gemm")
     for dim in ("m", "k", "n"):
         g.add_argument(f"--{dim}", type=int, default=2048)
@@ -617,7 +699,8 @@ def main() -> None:
     elif args.cmd == "peak-rss":
         peak_rss(args.command[1:] if args.command[:1] == ["--"] else args.command)
     else:
-        {"detect": detect, "segment": segment, "ask": ask, "classify": classify, "gemm": gemm}[args.cmd](args)
+        {"detect": detect, "segment": segment, "ask": ask, "classify": classify, "generate": generate,
+         "gemm": gemm}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -113,9 +113,10 @@ VISION = dict(image_size=64, patch_size=16, num_hidden_layers=2, num_attention_h
 TEXT = dict(num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64)
 
 
-def write_tokenizer(out: Path) -> BertTokenizerFast:
-    """bert-base-uncased's first VOCAB_LINES lines + [DEC] / [ENC], saved as the BLIP hub checkpoints are."""
-    lines = (mf.bert_source_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()[:VOCAB_LINES]
+def write_tokenizer(out: Path, vocab_lines: int | None = VOCAB_LINES) -> BertTokenizerFast:
+    """bert-base-uncased's first `vocab_lines` lines (None: all, as the hub checkpoints) + [DEC] / [ENC], saved as
+    the BLIP hub checkpoints are."""
+    lines = (mf.bert_source_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()[:vocab_lines]
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(lines)}, do_lower_case=True, model_max_length=512)
@@ -124,8 +125,8 @@ def write_tokenizer(out: Path) -> BertTokenizerFast:
     raw = mf.Tokenizer.from_file(str(out / "tokenizer.json"))
     raw.save(str(out / "tokenizer.json"), pretty=False)
     tok = BertTokenizerFast.from_pretrained(out)
-    assert tok.convert_tokens_to_ids(["[DEC]", "[ENC]"]) == [VOCAB_LINES, VOCAB_LINES + 1]
-    assert tok.sep_token_id == SEP_ID and tok.pad_token_id == 0 and tok.bos_token_id == VOCAB_LINES
+    assert tok.convert_tokens_to_ids(["[DEC]", "[ENC]"]) == [len(lines), len(lines) + 1]
+    assert tok.sep_token_id == SEP_ID and tok.pad_token_id == 0 and tok.bos_token_id == len(lines)
     return tok
 
 

@@ -8,6 +8,8 @@
 //! - `segment`: CLIPSeg, prompt embeddings once, then frames (one image pass, prompts batched);
 //! - `ask`: ViLT VQA, one question per frame;
 //! - `classify`: CLIP zero-shot classification, label embeddings once (as the node), then frames;
+//! - `generate`: BLIP captioning or VQA, exactly `--max-new-tokens` tokens a frame, with the
+//!   vision tower timed apart (what one image costs) and the cost per generated token;
 //! - `track`: ByteTrack alone, replaying a detection sequence of the tracking fixtures (what a
 //!   frame of tracking costs next to a frame of inference);
 //! - `gemm`: one large f32 matmul, the machine's compute floor for the rest;
@@ -23,8 +25,8 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use vlm_perception::pipeline::{
-    host_memory, Classifier, DetectParams, Detector, LoadOptions, SegmentParams, Segmenter,
-    Timings, VqaModel, DEFAULT_HYPOTHESIS_TEMPLATE,
+    host_memory, BlipGenerator, Classifier, DetectParams, Detector, GenerationConfig, LoadOptions,
+    SegmentParams, Segmenter, Timings, VqaModel, DEFAULT_HYPOTHESIS_TEMPLATE,
 };
 use vlm_perception::tracking::{ByteTrackConfig, LabelledBox, LabelledTracker};
 use vlm_perception::vision::image_io;
@@ -69,6 +71,20 @@ enum Command {
         labels: Vec<String>,
         #[arg(long, default_value = DEFAULT_HYPOTHESIS_TEMPLATE)]
         template: String,
+    },
+    /// BLIP captioning (or, with `--question`, VQA): `--iters` frames of exactly
+    /// `--max-new-tokens` generated tokens.
+    Generate {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long)]
+        question: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        num_beams: usize,
+        #[arg(long, default_value_t = 20)]
+        max_new_tokens: usize,
     },
     /// ByteTrack (one tracker per label, default parameters) on a detection sequence of
     /// tests/fixtures/reference/tracking (`frames[].detections[]`: xyxy, score, label), replayed
@@ -396,6 +412,76 @@ fn classify(run: &RunArgs, labels: &[String], template: &str) -> Result<serde_js
     ))
 }
 
+fn generate_text(
+    run: &RunArgs,
+    prompt: Option<&str>,
+    question: Option<&str>,
+    num_beams: usize,
+    max_new_tokens: usize,
+) -> Result<serde_json::Value> {
+    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let image = image_io::load_rgb(&run.image)?;
+    let t = Instant::now();
+    let model = BlipGenerator::load(&run.model, &options)
+        .with_context(|| format!("loading `{}`", run.model))?;
+    let load_ms = ms(t.elapsed());
+    // exactly max_new_tokens a frame, as the reference is asked (random weights stop anywhere)
+    let config = GenerationConfig {
+        num_beams,
+        max_new_tokens: Some(max_new_tokens),
+        min_new_tokens: Some(max_new_tokens),
+        ..GenerationConfig::default()
+    };
+    let (prompt_ids, question_ids) = match question {
+        Some(q) => (vec![model.bos_token_id()], Some(model.question_ids(q)?)),
+        None => (model.prompt_ids(prompt)?, None),
+    };
+    let (mut vision, mut sequence) = (Vec::new(), Vec::new());
+    let (totals, stages) = time_frames(run, || {
+        let t0 = Instant::now();
+        let pixels = model.pixel_values(&image)?;
+        let t1 = Instant::now();
+        sync(&model.image_embeds(&pixels)?)?;
+        vision.push(ms(t1.elapsed()));
+        let t2 = Instant::now();
+        let out =
+            model.generate_from_pixels(&pixels, &prompt_ids, question_ids.as_deref(), &config)?;
+        let t3 = Instant::now();
+        sequence = out.sequence;
+        Ok(Timings {
+            preprocess: t1 - t0,
+            forward: t3 - t2,
+            postprocess: Duration::ZERO,
+        })
+    })?;
+    let vision = vision.split_off(vision.len() - totals.len());
+    let per_token = stages
+        .iter()
+        .zip(&vision)
+        .map(|(s, v)| (ms(s.forward) - v) / max_new_tokens as f64)
+        .collect();
+    // frame = preprocess + generate, as the reference's (the vision-only pass is not in it)
+    let frames = stages
+        .iter()
+        .map(|s| ms(s.preprocess + s.forward))
+        .collect();
+    Ok(report(
+        run,
+        "generate",
+        load_ms,
+        frames,
+        &stages,
+        serde_json::json!({
+            "text": question.or(prompt),
+            "num_beams": num_beams,
+            "new_tokens": max_new_tokens,
+            "sequence": sequence,
+            "vision": stats(vision),
+            "per_token": stats(per_token),
+        }),
+    ))
+}
+
 #[derive(serde::Deserialize)]
 struct TrackSequence {
     frames: Vec<TrackFrame>,
@@ -493,6 +579,19 @@ fn main() -> Result<()> {
         Command::Detect { run, queries } => detect(&run, &queries)?,
         Command::Segment { run, prompts } => segment(&run, &prompts)?,
         Command::Ask { run, question } => ask(&run, &question)?,
+        Command::Generate {
+            run,
+            prompt,
+            question,
+            num_beams,
+            max_new_tokens,
+        } => generate_text(
+            &run,
+            prompt.as_deref(),
+            question.as_deref(),
+            num_beams,
+            max_new_tokens,
+        )?,
         Command::Classify {
             run,
             labels,

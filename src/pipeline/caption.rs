@@ -287,6 +287,17 @@ impl BlipGenerator {
         )
     }
 
+    /// `[DEC]`: the text config's `bos_token_id`, where every answer and caption starts.
+    pub fn bos_token_id(&self) -> u32 {
+        self.config.text_config.bos_token_id
+    }
+
+    /// The vision tower alone on pixel values (1, 3, S, S): what one image costs before any
+    /// token (for timing; generation runs it itself).
+    pub fn image_embeds(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        Ok(self.model.image_embeds(pixel_values)?)
+    }
+
     /// The decoder's next-token logits after `prompt_ids` for a captioning checkpoint's
     /// pixels (the first generation step): (vocab,) f32.
     pub fn first_logits(&self, pixel_values: &Tensor, prompt_ids: &[u32]) -> Result<Tensor> {
@@ -315,10 +326,7 @@ impl BlipGenerator {
             BlipTask::Vqa => {
                 let q =
                     text.ok_or_else(|| Error::InvalidInput("a VQA model needs a question".into()))?;
-                (
-                    vec![self.config.text_config.bos_token_id],
-                    Some(self.question_ids(q)?),
-                )
+                (vec![self.bos_token_id()], Some(self.question_ids(q)?))
             }
         };
         let pixels = self.pixel_values(image)?;
