@@ -39,7 +39,8 @@ mod vision;
 pub use objects::{object_array, tracked_object};
 pub use planner::{ground_target, phrase_scores};
 pub use spatial::{
-    camera_info, depth_image, markers, request_camera_info, request_depth, transform_stamped,
+    camera_info, depth_image, markers, object_points, request_camera_info, request_depth,
+    transform_stamped,
 };
 #[cfg(feature = "vision_msgs")]
 pub use vision::{detection_2d_array, detection_3d_array};

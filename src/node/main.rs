@@ -155,6 +155,12 @@ fn run() -> Result<()> {
         } else {
             None
         },
+        // with depth, whether or not pointcloud.enabled (live) asks for clouds yet
+        object_points: if params.depth.enabled {
+            Some(node.create_publisher("~/objects/points", output_qos())?)
+        } else {
+            None
+        },
         #[cfg(feature = "vision_msgs")]
         detections_2d: node.create_publisher("~/detections_2d", output_qos())?,
         #[cfg(feature = "vision_msgs")]

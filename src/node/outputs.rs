@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use r2r::sensor_msgs::msg::Image;
+use r2r::sensor_msgs::msg::{Image, PointCloud2};
 use r2r::visualization_msgs::msg::MarkerArray;
 use r2r::vlm_perception_msgs::msg as vmsg;
 use tokio::sync::mpsc;
@@ -38,6 +38,8 @@ pub struct Publishers {
     pub overlay: Option<r2r::Publisher<Image>>,
     /// RViz boxes of the located detections (depth on).
     pub markers: Option<r2r::Publisher<MarkerArray>>,
+    /// The located detections' points (depth on).
+    pub object_points: Option<r2r::Publisher<PointCloud2>>,
     #[cfg(feature = "vision_msgs")]
     pub detections_2d: r2r::Publisher<r2r::vision_msgs::msg::Detection2DArray>,
     #[cfg(feature = "vision_msgs")]
@@ -72,6 +74,10 @@ impl Publishers {
         if let Some(p) = &self.markers {
             let msg = convert::markers(&header_3d, &f.result, &f.positions);
             self.check("markers", p.publish(&msg));
+        }
+        if let (Some(p), false) = (&self.object_points, f.clouds.is_empty()) {
+            let msg = convert::object_points(&header_3d, &f.result, &f.clouds, &f.tracks);
+            self.check("object points", p.publish(&msg));
         }
         #[cfg(feature = "vision_msgs")]
         {
@@ -115,13 +121,26 @@ impl StreamSink {
     }
 }
 
+/// Moves a frame's 3D into `placement`'s frame (all left out when its transform failed),
+/// publishes it and records it in the object memory.
+fn publish_placed(
+    out: &Publishers,
+    memory: &Memory,
+    mut f: FrameDetections,
+    placement: &Placement,
+) {
+    placement.place(&mut f.positions);
+    placement.place_clouds(&mut f.clouds);
+    out.detections(&f, placement);
+    memory.record(&f, placement);
+}
+
 impl Sink for StreamSink {
     fn detections(&mut self, mut frame: FrameDetections) {
         let target = self.tf.params().target_frame;
         if target.is_empty() {
             let camera = Placement::camera(&frame.header);
-            self.out.detections(&frame, &camera);
-            self.memory.record(&frame, &camera);
+            publish_placed(&self.out, &self.memory, frame, &camera);
             return;
         }
         // Every frame takes the stage while a target frame is set, so that frames stay in order.
@@ -135,9 +154,7 @@ impl Sink for StreamSink {
                     "{STAGE_DEPTH} frames are already waiting for their transforms"
                 )),
             };
-            placement.place(&mut frame.positions);
-            self.out.detections(&frame, &placement);
-            self.memory.record(&frame, &placement);
+            publish_placed(&self.out, &self.memory, frame, &placement);
         }
     }
 
@@ -193,10 +210,10 @@ pub async fn tf_stage(
 ) {
     // One line per period whatever the reason: the reasons name stamps, so each frame's differs.
     let mut limiter = LogLimiter::with_period(TF_LOG_PERIOD);
-    while let Some(mut f) = frames.recv().await {
-        let located = f.positions.iter().any(Option::is_some);
+    while let Some(f) = frames.recv().await {
+        let located =
+            f.positions.iter().any(Option::is_some) || f.clouds.iter().any(Option::is_some);
         let placement = tf.placement("", &f.header, located).await;
-        placement.place(&mut f.positions);
         if let Some(e) = placement.error() {
             if let Some(suppressed) = limiter.allow("tf", Instant::now()) {
                 log(
@@ -209,7 +226,6 @@ pub async fn tf_stage(
                 );
             }
         }
-        out.detections(&f, &placement);
-        memory.record(&f, &placement);
+        publish_placed(&out, &memory, f, &placement);
     }
 }

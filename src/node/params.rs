@@ -106,6 +106,8 @@ pub mod defaults {
     /// Tracking is cheap next to inference: on by default.
     pub const TRACKING_ENABLED: bool = true;
     pub const OBJECTS_FORGET_AFTER: f64 = 60.0;
+    /// Off: a frame does no extra work unless asked.
+    pub const POINTCLOUD_ENABLED: bool = false;
     pub const OVERLAY_ENABLED: bool = false;
     pub const LIFECYCLE: bool = false;
     pub const SERVICE_TIMEOUT: f64 = 10.0;
@@ -239,7 +241,9 @@ pub struct NodeParams {
     pub depth: DepthParams,
     pub tf: TfParams,
     pub tracking: TrackingParams,
-    /// Object point clouds (`~/ground`'s `return_points`).
+    /// Publish each processed frame's object points on `~/objects/points` (with depth).
+    pub pointcloud_enabled: bool,
+    /// Object point clouds (the stream's and `~/ground`'s `return_points`).
     pub pointcloud: CloudParams,
     /// `~/ground`'s gripper poses.
     pub grasp: GraspParams,
@@ -298,6 +302,7 @@ pub const KNOWN: &[&str] = &[
     "tracking.track_buffer",
     "tracking.match_thresh",
     "tracking.fuse_score",
+    "pointcloud.enabled",
     "pointcloud.voxel",
     "pointcloud.max_points",
     "grasp.window",
@@ -598,6 +603,7 @@ impl NodeParams {
             depth,
             tf,
             tracking,
+            pointcloud_enabled: r.bool("pointcloud.enabled", d::POINTCLOUD_ENABLED)?,
             pointcloud,
             grasp,
             objects_forget_after: Duration::from_secs_f64(forget_after),
@@ -693,6 +699,7 @@ impl NodeParams {
                 "tracking.fuse_score",
                 Value::Bool(self.tracking.config.fuse_score),
             ),
+            ("pointcloud.enabled", Value::Bool(self.pointcloud_enabled)),
             ("pointcloud.voxel", f(self.pointcloud.voxel)),
             (
                 "pointcloud.max_points",

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use nalgebra::{Isometry3, Point3};
 use tokio::sync::Notify;
+use vlm_perception::geometry::transform_points;
 use vlm_perception::transforms::{
     Stamp, TimeDirection, TransformBuffer, TransformError, DEFAULT_CACHE_TIME,
 };
@@ -73,6 +74,13 @@ impl Placement {
                 }
             }
             Err(_) => positions.iter_mut().for_each(|p| *p = None),
+        }
+    }
+
+    /// Moves per-detection point clouds into the frame; all `None` when the transform failed.
+    pub fn place_clouds(&self, clouds: &mut [Option<Vec<Point3<f32>>>]) {
+        for c in clouds.iter_mut() {
+            self.place_with(c, |p, t| transform_points(p, t));
         }
     }
 

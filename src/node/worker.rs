@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
+use nalgebra::Point3;
 use tokio::sync::oneshot;
 use vlm_perception::pipeline::{
     BlipGenerator, ClassificationResult, Classifier, DetectionResult, Detector, GeneratedText,
@@ -257,6 +258,9 @@ pub struct FrameDetections {
     pub positions: Vec<Option<Object3d>>,
     /// Per detection its track id ([`tracks::NO_TRACK`]: none; empty when tracking is off).
     pub tracks: Vec<u64>,
+    /// Per detection its points in the camera optical frame (empty unless `pointcloud.enabled`
+    /// and depth was paired with the frame; `None`: too little depth under it).
+    pub clouds: Vec<Option<Vec<Point3<f32>>>>,
     pub latency: Duration,
 }
 

@@ -14,8 +14,9 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from vlm_perception_msgs.srv import Ground
 
-from conftest import IMAGES, image_msg, load_rgb, module_node
-from test_node_depth import CX, CY, FX, FY, PHOTO, camera_info_msg, depth_msg, depth_params, next_stamp
+from conftest import IMAGES, RELIABLE, image_msg, load_rgb, module_node
+from test_node_depth import (CX, CY, FX, FY, PHOTO, Depth, camera_info_msg, depth_msg, depth_params,
+                             next_stamp, stream_frame)
 
 W, H = 451, 300
 # The plane n . p = D (camera optical frame): n unit, pointing back towards the camera.
@@ -62,7 +63,9 @@ def set_params(client, **values):
     req = SetParameters.Request()
     for name, v in values.items():
         p = ParameterValue()
-        if isinstance(v, int):
+        if isinstance(v, bool):
+            p.type, p.bool_value = ParameterType.PARAMETER_BOOL, v
+        elif isinstance(v, int):
             p.type, p.integer_value = ParameterType.PARAMETER_INTEGER, v
         else:
             p.type, p.double_value = ParameterType.PARAMETER_DOUBLE, float(v)
@@ -155,3 +158,36 @@ def test_invalid_grasp_and_cloud_parameters_are_refused(node):
                                ("pointcloud__max_points", -1, "pointcloud.max_points")):
         (res,) = set_params(client, **{name: value})
         assert not res.successful and words in res.reason, (name, res.reason)
+
+
+def test_stream_publishes_each_frames_object_points_when_enabled(node):
+    from sensor_msgs.msg import PointCloud2
+
+    proc, client = node
+    clouds = []
+    sub = client.node.create_subscription(PointCloud2, f"{proc.fqn}/objects/points", clouds.append, RELIABLE)
+    depth = Depth(client)
+    try:
+        assert all(x.successful for x in set_params(client, pointcloud__enabled=True))
+        det = stream_frame(client, depth, tilted_plane())
+        cloud = client.wait(lambda: next((c for c in clouds if c.header.stamp == det.header.stamp), None), 10,
+                            "the frame's ~/objects/points")
+        assert cloud.header.frame_id == det.header.frame_id  # no target_frame: the camera's
+        pts = decode_cloud(cloud)
+        assert len(pts) > 0
+        xyz = np.stack([pts["x"], pts["y"], pts["z"]], axis=-1).astype(np.float64)
+        assert np.abs(xyz @ NORMAL - D).max() < 3e-3  # 16UC1 depth: millimetres
+        located = {i for i, d in enumerate(det.detections) if d.has_position}
+        assert set(pts["detection_index"]) <= located and set(pts["detection_index"])
+        for i in set(pts["detection_index"]):
+            mine = pts[pts["detection_index"] == i]
+            assert set(mine["query_index"]) == {det.detections[i].query_index}
+            assert set(mine["track_id"]) == {det.detections[i].track_id}
+        # off again (live): the next frame has none
+        assert all(x.successful for x in set_params(client, pointcloud__enabled=False))
+        det = stream_frame(client, depth, tilted_plane())
+        client.spin(0.5)
+        assert not [c for c in clouds if c.header.stamp == det.header.stamp]
+    finally:
+        set_params(client, pointcloud__enabled=False)
+        client.node.destroy_subscription(sub)

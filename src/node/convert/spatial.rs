@@ -136,6 +136,30 @@ pub fn point_cloud(header: &FrameHeader, objects: &[CloudObject<'_>]) -> PointCl
     }
 }
 
+/// A frame's object points as one cloud: each located detection's points, tied to it by its
+/// track id (0: none), query index and index in the frame.
+pub fn object_points(
+    header: &FrameHeader,
+    result: &DetectionResult,
+    clouds: &[Option<Vec<nalgebra::Point3<f32>>>],
+    tracks: &[u64],
+) -> PointCloud2 {
+    let objects: Vec<CloudObject<'_>> = clouds
+        .iter()
+        .zip(&result.detections)
+        .enumerate()
+        .filter_map(|(i, (c, d))| {
+            Some(CloudObject {
+                points: c.as_deref()?,
+                track_id: Some(super::track_at(tracks, i)).filter(|&t| t != 0),
+                query_index: d.query_index,
+                detection_index: i,
+            })
+        })
+        .collect();
+    point_cloud(header, &objects)
+}
+
 /// One transform of a `tf2_msgs/TFMessage`, as the buffer takes it: parent (`header.frame_id`),
 /// child, stamp and `parent_T_child`. The rotation is not normalised here: the buffer checks
 /// its norm (and refuses NaN) as tf2 does.

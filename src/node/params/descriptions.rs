@@ -224,8 +224,13 @@ pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
         true,
     ),
     (
+        "pointcloud.enabled",
+        "Publish each processed frame's object points (PointCloud2) on ~/objects/points (with depth).",
+        true,
+    ),
+    (
         "pointcloud.voxel",
-        "Voxel edge (metres) for object point clouds (~/ground return_points); 0 = off.",
+        "Voxel edge (metres) for object point clouds (~/objects/points, ~/ground return_points); 0 = off.",
         true,
     ),
     (

@@ -29,6 +29,18 @@ pub enum DepthArg {
     },
 }
 
+/// The stream's mask of a detection's phrase, when it segmented that phrase and the mask is not
+/// empty.
+fn phrase_mask<'a>(
+    segmentation: Option<&'a SegmentationResult>,
+    d: &Detection,
+) -> Option<&'a GrayImage> {
+    segmentation
+        .and_then(|s| s.masks.iter().find(|m| m.label == d.label))
+        .filter(|m| m.bbox.is_some())
+        .map(|m| &m.mask)
+}
+
 /// `~/score`'s answer.
 pub struct ScoreAnswer {
     pub scores: Vec<PhraseScore>,
@@ -122,12 +134,24 @@ impl<S: Sink> Worker<S> {
         };
         detections
             .iter()
+            .map(|d| ctx.locate(d, phrase_mask(segmentation, d)).ok().flatten())
+            .collect()
+    }
+
+    /// The points of a frame's detections (under their part of the phrase's mask, else the
+    /// box's central part); `None` where too little depth.
+    pub(super) fn clouds(
+        &self,
+        pair: &DepthPair,
+        detections: &[Detection],
+        segmentation: Option<&SegmentationResult>,
+    ) -> Vec<Option<Vec<Point3<f32>>>> {
+        detections
+            .iter()
             .map(|d| {
-                let mask = segmentation
-                    .and_then(|s| s.masks.iter().find(|m| m.label == d.label))
-                    .filter(|m| m.bbox.is_some())
-                    .map(|m| &m.mask);
-                ctx.locate(d, mask).ok().flatten()
+                self.object_cloud(pair, d, phrase_mask(segmentation, d))
+                    .ok()
+                    .filter(|points| !points.is_empty())
             })
             .collect()
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use image::RgbImage;
+use nalgebra::Point3;
 use vlm_perception::pipeline::{
     DetectParams, DetectionResult, Detector, SegmentParams, SegmentationResult,
 };
@@ -13,6 +14,9 @@ use vlm_perception::vision::draw::{draw_labelled_box, palette_color, tint_mask};
 
 use super::diagnostics::push_bounded;
 use super::{lock, ms, Frame, FrameDetections, Sink, Task, Worker};
+
+/// Per detection its 3D box and its points (see [`FrameDetections`]).
+type FrameGeometry = (Vec<Option<Object3d>>, Vec<Option<Vec<Point3<f32>>>>);
 use crate::convert::decode;
 use crate::depth_sync::stamp_ns;
 
@@ -38,7 +42,7 @@ impl<S: Sink> Worker<S> {
         if let Some(result) = detections {
             match result {
                 Ok(r) => {
-                    let positions = self.frame_positions(frame, &image, &r, &segmentation);
+                    let (positions, clouds) = self.frame_3d(frame, &image, &r, &segmentation);
                     let tracks = if self.params.tracking.enabled {
                         self.tracks.update(&frame.header, &r.detections)
                     } else {
@@ -65,6 +69,7 @@ impl<S: Sink> Worker<S> {
                         result: r,
                         positions,
                         tracks,
+                        clouds,
                     });
                 }
                 Err(e) => self.inference_error(Task::Detection, &e),
@@ -165,28 +170,32 @@ impl<S: Sink> Worker<S> {
         }
     }
 
-    /// 3D positions of a frame's detections when depth is on (a frame without a depth pair is
-    /// processed in 2D and counted).
-    pub(super) fn frame_positions(
+    /// 3D positions (and with `pointcloud.enabled` the points) of a frame's detections when
+    /// depth is on (a frame without a depth pair is processed in 2D and counted).
+    pub(super) fn frame_3d(
         &self,
         frame: &Frame,
         image: &RgbImage,
         r: &DetectionResult,
         segmentation: &Option<Result<SegmentationResult, String>>,
-    ) -> Vec<Option<Object3d>> {
+    ) -> FrameGeometry {
         let Some(sync) = &self.depth else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let stamp = stamp_ns(frame.header.sec, frame.header.nanosec);
         let pair = sync.wait_pair(stamp, image.dimensions());
         sync.count(&pair);
+        let segmentation = segmentation.as_ref().and_then(|s| s.as_ref().ok());
         match pair {
-            Ok(p) => self.positions(
-                &p,
-                &r.detections,
-                segmentation.as_ref().and_then(|s| s.as_ref().ok()),
-            ),
-            Err(_) => vec![None; r.detections.len()],
+            Ok(p) => {
+                let clouds = if self.params.pointcloud_enabled {
+                    self.clouds(&p, &r.detections, segmentation)
+                } else {
+                    Vec::new()
+                };
+                (self.positions(&p, &r.detections, segmentation), clouds)
+            }
+            Err(_) => (vec![None; r.detections.len()], Vec::new()),
         }
     }
 }
