@@ -6,11 +6,12 @@ use std::collections::HashMap;
 
 use nalgebra::{Isometry3, Point3, Vector3};
 
-use super::{depth_pixels, drop_depth_outliers, enough_depth};
+use super::drop_depth_outliers;
 use crate::error::{Error, Result};
-use crate::vision::boxes::BBox;
 use crate::vision::camera::PinholeCamera;
-use crate::vision::depth::{DepthImage, DepthSampling, ObjectRegion};
+use crate::vision::depth::{
+    enough_depth, region_depth_pixels, DepthImage, DepthSampling, ObjectRegion,
+};
 
 /// `sensor_msgs/PointField` datatype codes used here (the message's constants).
 pub const POINT_FIELD_UINT32: u8 = 6;
@@ -75,17 +76,7 @@ pub fn object_points(
     sampling.validate()?;
     params.validate()?;
     let colour = (camera.width, camera.height);
-    let (mut pixels, sampled) = match region {
-        ObjectRegion::Box(b) => {
-            // The central part of the box, as the position samples it.
-            let f = sampling.box_centre_fraction;
-            let (cx, cy) = b.center();
-            let (hw, hh) = (0.5 * f * b.width().max(0.0), 0.5 * f * b.height().max(0.0));
-            let centre = BBox::from([cx - hw, cy - hh, cx + hw, cy + hh]);
-            depth_pixels(depth, colour, Some(&centre), None, sampling)?
-        }
-        ObjectRegion::Mask(m) => depth_pixels(depth, colour, None, Some(m), sampling)?,
-    };
+    let (mut pixels, sampled) = region_depth_pixels(depth, colour, region, sampling)?;
     if !enough_depth(pixels.len(), sampled, sampling) {
         return Ok(Vec::new());
     }
@@ -276,6 +267,7 @@ mod tests {
     use super::*;
     use image::{GrayImage, Luma};
 
+    use crate::vision::boxes::BBox;
     use crate::vision::masks::{MASK_OFF, MASK_ON};
 
     // The scene of vision::depth's tests: a wall at 1.5 m and a box whose 0.30 x 0.20 m front

@@ -13,12 +13,12 @@
 use image::GrayImage;
 use nalgebra::{Isometry3, Point3, Rotation3, Translation3, UnitQuaternion, Vector3};
 
+use super::drop_depth_outliers;
 use super::fit::{camera_axis_across, mask_axis_on_plane, plane_fit, PlaneFit};
-use super::{depth_pixels, drop_depth_outliers};
 use crate::error::{Error, Result};
 use crate::vision::boxes::BBox;
 use crate::vision::camera::PinholeCamera;
-use crate::vision::depth::{DepthImage, DepthSampling};
+use crate::vision::depth::{depth_pixels, DepthImage, DepthSampling};
 
 /// Default side of the plane-fit window, colour pixels: ~3.5 cm at 1 m for a 600 px focal
 /// length, small enough to stay on a graspable face, large enough to average depth noise.
@@ -163,9 +163,9 @@ pub fn grasp_pose(
 
     // Approach: the plane around the pixel.
     let half = f64::from(params.window) / 2.0;
-    let window = BBox::from([px - half, py - half, px + half, py + half].map(|v| v as f32));
+    let window = [px - half, px + half, py - half, py + half];
     let colour = (camera.width, camera.height);
-    let (mut pixels, _) = depth_pixels(depth, colour, Some(&window), target.mask, sampling)?;
+    let (mut pixels, _) = depth_pixels(depth, colour, Some(window), target.mask, sampling)?;
     let found = pixels.len();
     let plane = if found < params.min_points {
         let on = if target.mask.is_some() {

@@ -20,10 +20,9 @@ pub use grasp::{grasp_pose, GraspParams, GraspPose, GraspTarget};
 
 use image::{GrayImage, Luma};
 
-use crate::error::{Error, Result};
 use crate::vision::boxes::BBox;
 use crate::vision::camera::centres_within;
-use crate::vision::depth::{nearest_source, percentile, DepthImage, DepthSampling};
+use crate::vision::depth::{percentile, DepthPixel, DepthSampling};
 use crate::vision::masks::MASK_OFF;
 
 /// `mask` with everything outside `bbox` cleared: a phrase's segmentation mask covers every
@@ -39,90 +38,6 @@ pub fn mask_in_box(mask: &GrayImage, bbox: &BBox) -> GrayImage {
             Luma([MASK_OFF])
         }
     })
-}
-
-/// A valid depth pixel: its column and row in the depth image, and its depth in metres.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct DepthPixel {
-    pub x: u32,
-    pub y: u32,
-    pub z: f32,
-}
-
-/// The valid depth pixels (as [`DepthSampling`] accepts them) whose centres fall inside `window`
-/// (colour image coordinates; the whole image when `None`) and on `mask` (colour resolution, when
-/// given), each depth pixel sampled once where its centre falls in the colour image - the rule of
-/// [`crate::vision::depth::robust_depth`]. Also returns how many depth pixels were sampled.
-pub(crate) fn depth_pixels(
-    depth: &DepthImage,
-    colour_size: (u32, u32),
-    window: Option<&BBox>,
-    mask: Option<&GrayImage>,
-    sampling: &DepthSampling,
-) -> Result<(Vec<DepthPixel>, usize)> {
-    let (cw, ch) = colour_size;
-    if cw == 0 || ch == 0 {
-        return Err(Error::InvalidInput(format!(
-            "colour image size must be non-zero, got {cw}x{ch}"
-        )));
-    }
-    if let Some(m) = mask {
-        if m.dimensions() != colour_size {
-            return Err(Error::InvalidInput(format!(
-                "a {}x{} mask for a {cw}x{ch} colour image",
-                m.width(),
-                m.height()
-            )));
-        }
-    }
-    let (dw, dh) = (depth.width(), depth.height());
-    let (cols, rows) = match window {
-        Some(b) => {
-            if !b.to_array().iter().all(|v| v.is_finite()) {
-                return Err(Error::InvalidInput(format!(
-                    "object box must be finite, got {:?}",
-                    b.to_array()
-                )));
-            }
-            // Image coordinates scale by the size ratio (no half-pixel shift).
-            let sx = f64::from(dw) / f64::from(cw);
-            let sy = f64::from(dh) / f64::from(ch);
-            (
-                centres_within(f64::from(b.x_min) * sx, f64::from(b.x_max) * sx, dw),
-                centres_within(f64::from(b.y_min) * sy, f64::from(b.y_max) * sy, dh),
-            )
-        }
-        None => (0..dw, 0..dh),
-    };
-    let metres = depth.metres();
-    let mut out = Vec::new();
-    let mut sampled = 0usize;
-    for y in rows {
-        let my = nearest_source(y, dh, ch);
-        for x in cols.clone() {
-            if let Some(m) = mask {
-                if m.get_pixel(nearest_source(x, dw, cw), my)[0] == MASK_OFF {
-                    continue;
-                }
-            }
-            sampled += 1;
-            let z = metres[y as usize * dw as usize + x as usize];
-            if z > 0.0 && z >= sampling.min_depth && z <= sampling.max_depth {
-                out.push(DepthPixel { x, y, z });
-            }
-        }
-    }
-    Ok((out, sampled))
-}
-
-/// Whether `valid` of `sampled` depth pixels are enough for an estimate, by the rule of
-/// [`crate::vision::depth::robust_depth`] (a minimum count and a minimum fraction).
-pub(crate) fn enough_depth(valid: usize, sampled: usize, sampling: &DepthSampling) -> bool {
-    let needed = sampling
-        .min_valid_pixels
-        .max((f64::from(sampling.min_valid_fraction) * sampled as f64).ceil() as usize)
-        .max(1);
-    valid >= needed
 }
 
 /// Keeps the pixels whose depth lies between the sampling's near and far percentiles (the

@@ -286,6 +286,110 @@ pub struct DepthStats {
     pub sampled_pixels: usize,
 }
 
+/// A valid depth pixel: its column and row in the depth image, and its depth in metres.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct DepthPixel {
+    pub x: u32,
+    pub y: u32,
+    pub z: f32,
+}
+
+/// The valid depth pixels (as [`DepthSampling`] accepts them) whose centres fall inside `window`
+/// (`[x_min, x_max, y_min, y_max]` in colour image coordinates; the whole image when `None`) and
+/// on `mask` (colour resolution, when given), each depth pixel sampled once where its centre
+/// falls in the colour image. Also returns how many depth pixels were sampled.
+pub(crate) fn depth_pixels(
+    depth: &DepthImage,
+    colour_size: (u32, u32),
+    window: Option<[f64; 4]>,
+    mask: Option<&GrayImage>,
+    sampling: &DepthSampling,
+) -> Result<(Vec<DepthPixel>, usize)> {
+    let (cw, ch) = colour_size;
+    if cw == 0 || ch == 0 {
+        return Err(Error::InvalidInput(format!(
+            "colour image size must be non-zero, got {cw}x{ch}"
+        )));
+    }
+    if let Some(m) = mask {
+        if m.dimensions() != colour_size {
+            return Err(Error::InvalidInput(format!(
+                "a {}x{} mask for a {cw}x{ch} colour image",
+                m.width(),
+                m.height()
+            )));
+        }
+    }
+    let (dw, dh) = (depth.width, depth.height);
+    let (cols, rows) = match window {
+        Some([x0, x1, y0, y1]) => {
+            // Image coordinates scale by the size ratio (no half-pixel shift).
+            let sx = f64::from(dw) / f64::from(cw);
+            let sy = f64::from(dh) / f64::from(ch);
+            (
+                centres_within(x0 * sx, x1 * sx, dw),
+                centres_within(y0 * sy, y1 * sy, dh),
+            )
+        }
+        None => (0..dw, 0..dh),
+    };
+    let mask_cols: Vec<u32> = cols.clone().map(|x| nearest_source(x, dw, cw)).collect();
+    let mut out = Vec::new();
+    let mut sampled = 0usize;
+    for y in rows {
+        let my = nearest_source(y, dh, ch);
+        for (x, &mx) in cols.clone().zip(&mask_cols) {
+            if mask.is_some_and(|m| m.get_pixel(mx, my)[0] == MASK_OFF) {
+                continue;
+            }
+            sampled += 1;
+            let z = depth.metres[y as usize * dw as usize + x as usize];
+            if sampling.accepts(z) {
+                out.push(DepthPixel { x, y, z });
+            }
+        }
+    }
+    Ok((out, sampled))
+}
+
+/// [`depth_pixels`] of an object: under its mask, or under the central part of its box
+/// ([`DepthSampling::box_centre_fraction`]).
+pub(crate) fn region_depth_pixels(
+    depth: &DepthImage,
+    colour_size: (u32, u32),
+    region: ObjectRegion<'_>,
+    sampling: &DepthSampling,
+) -> Result<(Vec<DepthPixel>, usize)> {
+    match region {
+        ObjectRegion::Box(b) => {
+            if !b.to_array().iter().all(|v| v.is_finite()) {
+                return Err(Error::InvalidInput(format!(
+                    "object box must be finite, got {:?}",
+                    b.to_array()
+                )));
+            }
+            let (cx, cy) = b.center();
+            let f = f64::from(sampling.box_centre_fraction);
+            let half_w = 0.5 * f * f64::from(b.width().max(0.0));
+            let half_h = 0.5 * f * f64::from(b.height().max(0.0));
+            let (cx, cy) = (f64::from(cx), f64::from(cy));
+            let window = [cx - half_w, cx + half_w, cy - half_h, cy + half_h];
+            depth_pixels(depth, colour_size, Some(window), None, sampling)
+        }
+        ObjectRegion::Mask(mask) => depth_pixels(depth, colour_size, None, Some(mask), sampling),
+    }
+}
+
+/// Whether `valid` of `sampled` depth pixels are enough for an estimate: at least
+/// [`DepthSampling::min_valid_pixels`] and [`DepthSampling::min_valid_fraction`] of them.
+pub(crate) fn enough_depth(valid: usize, sampled: usize, sampling: &DepthSampling) -> bool {
+    let needed = sampling
+        .min_valid_pixels
+        .max((f64::from(sampling.min_valid_fraction) * sampled as f64).ceil() as usize)
+        .max(1);
+    valid >= needed
+}
+
 /// The robust depth of the object in `region` (colour image coordinates, for a colour image of
 /// `colour_size` = (width, height)): the median and percentiles of the valid depth pixels under
 /// the mask, or under the central part of the box. Each depth pixel is sampled once, where its
@@ -302,72 +406,11 @@ pub fn robust_depth(
     sampling: &DepthSampling,
 ) -> Result<Option<DepthStats>> {
     sampling.validate()?;
-    let (cw, ch) = colour_size;
-    if cw == 0 || ch == 0 {
-        return Err(Error::InvalidInput(format!(
-            "colour image size must be non-zero, got {cw}x{ch}"
-        )));
-    }
-    let (dw, dh) = (depth.width, depth.height);
-    let mut values = Vec::new();
-    let mut sampled = 0usize;
-    let mut visit = |x: u32, y: u32| {
-        sampled += 1;
-        let d = depth.metres[y as usize * dw as usize + x as usize];
-        if sampling.accepts(d) {
-            values.push(d);
-        }
-    };
-    match region {
-        ObjectRegion::Box(b) => {
-            if !b.to_array().iter().all(|v| v.is_finite()) {
-                return Err(Error::InvalidInput(format!(
-                    "object box must be finite, got {:?}",
-                    b.to_array()
-                )));
-            }
-            // Image coordinates scale by the size ratio (no half-pixel shift).
-            let sx = f64::from(dw) / f64::from(cw);
-            let sy = f64::from(dh) / f64::from(ch);
-            let (cx, cy) = b.center();
-            let f = f64::from(sampling.box_centre_fraction);
-            let half_w = 0.5 * f * f64::from(b.width().max(0.0));
-            let half_h = 0.5 * f * f64::from(b.height().max(0.0));
-            let (cx, cy) = (f64::from(cx), f64::from(cy));
-            let cols = centres_within((cx - half_w) * sx, (cx + half_w) * sx, dw);
-            let rows = centres_within((cy - half_h) * sy, (cy + half_h) * sy, dh);
-            for y in rows {
-                for x in cols.clone() {
-                    visit(x, y);
-                }
-            }
-        }
-        ObjectRegion::Mask(mask) => {
-            if mask.dimensions() != colour_size {
-                return Err(Error::InvalidInput(format!(
-                    "a {}x{} mask for a {cw}x{ch} colour image",
-                    mask.width(),
-                    mask.height()
-                )));
-            }
-            let mask_cols: Vec<u32> = (0..dw).map(|x| nearest_source(x, dw, cw)).collect();
-            for y in 0..dh {
-                let my = nearest_source(y, dh, ch);
-                for (x, &mx) in (0..dw).zip(&mask_cols) {
-                    if mask.get_pixel(mx, my)[0] != MASK_OFF {
-                        visit(x, y);
-                    }
-                }
-            }
-        }
-    }
-    let needed = sampling
-        .min_valid_pixels
-        .max((f64::from(sampling.min_valid_fraction) * sampled as f64).ceil() as usize)
-        .max(1);
-    if values.len() < needed {
+    let (pixels, sampled) = region_depth_pixels(depth, colour_size, region, sampling)?;
+    if !enough_depth(pixels.len(), sampled, sampling) {
         return Ok(None);
     }
+    let mut values: Vec<f32> = pixels.iter().map(|p| p.z).collect();
     Ok(Some(DepthStats {
         median: percentile(&mut values, 50.0),
         near: percentile(&mut values, sampling.near_percentile),
