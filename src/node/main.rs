@@ -246,31 +246,11 @@ fn run() -> Result<()> {
             params.device,
             params.dtype,
             params.rate,
-            if params.owlvit.enabled {
-                &params.owlvit.model
-            } else {
-                "off"
-            },
-            if params.clipseg.enabled {
-                &params.clipseg.model
-            } else {
-                "off"
-            },
-            if params.vilt.enabled {
-                &params.vilt.model
-            } else {
-                "off"
-            },
-            if params.clip.enabled {
-                &params.clip.model
-            } else {
-                "off"
-            },
-            if params.blip.enabled {
-                &params.blip.model
-            } else {
-                "off"
-            },
+            model_or_off(params.owlvit.enabled, &params.owlvit.model),
+            model_or_off(params.clipseg.enabled, &params.clipseg.model),
+            model_or_off(params.vilt.enabled, &params.vilt.model),
+            model_or_off(params.clip.enabled, &params.clip.model),
+            model_or_off(params.blip.enabled, &params.blip.model),
             params.overlay
         ),
     );
@@ -590,6 +570,15 @@ impl TfListener {
 }
 
 /// Objects are forgotten on schedule even while no frame comes.
+/// A task's model for the startup line, or "off".
+fn model_or_off(enabled: bool, model: &str) -> &str {
+    if enabled {
+        model
+    } else {
+        "off"
+    }
+}
+
 async fn forget_objects(memory: Arc<Memory>) {
     let mut tick = tokio::time::interval(memory::FORGET_CHECK_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
