@@ -148,6 +148,7 @@ fn run() -> Result<()> {
         segmentation: node.create_publisher("~/segmentation", output_qos())?,
         answers: node.create_publisher("~/answers", output_qos())?,
         classification: node.create_publisher("~/classification", output_qos())?,
+        captions: node.create_publisher("~/captions", output_qos())?,
         // always there: `overlay.enabled` can be switched on at run time
         overlay: Some(node.create_publisher("~/overlay", output_qos())?),
         markers: if params.depth.enabled {

@@ -11,7 +11,9 @@ use r2r::sensor_msgs::msg::{Image, PointCloud2};
 use r2r::visualization_msgs::msg::MarkerArray;
 use r2r::vlm_perception_msgs::msg as vmsg;
 use tokio::sync::mpsc;
-use vlm_perception::pipeline::{ClassificationResult, SegmentationResult, VqaResult};
+use vlm_perception::pipeline::{
+    ClassificationResult, GeneratedText, SegmentationResult, VqaResult,
+};
 
 use crate::convert::{self, FrameHeader};
 use crate::log;
@@ -33,6 +35,8 @@ pub struct Publishers {
     pub detections: r2r::Publisher<vmsg::DetectionArray>,
     pub segmentation: r2r::Publisher<vmsg::SegmentationArray>,
     pub answers: r2r::Publisher<vmsg::Answer>,
+    /// The stream's captions (`caption.rate`).
+    pub captions: r2r::Publisher<vmsg::Caption>,
     /// The stream's classification among `clip.labels`.
     pub classification: r2r::Publisher<vmsg::Classification>,
     pub overlay: Option<r2r::Publisher<Image>>,
@@ -180,6 +184,11 @@ impl Sink for StreamSink {
     fn answer(&mut self, header: &FrameHeader, model: &str, r: &VqaResult, latency: Duration) {
         let msg = convert::answer(header, model, r, latency);
         self.out.check("answer", self.out.answers.publish(&msg));
+    }
+
+    fn caption(&mut self, header: &FrameHeader, model: &str, r: &GeneratedText, latency: Duration) {
+        let msg = convert::caption(header, model, r, latency);
+        self.out.check("caption", self.out.captions.publish(&msg));
     }
 
     fn classification(

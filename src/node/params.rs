@@ -91,6 +91,8 @@ pub mod defaults {
     /// transformers' `generate` defaults for BLIP (its checkpoints carry no generation config).
     pub const BLIP_NUM_BEAMS: i64 = 1;
     pub const BLIP_MAX_NEW_TOKENS: i64 = 20;
+    /// Off: a caption costs a vision pass and a decoder run; agents ask ~/caption instead.
+    pub const CAPTION_RATE: f64 = 0.0;
     pub const DEPTH_ENABLED: bool = false;
     /// As the RealSense driver names its depth registered to the colour camera.
     pub const DEPTH_TOPIC: &str = "aligned_depth_to_color/image_raw";
@@ -116,6 +118,8 @@ pub mod defaults {
 
 /// Most beams a caption or generated answer may search with.
 pub const MAX_BEAMS: i64 = 8;
+/// Most captions per second on the stream (a caption is a whole vision pass and a decoder run).
+pub const MAX_CAPTION_RATE: f64 = 10.0;
 /// Most tokens a caption or generated answer may have.
 pub const MAX_NEW_TOKENS: i64 = 512;
 
@@ -179,6 +183,8 @@ pub struct CaptionParams {
     pub model: String,
     pub num_beams: usize,
     pub max_new_tokens: usize,
+    /// Most stream frames captioned per second on `~/captions`; 0 = none.
+    pub stream_rate: f64,
 }
 
 /// Zero-shot classification (CLIP): `~/classify`, and the stream's labels.
@@ -287,6 +293,7 @@ pub const KNOWN: &[&str] = &[
     "blip.model",
     "blip.num_beams",
     "blip.max_new_tokens",
+    "caption.rate",
     "depth.enabled",
     "depth.topic",
     "depth.camera_info_topic",
@@ -432,11 +439,19 @@ impl NodeParams {
                 format!("must be in 1..={MAX_NEW_TOKENS}, got {max_new_tokens}"),
             ));
         }
+        let caption_rate = r.float("caption.rate", d::CAPTION_RATE)?;
+        if !(0.0..=MAX_CAPTION_RATE).contains(&caption_rate) {
+            return Err(invalid(
+                "caption.rate",
+                format!("must be in [0, {MAX_CAPTION_RATE}] Hz (0: off), got {caption_rate}"),
+            ));
+        }
         let blip = CaptionParams {
             enabled: r.bool("blip.enabled", d::BLIP_ENABLED)?,
             model: r.nonempty_string("blip.model", d::BLIP_MODEL)?,
             num_beams: num_beams as usize,
             max_new_tokens: max_new_tokens as usize,
+            stream_rate: caption_rate,
         };
 
         let slop = r.float("depth.slop", d::DEPTH_SLOP)?;
@@ -663,6 +678,7 @@ impl NodeParams {
                 "blip.max_new_tokens",
                 Value::Integer(self.blip.max_new_tokens as i64),
             ),
+            ("caption.rate", Value::Double(self.blip.stream_rate)),
             ("depth.enabled", Value::Bool(self.depth.enabled)),
             ("depth.topic", Value::String(self.depth.topic.clone())),
             (

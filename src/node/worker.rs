@@ -276,6 +276,8 @@ pub trait Sink: Send + 'static {
     );
     fn overlay(&mut self, header: &FrameHeader, image: &RgbImage);
     fn answer(&mut self, header: &FrameHeader, model: &str, r: &VqaResult, latency: Duration);
+    /// A stream frame's caption (`caption.rate`).
+    fn caption(&mut self, header: &FrameHeader, model: &str, r: &GeneratedText, latency: Duration);
     /// A processed frame's classification among `clip.labels`.
     fn classification(
         &mut self,
@@ -396,6 +398,7 @@ pub fn spawn<S: Sink>(
         limiter: LogLimiter::default(),
         tracks: StreamTracks::new(&params.tracking.config),
         next_frame_at: Instant::now(),
+        next_caption_at: Instant::now(),
         load_on_start: !lifecycle,
         params,
     };
@@ -437,6 +440,8 @@ struct Worker<S: Sink> {
     /// ByteTrack on the stream's detections.
     tracks: StreamTracks,
     next_frame_at: Instant,
+    /// The stream's next caption is due then (`caption.rate`).
+    next_caption_at: Instant,
     /// false for a lifecycle node: models load on `configure`.
     load_on_start: bool,
 }

@@ -101,3 +101,29 @@ def test_caption_needs_a_captioning_checkpoint(start_node):
     r = caption(vqa, "coffee.png")
     assert not r.success and "BLIP VQA checkpoint" in r.message, r.message
     assert proc.alive() and proc2.alive()
+
+
+def test_caption_stream_at_caption_rate(start_node):
+    # rate 0: every frame is processed; caption.rate 1 Hz: at most one caption a second
+    import time
+
+    from vlm_perception_msgs.msg import Caption as CaptionMsg
+    from conftest import RELIABLE
+
+    proc, client = start_node(base_params(blip={"enabled": True, "model": BLIP}, caption={"rate": 1.0},
+                                          rate=0.0), "caption_stream")
+    captions = []
+    client._subs.append(client.node.create_subscription(CaptionMsg, f"{proc.fqn}/captions", captions.append,
+                                                        RELIABLE))
+    (case,) = [c for c in reference("blip-tiny", "coffee", "greedy_default") if c["text"] is None]
+    msg = image_msg(load_rgb(IMAGES / "coffee.png"), "rgb8", frame_id="cam")
+    start = time.monotonic()
+    while time.monotonic() - start < 3.0:
+        client.image_pub.publish(msg)
+        client.spin(0.05)
+    client.spin(0.5)
+    elapsed = time.monotonic() - start
+    assert 2 <= len(captions) <= int(elapsed) + 1, len(captions)
+    assert client.stat_int("frames_processed") > len(captions)
+    # the node's defaults (greedy, 20 new tokens) are generate's: the reference's default case
+    assert all(c.text == case["decoded"] and c.header.frame_id == "cam" for c in captions)

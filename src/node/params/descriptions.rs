@@ -147,6 +147,11 @@ pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
         true,
     ),
     (
+        "caption.rate",
+        "Most stream frames captioned per second, published on ~/captions (0 = off; needs blip.enabled).",
+        true,
+    ),
+    (
         "depth.enabled",
         "3D positions from an aligned depth image and CameraInfo.",
         false,

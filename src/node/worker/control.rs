@@ -65,6 +65,9 @@ impl<S: Sink> Worker<S> {
         if new.rate != self.params.rate {
             self.next_frame_at = Instant::now();
         }
+        if new.blip.stream_rate != self.params.blip.stream_rate {
+            self.next_caption_at = Instant::now();
+        }
         self.tracks.set_config(&new.tracking.config);
         self.params = new;
         if queries.is_some() || prompts.is_some() {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use image::RgbImage;
 use nalgebra::Point3;
 use vlm_perception::pipeline::{
-    DetectParams, DetectionResult, Detector, SegmentParams, SegmentationResult,
+    DetectParams, DetectionResult, Detector, GenerationConfig, SegmentParams, SegmentationResult,
 };
 use vlm_perception::vision::depth::Object3d;
 use vlm_perception::vision::draw::{draw_labelled_box, palette_color, tint_mask};
@@ -110,6 +110,8 @@ impl<S: Sink> Worker<S> {
             }
         }
 
+        self.caption_frame(frame, &image);
+
         if let Some(canvas) = overlay {
             self.sink.overlay(&frame.header, &canvas);
         }
@@ -119,6 +121,32 @@ impl<S: Sink> Worker<S> {
         push_bounded(&mut s.latencies, ms(done - frame.received));
         push_bounded(&mut s.inference, ms(done - t0));
         push_bounded(&mut s.processed_at, done);
+    }
+
+    /// A caption of the frame when one is due (`caption.rate`, with a captioning model).
+    fn caption_frame(&mut self, frame: &Frame, image: &RgbImage) {
+        let rate = self.params.blip.stream_rate;
+        let now = Instant::now();
+        if rate <= 0.0 || now < self.next_caption_at {
+            return;
+        }
+        let Some(m) = self.captioner.as_ref() else {
+            return;
+        };
+        self.next_caption_at = now + std::time::Duration::from_secs_f64(1.0 / rate);
+        let config = GenerationConfig {
+            num_beams: self.params.blip.num_beams,
+            max_new_tokens: Some(self.params.blip.max_new_tokens),
+            ..GenerationConfig::default()
+        };
+        match m.caption(image, None, &config) {
+            Ok(r) => {
+                let model = m.name().to_string();
+                self.sink
+                    .caption(&frame.header, &model, &r, r.timings.total());
+            }
+            Err(e) => self.inference_error(Task::Caption, &e.to_string()),
+        }
     }
 
     /// The stream vocabulary on one frame.
