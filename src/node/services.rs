@@ -370,6 +370,7 @@ pub async fn score_call(
         depth,
         phrases: req.phrases,
         threshold,
+        with_caption: req.with_caption,
         reply,
     })
     .await;
@@ -392,6 +393,19 @@ pub async fn score_call(
             if let Some(note) = a.depth_note.as_deref().or(placement.error()) {
                 message.push_str(&format!("; no 3D: {note}"));
             }
+            let caption = match a.caption.take() {
+                Some(Ok(text)) => {
+                    // JSON-quoted, so that a planner's prompt parser can read it back
+                    let quoted = serde_json::to_string(&text).unwrap_or_default();
+                    a.scene.push_str(&format!("\ncaption = {quoted}"));
+                    text
+                }
+                Some(Err(why)) => {
+                    message.push_str(&format!("; no caption: {why}"));
+                    String::new()
+                }
+                None => String::new(),
+            };
             (
                 true,
                 srv::Score::Response {
@@ -401,6 +415,7 @@ pub async fn score_call(
                     scores: convert::phrase_scores(&a.scores, &a.positions, &a.tracks),
                     scene: a.scene,
                     position_frame_id: placement.frame_id,
+                    caption,
                 },
             )
         }

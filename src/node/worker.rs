@@ -151,6 +151,8 @@ pub enum Request {
         depth: DepthArg,
         phrases: Vec<String>,
         threshold: Option<f32>,
+        /// Also caption the image.
+        with_caption: bool,
         reply: Reply<Outcome<ScoreAnswer>>,
     },
     /// New parameter values (`ros2 param set`), already validated.
@@ -638,9 +640,10 @@ impl<S: Sink> Worker<S> {
                 depth,
                 phrases,
                 threshold,
+                with_caption,
                 reply,
             } => {
-                let _ = reply.send(self.score(image, depth, phrases, threshold));
+                let _ = reply.send(self.score(image, depth, phrases, threshold, with_caption));
             }
             Request::Ground {
                 image,

@@ -93,6 +93,12 @@ def test_caption_needs_a_captioning_checkpoint(start_node):
     r = caption(off, "coffee.png")
     assert not r.success and r.message == \
         "captioning (blip) is disabled (parameter `blip.enabled` is false)", r.message
+    # ~/score still answers, and says why there is no caption
+    from vlm_perception_msgs.srv import Score
+    req = Score.Request(phrases=["a cup"], with_caption=True)
+    req.image = image_msg(load_rgb(IMAGES / "coffee.png"), "rgb8")
+    s = off.call(Score, "score", req)
+    assert s.success and s.caption == "" and "no caption: captioning (blip) is disabled" in s.message, s.message
     proc, vilt = start_node(base_params(blip={"enabled": True, "model": VILT}), "vilt_as_blip")
     r = caption(vilt, "coffee.png")
     assert not r.success and "captioning (blip) model" in r.message and "failed to load" in r.message, r.message
@@ -127,3 +133,30 @@ def test_caption_stream_at_caption_rate(start_node):
     assert client.stat_int("frames_processed") > len(captions)
     # the node's defaults (greedy, 20 new tokens) are generate's: the reference's default case
     assert all(c.text == case["decoded"] and c.header.frame_id == "cam" for c in captions)
+
+
+def test_score_can_append_the_caption_to_the_scene(node):
+    import subprocess
+
+    from vlm_perception_msgs.srv import Score
+    from conftest import CLI_BIN
+
+    _, client = node
+    req = Score.Request()
+    req.phrases = ["a cat", "a cup"]
+    req.threshold = 0.0
+    req.image = image_msg(load_rgb(IMAGES / "coffee.png"), "rgb8", frame_id="scored")
+    req.with_caption = True
+    r = client.call(Score, "score", req)
+    assert r.success, r.message
+    out = subprocess.run([str(CLI_BIN), "caption", "--model", BLIP, "--image", str(IMAGES / "coffee.png"),
+                          "--max-new-tokens", str(ASK_MAX_NEW_TOKENS), "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    want = json.loads(out.stdout)["text"]
+    assert r.caption == want
+    assert r.scene.startswith("objects = [a cat, a cup]") and r.scene.endswith("\ncaption = " + json.dumps(want,
+                                                                                                        ensure_ascii=False))
+    req.with_caption = False
+    r = client.call(Score, "score", req)
+    assert r.success and r.caption == "" and "caption" not in r.scene

@@ -53,7 +53,10 @@ pub fn stop_name(stop: StopReason) -> &'static str {
 
 impl<S: Sink> Worker<S> {
     /// The generation settings of a call: its own values, else `blip.*`; out of range refused.
-    fn generation_config(&self, args: GenerationArgs) -> Result<GenerationConfig, String> {
+    pub(super) fn generation_config(
+        &self,
+        args: GenerationArgs,
+    ) -> Result<GenerationConfig, String> {
         let beams = args.num_beams.unwrap_or(self.params.blip.num_beams);
         if !(1..=MAX_BEAMS as usize).contains(&beams) {
             return Err(format!(

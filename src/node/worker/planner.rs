@@ -51,6 +51,8 @@ pub struct ScoreAnswer {
     pub scene: String,
     /// Why there are no 3D positions, when there are none.
     pub depth_note: Option<String>,
+    /// With `with_caption`: the image's caption, or why there is none.
+    pub caption: Option<Result<String, String>>,
 }
 
 /// One grounded phrase.
@@ -175,9 +177,17 @@ impl<S: Sink> Worker<S> {
         depth: DepthArg,
         phrases: Vec<String>,
         threshold: Option<f32>,
+        with_caption: bool,
     ) -> Result<Outcome<ScoreAnswer>, String> {
         let (header, img) = self.image_for(Task::Detection, image)?;
-        let (best, model, latency) = self.best_boxes(&img, &phrases)?;
+        let (best, model, mut latency) = self.best_boxes(&img, &phrases)?;
+        let caption = with_caption.then(|| {
+            let config = self.generation_config(Default::default())?;
+            let m = self.loaded_captioner()?;
+            let r = m.caption(&img, None, &config).map_err(|e| e.to_string())?;
+            latency += r.timings.total();
+            Ok(r.text)
+        });
         let threshold = threshold.unwrap_or(self.params.owlvit.score_threshold);
         let scores = phrase_scores(&best, &phrases, threshold);
         let (positions, depth_note) = match self.depth_for(&header, img.dimensions(), depth) {
@@ -211,6 +221,7 @@ impl<S: Sink> Worker<S> {
                 positions,
                 tracks,
                 depth_note,
+                caption,
             },
         })
     }
