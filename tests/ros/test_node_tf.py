@@ -410,6 +410,7 @@ class Rig:
         req.pick, req.place = PICK, PLACE
         req.threshold = 0.0
         req.return_masks = False
+        req.return_points = True
         req.image = colour_msg(stamp_ns)
         req.depth = plane_depth_msg(stamp_ns)
         req.camera_info = camera_info_msg(frame_id=CAMERA)
@@ -551,6 +552,21 @@ def check_ground(resp, ref, target, stamp_ns, T):
     for name, t, r in (("pick", resp.pick, ref.pick), ("place", resp.place, ref.place)):
         assert t.has_point, f"~/ground {name} has no point in {target}: {resp.message}"
         assert_vec(vec(t.point), T.apply(vec(r.point)), POS_TOL, f"~/ground {name}.point in {target}")
+        # the gripper pose is moved as a rigid frame: target_T_camera @ camera_T_gripper
+        assert t.has_pose and r.has_pose, f"~/ground {name}: no pose"
+        want = T @ Rigid(vec(r.pose.position), quat(r.pose.orientation))
+        assert_vec(vec(t.pose.position), want.t, POS_TOL, f"~/ground {name}.pose.position in {target}")
+        assert_rotation(quat(t.pose.orientation), want.q, f"~/ground {name}.pose.orientation in {target}")
+        # and its points, each one
+        assert (t.points.header.frame_id, t.points.width) == (target, r.points.width) and r.points.width > 0
+        got, ref_pts = cloud_xyz(t.points), cloud_xyz(r.points)
+        assert_vec(got, (T.R @ ref_pts.T).T + T.t, 1e-5, f"~/ground {name}.points in {target} (float32)")
+
+
+def cloud_xyz(cloud):
+    """x, y, z of a PointCloud2 of the node's layout (24-byte points, float32 x, y, z first)."""
+    raw = np.frombuffer(bytes(cloud.data), dtype=np.float32).reshape(cloud.width, 6)
+    return raw[:, :3].astype(np.float64)
 
 
 def check_2d_only(msg, ref, target, stamp_ns):

@@ -130,6 +130,10 @@ def test_live_labels_and_template(node):
         bad = _set(client, "clip.hypothesis_template", "{} and {}")
         assert not bad.successful and "clip.hypothesis_template" in bad.reason and "more than one" in bad.reason
         assert not _set(client, "clip.labels", ["ok", " "]).successful
+        # no labels in the call and none set: a clear error, and the stream classifies nothing
+        assert _set(client, "clip.labels", []).successful
+        r = classify(client, image_msg(load_rgb(IMAGES / "coffee.png"), "rgb8"))
+        assert not r.success and r.message == "no labels: pass some, or set the parameter clip.labels", r.message
     finally:
         assert _set(client, "clip.labels", STREAM_LABELS).successful
 
