@@ -7,7 +7,7 @@ use std::time::Instant;
 use image::RgbImage;
 use nalgebra::Point3;
 use vlm_perception::pipeline::{
-    DetectParams, DetectionResult, Detector, GenerationConfig, SegmentParams, SegmentationResult,
+    DetectParams, DetectionResult, Detector, SegmentParams, SegmentationResult,
 };
 use vlm_perception::vision::depth::Object3d;
 use vlm_perception::vision::draw::{draw_labelled_box, palette_color, tint_mask};
@@ -134,10 +134,10 @@ impl<S: Sink> Worker<S> {
             return;
         };
         self.next_caption_at = now + std::time::Duration::from_secs_f64(1.0 / rate);
-        let config = GenerationConfig {
-            num_beams: self.params.blip.num_beams,
-            max_new_tokens: Some(self.params.blip.max_new_tokens),
-            ..GenerationConfig::default()
+        // the blip.* settings, as ~/caption's defaults (validated with the parameters)
+        let config = match self.generation_config(Default::default()) {
+            Ok(c) => c,
+            Err(e) => return self.inference_error(Task::Caption, &e),
         };
         match m.caption(image, None, &config) {
             Ok(r) => {
