@@ -119,6 +119,21 @@ impl Owlv2ForObjectDetection {
         self.base.image_embedder(pixel_values)
     }
 
+    /// `box_predictor`: (b, patches, d_vision) -> (b, patches, 4) normalized (cx, cy, w, h)
+    /// of the padded square, in the model's dtype.
+    pub fn box_predictor(&self, image_feats: &Tensor) -> Result<Tensor> {
+        self.base.box_predictor(image_feats)
+    }
+
+    /// `class_predictor`: OWL-ViT's ([`OwlVitForObjectDetection::class_predictor`]).
+    pub fn class_predictor(
+        &self,
+        image_feats: &Tensor,
+        query_embeds: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        self.base.class_predictor(image_feats, query_embeds)
+    }
+
     /// `objectness_predictor`: (b, patches, d_vision) -> (b, patches) logits. transformers
     /// detaches the features first, which only matters for training.
     pub fn objectness_predictor(&self, image_feats: &Tensor) -> Result<Tensor> {

@@ -490,6 +490,18 @@ impl OwlVitForObjectDetection {
         candle_nn::ops::sigmoid(&pred_boxes.broadcast_add(&self.box_bias)?)
     }
 
+    /// `class_predictor`: `image_feats` (b, patches, d_vision) against `query_embeds`
+    /// (queries, d_text), shared by the batch, or (b, queries, d_text), per image. Returns
+    /// `(pred_logits (b, patches, queries), normalized class embeddings (b, patches, d_text))`
+    /// in the model's dtype.
+    pub fn class_predictor(
+        &self,
+        image_feats: &Tensor,
+        query_embeds: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        self.class_head.forward(image_feats, query_embeds)
+    }
+
     /// Detection for a batch of images against cached query embeddings (from
     /// [`Self::get_text_features`]).
     pub fn detect(
@@ -500,7 +512,7 @@ impl OwlVitForObjectDetection {
         let feature_map = self.image_embedder(pixel_values)?;
         let (b, h, w, d) = feature_map.dims4()?;
         let image_feats = feature_map.reshape((b, h * w, d))?;
-        let (logits, class_embeds) = self.class_head.forward(&image_feats, query_embeds)?;
+        let (logits, class_embeds) = self.class_predictor(&image_feats, query_embeds)?;
         let pred_boxes = self.box_predictor(&image_feats)?;
         Ok(OwlVitObjectDetectionOutput {
             logits: logits.to_dtype(DType::F32)?,

@@ -150,6 +150,22 @@ impl DecoderImageState {
             .and_then(|t| t.dim(0).ok())
             .unwrap_or(1)
     }
+
+    /// Image `i` of the batch alone (each tensor narrowed to it, no copy): to decode one
+    /// image's own prompts against it.
+    pub fn image(&self, i: usize) -> Result<Self> {
+        let b = self.batch_size();
+        if i >= b {
+            candle_core::bail!("image {i} of a decoder state of {b} images");
+        }
+        let one = |t: &Tensor| t.narrow(0, i, 1);
+        Ok(Self {
+            before_film: self.before_film.as_ref().map(one).transpose()?,
+            reduced: self.reduced.iter().map(one).collect::<Result<_>>()?,
+            unconditioned: self.unconditioned.as_ref().map(one).transpose()?,
+            grid: self.grid,
+        })
+    }
 }
 
 /// transformers' `CLIPSegDecoder`.

@@ -138,10 +138,26 @@ pub struct ClipSegImageSegmentationOutput {
     pub conditional_embeddings: Tensor,
 }
 
-/// One image encoded for segmentation: everything that does not depend on the prompt.
+/// A batch of images (usually one) encoded for segmentation: everything that does not depend
+/// on the prompt.
 #[derive(Debug, Clone)]
 pub struct ClipSegImageState {
     decoder: DecoderImageState,
+}
+
+impl ClipSegImageState {
+    /// How many images the state holds.
+    pub fn batch_size(&self) -> usize {
+        self.decoder.batch_size()
+    }
+
+    /// Image `i` of the batch alone ([`DecoderImageState::image`]): decode one image's own
+    /// prompts against it with [`ClipSegForImageSegmentation::decode`].
+    pub fn image(&self, i: usize) -> Result<Self> {
+        Ok(Self {
+            decoder: self.decoder.image(i)?,
+        })
+    }
 }
 
 /// transformers' `CLIPSegForImageSegmentation`.
