@@ -28,7 +28,8 @@ pub use classify::{
     DEFAULT_HYPOTHESIS_TEMPLATE,
 };
 pub use detect::{
-    DetectParams, Detector, DetectorFamily, ImageQueryOutput, QueryEmbeddings, QueryKind,
+    DetectInput, DetectMode, DetectParams, Detector, DetectorFamily, ImageQueryOutput,
+    QueryEmbeddings, QueryKind,
 };
 pub use device::LoadOptions;
 pub use generate::{EarlyStopping, GenerationConfig, StopReason};

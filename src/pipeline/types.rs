@@ -9,8 +9,12 @@ use crate::vision::boxes::BBox;
 /// Time spent in each stage of one call.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Timings {
+    /// This image's preprocessing.
     pub preprocess: Duration,
+    /// The model's forward pass. In a batched call (`Detector::detect_batch`,
+    /// `Segmenter::segment_batch`) the whole batch's, the same in every image's result.
     pub forward: Duration,
+    /// This image's post-processing.
     pub postprocess: Duration,
 }
 
