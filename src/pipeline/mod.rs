@@ -34,7 +34,8 @@ pub use detect::{
 pub use device::LoadOptions;
 pub use generate::{EarlyStopping, GenerationConfig, StopReason};
 pub use segment::{
-    PromptEmbeddings, PromptMask, SegmentParams, SegmentationLogits, SegmentationResult, Segmenter,
+    PromptEmbeddings, PromptMask, SegmentInput, SegmentParams, SegmentationLogits,
+    SegmentationResult, Segmenter,
 };
 pub use types::{Detection, DetectionResult, Timings};
 pub use vqa::{Answer, VqaModel, VqaResult};

@@ -339,15 +339,14 @@ impl Segmenter {
     /// Raw logits (prompts, S, S) in f32 for preprocessed pixel values (one image): one vision
     /// pass, then the conditional decoder for all prompts as one batch.
     pub fn forward(&self, pixel_values: &Tensor, prompts: &PromptEmbeddings) -> Result<Tensor> {
-        if prompts.is_empty() {
-            return Err(Error::InvalidInput("no prompts given".into()));
-        }
+        check_prompts(prompts)?;
         let image = self.model.encode_image(pixel_values)?;
         Ok(self.model.decode(&image, &prompts.embeds)?)
     }
 
     /// Segments `image` for every prompt: preprocess, forward, per-prompt masks at the
-    /// original size (see [`crate::vision::masks`]).
+    /// original size (see [`crate::vision::masks`]). A batch of one
+    /// ([`Self::segment_batch`]).
     pub fn segment(
         &self,
         image: &RgbImage,
@@ -355,67 +354,165 @@ impl Segmenter {
         params: &SegmentParams,
     ) -> Result<SegmentationResult> {
         let _span = tracing::info_span!("segment", model = %self.name).entered();
-        if !(0.0..=1.0).contains(&params.threshold) {
-            return Err(Error::InvalidInput(format!(
-                "mask threshold must be in [0, 1], got {}",
-                params.threshold
-            )));
+        self.segment_inputs(&[SegmentInput {
+            image,
+            prompts,
+            params,
+        }])?
+        .pop()
+        .ok_or_else(|| Error::InvalidInput("no result for the image".into()))
+    }
+
+    /// Segments several images, each for its own prompts and parameters: every image
+    /// preprocessed (to the processor's fixed size, so sizes may differ), ONE CLIPSeg vision
+    /// pass (`encode_image`) for the stacked batch, then each image's prompts decoded against
+    /// its own slice of the decoder state (in chunks of
+    /// [`MAX_PROMPTS_PER_DECODE`](crate::models::clipseg::MAX_PROMPTS_PER_DECODE)) and its
+    /// masks made at its own size. Results in input order; an empty batch gives an empty Vec.
+    ///
+    /// Every input is checked first, as [`Self::segment`] checks its own; the first invalid one
+    /// fails the whole batch with that call's error. Each result's `timings.preprocess` and
+    /// `timings.postprocess` are its own; `timings.forward` is the whole batch's forward pass
+    /// (vision pass and every image's decoding; the same in every result).
+    pub fn segment_batch(&self, inputs: &[SegmentInput<'_>]) -> Result<Vec<SegmentationResult>> {
+        let _span =
+            tracing::info_span!("segment_batch", model = %self.name, n = inputs.len()).entered();
+        self.segment_inputs(inputs)
+    }
+
+    fn segment_inputs(&self, inputs: &[SegmentInput<'_>]) -> Result<Vec<SegmentationResult>> {
+        for input in inputs {
+            check_params(input.params)?;
+            check_prompts(input.prompts)?;
         }
-        let t0 = Instant::now();
-        let pixel_values = self.pixel_values(image)?;
-        let t1 = Instant::now();
-        let logits = self.forward(&pixel_values, prompts)?;
-        let (n, lh, lw) = logits.dims3()?;
-        let data = logits
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let logits = SegmentationLogits {
-            prompts: n,
-            height: lh,
-            width: lw,
-            data,
-        };
-        let t2 = Instant::now();
-        let (width, height) = image.dimensions();
-        // one prompt's mask per rayon task (a few ms each at camera resolutions)
-        let masks = prompts
-            .texts
-            .par_iter()
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut preprocess = Vec::with_capacity(inputs.len());
+        let mut pixel_values = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let t = Instant::now();
+            pixel_values.push(self.pixel_values(input.image)?);
+            preprocess.push(t.elapsed());
+        }
+        let t = Instant::now();
+        let pixel_values = Tensor::cat(&pixel_values, 0)?;
+        let state = self.model.encode_image(&pixel_values)?;
+        drop(pixel_values);
+        let logits = inputs
+            .iter()
             .enumerate()
-            .map(|(i, label)| {
-                let prompt_logits = logits
-                    .prompt(i)
-                    .ok_or_else(|| Error::InvalidInput(format!("no logits for prompt {i}")))?;
-                let m = post_process_segmentation(
-                    prompt_logits,
-                    (lh, lw),
-                    width,
-                    height,
-                    params.threshold,
-                )?;
-                Ok(PromptMask {
-                    prompt_index: i,
-                    label: label.clone(),
-                    probabilities: m.probabilities,
-                    mask: m.mask,
-                    area_fraction: m.stats.area_fraction,
-                    bbox: m.stats.bbox,
-                    mean_score: m.stats.mean_score,
-                })
+            .map(|(i, input)| {
+                let logits = self.model.decode(&state.image(i)?, &input.prompts.embeds)?;
+                host_logits(&logits)
             })
             .collect::<Result<Vec<_>>>()?;
-        let t3 = Instant::now();
-        Ok(SegmentationResult {
-            width,
-            height,
-            masks,
-            logits,
-            timings: Timings {
-                preprocess: t1 - t0,
-                forward: t2 - t1,
-                postprocess: t3 - t2,
-            },
-        })
+        drop(state);
+        let forward = t.elapsed();
+        inputs
+            .iter()
+            .zip(logits)
+            .zip(preprocess)
+            .map(|((input, logits), preprocess)| {
+                let t = Instant::now();
+                let (width, height) = input.image.dimensions();
+                let masks = prompt_masks(
+                    &input.prompts.texts,
+                    &logits,
+                    width,
+                    height,
+                    input.params.threshold,
+                )?;
+                Ok(SegmentationResult {
+                    width,
+                    height,
+                    masks,
+                    logits,
+                    timings: Timings {
+                        preprocess,
+                        forward,
+                        postprocess: t.elapsed(),
+                    },
+                })
+            })
+            .collect()
     }
+}
+
+/// One image of a batch ([`Segmenter::segment_batch`]), with its own prompts and parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentInput<'a> {
+    pub image: &'a RgbImage,
+    pub prompts: &'a PromptEmbeddings,
+    pub params: &'a SegmentParams,
+}
+
+/// What [`Segmenter::segment`] checks of its parameters.
+fn check_params(params: &SegmentParams) -> Result<()> {
+    if !(0.0..=1.0).contains(&params.threshold) {
+        return Err(Error::InvalidInput(format!(
+            "mask threshold must be in [0, 1], got {}",
+            params.threshold
+        )));
+    }
+    Ok(())
+}
+
+/// At least one prompt.
+fn check_prompts(prompts: &PromptEmbeddings) -> Result<()> {
+    if prompts.is_empty() {
+        return Err(Error::InvalidInput("no prompts given".into()));
+    }
+    Ok(())
+}
+
+/// Logits (prompts, S, S) on the host, in f32.
+fn host_logits(logits: &Tensor) -> Result<SegmentationLogits> {
+    let (prompts, height, width) = logits.dims3()?;
+    let data = logits
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(SegmentationLogits {
+        prompts,
+        height,
+        width,
+        data,
+    })
+}
+
+/// Each prompt's mask at the original `width` x `height`, in prompt order; one prompt per
+/// rayon task (a few ms each at camera resolutions).
+fn prompt_masks(
+    labels: &[String],
+    logits: &SegmentationLogits,
+    width: u32,
+    height: u32,
+    threshold: f32,
+) -> Result<Vec<PromptMask>> {
+    labels
+        .par_iter()
+        .enumerate()
+        .map(|(i, label)| {
+            let prompt_logits = logits
+                .prompt(i)
+                .ok_or_else(|| Error::InvalidInput(format!("no logits for prompt {i}")))?;
+            let m = post_process_segmentation(
+                prompt_logits,
+                (logits.height, logits.width),
+                width,
+                height,
+                threshold,
+            )?;
+            Ok(PromptMask {
+                prompt_index: i,
+                label: label.clone(),
+                probabilities: m.probabilities,
+                mask: m.mask,
+                area_fraction: m.stats.area_fraction,
+                bbox: m.stats.bbox,
+                mean_score: m.stats.mean_score,
+            })
+        })
+        .collect()
 }
