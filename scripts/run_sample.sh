@@ -5,7 +5,10 @@
 # segmentation, the zero-shot classification, a caption, the answer to a question) and saves the
 # overlays.
 #
-#   scripts/run_sample.sh [--out DIR] [--compressed] [--question TEXT] [--images FILE...]
+#   scripts/run_sample.sh [--out DIR] [--compressed] [--question TEXT] [--images FILE...] [--two-cameras]
+#
+# --two-cameras: one node serves two cameras, `head` (the whole photos) and `wrist` (closer crops),
+# with one copy of each model; the wrist camera has a vocabulary of its own (`wrist.queries`).
 #
 # Models (each a Hugging Face hub id or a local checkpoint directory in hub layout):
 #   VLM_OWLVIT_MODEL   default google/owlvit-base-patch32
@@ -24,13 +27,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 out="$root/sample_out"
 cam_args=()
+cameras=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out="$(realpath -m "$2")"; shift 2 ;;
     --compressed) cam_args+=(--compressed); shift ;;
     --question) cam_args+=(--question "$2"); shift 2 ;;
     --images) shift; cam_args+=(--images); while [ $# -gt 0 ] && [[ "$1" != --* ]]; do cam_args+=("$(realpath "$1")"); shift; done ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --two-cameras) cameras=(head wrist); shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -107,6 +112,14 @@ cat > "$out/sample_params.yaml" <<YAML
     target_frame: "base_link"
     services: {timeout: 120.0}
 YAML
+if [ "${#cameras[@]}" -gt 0 ]; then
+  cam_args+=(--cameras "${cameras[@]}")
+  cat >> "$out/sample_params.yaml" <<YAML
+    # one node, two cameras: <ns>/head/image and <ns>/wrist/image, results under ~/head/, ~/wrist/
+    cameras: [${cameras[0]}, ${cameras[1]}]
+    ${cameras[1]}: {queries: ["a cat", "a coffee cup"]}
+YAML
+fi
 
 # ---- run -------------------------------------------------------------------------------------
 # Raw frames over 512 KB do not fit Fast DDS's default shared-memory segment and best effort loses

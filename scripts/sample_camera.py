@@ -11,7 +11,12 @@ camera_color_optical_frame. scripts/run_sample.sh starts the node (target_frame 
 runs this.
 
     python3 scripts/sample_camera.py --node /sample/vlm_perception --out sample_out \
-        [--images a.png b.jpg ...] [--compressed] [--question "what is this?"]
+        [--images a.png b.jpg ...] [--compressed] [--question "what is this?"] [--cameras head wrist]
+
+With --cameras (the node's `cameras` parameter), each named camera gets its own view of each photo
+(the first the whole photo, the next ones closer, centre crops) on <ns>/<name>/image, its own
+optical frame in the tf tree (<name>_color_optical_frame), and its results are read from
+~/<name>/...; one node serves them all, in one batch per frame.
 
 Exit status: 0 when the node answered every frame, 1 otherwise.
 """
@@ -54,9 +59,23 @@ STATIC_TREE = [
 ]
 
 
-def static_tree(node) -> TFMessage:
+def camera_tree(name: str):
+    """A further named camera's links: as the first, 0.2 m further ahead per camera, 0.3 m lower,
+    pitched 60 degrees down (a wrist camera looking at the table)."""
+    k = 0.2 * (1 + len(name) % 3)
+    return [
+        ("base_link", f"{name}_link", (0.2 + k, 0.0, 0.3),
+         (0.0, math.sin(math.radians(30)), 0.0, math.cos(math.radians(30)))),
+        (f"{name}_link", f"{name}_color_optical_frame", (0.0, 0.015, 0.0), (-0.5, 0.5, -0.5, 0.5)),
+    ]
+
+
+def static_tree(node, cameras=()) -> TFMessage:
     msg = TFMessage()
-    for parent, child, t, q in STATIC_TREE:
+    tree = list(STATIC_TREE)
+    for name in cameras[1:]:
+        tree += camera_tree(name)
+    for parent, child, t, q in tree:
         ts = TransformStamped()
         ts.header.stamp = node.get_clock().now().to_msg()
         ts.header.frame_id, ts.child_frame_id = parent, child
@@ -77,9 +96,21 @@ def use_large_data_profile():
         del os.environ[PROFILE_VAR]
 
 
-def to_image_msg(path: Path, frame_id: str) -> Image:
+def view(path: Path, closeness: int):
+    """The photo as camera number `closeness` sees it: whole for 0, else a centre crop of
+    1 / (1 + closeness / 2) of each side (a closer camera)."""
     from PIL import Image as PILImage
     pil = PILImage.open(path).convert("RGB")
+    if closeness:
+        f = 1 / (1 + closeness / 2)
+        w, h = pil.size
+        cw, ch = max(1, round(w * f)), max(1, round(h * f))
+        pil = pil.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+    return pil
+
+
+def to_image_msg(path: Path, frame_id: str, closeness: int = 0) -> Image:
+    pil = view(path, closeness)
     m = Image()
     m.header.frame_id = frame_id
     m.header.stamp.sec, m.header.stamp.nanosec = divmod(time.time_ns(), 1_000_000_000)
@@ -107,12 +138,19 @@ def depth_and_info(width: int, height: int, header) -> tuple[Image, CameraInfo]:
     return depth, info
 
 
-def to_compressed_msg(path: Path, frame_id: str) -> CompressedImage:
+def to_compressed_msg(path: Path, frame_id: str, closeness: int = 0) -> CompressedImage:
+    """The file's own bytes for the whole photo; a closer camera's crop as PNG."""
     m = CompressedImage()
     m.header.frame_id = frame_id
     m.header.stamp.sec, m.header.stamp.nanosec = divmod(time.time_ns(), 1_000_000_000)
-    m.format = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
-    m.data = path.read_bytes()
+    if closeness:
+        import io
+        buf = io.BytesIO()
+        view(path, closeness).save(buf, format="PNG")
+        m.format, m.data = "png", buf.getvalue()
+    else:
+        m.format = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
+        m.data = path.read_bytes()
     return m
 
 
@@ -120,31 +158,46 @@ def stamp_key(header) -> tuple[int, int]:
     return header.stamp.sec, header.stamp.nanosec
 
 
+class CameraStream:
+    """One camera's topics: its inputs under the camera namespace, its results under the node
+    (`~/<name>/...` for a named camera), matched to their frame by the image's stamp."""
+
+    def __init__(self, n, node_name: str, camera_topic: str, name: str, index: int):
+        self.name, self.index = name, index
+        self.frame_id = f"{name}_color_optical_frame" if index else OPTICAL_FRAME
+        ns = camera_topic.rsplit("/", 1)[0]
+        topic = f"{ns}/{name}/{camera_topic.rsplit('/', 1)[1]}" if name else camera_topic
+        base = f"{ns}/{name}" if name else ns
+        out = f"{node_name}/{name}" if name else node_name
+        self.topic = topic
+        self.detections, self.segmentations, self.overlays, self.classifications = {}, {}, {}, {}
+        self.raw_pub = n.create_publisher(Image, topic, qos_profile_sensor_data)
+        self.compressed_pub = n.create_publisher(CompressedImage, topic + "/compressed", qos_profile_sensor_data)
+        self.depth_pub = n.create_publisher(Image, f"{base}/aligned_depth_to_color/image_raw", qos_profile_sensor_data)
+        self.info_pub = n.create_publisher(CameraInfo, f"{base}/color/camera_info", qos_profile_sensor_data)
+        for kind, store, topic_name in ((DetectionArray, self.detections, "detections"),
+                                        (SegmentationArray, self.segmentations, "segmentation"),
+                                        (Image, self.overlays, "overlay"),
+                                        (Classification, self.classifications, "classification")):
+            n.create_subscription(kind, f"{out}/{topic_name}",
+                                  lambda m, store=store: store.setdefault(stamp_key(m.header), m), RELIABLE)
+
+    def label(self):
+        return f"camera {self.name}: " if self.name else ""
+
+
 class SampleCamera:
-    def __init__(self, node_name: str, camera_topic: str):
+    def __init__(self, node_name: str, camera_topic: str, cameras=()):
         self.node = rclpy.create_node("sample_camera")
         self.fqn = node_name
-        self.detections, self.segmentations, self.answers, self.overlays = {}, {}, [], {}
-        self.classifications = {}
+        self.answers = []
         self.diag = None
         n = self.node
-        self.raw_pub = n.create_publisher(Image, camera_topic, qos_profile_sensor_data)
-        self.compressed_pub = n.create_publisher(CompressedImage, camera_topic + "/compressed", qos_profile_sensor_data)
-        ns = camera_topic.rsplit("/", 1)[0]
-        self.depth_pub = n.create_publisher(Image, f"{ns}/aligned_depth_to_color/image_raw", qos_profile_sensor_data)
-        self.info_pub = n.create_publisher(CameraInfo, f"{ns}/color/camera_info", qos_profile_sensor_data)
+        self.streams = [CameraStream(n, node_name, camera_topic, name, i)
+                        for i, name in enumerate(cameras or [""])]
         self.tf_static_pub = n.create_publisher(TFMessage, "/tf_static", TF_STATIC_QOS)
-        self.tf_static_pub.publish(static_tree(n))
-        # results are matched to their frame by the image's stamp (the node keeps the header)
-        n.create_subscription(DetectionArray, f"{node_name}/detections",
-                              lambda m: self.detections.setdefault(stamp_key(m.header), m), RELIABLE)
-        n.create_subscription(SegmentationArray, f"{node_name}/segmentation",
-                              lambda m: self.segmentations.setdefault(stamp_key(m.header), m), RELIABLE)
-        n.create_subscription(Image, f"{node_name}/overlay",
-                              lambda m: self.overlays.setdefault(stamp_key(m.header), m), RELIABLE)
+        self.tf_static_pub.publish(static_tree(n, list(cameras)))
         n.create_subscription(Answer, f"{node_name}/answers", self.answers.append, RELIABLE)
-        n.create_subscription(Classification, f"{node_name}/classification",
-                              lambda m: self.classifications.setdefault(stamp_key(m.header), m), RELIABLE)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, RELIABLE)
         self.ask = n.create_client(Ask, f"{node_name}/ask")
         self.caption = n.create_client(Caption, f"{node_name}/caption")
@@ -170,8 +223,9 @@ class SampleCamera:
             return s is not None and s.message != "loading models"
         if not self.spin_until(ready, timeout):
             return False
-        return self.spin_until(lambda: self.raw_pub.get_subscription_count() > 0
-                               or self.compressed_pub.get_subscription_count() > 0, 20)
+        return self.spin_until(lambda: all(c.raw_pub.get_subscription_count() > 0
+                                           or c.compressed_pub.get_subscription_count() > 0
+                                           for c in self.streams), 20)
 
 
 def describe_tasks(diag):
@@ -213,6 +267,42 @@ def print_object_memory(cam, timeout: float):
         print(f"  ... {len(r.objects) - 8} more")
 
 
+def report_frame(cam, c: CameraStream, key, path: Path, args):
+    """Prints one camera's results for a frame (detections, masks, classification, overlay);
+    returns them for results.json, or None when its detections never came."""
+    det = c.detections.get(key)
+    if det is None:
+        return None
+    if c.name:
+        print(f"  camera {c.name} ({c.frame_id}):")
+    print_detections(det, args.show)
+    entry = {"position_frame_id": det.position_frame_id, "detections": [
+        {"label": d.label, "score": round(d.score, 4), "track_id": d.track_id,
+         "center": [round(d.bbox.center.position.x, 1), round(d.bbox.center.position.y, 1)],
+         "size": [round(d.bbox.size_x, 1), round(d.bbox.size_y, 1)],
+         **({"position_m": [round(d.position.x, 3), round(d.position.y, 3), round(d.position.z, 3)]}
+            if d.has_position else {})} for d in det.detections]}
+    seg = cam.spin_until(lambda: c.segmentations.get(key), 1.0)
+    if seg:
+        print(f"  segmentation ({seg.model}, {seg.latency_ms:.0f} ms):")
+        for s in seg.segmentations:
+            print(f"    {s.label:24s} area {100 * s.area_fraction:5.1f} %  mean score {s.score:.3f}")
+        entry["segmentation"] = [{"label": s.label, "area_fraction": round(s.area_fraction, 4),
+                                  "score": round(s.score, 4)} for s in seg.segmentations]
+    cls = cam.spin_until(lambda: c.classifications.get(key), 1.0)
+    if cls:
+        ranked = ", ".join(f"{x.label} ({x.score:.2f})" for x in cls.labels)
+        print(f"  classification ({cls.model}, {cls.latency_ms:.0f} ms): {ranked}")
+        entry["classification"] = [{"label": x.label, "score": round(x.score, 4)} for x in cls.labels]
+    overlay = cam.spin_until(lambda: c.overlays.get(key), 1.0)
+    if overlay:
+        from PIL import Image as PILImage
+        out = args.out / f"{path.stem}{'_' + c.name if c.name else ''}_overlay.png"
+        PILImage.frombytes("RGB", (overlay.width, overlay.height), bytes(overlay.data)).save(out)
+        print(f"  overlay -> {out}")
+    return entry
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--node", default="/sample/vlm_perception", help="the node's fully qualified name")
@@ -225,11 +315,13 @@ def main():
     ap.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for each frame's results")
     ap.add_argument("--show", type=int, default=5, help="detections printed per frame")
     ap.add_argument("--no-depth", action="store_true", help="do not publish the synthetic depth and CameraInfo")
+    ap.add_argument("--cameras", nargs="*", default=[],
+                    help="the node's `cameras` names (each gets its own view of every photo)")
     args = ap.parse_args()
 
     use_large_data_profile()
     rclpy.init()
-    cam = SampleCamera(args.node, args.camera_topic)
+    cam = SampleCamera(args.node, args.camera_topic, args.cameras)
     args.out.mkdir(parents=True, exist_ok=True)
     ok = True
     try:
@@ -240,53 +332,45 @@ def main():
         describe_tasks(cam.diag)
         results = []
         for i, path in enumerate(args.images):
-            msg = to_compressed_msg(path, OPTICAL_FRAME) if args.compressed else to_image_msg(path, OPTICAL_FRAME)
-            key = stamp_key(msg.header)
-            pub = cam.compressed_pub if args.compressed else cam.raw_pub
-            if not args.no_depth:
-                from PIL import Image as PILImage
-                w, h = PILImage.open(path).size
-                depth, info = depth_and_info(w, h, msg.header)
-            print(f"\n[{path.name}] published on {args.camera_topic}{'/compressed' if args.compressed else ''}",
-                  flush=True)
-            # best effort: publish again until the node's answer for this frame arrives
-            det = None
-            end = time.monotonic() + args.frame_timeout
-            while det is None and time.monotonic() < end:
+            frames = {}  # camera index -> (msg, depth and info or None)
+            for c in cam.streams:
+                msg = (to_compressed_msg(path, c.frame_id, c.index) if args.compressed
+                       else to_image_msg(path, c.frame_id, c.index))
+                pair = None
                 if not args.no_depth:
-                    cam.info_pub.publish(info)
-                    cam.depth_pub.publish(depth)
-                pub.publish(msg)
-                det = cam.spin_until(lambda: cam.detections.get(key), 2.0)
-            if det is None:
-                print("  no detections received for this frame", file=sys.stderr)
-                ok = False
+                    w, h = view(path, c.index).size
+                    pair = depth_and_info(w, h, msg.header)
+                frames[c.index] = (msg, pair)
+                print(f"\n[{path.name}] {c.label()}published on {c.topic}{'/compressed' if args.compressed else ''}",
+                      flush=True)
+            # best effort: publish again until the node's answers for this frame arrive (every
+            # camera's frame at once: the node runs them as one batch)
+            def missing():
+                return [c for c in cam.streams if stamp_key(frames[c.index][0].header) not in c.detections]
+            end = time.monotonic() + args.frame_timeout
+            while missing() and time.monotonic() < end:
+                for c in missing():
+                    msg, pair = frames[c.index]
+                    if pair:
+                        c.info_pub.publish(pair[1])
+                        c.depth_pub.publish(pair[0])
+                    (c.compressed_pub if args.compressed else c.raw_pub).publish(msg)
+                cam.spin_until(lambda: not missing(), 2.0)
+            entry = {"image": path.name}
+            answered = True
+            for c in cam.streams:
+                key = stamp_key(frames[c.index][0].header)
+                part = report_frame(cam, c, key, path, args)
+                if part is None:
+                    print(f"  {c.label()}no detections received for this frame", file=sys.stderr)
+                    ok = answered = False
+                    continue
+                if c.name:
+                    entry.setdefault("cameras", {})[c.name] = part
+                else:
+                    entry.update(part)
+            if not answered:
                 continue
-            print_detections(det, args.show)
-            entry = {"image": path.name, "position_frame_id": det.position_frame_id, "detections": [
-                {"label": d.label, "score": round(d.score, 4), "track_id": d.track_id,
-                 "center": [round(d.bbox.center.position.x, 1), round(d.bbox.center.position.y, 1)],
-                 "size": [round(d.bbox.size_x, 1), round(d.bbox.size_y, 1)],
-                 **({"position_m": [round(d.position.x, 3), round(d.position.y, 3), round(d.position.z, 3)]}
-                    if d.has_position else {})} for d in det.detections]}
-            seg = cam.spin_until(lambda: cam.segmentations.get(key), 1.0)
-            if seg:
-                print(f"  segmentation ({seg.model}, {seg.latency_ms:.0f} ms):")
-                for s in seg.segmentations:
-                    print(f"    {s.label:24s} area {100 * s.area_fraction:5.1f} %  mean score {s.score:.3f}")
-                entry["segmentation"] = [{"label": s.label, "area_fraction": round(s.area_fraction, 4),
-                                          "score": round(s.score, 4)} for s in seg.segmentations]
-            cls = cam.spin_until(lambda: cam.classifications.get(key), 1.0)
-            if cls:
-                ranked = ", ".join(f"{c.label} ({c.score:.2f})" for c in cls.labels)
-                print(f"  classification ({cls.model}, {cls.latency_ms:.0f} ms): {ranked}")
-                entry["classification"] = [{"label": c.label, "score": round(c.score, 4)} for c in cls.labels]
-            overlay = cam.spin_until(lambda: cam.overlays.get(key), 1.0)
-            if overlay:
-                from PIL import Image as PILImage
-                out = args.out / f"{path.stem}_overlay.png"
-                PILImage.frombytes("RGB", (overlay.width, overlay.height), bytes(overlay.data)).save(out)
-                print(f"  overlay -> {out}")
             if cam.caption.wait_for_service(timeout_sec=5):
                 fut = cam.caption.call_async(Caption.Request())  # no image: the latest frame
                 cam.spin_until(fut.done, args.frame_timeout)

@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use image::{DynamicImage, GrayImage, RgbImage, RgbaImage};
 use r2r::builtin_interfaces::msg::Time;
-use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
 use r2r::sensor_msgs::msg::{CompressedImage, Image};
 use r2r::std_msgs::msg::Header;
 use r2r::vlm_perception_msgs::msg as vmsg;
@@ -29,13 +28,15 @@ use vlm_perception::vision::boxes::BBox;
 use vlm_perception::vision::image_io::{check_size, decode_rgb, to_rgb};
 
 use crate::params::Value;
-use crate::worker::{ModelState, Snapshot, TaskSnapshot};
 
+mod diagnostics;
 mod objects;
 mod planner;
 mod spatial;
 #[cfg(feature = "vision_msgs")]
 mod vision;
+pub use diagnostics::diagnostics;
+use diagnostics::kv;
 pub use objects::{object_array, tracked_object};
 pub use planner::{ground_target, phrase_scores};
 pub use spatial::{
@@ -531,116 +532,6 @@ pub fn now() -> Time {
         nanosec: d.subsec_nanos(),
     }
 }
-
-fn kv(key: &str, value: impl ToString) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: value.to_string(),
-    }
-}
-
-fn ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.1}"))
-}
-
-/// One status for the stream, one per task and one for depth (when on), named `<node>: <part>`.
-pub fn diagnostics(
-    node: &str,
-    s: &Snapshot,
-    depth: Option<&crate::depth_sync::DepthCounters>,
-    tf: &crate::tf::TfStats,
-) -> DiagnosticArray {
-    let mut status = Vec::with_capacity(4);
-    let any_ready = s.tasks.iter().any(|t| matches!(t.state, ModelState::Ready));
-    let (level, message) = if s.loading {
-        (LEVEL_WARN, "loading models".to_string())
-    } else if !any_ready {
-        (LEVEL_ERROR, "no model loaded".to_string())
-    } else if s.frames_received == 0 {
-        (LEVEL_OK, "waiting for images".to_string())
-    } else {
-        (
-            LEVEL_OK,
-            format!(
-                "{:.1} fps, latency p50 {} ms, p95 {} ms",
-                s.fps,
-                ms(s.latency_p50_ms),
-                ms(s.latency_p95_ms)
-            ),
-        )
-    };
-    status.push(DiagnosticStatus {
-        level,
-        name: format!("{node}: stream"),
-        message,
-        hardware_id: s.device.clone(),
-        values: vec![
-            kv("fps", format!("{:.2}", s.fps)),
-            kv("latency_p50_ms", ms(s.latency_p50_ms)),
-            kv("latency_p95_ms", ms(s.latency_p95_ms)),
-            kv("inference_p50_ms", ms(s.inference_p50_ms)),
-            kv("inference_p95_ms", ms(s.inference_p95_ms)),
-            kv("frames_received", s.frames_received),
-            kv("frames_processed", s.frames_processed),
-            kv("frames_dropped", s.frames_dropped),
-            kv("frames_bad", s.frames_bad),
-            kv("last_bad_frame", &s.last_bad_frame),
-            kv("bad_queries", s.bad_queries),
-            kv("inference_errors", s.inference_errors),
-            kv("service_calls", s.service_calls),
-            kv("service_failures", s.service_failures),
-            kv("query_encodings", s.query_encodings),
-            kv("prompt_encodings", s.prompt_encodings),
-            kv("label_encodings", s.label_encodings),
-            kv("queries", s.queries.join(", ")),
-            kv("prompts", s.prompts.join(", ")),
-            kv("rate_limit_hz", s.rate),
-            kv("device", &s.device),
-            kv("dtype", &s.dtype),
-        ],
-    });
-    for t in &s.tasks {
-        status.push(task_status(node, s, t));
-    }
-    if let Some(c) = depth {
-        status.push(spatial::depth_status(node, c));
-    }
-    status.push(spatial::tf_status(node, tf));
-    DiagnosticArray {
-        header: Header {
-            stamp: now(),
-            frame_id: String::new(),
-        },
-        status,
-    }
-}
-
-fn task_status(node: &str, s: &Snapshot, t: &TaskSnapshot) -> DiagnosticStatus {
-    let (level, state, message) = match &t.state {
-        ModelState::Disabled => (LEVEL_STALE, "disabled", "disabled by parameter".to_string()),
-        ModelState::Unconfigured => (
-            LEVEL_STALE,
-            "unconfigured",
-            "not loaded (lifecycle node not configured)".to_string(),
-        ),
-        ModelState::Loading => (LEVEL_WARN, "loading", format!("loading `{}`", t.model)),
-        ModelState::Ready => (LEVEL_OK, "ready", format!("`{}` ready", t.model)),
-        ModelState::Failed(e) => (LEVEL_ERROR, "failed", format!("failed to load: {e}")),
-    };
-    DiagnosticStatus {
-        level,
-        name: format!("{node}: {}", t.task),
-        message,
-        hardware_id: s.device.clone(),
-        values: vec![
-            kv("state", state),
-            kv("model", &t.model),
-            kv("device", &s.device),
-            kv("dtype", &s.dtype),
-        ],
-    }
-}
-
 /// r2r's parameter map -> the plain map [`crate::params::NodeParams`] validates.
 pub fn param_map<'a>(
     params: impl IntoIterator<Item = (&'a String, &'a Parameter)>,

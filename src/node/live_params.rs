@@ -7,7 +7,7 @@ use r2r::indexmap::IndexMap;
 use r2r::{Parameter, ParameterValue, RosParams};
 
 use crate::convert::{param_value, value_of};
-use crate::params::{NodeParams, DESCRIPTIONS};
+use crate::params::{cameras, NodeParams, DESCRIPTIONS};
 
 pub struct LiveParams {
     pub current: NodeParams,
@@ -17,7 +17,9 @@ fn description(name: &str) -> &'static str {
     DESCRIPTIONS
         .iter()
         .find(|(n, _, _)| *n == name)
-        .map_or("", |(_, d, _)| d)
+        .map(|(_, d, _)| *d)
+        .or_else(|| cameras::description(name))
+        .unwrap_or("")
 }
 
 impl RosParams for LiveParams {

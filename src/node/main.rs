@@ -41,8 +41,8 @@ use depth_sync::{stamp_ns, DepthSync};
 use live_params::LiveParams;
 use log_limiter::{suppressed_note, LogLimiter};
 use memory::Memory;
-use outputs::{Publishers, StreamSink};
-use params::{split_texts, NodeParams, ParamError};
+use outputs::{Outputs, Publishers, StreamSink};
+use params::{split_texts, CameraSpec, NodeParams, ParamError};
 use services::{
     ask_call, caption_call, classify_call, detect_call, get_objects_call, ground_call, score_call,
     segment_call, serve, set_queries_call, ServiceTimeout, Services,
@@ -142,30 +142,14 @@ fn run() -> Result<()> {
     })?;
 
     // Outputs.
-    let publishers = Publishers {
+    let publishers = Outputs {
         logger: logger.clone(),
-        detections: node.create_publisher("~/detections", output_qos())?,
-        segmentation: node.create_publisher("~/segmentation", output_qos())?,
         answers: node.create_publisher("~/answers", output_qos())?,
-        classification: node.create_publisher("~/classification", output_qos())?,
-        captions: node.create_publisher("~/captions", output_qos())?,
-        // always there: `overlay.enabled` can be switched on at run time
-        overlay: Some(node.create_publisher("~/overlay", output_qos())?),
-        markers: if params.depth.enabled {
-            Some(node.create_publisher("~/markers", output_qos())?)
-        } else {
-            None
-        },
-        // with depth, whether or not pointcloud.enabled (live) asks for clouds yet
-        object_points: if params.depth.enabled {
-            Some(node.create_publisher("~/objects/points", output_qos())?)
-        } else {
-            None
-        },
-        #[cfg(feature = "vision_msgs")]
-        detections_2d: node.create_publisher("~/detections_2d", output_qos())?,
-        #[cfg(feature = "vision_msgs")]
-        detections_3d: node.create_publisher("~/detections_3d", output_qos())?,
+        cameras: params
+            .cameras
+            .iter()
+            .map(|c| camera_publishers(&mut node, c, &params, &logger))
+            .collect::<Result<_>>()?,
     };
     let diagnostics = node.create_publisher::<DiagnosticArray>("/diagnostics", output_qos())?;
     let transforms = Arc::new(Transforms::new(&params.tf));
@@ -182,36 +166,13 @@ fn run() -> Result<()> {
     let (sink, staged) = StreamSink::new(publishers.clone(), transforms.clone(), memory.clone());
 
     // Inputs.
-    let mut camera_qos = if params.camera.reliable {
-        QosProfile::default()
-    } else {
-        QosProfile::sensor_data()
-    };
-    camera_qos = camera_qos.keep_last(params.camera.depth);
-    let topic = params.camera.topic.clone();
-    let raw_sub = if params.camera.transport.raw() {
-        Some(node.subscribe::<Image>(&topic, camera_qos.clone())?)
-    } else {
-        None
-    };
-    let compressed_topic = format!("{}/compressed", topic.trim_end_matches('/'));
-    let compressed_sub = if params.camera.transport.compressed() {
-        Some(node.subscribe::<CompressedImage>(&compressed_topic, camera_qos.clone())?)
-    } else {
-        None
-    };
-    let depth_subs = if params.depth.enabled {
-        Some((
-            node.subscribe::<Image>(&params.depth.topic, camera_qos.clone())?,
-            node.subscribe::<CameraInfo>(&params.depth.camera_info_topic, camera_qos.clone())?,
-        ))
-    } else {
-        None
-    };
-    let depth_sync = params
-        .depth
-        .enabled
-        .then(|| Arc::new(DepthSync::new(params.depth.slop)));
+    let inputs = params
+        .cameras
+        .iter()
+        .enumerate()
+        .map(|(i, c)| CameraInputs::subscribe(&mut node, &fqn, i, c, &params))
+        .collect::<Result<Vec<_>>>()?;
+    let depth_syncs: Vec<Option<Arc<DepthSync>>> = inputs.iter().map(|c| c.sync.clone()).collect();
     // As tf2_ros's TransformListener: /tf reliable and volatile, /tf_static reliable and
     // transient local (a late joiner still gets the static tree), both keep last 100.
     let tf_qos = QosProfile::default().reliable().keep_last(TF_DEPTH);
@@ -236,8 +197,9 @@ fn run() -> Result<()> {
         &logger,
         Level::Info,
         &format!(
-            "{fqn}: camera `{topic}` ({:?}, {}), device {} {}, rate {} Hz, detection {}, \
+            "{fqn}: {} ({:?}, {}), device {} {}, rate {} Hz, detection {}, \
              segmentation {}, vqa {}, classification {}, captioning {}, overlay {}",
+            camera_summary(&params),
             params.camera.transport,
             if params.camera.reliable {
                 "reliable"
@@ -300,7 +262,7 @@ fn run() -> Result<()> {
         params.clone(),
         options,
         sink,
-        depth_sync.clone(),
+        depth_syncs.clone(),
         params.lifecycle,
     )
     .context("cannot start the inference thread")?;
@@ -352,31 +314,13 @@ fn run() -> Result<()> {
             memory.clone(),
         ));
         tokio::spawn(forget_objects(memory.clone()));
-        let source: Arc<str> = Arc::from(resolve(&fqn, &topic));
-        if let Some(sub) = raw_sub {
-            tokio::spawn(frames(
-                sub,
-                handle.clone(),
-                source.clone(),
-                RawImage::from_image,
-            ));
-        }
-        if let Some(sub) = compressed_sub {
-            let source: Arc<str> = Arc::from(resolve(&fqn, &compressed_topic));
-            tokio::spawn(frames(
-                sub,
-                handle.clone(),
-                source,
-                RawImage::from_compressed,
-            ));
-        }
-        if let (Some((depth_sub, info_sub)), Some(sync)) = (depth_subs, &depth_sync) {
-            tokio::spawn(depth_frames(depth_sub, sync.clone()));
-            tokio::spawn(camera_infos(info_sub, sync.clone()));
+        for camera in inputs {
+            camera.spawn(&handle);
         }
         tokio::spawn(vocabulary_topic(queries_sub, handle.clone(), true));
         tokio::spawn(vocabulary_topic(prompts_sub, handle.clone(), false));
         let calls = Services {
+            cameras: Arc::new(params.cameras.clone()),
             worker: handle.clone(),
             tf: transforms.clone(),
             memory: memory.clone(),
@@ -404,7 +348,7 @@ fn run() -> Result<()> {
         tokio::spawn(publish_diagnostics(
             diagnostics,
             handle.clone(),
-            depth_sync.clone(),
+            depth_syncs,
             transforms.clone(),
             fqn.clone(),
             params.diagnostics_period,
@@ -454,6 +398,7 @@ fn resolve(fqn: &str, topic: &str) -> String {
 async fn frames<M>(
     mut sub: impl Stream<Item = M> + Unpin,
     handle: Handle,
+    camera: usize,
     source: Arc<str>,
     to_raw: fn(M) -> (FrameHeader, RawImage),
 ) {
@@ -461,6 +406,7 @@ async fn frames<M>(
         let received = Instant::now();
         let (header, image) = to_raw(msg);
         handle.push_frame(Frame {
+            camera,
             header,
             image,
             source: source.clone(),
@@ -504,6 +450,7 @@ async fn vocabulary_topic(
                 prompts,
                 prompt_images: Vec::new(),
                 origin,
+                camera: None,
                 reply: None,
             },
             deadline: Instant::now() + Duration::from_secs(3600),
@@ -631,7 +578,7 @@ async fn parameter_changes(
 async fn publish_diagnostics(
     publisher: r2r::Publisher<DiagnosticArray>,
     handle: Handle,
-    depth: Option<Arc<DepthSync>>,
+    depth: Vec<Option<Arc<DepthSync>>>,
     transforms: Arc<Transforms>,
     fqn: String,
     period: Duration,
@@ -642,13 +589,11 @@ async fn publish_diagnostics(
     let mut warned = false;
     loop {
         tick.tick().await;
-        let counters = depth.as_ref().map(|d| d.counters());
-        let msg = convert::diagnostics(
-            &fqn,
-            &handle.snapshot(),
-            counters.as_ref(),
-            &transforms.stats(),
-        );
+        let counters: Vec<_> = depth
+            .iter()
+            .map(|d| d.as_ref().map(|d| d.counters()))
+            .collect();
+        let msg = convert::diagnostics(&fqn, &handle.snapshot(), &counters, &transforms.stats());
         if let Err(e) = publisher.publish(&msg) {
             if !warned {
                 log(
@@ -658,6 +603,142 @@ async fn publish_diagnostics(
                 );
                 warned = true;
             }
+        }
+    }
+}
+
+/// One camera's stream topics.
+fn camera_publishers(
+    node: &mut r2r::Node,
+    camera: &CameraSpec,
+    params: &NodeParams,
+    logger: &str,
+) -> Result<Publishers> {
+    let topic = |base: &str| camera.output(base);
+    Ok(Publishers {
+        logger: logger.to_string(),
+        detections: node.create_publisher(&topic("detections"), output_qos())?,
+        segmentation: node.create_publisher(&topic("segmentation"), output_qos())?,
+        classification: node.create_publisher(&topic("classification"), output_qos())?,
+        captions: node.create_publisher(&topic("captions"), output_qos())?,
+        // always there: `overlay.enabled` can be switched on at run time
+        overlay: Some(node.create_publisher(&topic("overlay"), output_qos())?),
+        markers: if params.depth.enabled {
+            Some(node.create_publisher(&topic("markers"), output_qos())?)
+        } else {
+            None
+        },
+        // with depth, whether or not pointcloud.enabled (live) asks for clouds yet
+        object_points: if params.depth.enabled {
+            Some(node.create_publisher(&topic("objects/points"), output_qos())?)
+        } else {
+            None
+        },
+        #[cfg(feature = "vision_msgs")]
+        detections_2d: node.create_publisher(&topic("detections_2d"), output_qos())?,
+        #[cfg(feature = "vision_msgs")]
+        detections_3d: node.create_publisher(&topic("detections_3d"), output_qos())?,
+    })
+}
+
+/// The cameras for the startup line.
+fn camera_summary(params: &NodeParams) -> String {
+    let topics: Vec<String> = params
+        .cameras
+        .iter()
+        .map(|c| format!("`{}`", c.input(&params.camera.topic)))
+        .collect();
+    match topics.as_slice() {
+        [one] => format!("camera {one}"),
+        many => format!("{} cameras {}", many.len(), many.join(", ")),
+    }
+}
+
+type Sub<M> = Box<dyn Stream<Item = M> + Unpin + Send>;
+
+/// One camera's subscriptions: its image (raw and/or compressed) and, with depth, its aligned
+/// depth and calibration.
+struct CameraInputs {
+    index: usize,
+    raw: Option<(Sub<Image>, Arc<str>)>,
+    compressed: Option<(Sub<CompressedImage>, Arc<str>)>,
+    depth: Option<(Sub<Image>, Sub<CameraInfo>)>,
+    sync: Option<Arc<DepthSync>>,
+}
+
+impl CameraInputs {
+    fn subscribe(
+        node: &mut r2r::Node,
+        fqn: &str,
+        index: usize,
+        camera: &CameraSpec,
+        params: &NodeParams,
+    ) -> Result<Self> {
+        let mut qos = if params.camera.reliable {
+            QosProfile::default()
+        } else {
+            QosProfile::sensor_data()
+        };
+        qos = qos.keep_last(params.camera.depth);
+        let topic = camera.input(&params.camera.topic);
+        let raw = if params.camera.transport.raw() {
+            let sub: Sub<Image> = Box::new(node.subscribe::<Image>(&topic, qos.clone())?);
+            Some((sub, Arc::from(resolve(fqn, &topic))))
+        } else {
+            None
+        };
+        let compressed_topic = format!("{}/compressed", topic.trim_end_matches('/'));
+        let compressed = if params.camera.transport.compressed() {
+            let sub: Sub<CompressedImage> =
+                Box::new(node.subscribe::<CompressedImage>(&compressed_topic, qos.clone())?);
+            Some((sub, Arc::from(resolve(fqn, &compressed_topic))))
+        } else {
+            None
+        };
+        let depth = if params.depth.enabled {
+            let depth: Sub<Image> =
+                Box::new(node.subscribe::<Image>(&camera.input(&params.depth.topic), qos.clone())?);
+            let info: Sub<CameraInfo> = Box::new(
+                node.subscribe::<CameraInfo>(&camera.input(&params.depth.camera_info_topic), qos)?,
+            );
+            Some((depth, info))
+        } else {
+            None
+        };
+        Ok(Self {
+            index,
+            raw,
+            compressed,
+            sync: depth
+                .is_some()
+                .then(|| Arc::new(DepthSync::new(params.depth.slop))),
+            depth,
+        })
+    }
+
+    /// Its tasks on the async runtime: frames into the worker's mailbox, depth into pairing.
+    fn spawn(self, handle: &Handle) {
+        if let Some((sub, source)) = self.raw {
+            tokio::spawn(frames(
+                sub,
+                handle.clone(),
+                self.index,
+                source,
+                RawImage::from_image,
+            ));
+        }
+        if let Some((sub, source)) = self.compressed {
+            tokio::spawn(frames(
+                sub,
+                handle.clone(),
+                self.index,
+                source,
+                RawImage::from_compressed,
+            ));
+        }
+        if let (Some((depth, info)), Some(sync)) = (self.depth, self.sync) {
+            tokio::spawn(depth_frames(depth, sync.clone()));
+            tokio::spawn(camera_infos(info, sync));
         }
     }
 }

@@ -28,13 +28,33 @@ const STAGE_DEPTH: usize = 16;
 /// The same tf failure is logged at most this often (it is on /diagnostics every period).
 const TF_LOG_PERIOD: Duration = Duration::from_secs(5);
 
-/// The result topics.
+/// The result topics: the answers of `~/ask`, and per camera its stream's topics.
+#[derive(Clone)]
+pub struct Outputs {
+    pub logger: String,
+    pub answers: r2r::Publisher<vmsg::Answer>,
+    /// Per camera (an index into `cameras`).
+    pub cameras: Vec<Publishers>,
+}
+
+impl Outputs {
+    fn check(&self, what: &str, r: r2r::Result<()>) {
+        check(&self.logger, what, r);
+    }
+}
+
+fn check(logger: &str, what: &str, r: r2r::Result<()>) {
+    if let Err(e) = r {
+        log(logger, Level::Error, &format!("cannot publish {what}: {e}"));
+    }
+}
+
+/// One camera's stream topics (`~/<topic>`, or `~/<camera>/<topic>` for a named camera).
 #[derive(Clone)]
 pub struct Publishers {
     pub logger: String,
     pub detections: r2r::Publisher<vmsg::DetectionArray>,
     pub segmentation: r2r::Publisher<vmsg::SegmentationArray>,
-    pub answers: r2r::Publisher<vmsg::Answer>,
     /// The stream's captions (`caption.rate`).
     pub captions: r2r::Publisher<vmsg::Caption>,
     /// The stream's classification among `clip.labels`.
@@ -52,13 +72,7 @@ pub struct Publishers {
 
 impl Publishers {
     fn check(&self, what: &str, r: r2r::Result<()>) {
-        if let Err(e) = r {
-            log(
-                &self.logger,
-                Level::Error,
-                &format!("cannot publish {what}: {e}"),
-            );
-        }
+        check(&self.logger, what, r);
     }
 
     /// One frame's detections on every detection topic; its positions are already in
@@ -99,7 +113,7 @@ impl Publishers {
 /// The worker's sink: results straight onto the topics, detections through the tf stage when a
 /// target frame is set.
 pub struct StreamSink {
-    out: Publishers,
+    out: Outputs,
     tf: Arc<Transforms>,
     memory: Arc<Memory>,
     stage: mpsc::Sender<FrameDetections>,
@@ -108,7 +122,7 @@ pub struct StreamSink {
 impl StreamSink {
     /// The sink, and the receiving end of its tf stage (for [`tf_stage`]).
     pub fn new(
-        out: Publishers,
+        out: Outputs,
         tf: Arc<Transforms>,
         memory: Arc<Memory>,
     ) -> (Self, mpsc::Receiver<FrameDetections>) {
@@ -127,15 +141,12 @@ impl StreamSink {
 
 /// Moves a frame's 3D into `placement`'s frame (all left out when its transform failed),
 /// publishes it and records it in the object memory.
-fn publish_placed(
-    out: &Publishers,
-    memory: &Memory,
-    mut f: FrameDetections,
-    placement: &Placement,
-) {
+fn publish_placed(out: &Outputs, memory: &Memory, mut f: FrameDetections, placement: &Placement) {
     placement.place(&mut f.positions);
     placement.place_clouds(&mut f.clouds);
-    out.detections(&f, placement);
+    if let Some(p) = out.cameras.get(f.camera) {
+        p.detections(&f, placement);
+    }
     memory.record(&f, placement);
 }
 
@@ -164,20 +175,22 @@ impl Sink for StreamSink {
 
     fn segmentation(
         &mut self,
+        camera: usize,
         header: &FrameHeader,
         model: &str,
         r: &SegmentationResult,
         latency: Duration,
     ) {
-        let msg = convert::segmentation_array(header, model, r, latency);
-        self.out
-            .check("segmentation", self.out.segmentation.publish(&msg));
+        if let Some(out) = self.out.cameras.get(camera) {
+            let msg = convert::segmentation_array(header, model, r, latency);
+            out.check("segmentation", out.segmentation.publish(&msg));
+        }
     }
 
-    fn overlay(&mut self, header: &FrameHeader, image: &image::RgbImage) {
-        if let Some(p) = &self.out.overlay {
+    fn overlay(&mut self, camera: usize, header: &FrameHeader, image: &image::RgbImage) {
+        if let Some((out, Some(p))) = self.out.cameras.get(camera).map(|o| (o, &o.overlay)) {
             let msg = convert::rgb_image_msg(header, image);
-            self.out.check("overlay", p.publish(&msg));
+            out.check("overlay", p.publish(&msg));
         }
     }
 
@@ -186,21 +199,32 @@ impl Sink for StreamSink {
         self.out.check("answer", self.out.answers.publish(&msg));
     }
 
-    fn caption(&mut self, header: &FrameHeader, model: &str, r: &GeneratedText, latency: Duration) {
-        let msg = convert::caption(header, model, r, latency);
-        self.out.check("caption", self.out.captions.publish(&msg));
+    fn caption(
+        &mut self,
+        camera: usize,
+        header: &FrameHeader,
+        model: &str,
+        r: &GeneratedText,
+        latency: Duration,
+    ) {
+        if let Some(out) = self.out.cameras.get(camera) {
+            let msg = convert::caption(header, model, r, latency);
+            out.check("caption", out.captions.publish(&msg));
+        }
     }
 
     fn classification(
         &mut self,
+        camera: usize,
         header: &FrameHeader,
         model: &str,
         r: &ClassificationResult,
         latency: Duration,
     ) {
-        let msg = convert::classification(header, model, r, latency);
-        self.out
-            .check("classification", self.out.classification.publish(&msg));
+        if let Some(out) = self.out.cameras.get(camera) {
+            let msg = convert::classification(header, model, r, latency);
+            out.check("classification", out.classification.publish(&msg));
+        }
     }
 
     fn log(&mut self, level: Level, message: &str) {
@@ -213,7 +237,7 @@ impl Sink for StreamSink {
 /// takes it in that frame.
 pub async fn tf_stage(
     mut frames: mpsc::Receiver<FrameDetections>,
-    out: Publishers,
+    out: Outputs,
     tf: Arc<Transforms>,
     memory: Arc<Memory>,
 ) {

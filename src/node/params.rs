@@ -10,8 +10,10 @@ use vlm_perception::pipeline::{format_hypothesis, DEFAULT_HYPOTHESIS_TEMPLATE};
 use vlm_perception::tracking::ByteTrackConfig;
 use vlm_perception::vision::depth::DepthSampling;
 
+pub mod cameras;
 mod descriptions;
 mod reader;
+pub use cameras::CameraSpec;
 pub use descriptions::DESCRIPTIONS;
 use reader::Reader;
 
@@ -234,6 +236,8 @@ pub struct TrackingParams {
 /// Everything the node reads at startup.
 #[derive(Debug, Clone)]
 pub struct NodeParams {
+    /// The cameras served (one unnamed camera unless `cameras` names some).
+    pub cameras: Vec<CameraSpec>,
     pub device: String,
     pub dtype: String,
     /// Most frames per second processed on the stream; 0 = as fast as inference allows.
@@ -626,6 +630,7 @@ impl NodeParams {
             service_timeout: Duration::from_secs_f64(timeout),
             diagnostics_period: Duration::from_secs_f64(period),
             lifecycle: r.bool("lifecycle", d::LIFECYCLE)?,
+            cameras: cameras::read(&r)?,
         })
     }
 
@@ -639,7 +644,7 @@ impl NodeParams {
             Transport::Both => "both",
         };
         let f = |v: f32| Value::Double(f64::from(v));
-        [
+        let mut map: BTreeMap<String, Value> = [
             ("device", Value::String(self.device.clone())),
             ("dtype", Value::String(self.dtype.clone())),
             ("rate", Value::Double(self.rate)),
@@ -747,12 +752,20 @@ impl NodeParams {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        .collect();
+        cameras::to_map(&self.cameras, &mut map);
+        map
     }
 
     /// Validates a change of `name` to `value` at run time: the new parameters, or why not
     /// (a read-only parameter, an unknown one, or an invalid value; the old ones then stay).
     pub fn with_change(&self, name: &str, value: Value) -> Result<Self, String> {
+        if name == "cameras" || cameras::is_section_key(&self.to_map(), name) {
+            return Err(format!(
+                "`{name}` is read-only while the node runs (restart the node to change it; \
+                 ~/set_queries with `camera` sets a camera's vocabulary at run time)"
+            ));
+        }
         match DESCRIPTIONS.iter().find(|(n, _, _)| *n == name) {
             None => return Err(format!("unknown parameter `{name}`")),
             Some((_, _, false)) => {
@@ -770,7 +783,12 @@ impl NodeParams {
     /// Parameter names in the map that the node does not know (typos in a params file).
     pub fn unknown(map: &BTreeMap<String, Value>) -> Vec<String> {
         map.keys()
-            .filter(|k| !KNOWN.contains(&k.as_str()) && !k.starts_with("qos_overrides."))
+            .filter(|k| {
+                !KNOWN.contains(&k.as_str())
+                    && !k.starts_with("qos_overrides.")
+                    && k.as_str() != "cameras"
+                    && !cameras::is_section_key(map, k)
+            })
             .cloned()
             .collect()
     }

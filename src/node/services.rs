@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::convert::{self, RawImage};
 use crate::memory::Memory;
+use crate::params::CameraSpec;
 use crate::tf::{Placement, Transforms};
 use crate::worker::{
     self, DepthArg, GenerationArgs, GroundArgs, Handle, ImageArg, Job, Outcome, Reply, Request,
@@ -26,6 +27,8 @@ use vlm_perception::pipeline::Detection;
 /// What every call needs: the worker, the transforms for the 3D answers, the object memory.
 #[derive(Clone)]
 pub struct Services {
+    /// The node's cameras (the `camera` fields name them).
+    pub cameras: Arc<Vec<CameraSpec>>,
     pub worker: Handle,
     pub tf: Arc<Transforms>,
     pub memory: Arc<Memory>,
@@ -98,10 +101,41 @@ pub async fn ask_worker<T>(
     }
 }
 
-fn image_arg(image: &mut Image) -> ImageArg {
-    match RawImage::from_request(image) {
-        Some((header, raw)) => ImageArg::Given(header, raw),
-        None => ImageArg::Latest,
+impl Services {
+    /// A request's `camera` field as an index into `cameras` (empty: the first camera), or an
+    /// error naming the cameras there are.
+    fn camera(&self, name: &str) -> Result<usize, String> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Ok(0);
+        }
+        self.cameras
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self
+                    .cameras
+                    .iter()
+                    .filter(|c| !c.name.is_empty())
+                    .map(|c| c.name.as_str())
+                    .collect();
+                if names.is_empty() {
+                    format!(
+                        "unknown camera `{name}`: this node serves one unnamed camera (parameter \
+                         `cameras` is empty); leave `camera` empty"
+                    )
+                } else {
+                    format!("unknown camera `{name}` (cameras: {})", names.join(", "))
+                }
+            })
+    }
+
+    /// A request's image: the one sent, or else the latest frame of its `camera`.
+    fn image_arg(&self, camera: &str, image: &mut Image) -> Result<ImageArg, String> {
+        Ok(ImageArg {
+            camera: self.camera(camera)?,
+            given: RawImage::from_request(image),
+        })
     }
 }
 
@@ -137,12 +171,29 @@ pub async fn set_queries_call(
     let prompts = (!req.keep_segmentation).then_some(req.segmentation_prompts);
     let detection_images = query_images(req.detection_query_images);
     let prompt_images = query_images(req.segmentation_prompt_images);
+    let camera = if req.camera.trim().is_empty() {
+        None
+    } else {
+        match ctx.camera(&req.camera) {
+            Ok(c) => Some(c),
+            Err(message) => {
+                return (
+                    false,
+                    srv::SetQueries::Response {
+                        success: false,
+                        message,
+                    },
+                )
+            }
+        }
+    };
     let r = ask_worker(&ctx.worker, timeout, |reply| Request::SetVocabulary {
         detection,
         detection_images,
         prompts,
         prompt_images,
         origin: "~/set_queries",
+        camera,
         reply: Some(reply),
     })
     .await;
@@ -156,7 +207,10 @@ pub async fn detect_call(
     timeout: Duration,
     mut req: srv::Detect::Request,
 ) -> (bool, srv::Detect::Response) {
-    let image = image_arg(&mut req.image);
+    let image = match ctx.image_arg(&req.camera, &mut req.image) {
+        Ok(image) => image,
+        Err(e) => return failure!(srv::Detect::Response, e),
+    };
     let threshold = match threshold_arg(req.threshold) {
         Ok(t) => t,
         Err(e) => return failure!(srv::Detect::Response, e),
@@ -201,7 +255,10 @@ pub async fn segment_call(
     timeout: Duration,
     mut req: srv::Segment::Request,
 ) -> (bool, srv::Segment::Response) {
-    let image = image_arg(&mut req.image);
+    let image = match ctx.image_arg(&req.camera, &mut req.image) {
+        Ok(image) => image,
+        Err(e) => return failure!(srv::Segment::Response, e),
+    };
     let fail = |message: String| failure!(srv::Segment::Response, message);
     let threshold = match threshold_arg(req.threshold) {
         Ok(t) => t,
@@ -236,7 +293,10 @@ pub async fn ask_call(
     timeout: Duration,
     mut req: srv::Ask::Request,
 ) -> (bool, srv::Ask::Response) {
-    let image = image_arg(&mut req.image);
+    let image = match ctx.image_arg(&req.camera, &mut req.image) {
+        Ok(image) => image,
+        Err(e) => return failure!(srv::Ask::Response, e),
+    };
     let top_k = usize::try_from(req.top_k).ok().filter(|k| *k > 0);
     let r = ask_worker(&ctx.worker, timeout, |reply| Request::Ask {
         image,
@@ -267,7 +327,10 @@ pub async fn caption_call(
     timeout: Duration,
     mut req: srv::Caption::Request,
 ) -> (bool, srv::Caption::Response) {
-    let image = image_arg(&mut req.image);
+    let image = match ctx.image_arg(&req.camera, &mut req.image) {
+        Ok(image) => image,
+        Err(e) => return failure!(srv::Caption::Response, e),
+    };
     let prompt = (!req.prompt.is_empty()).then(|| std::mem::take(&mut req.prompt));
     // <= 0: the parameter; a positive value is checked against its range by the worker.
     let positive = |v: i32| usize::try_from(v).ok().filter(|v| *v > 0);
@@ -300,7 +363,10 @@ pub async fn classify_call(
     timeout: Duration,
     mut req: srv::Classify::Request,
 ) -> (bool, srv::Classify::Response) {
-    let image = image_arg(&mut req.image);
+    let image = match ctx.image_arg(&req.camera, &mut req.image) {
+        Ok(image) => image,
+        Err(e) => return failure!(srv::Classify::Response, e),
+    };
     let template = req.hypothesis_template.trim();
     let template = (!template.is_empty()).then(|| template.to_string());
     let r = ask_worker(&ctx.worker, timeout, |reply| Request::Classify {
@@ -362,7 +428,10 @@ pub async fn score_call(
         Err(e) => return fail(e),
     };
     let depth = depth_arg(&req.depth, &req.camera_info);
-    let image = image_arg(&mut req.image);
+    let image = match ctx.image_arg(&req.camera, &mut req.image) {
+        Ok(image) => image,
+        Err(e) => return failure!(srv::Score::Response, e),
+    };
     let target_frame = std::mem::take(&mut req.target_frame);
     let from_memory = req.from_memory;
     let r = ask_worker(&ctx.worker, timeout, |reply| Request::Score {
@@ -434,7 +503,10 @@ pub async fn ground_call(
         Err(e) => return fail(e),
     };
     let depth = depth_arg(&req.depth, &req.camera_info);
-    let image = image_arg(&mut req.image);
+    let image = match ctx.image_arg(&req.camera, &mut req.image) {
+        Ok(image) => image,
+        Err(e) => return failure!(srv::Ground::Response, e),
+    };
     let place = Some(req.place.trim().to_string()).filter(|p| !p.is_empty());
     let target_frame = std::mem::take(&mut req.target_frame);
     let args = GroundArgs {

@@ -36,6 +36,7 @@ use crate::convert::{FrameError, FrameHeader, RawImage};
 use crate::depth_sync::DepthSync;
 use crate::params::NodeParams;
 
+mod cameras;
 mod classify;
 mod control;
 mod diagnostics;
@@ -50,7 +51,8 @@ mod stream;
 pub mod tracks;
 
 use crate::log_limiter::{suppressed_note, LogLimiter};
-pub use diagnostics::{Snapshot, TaskSnapshot};
+use cameras::{CameraState, DetectionVocab, SegmentationVocab};
+pub use diagnostics::{CameraSnapshot, Snapshot, TaskSnapshot};
 use embed_cache::EmbedCache;
 use generate::VqaBackend;
 pub use generate::{stop_name, GenerationArgs};
@@ -59,13 +61,14 @@ pub use handle::{Handle, MAX_QUEUED_REQUESTS};
 use image_queries::LabelledImages;
 pub use image_queries::QueryImage;
 pub use planner::{DepthArg, GroundAnswer, GroundArgs, ScoreAnswer, Target};
-use tracks::StreamTracks;
 
 use crate::lock;
 
 /// A camera frame as received.
 #[derive(Debug)]
 pub struct Frame {
+    /// Its camera: an index into `cameras`.
+    pub camera: usize,
     pub header: FrameHeader,
     pub image: RawImage,
     /// The topic it came from (named in errors).
@@ -73,12 +76,12 @@ pub struct Frame {
     pub received: Instant,
 }
 
-/// Where a request's image comes from.
-pub enum ImageArg {
-    /// The latest frame received on the camera topic.
-    Latest,
-    /// The image sent with the request.
-    Given(FrameHeader, RawImage),
+/// Where a request's image comes from: the image sent with it, or else the latest frame of
+/// `camera`, whose vocabulary, depth and tracks the request also uses.
+pub struct ImageArg {
+    /// An index into `cameras`.
+    pub camera: usize,
+    pub given: Option<(FrameHeader, RawImage)>,
 }
 
 /// A result with the header of the image it was computed on.
@@ -103,6 +106,8 @@ pub enum Request {
         prompt_images: Vec<QueryImage>,
         /// `~/set_queries` or `~/queries`, for messages.
         origin: &'static str,
+        /// The camera whose own vocabulary this sets; `None`: the shared one.
+        camera: Option<usize>,
         reply: Option<Reply<String>>,
     },
     Detect {
@@ -252,6 +257,8 @@ pub enum Level {
 /// One processed frame's detections, for the sink.
 #[derive(Debug, Clone)]
 pub struct FrameDetections {
+    /// The camera of the frame (an index into `cameras`).
+    pub camera: usize,
     pub header: FrameHeader,
     pub model: String,
     pub result: DetectionResult,
@@ -271,18 +278,27 @@ pub trait Sink: Send + 'static {
     fn detections(&mut self, frame: FrameDetections);
     fn segmentation(
         &mut self,
+        camera: usize,
         header: &FrameHeader,
         model: &str,
         r: &SegmentationResult,
         latency: Duration,
     );
-    fn overlay(&mut self, header: &FrameHeader, image: &RgbImage);
+    fn overlay(&mut self, camera: usize, header: &FrameHeader, image: &RgbImage);
     fn answer(&mut self, header: &FrameHeader, model: &str, r: &VqaResult, latency: Duration);
     /// A stream frame's caption (`caption.rate`).
-    fn caption(&mut self, header: &FrameHeader, model: &str, r: &GeneratedText, latency: Duration);
+    fn caption(
+        &mut self,
+        camera: usize,
+        header: &FrameHeader,
+        model: &str,
+        r: &GeneratedText,
+        latency: Duration,
+    );
     /// A processed frame's classification among `clip.labels`.
     fn classification(
         &mut self,
+        camera: usize,
         header: &FrameHeader,
         model: &str,
         r: &ClassificationResult,
@@ -358,7 +374,7 @@ pub fn spawn<S: Sink>(
     params: NodeParams,
     options: LoadOptions,
     sink: S,
-    depth: Option<Arc<DepthSync>>,
+    depth: Vec<Option<Arc<DepthSync>>>,
     lifecycle: bool,
 ) -> std::io::Result<(Handle, std::thread::JoinHandle<()>)> {
     let tasks = Task::ALL
@@ -382,8 +398,15 @@ pub fn spawn<S: Sink>(
     };
     let worker = Worker {
         shared,
-        queries: params.owlvit.queries.clone(),
-        prompts: params.clipseg.prompts.clone(),
+        detection_vocab: DetectionVocab {
+            queries: params.owlvit.queries.clone(),
+            images: None,
+        },
+        segmentation_vocab: SegmentationVocab {
+            prompts: params.clipseg.prompts.clone(),
+            images: Arc::default(),
+        },
+        cameras: CameraState::all(&params, depth),
         options,
         sink,
         detector: None,
@@ -391,16 +414,10 @@ pub fn spawn<S: Sink>(
         vqa: None,
         classifier: None,
         captioner: None,
-        depth,
-        image_vocabulary: None,
         query_cache: EmbedCache::default(),
         prompt_cache: EmbedCache::default(),
-        image_prompts: Arc::default(),
         label_cache: EmbedCache::default(),
         limiter: LogLimiter::default(),
-        tracks: StreamTracks::new(&params.tracking.config),
-        next_frame_at: Instant::now(),
-        next_caption_at: Instant::now(),
         load_on_start: !lifecycle,
         params,
     };
@@ -412,7 +429,8 @@ pub fn spawn<S: Sink>(
 
 enum Next {
     Job(Box<Job>),
-    Frame(Arc<Frame>),
+    /// The due frames of one or more cameras, processed as one batch.
+    Frames(Vec<Arc<Frame>>),
 }
 
 struct Worker<S: Sink> {
@@ -425,25 +443,17 @@ struct Worker<S: Sink> {
     vqa: Option<VqaBackend>,
     classifier: Option<Classifier>,
     captioner: Option<BlipGenerator>,
-    /// Depth pairing, when `depth.enabled`.
-    depth: Option<Arc<DepthSync>>,
-    /// Query images as the stream's vocabulary (set through `~/set_queries`), in place of text.
-    image_vocabulary: Option<Arc<QueryEmbeddings>>,
-    /// The stream's detection vocabulary and segmentation prompts.
-    queries: Vec<String>,
-    prompts: Vec<String>,
+    /// The shared stream vocabulary: the detection queries (or query images) and the
+    /// segmentation prompts of every camera without its own.
+    detection_vocab: DetectionVocab,
+    segmentation_vocab: SegmentationVocab,
+    /// Per camera its depth, tracks, schedule and own vocabulary.
+    cameras: Vec<CameraState>,
     query_cache: EmbedCache<QueryEmbeddings>,
     prompt_cache: EmbedCache<PromptEmbeddings>,
-    /// Example images as further stream prompts (`~/set_queries`), after the text ones.
-    image_prompts: Arc<LabelledImages>,
     /// Label embeddings, keyed by the template followed by the labels.
     label_cache: EmbedCache<LabelEmbeddings>,
     limiter: LogLimiter,
-    /// ByteTrack on the stream's detections.
-    tracks: StreamTracks,
-    next_frame_at: Instant,
-    /// The stream's next caption is due then (`caption.rate`).
-    next_caption_at: Instant,
     /// false for a lifecycle node: models load on `configure`.
     load_on_start: bool,
 }
@@ -457,7 +467,7 @@ impl<S: Sink> Worker<S> {
         while let Some(next) = self.next() {
             let outcome = catch_unwind(AssertUnwindSafe(|| match next {
                 Next::Job(job) => self.serve(*job),
-                Next::Frame(frame) => self.process_frame(&frame),
+                Next::Frames(frames) => self.process_frames(&frames),
             }));
             if outcome.is_err() {
                 lock(&self.shared.stats).inference_errors += 1;
@@ -470,7 +480,9 @@ impl<S: Sink> Worker<S> {
         }
     }
 
-    /// Waits for the next request, or the pending frame once the rate allows it.
+    /// Waits for the next request, or the pending frames of the cameras whose rate allows one:
+    /// every such camera's latest frame together, as one batch. A camera with no frame pending
+    /// (one that stopped sending) is simply not in it.
     fn next(&mut self) -> Option<Next> {
         let mut inbox = lock(&self.shared.inbox);
         loop {
@@ -480,15 +492,25 @@ impl<S: Sink> Worker<S> {
             if let Some(job) = inbox.jobs.pop_front() {
                 return Some(Next::Job(Box::new(job)));
             }
-            if inbox.frame.is_some() {
-                let now = Instant::now();
-                if now >= self.next_frame_at {
-                    if self.params.rate > 0.0 {
-                        self.next_frame_at = now + Duration::from_secs_f64(1.0 / self.params.rate);
-                    }
-                    return inbox.frame.take().map(Next::Frame);
+            let now = Instant::now();
+            let mut due = Vec::new();
+            let mut wait: Option<Duration> = None;
+            for (slot, camera) in inbox.frames.iter_mut().zip(&mut self.cameras) {
+                if slot.is_none() {
+                    continue;
                 }
-                let wait = self.next_frame_at - now;
+                if now >= camera.next_frame_at {
+                    camera.schedule(now, self.params.rate);
+                    due.extend(slot.take());
+                } else {
+                    let w = camera.next_frame_at - now;
+                    wait = Some(wait.map_or(w, |v| v.min(w)));
+                }
+            }
+            if !due.is_empty() {
+                return Some(Next::Frames(due));
+            }
+            if let Some(wait) = wait {
                 inbox = self
                     .shared
                     .wake
@@ -512,12 +534,15 @@ impl<S: Sink> Worker<S> {
         }
     }
 
-    fn bad_frame(&mut self, e: &FrameError) {
+    fn bad_frame(&mut self, camera: usize, e: &FrameError) {
         let msg = e.to_string();
         {
             let mut s = lock(&self.shared.stats);
             s.frames_bad += 1;
             s.last_bad_frame = msg.clone();
+            if let Some(c) = s.cameras.get_mut(camera) {
+                c.frames_bad += 1;
+            }
         }
         self.log_limited(
             &format!("frame:{}", e.kind()),
@@ -568,14 +593,16 @@ impl<S: Sink> Worker<S> {
                 prompts,
                 prompt_images,
                 origin,
+                camera,
                 reply,
             } => {
                 let r = if detection_images.is_empty() {
-                    self.set_vocabulary(detection, prompts, prompt_images, origin)
+                    self.set_vocabulary(camera, detection, prompts, prompt_images, origin)
                 } else {
-                    self.set_image_vocabulary(detection_images)
+                    self.set_image_vocabulary(camera, detection_images)
                         .and_then(|images| {
-                            let rest = self.set_vocabulary(None, prompts, prompt_images, origin)?;
+                            let rest =
+                                self.set_vocabulary(camera, None, prompts, prompt_images, origin)?;
                             Ok(format!("{images}; {rest}"))
                         })
                 };

@@ -294,6 +294,8 @@ class Client:
     def wait_ready(self, timeout=60):
         self.wait(lambda: self.diag.get("stream") and self.diag["stream"][1] != "loading models",
                   timeout, f"{self.proc.fqn} to finish loading (diagnostics)")
+        if self.proc.params.get("cameras"):
+            return self.diag  # named cameras: their tests publish on <name>/image and wait themselves
         camera = self.proc.params.get("camera", {})
         raw = self.reliable_image_pub if camera.get("reliable") else self.image_pub
         pubs = {"raw": [raw], "compressed": [self.compressed_pub],

@@ -41,7 +41,12 @@ impl<S: Sink> Worker<S> {
         self.query_cache = EmbedCache::default();
         self.prompt_cache = EmbedCache::default();
         self.label_cache = EmbedCache::default();
-        self.image_vocabulary = None;
+        self.detection_vocab.images = None;
+        for c in &mut self.cameras {
+            if let Some(v) = c.detection.as_mut() {
+                v.images = None;
+            }
+        }
         for t in Task::ALL {
             if self.state(t) != ModelState::Disabled {
                 self.set_state(t, ModelState::Unconfigured);
@@ -56,23 +61,26 @@ impl<S: Sink> Worker<S> {
             (new.owlvit.queries != self.params.owlvit.queries).then(|| new.owlvit.queries.clone());
         let prompts = (new.clipseg.prompts != self.params.clipseg.prompts)
             .then(|| new.clipseg.prompts.clone());
-        if let Some(d) = &self.depth {
-            d.set_slop(new.depth.slop);
-        }
         self.shared
             .rate
             .store(new.rate.to_bits(), Ordering::Relaxed);
-        if new.rate != self.params.rate {
-            self.next_frame_at = Instant::now();
+        let now = Instant::now();
+        for c in &mut self.cameras {
+            if let Some(d) = &c.depth {
+                d.set_slop(new.depth.slop);
+            }
+            if new.rate != self.params.rate {
+                c.next_frame_at = now;
+            }
+            if new.blip.stream_rate != self.params.blip.stream_rate {
+                c.next_caption_at = now;
+            }
+            c.tracks.set_config(&new.tracking.config);
         }
-        if new.blip.stream_rate != self.params.blip.stream_rate {
-            self.next_caption_at = Instant::now();
-        }
-        self.tracks.set_config(&new.tracking.config);
         self.params = new;
         if queries.is_some() || prompts.is_some() {
             // New text prompts replace the stream's example images too.
-            let _ = self.set_vocabulary(queries, prompts, Vec::new(), "parameters");
+            let _ = self.set_vocabulary(None, queries, prompts, Vec::new(), "parameters");
         }
     }
 }

@@ -42,6 +42,40 @@ pub(super) struct Stats {
     pub(super) processed_at: VecDeque<Instant>,
     pub(super) queries: Vec<String>,
     pub(super) prompts: Vec<String>,
+    /// Per camera its stream counters.
+    pub(super) cameras: Vec<CameraStats>,
+}
+
+/// One camera's stream counters.
+#[derive(Debug, Default, Clone)]
+pub(super) struct CameraStats {
+    pub(super) name: String,
+    pub(super) frames_received: u64,
+    pub(super) frames_processed: u64,
+    pub(super) frames_dropped: u64,
+    pub(super) frames_bad: u64,
+    /// Receipt -> results published, ms.
+    pub(super) latencies: VecDeque<f64>,
+    pub(super) processed_at: VecDeque<Instant>,
+    /// Its own vocabulary, when it has one.
+    pub(super) queries: Option<Vec<String>>,
+    pub(super) prompts: Option<Vec<String>>,
+}
+
+/// One camera's stream, for /diagnostics.
+#[derive(Debug, Clone)]
+pub struct CameraSnapshot {
+    pub name: String,
+    pub fps: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub frames_received: u64,
+    pub frames_processed: u64,
+    pub frames_dropped: u64,
+    pub frames_bad: u64,
+    /// Seconds since its last frame was processed (`None`: none yet).
+    pub since_last_s: Option<f64>,
+    pub queries: Option<Vec<String>>,
+    pub prompts: Option<Vec<String>>,
 }
 
 /// A copy of the worker's state for /diagnostics.
@@ -71,6 +105,21 @@ pub struct Snapshot {
     pub device: String,
     pub dtype: String,
     pub tasks: Vec<TaskSnapshot>,
+    pub cameras: Vec<CameraSnapshot>,
+}
+
+/// Frames per second over the trailing [`FPS_WINDOW`] (shorter right after start).
+fn fps(processed_at: &VecDeque<Instant>, now: Instant, started: Instant) -> f64 {
+    let window = FPS_WINDOW.min(now - started).as_secs_f64();
+    let recent = processed_at
+        .iter()
+        .filter(|t| now.duration_since(**t) <= FPS_WINDOW)
+        .count();
+    if window > 0.0 {
+        recent as f64 / window
+    } else {
+        0.0
+    }
 }
 
 fn percentile(values: &VecDeque<f64>, p: f64) -> Option<f64> {
@@ -97,19 +146,29 @@ impl Handle {
         let tasks = lock(&self.shared.tasks).clone();
         let s = lock(&self.shared.stats);
         let now = Instant::now();
-        let window = FPS_WINDOW.min(now - self.shared.started).as_secs_f64();
-        let recent = s
-            .processed_at
+        let started = self.shared.started;
+        let cameras = s
+            .cameras
             .iter()
-            .filter(|t| now.duration_since(**t) <= FPS_WINDOW)
-            .count();
+            .map(|c| CameraSnapshot {
+                name: c.name.clone(),
+                fps: fps(&c.processed_at, now, started),
+                latency_p50_ms: percentile(&c.latencies, 50.0),
+                frames_received: c.frames_received,
+                frames_processed: c.frames_processed,
+                frames_dropped: c.frames_dropped,
+                frames_bad: c.frames_bad,
+                since_last_s: c
+                    .processed_at
+                    .back()
+                    .map(|t| now.duration_since(*t).as_secs_f64()),
+                queries: c.queries.clone(),
+                prompts: c.prompts.clone(),
+            })
+            .collect();
         Snapshot {
             loading: self.loading(),
-            fps: if window > 0.0 {
-                recent as f64 / window
-            } else {
-                0.0
-            },
+            fps: fps(&s.processed_at, now, started),
             latency_p50_ms: percentile(&s.latencies, 50.0),
             latency_p95_ms: percentile(&s.latencies, 95.0),
             inference_p50_ms: percentile(&s.inference, 50.0),
@@ -132,6 +191,7 @@ impl Handle {
             device: self.shared.device.clone(),
             dtype: self.shared.dtype.clone(),
             tasks,
+            cameras,
         }
     }
 }

@@ -2,17 +2,21 @@
 
 use std::sync::Arc;
 
-/// Embeddings of the stream's vocabulary, plus one slot for a service call's own queries, so
-/// that neither evicts the other.
+/// Stream vocabularies kept: the shared one and one per camera at most.
+const STREAM_SLOTS: usize = crate::params::cameras::MAX_CAMERAS + 1;
+
+/// Embeddings of the stream's vocabularies (the shared one and the cameras' own, least
+/// recently used dropped first), plus one slot for a service call's own queries, so that
+/// neither evicts the other.
 pub(super) struct EmbedCache<E> {
-    stream: Option<(Vec<String>, Arc<E>)>,
+    stream: Vec<(Vec<String>, Arc<E>)>,
     adhoc: Option<(Vec<String>, Arc<E>)>,
 }
 
 impl<E> Default for EmbedCache<E> {
     fn default() -> Self {
         Self {
-            stream: None,
+            stream: Vec::new(),
             adhoc: None,
         }
     }
@@ -27,19 +31,28 @@ impl<E> EmbedCache<E> {
         encoded: &mut bool,
         encode: impl FnOnce(&[String]) -> Result<Arc<E>, String>,
     ) -> Result<Arc<E>, String> {
-        for (t, e) in [&self.stream, &self.adhoc].into_iter().flatten() {
+        if let Some(i) = self.stream.iter().position(|(t, _)| t.as_slice() == texts) {
+            let hit = self.stream.remove(i);
+            let e = Arc::clone(&hit.1);
+            self.stream.push(hit);
+            return Ok(e);
+        }
+        if let Some((t, e)) = &self.adhoc {
             if t.as_slice() == texts {
                 return Ok(Arc::clone(e));
             }
         }
         let fresh = encode(texts)?;
         *encoded = true;
-        let slot = if for_stream {
-            &mut self.stream
+        let entry = (texts.to_vec(), Arc::clone(&fresh));
+        if for_stream {
+            if self.stream.len() == STREAM_SLOTS {
+                self.stream.remove(0);
+            }
+            self.stream.push(entry);
         } else {
-            &mut self.adhoc
-        };
-        *slot = Some((texts.to_vec(), Arc::clone(&fresh)));
+            self.adhoc = Some(entry);
+        }
         Ok(fresh)
     }
 }
@@ -71,5 +84,11 @@ mod tests {
         assert_eq!(enc(&a, true), (1, false));
         assert_eq!(enc(&b, false), (2, false));
         assert_eq!(calls.get(), 2);
+        // several stream vocabularies (cameras of their own) stay side by side
+        let d = vec!["d".to_string()];
+        assert_eq!(enc(&d, true), (1, true));
+        assert_eq!(enc(&a, true), (1, false));
+        assert_eq!(enc(&d, true), (1, false));
+        assert_eq!(calls.get(), 3);
     }
 }

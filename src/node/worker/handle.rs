@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use super::diagnostics::Stats;
+use super::diagnostics::{CameraStats, Stats};
 use super::{lock, Frame, Job, TaskSnapshot};
 use crate::params::NodeParams;
 
@@ -14,8 +14,8 @@ use crate::params::NodeParams;
 pub const MAX_QUEUED_REQUESTS: usize = 16;
 
 pub(super) struct Inbox {
-    /// The single-slot mailbox: the latest unprocessed camera frame.
-    pub(super) frame: Option<Arc<Frame>>,
+    /// Per camera a single-slot mailbox: its latest unprocessed frame.
+    pub(super) frames: Vec<Option<Arc<Frame>>>,
     pub(super) jobs: VecDeque<Job>,
     pub(super) shutdown: bool,
 }
@@ -23,7 +23,8 @@ pub(super) struct Inbox {
 pub(super) struct Shared {
     pub(super) inbox: Mutex<Inbox>,
     pub(super) wake: Condvar,
-    pub(super) latest: Mutex<Option<Arc<Frame>>>,
+    /// Per camera its latest frame (what services use when no image is sent).
+    pub(super) latest: Mutex<Vec<Option<Arc<Frame>>>>,
     pub(super) stats: Mutex<Stats>,
     pub(super) tasks: Mutex<Vec<TaskSnapshot>>,
     pub(super) loading: AtomicBool,
@@ -40,17 +41,28 @@ impl Shared {
     /// The state of a worker that has not started yet: a lifecycle node's is inactive and not
     /// loading until `configure` (the models load on it), another's is active and loading.
     pub(super) fn new(params: &NodeParams, tasks: Vec<TaskSnapshot>, lifecycle: bool) -> Self {
+        let cameras = params.cameras.len();
         Self {
             inbox: Mutex::new(Inbox {
-                frame: None,
+                frames: vec![None; cameras],
                 jobs: VecDeque::new(),
                 shutdown: false,
             }),
             wake: Condvar::new(),
-            latest: Mutex::new(None),
+            latest: Mutex::new(vec![None; cameras]),
             stats: Mutex::new(Stats {
                 queries: params.owlvit.queries.clone(),
                 prompts: params.clipseg.prompts.clone(),
+                cameras: params
+                    .cameras
+                    .iter()
+                    .map(|c| CameraStats {
+                        name: c.name.clone(),
+                        queries: c.queries.clone(),
+                        prompts: c.prompts.clone(),
+                        ..CameraStats::default()
+                    })
+                    .collect(),
                 ..Stats::default()
             }),
             tasks: Mutex::new(tasks),
@@ -75,19 +87,30 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Offers a camera frame: it replaces any frame still waiting (counted as dropped).
+    /// Offers a camera frame: it replaces any frame of its camera still waiting (counted as
+    /// dropped).
     pub fn push_frame(&self, frame: Frame) {
         if !self.active() {
             return; // an inactive lifecycle node ignores the camera
         }
+        let camera = frame.camera;
         let frame = Arc::new(frame);
-        *lock(&self.shared.latest) = Some(Arc::clone(&frame));
-        let replaced = lock(&self.shared.inbox).frame.replace(frame).is_some();
+        if let Some(slot) = lock(&self.shared.latest).get_mut(camera) {
+            *slot = Some(Arc::clone(&frame));
+        }
+        let replaced = match lock(&self.shared.inbox).frames.get_mut(camera) {
+            Some(slot) => slot.replace(frame).is_some(),
+            None => return, // not a camera of this node (the subscriptions make none)
+        };
         {
             let mut s = lock(&self.shared.stats);
             s.frames_received += 1;
             if replaced {
                 s.frames_dropped += 1;
+            }
+            if let Some(c) = s.cameras.get_mut(camera) {
+                c.frames_received += 1;
+                c.frames_dropped += u64::from(replaced);
             }
         }
         self.shared.wake.notify_one();
@@ -125,7 +148,7 @@ impl Handle {
     pub fn set_active(&self, active: bool) {
         self.shared.active.store(active, Ordering::Relaxed);
         if !active {
-            lock(&self.shared.inbox).frame = None;
+            lock(&self.shared.inbox).frames.fill(None);
         }
     }
 
@@ -155,6 +178,7 @@ mod tests {
         let (handle, _) = test_handle();
         for i in 0..5 {
             handle.push_frame(Frame {
+                camera: 0,
                 header: FrameHeader {
                     sec: i,
                     ..Default::default()
@@ -169,7 +193,7 @@ mod tests {
         }
         let s = handle.snapshot();
         assert_eq!((s.frames_received, s.frames_dropped), (5, 4));
-        let pending = lock(&handle.shared.inbox).frame.clone().unwrap();
+        let pending = lock(&handle.shared.inbox).frames[0].clone().unwrap();
         assert_eq!(pending.header.sec, 4);
     }
 
@@ -187,6 +211,7 @@ mod tests {
                     prompts: None,
                     prompt_images: Vec::new(),
                     origin: "test",
+                    camera: None,
                     reply: Some(tx),
                 },
                 deadline: Instant::now() + Duration::from_secs(1),

@@ -123,9 +123,10 @@ impl<S: Sink> Worker<S> {
         })
     }
 
-    /// Makes query images the stream's detection vocabulary.
+    /// Makes query images the stream's detection vocabulary (`camera`'s own, or the shared one).
     pub(super) fn set_image_vocabulary(
         &mut self,
+        camera: Option<usize>,
         images: Vec<QueryImage>,
     ) -> Result<String, String> {
         if self.detector.is_none() {
@@ -133,20 +134,7 @@ impl<S: Sink> Worker<S> {
         }
         let emb = self.embed_query_images(images)?;
         let n = emb.len();
-        self.image_vocabulary = Some(emb);
+        self.own_detection_vocab(camera).images = Some(emb);
         Ok(format!("{n} detection query image(s)"))
-    }
-
-    /// The stream's image vocabulary on one frame, when one is set.
-    pub(super) fn detect_frame_images(
-        &mut self,
-        image: &RgbImage,
-    ) -> Option<Result<DetectionResult, String>> {
-        let emb = self.image_vocabulary.clone()?;
-        let d = self.detector.as_ref()?;
-        Some(
-            d.detect_image_guided(image, &emb, &DetectParams::image_guided())
-                .map_err(|e| e.to_string()),
-        )
     }
 }

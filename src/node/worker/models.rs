@@ -25,12 +25,25 @@ impl<S: Sink> Worker<S> {
 
     pub(super) fn load_models(&mut self) {
         self.detector = self.load(Task::Detection, Detector::load);
-        if self.detector.is_some() && !self.queries.is_empty() {
-            // Encode the default vocabulary now rather than on the first frame.
-            let queries = self.queries.clone();
-            if let Err(e) = self.query_embeddings(&queries, true) {
-                self.sink
-                    .log(Level::Error, &format!("cannot encode owlvit.queries: {e}"));
+        if self.detector.is_some() {
+            // Encode the vocabularies now rather than on the first frame.
+            let mut vocabularies = vec![(
+                "owlvit.queries".to_string(),
+                self.detection_vocab.queries.clone(),
+            )];
+            for c in &self.cameras {
+                if let Some(v) = &c.detection {
+                    vocabularies.push((format!("{}.queries", c.spec.name), v.queries.clone()));
+                }
+            }
+            for (name, queries) in vocabularies {
+                if queries.is_empty() {
+                    continue;
+                }
+                if let Err(e) = self.query_embeddings(&queries, true) {
+                    self.sink
+                        .log(Level::Error, &format!("cannot encode {name}: {e}"));
+                }
             }
         }
         self.segmenter = self.load(Task::Segmentation, Segmenter::load);

@@ -87,15 +87,26 @@ pub struct GroundArgs {
 }
 
 impl<S: Sink> Worker<S> {
-    /// The depth for an image with `header` and `colour` = (width, height).
+    /// The stream's track of `d` when it was found on a camera's last tracked frame (`header`).
+    fn track_of(&self, header: &FrameHeader, d: &Detection) -> u64 {
+        self.cameras
+            .iter()
+            .map(|c| c.tracks.track_of(header, d))
+            .find(|&id| id != NO_TRACK)
+            .unwrap_or(NO_TRACK)
+    }
+
+    /// The depth for an image of `camera` with `header` and `colour` = (width, height).
     pub(super) fn depth_for(
         &self,
+        camera: usize,
         header: &FrameHeader,
         colour: (u32, u32),
         arg: DepthArg,
     ) -> Result<DepthPair, String> {
+        let sync = self.cameras.get(camera).and_then(|c| c.depth.as_ref());
         match arg {
-            DepthArg::Stream => match &self.depth {
+            DepthArg::Stream => match sync {
                 Some(sync) => sync.pair(stamp_ns(header.sec, header.nanosec), colour),
                 None => Err("depth is off (parameter `depth.enabled` is false)".into()),
             },
@@ -103,7 +114,7 @@ impl<S: Sink> Worker<S> {
                 let depth = depth.map_err(|e| format!("the request's depth image: {e}"))?;
                 let camera = match camera {
                     Some(c) => c.map_err(|e| format!("the request's camera_info: {e}"))?,
-                    None => match &self.depth {
+                    None => match sync {
                         Some(sync) => sync.camera()?,
                         None => {
                             return Err("the request has a depth image but no camera_info \
@@ -179,6 +190,7 @@ impl<S: Sink> Worker<S> {
         threshold: Option<f32>,
         with_caption: bool,
     ) -> Result<Outcome<ScoreAnswer>, String> {
+        let camera = image.camera;
         let (header, img) = self.image_for(Task::Detection, image)?;
         let (best, model, mut latency) = self.best_boxes(&img, &phrases)?;
         let caption = with_caption.then(|| {
@@ -190,7 +202,8 @@ impl<S: Sink> Worker<S> {
         });
         let threshold = threshold.unwrap_or(self.params.owlvit.score_threshold);
         let scores = phrase_scores(&best, &phrases, threshold);
-        let (positions, depth_note) = match self.depth_for(&header, img.dimensions(), depth) {
+        let (positions, depth_note) = match self.depth_for(camera, &header, img.dimensions(), depth)
+        {
             Ok(pair) => {
                 let positions = scores
                     .iter()
@@ -208,7 +221,7 @@ impl<S: Sink> Worker<S> {
             .map(|s| {
                 s.detection
                     .as_ref()
-                    .map_or(NO_TRACK, |d| self.tracks.track_of(&header, d))
+                    .map_or(NO_TRACK, |d| self.track_of(&header, d))
             })
             .collect();
         Ok(Outcome {
@@ -262,6 +275,7 @@ impl<S: Sink> Worker<S> {
         }
         let mut phrases = vec![args.pick.clone()];
         phrases.extend(args.place.iter().cloned());
+        let camera = image.camera;
         let (header, img) = self.image(image)?;
         let (best, model, mut latency) = self.best_boxes(&img, &phrases)?;
         let threshold = args.threshold.unwrap_or(self.params.owlvit.score_threshold);
@@ -286,7 +300,7 @@ impl<S: Sink> Worker<S> {
             None
         };
         let (w, h) = img.dimensions();
-        let pair = self.depth_for(&header, (w, h), depth);
+        let pair = self.depth_for(camera, &header, (w, h), depth);
         let mut targets = Vec::with_capacity(scores.len());
         for (i, s) in scores.into_iter().enumerate() {
             let detection = s
@@ -331,7 +345,7 @@ impl<S: Sink> Worker<S> {
                 _ => (None, None),
             };
             targets.push(Target {
-                track_id: self.tracks.track_of(&header, &detection),
+                track_id: self.track_of(&header, &detection),
                 detection,
                 pixel,
                 point,

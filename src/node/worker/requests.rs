@@ -9,6 +9,7 @@ use vlm_perception::pipeline::{
     validate_texts, DetectParams, DetectionResult, SegmentParams, SegmentationResult, VqaResult,
 };
 
+use super::cameras::{DetectionVocab, SegmentationVocab};
 use super::{
     lock, ImageArg, LabelledImages, Level, Outcome, QueryImage, Sink, Task, VqaBackend, Worker,
 };
@@ -20,14 +21,21 @@ impl<S: Sink> Worker<S> {
     /// keep); `prompt_images` go with `prompts`, after them.
     pub(super) fn set_vocabulary(
         &mut self,
+        camera: Option<usize>,
         detection: Option<Vec<String>>,
         prompts: Option<Vec<String>>,
         prompt_images: Vec<QueryImage>,
         origin: &'static str,
     ) -> Result<String, String> {
-        let result = self.apply_vocabulary(detection, prompts, prompt_images);
+        let result = self.apply_vocabulary(camera, detection, prompts, prompt_images);
+        let whose = match camera.and_then(|c| self.cameras.get(c)) {
+            Some(c) => format!(" ({})", c.spec.label()),
+            None => String::new(),
+        };
         match &result {
-            Ok(msg) => self.sink.log(Level::Info, &format!("{origin}: {msg}")),
+            Ok(msg) => self
+                .sink
+                .log(Level::Info, &format!("{origin}{whose}: {msg}")),
             Err(e) => {
                 lock(&self.shared.stats).bad_queries += 1;
                 self.log_limited(
@@ -42,6 +50,7 @@ impl<S: Sink> Worker<S> {
 
     fn apply_vocabulary(
         &mut self,
+        camera: Option<usize>,
         detection: Option<Vec<String>>,
         prompts: Option<Vec<String>>,
         prompt_images: Vec<QueryImage>,
@@ -62,7 +71,6 @@ impl<S: Sink> Worker<S> {
         let mut notes = Vec::new();
         let mut failed = Vec::new();
         if let Some(q) = detection {
-            self.image_vocabulary = None;
             if self.detector.is_some() {
                 self.query_embeddings(&q, true)
                     .map_err(|e| format!("cannot encode the detection queries: {e}"))?;
@@ -73,7 +81,10 @@ impl<S: Sink> Worker<S> {
                 ));
             }
             notes.push(format!("{} detection queries", q.len()));
-            self.queries = q;
+            *self.own_detection_vocab(camera) = DetectionVocab {
+                queries: q,
+                images: None,
+            };
         }
         if let Some(p) = prompts {
             if !p.is_empty() || !images.is_empty() {
@@ -94,14 +105,12 @@ impl<S: Sink> Worker<S> {
                 (n, 0) => format!("{n} segmentation prompts"),
                 (n, m) => format!("{n} segmentation prompts and {m} prompt image(s)"),
             });
-            self.prompts = p;
-            self.image_prompts = Arc::new(images);
+            *self.own_segmentation_vocab(camera) = SegmentationVocab {
+                prompts: p,
+                images: Arc::new(images),
+            };
         }
-        {
-            let mut s = lock(&self.shared.stats);
-            s.queries = self.queries.clone();
-            s.prompts = self.prompts.clone();
-        }
+        self.vocabulary_to_stats();
         if !failed.is_empty() {
             return Err(failed.join("; "));
         }
@@ -109,6 +118,38 @@ impl<S: Sink> Worker<S> {
             return Ok("nothing to change (both keep flags set)".into());
         }
         Ok(format!("set {}", notes.join(", ")))
+    }
+
+    /// Where a vocabulary change of `camera` goes: its own detection vocabulary (made from the
+    /// shared one on its first change), or the shared one (`None`).
+    pub(super) fn own_detection_vocab(&mut self, camera: Option<usize>) -> &mut DetectionVocab {
+        match camera {
+            Some(c) if c < self.cameras.len() => self.cameras[c]
+                .detection
+                .get_or_insert_with(|| self.detection_vocab.clone()),
+            _ => &mut self.detection_vocab,
+        }
+    }
+
+    /// As [`Self::own_detection_vocab`], for the segmentation prompts.
+    fn own_segmentation_vocab(&mut self, camera: Option<usize>) -> &mut SegmentationVocab {
+        match camera {
+            Some(c) if c < self.cameras.len() => self.cameras[c]
+                .segmentation
+                .get_or_insert_with(|| self.segmentation_vocab.clone()),
+            _ => &mut self.segmentation_vocab,
+        }
+    }
+
+    /// The vocabularies as /diagnostics shows them.
+    pub(super) fn vocabulary_to_stats(&self) {
+        let mut s = lock(&self.shared.stats);
+        s.queries = self.detection_vocab.queries.clone();
+        s.prompts = self.segmentation_vocab.prompts.clone();
+        for (stats, camera) in s.cameras.iter_mut().zip(&self.cameras) {
+            stats.queries = camera.detection.as_ref().map(|v| v.queries.clone());
+            stats.prompts = camera.segmentation.as_ref().map(|v| v.prompts.clone());
+        }
     }
 
     /// The request's image (or the latest camera frame) for `task`, whose model must be
@@ -134,16 +175,19 @@ impl<S: Sink> Worker<S> {
     /// The request's image, or the latest camera frame.
     pub(super) fn image(&mut self, arg: ImageArg) -> Result<(FrameHeader, RgbImage), String> {
         let max = self.params.camera.max_pixels;
-        match arg {
-            ImageArg::Given(header, raw) => decode(&raw, "request image", max)
+        match arg.given {
+            Some((header, raw)) => decode(&raw, "request image", max)
                 .map(|img| (header, img))
                 .map_err(|e| e.to_string()),
-            ImageArg::Latest => {
-                let latest = lock(&self.shared.latest).clone();
+            None => {
+                let latest = lock(&self.shared.latest).get(arg.camera).cloned().flatten();
                 let Some(frame) = latest else {
+                    let (label, topic) = match self.cameras.get(arg.camera) {
+                        Some(c) => (c.spec.label(), c.spec.input(&self.params.camera.topic)),
+                        None => ("the camera".into(), self.params.camera.topic.clone()),
+                    };
                     return Err(format!(
-                        "no image in the request and none received on `{}` yet",
-                        self.params.camera.topic
+                        "no image in the request and none received from {label} on `{topic}` yet"
                     ));
                 };
                 decode(&frame.image, &frame.source, max)
@@ -159,8 +203,10 @@ impl<S: Sink> Worker<S> {
         queries: Vec<String>,
         threshold: Option<f32>,
     ) -> Result<Outcome<DetectionResult>, String> {
+        let camera = image.camera;
         let (header, img) = self.image_for(Task::Detection, image)?;
-        let (queries, for_stream) = request_texts(queries, &self.queries, ("query", "queries"))?;
+        let vocabulary = self.detection_vocab(camera).queries.clone();
+        let (queries, for_stream) = request_texts(queries, &vocabulary, ("query", "queries"))?;
         let emb = self
             .query_embeddings(&queries, for_stream)
             .map_err(|e| e.to_string())?;
@@ -189,13 +235,14 @@ impl<S: Sink> Worker<S> {
         prompt_images: Vec<QueryImage>,
         threshold: Option<f32>,
     ) -> Result<Outcome<SegmentationResult>, String> {
+        let camera = image.camera;
         let (header, img) = self.image_for(Task::Segmentation, image)?;
         let emb = if prompts.is_empty() && prompt_images.is_empty() {
-            if self.prompts.is_empty() && self.image_prompts.is_empty() {
+            let vocab = self.segmentation_vocab(camera).clone();
+            if vocab.is_empty() {
                 return Err("no prompts: pass some, or set the vocabulary with set_queries".into());
             }
-            let (texts, images) = (self.prompts.clone(), Arc::clone(&self.image_prompts));
-            self.mixed_prompt_embeddings(&texts, true, &images)?
+            self.mixed_prompt_embeddings(&vocab.prompts, true, &vocab.images)?
         } else {
             if !prompts.is_empty() {
                 validate_texts(&prompts, "prompt").map_err(|e| e.to_string())?;

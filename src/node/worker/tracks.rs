@@ -15,16 +15,22 @@ pub const NO_TRACK: u64 = 0;
 
 pub(super) struct StreamTracks {
     tracker: LabelledTracker,
+    /// Ids unique across the node's cameras: camera `offset` of `stride` publishes tracker id
+    /// `n` as `n * stride + offset` (one camera: the tracker's own ids).
+    offset: u64,
+    stride: u64,
     /// The last tracked frame and its tracked detections (label, box, id).
     last: Option<(FrameHeader, Vec<Detection>, Vec<u64>)>,
 }
 
 impl StreamTracks {
-    /// `config` was validated with the parameters.
-    pub(super) fn new(config: &ByteTrackConfig) -> Self {
+    /// Camera `offset` of `stride`; `config` was validated with the parameters.
+    pub(super) fn new(config: &ByteTrackConfig, offset: u64, stride: u64) -> Self {
         Self {
             tracker: LabelledTracker::new(config.clone())
                 .expect("tracking parameters are validated at startup and on change"),
+            offset,
+            stride: stride.max(1),
             last: None,
         }
     }
@@ -45,7 +51,7 @@ impl StreamTracks {
             .tracker
             .update(&boxes)
             .into_iter()
-            .map(|t| t.map_or(NO_TRACK, |t| t.track_id))
+            .map(|t| t.map_or(NO_TRACK, |t| t.track_id * self.stride + self.offset))
             .collect();
         self.last = Some((header.clone(), detections.to_vec(), ids.clone()));
         ids
