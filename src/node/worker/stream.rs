@@ -255,7 +255,7 @@ impl<S: Sink> Worker<S> {
                 _ => None,
             })
             .collect();
-        let mut batched = batch_results(d.detect_batch(&inputs), inputs.len());
+        let mut batched = batch_results(&inputs, |i| d.detect_batch(i));
         prepared
             .into_iter()
             .zip(images)
@@ -315,7 +315,7 @@ impl<S: Sink> Worker<S> {
                 _ => None,
             })
             .collect();
-        let mut batched = batch_results(s.segment_batch(&inputs), inputs.len());
+        let mut batched = batch_results(&inputs, |i| s.segment_batch(i));
         prepared
             .into_iter()
             .map(|p| match p {
@@ -360,17 +360,24 @@ impl<S: Sink> Worker<S> {
     }
 }
 
-/// A batch's results one by one; a failed batch fails each of its frames with its error.
-fn batch_results<R>(
-    results: vlm_perception::Result<Vec<R>>,
-    frames: usize,
+/// A batch's results one by one. A batch that fails (one camera's input refused) runs again
+/// frame by frame, so that each frame gets its own result or error and the other cameras are
+/// not held back by one.
+fn batch_results<I, R>(
+    inputs: &[I],
+    run: impl Fn(&[I]) -> vlm_perception::Result<Vec<R>>,
 ) -> std::vec::IntoIter<Result<R, String>> {
-    match results {
+    match run(inputs) {
         Ok(r) => r.into_iter().map(Ok).collect::<Vec<_>>(),
-        Err(e) => {
-            let message = e.to_string();
-            (0..frames).map(|_| Err(message.clone())).collect()
-        }
+        Err(e) if inputs.len() <= 1 => vec![Err(e.to_string())],
+        Err(_) => inputs
+            .iter()
+            .map(|one| match run(std::slice::from_ref(one)) {
+                Ok(mut r) if r.len() == 1 => Ok(r.remove(0)),
+                Ok(_) => Err("the model returned no result for the frame".into()),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect(),
     }
     .into_iter()
 }
