@@ -193,7 +193,7 @@ def print_competitors(cases: dict[str, list[tuple[dict, dict[str, dict]]]]) -> N
             ratios = [x for r, sides in rounds if side in sides
                       for x in pair_ratios(sides[side]["frame"], r["frame"])]
             won = f"{sum(x > 1.0 for x in ratios)} of {len(ratios)}" if ratios else "-"
-            p95 = statistics.quantiles(samples, n=20)[-1] if len(samples) > 1 else samples[0]
+            p95 = sorted(samples)[round((len(samples) - 1) * 0.95)]  # as bench_reference.stats picks it
             print(
                 f"| {name} | {label} | {theirs[0].get('precision', theirs[0].get('dtype', '-'))} "
                 f"| {statistics.median(samples):.0f} ({p95:.0f}) | {statistics.median(ours):.0f} "
