@@ -177,6 +177,15 @@ def fmt_deviation(reports: list[dict]) -> str:
     return ", ".join(parts)
 
 
+def pooled(reports: list[dict], key: str = "median_ms") -> float:
+    """A frame statistic over the rounds: the report's own with one round (as the first table
+    shows it), else the median (or p95, picked as bench_reference.stats does) of the pooled samples."""
+    if len(reports) == 1:
+        return reports[0]["frame"][key]
+    samples = sorted(x for r in reports for x in r["frame"]["samples_ms"])
+    return statistics.median(samples) if key == "median_ms" else samples[round((len(samples) - 1) * 0.95)]
+
+
 def print_competitors(cases: dict[str, list[tuple[dict, dict[str, dict]]]]) -> None:
     """Ours against each competitor, pooled over the rounds (the third table)."""
     print("\n| case | competitor | precision | its frame: median (p95) | ours: frame | ours vs it: "
@@ -184,20 +193,19 @@ def print_competitors(cases: dict[str, list[tuple[dict, dict[str, dict]]]]) -> N
           "| max abs diff vs PyTorch f32 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, rounds in cases.items():
-        ours = [x for r, _ in rounds for x in r["frame"]["samples_ms"]]
+        ours = pooled([r for r, _ in rounds])
         for side, label in SIDES.items():
             theirs = [sides[side] for _, sides in rounds if side in sides]
             if not theirs:
                 continue
-            samples = [x for t in theirs for x in t["frame"]["samples_ms"]]
+            median = pooled(theirs)
             ratios = [x for r, sides in rounds if side in sides
                       for x in pair_ratios(sides[side]["frame"], r["frame"])]
             won = f"{sum(x > 1.0 for x in ratios)} of {len(ratios)}" if ratios else "-"
-            p95 = sorted(samples)[round((len(samples) - 1) * 0.95)]  # as bench_reference.stats picks it
             print(
                 f"| {name} | {label} | {theirs[0].get('precision', theirs[0].get('dtype', '-'))} "
-                f"| {statistics.median(samples):.0f} ({p95:.0f}) | {statistics.median(ours):.0f} "
-                f"| {fmt_ratio(statistics.median(samples) / statistics.median(ours))} "
+                f"| {median:.0f} ({pooled(theirs, 'p95_ms'):.0f}) | {ours:.0f} "
+                f"| {fmt_ratio(median / ours)} "
                 f"| {fmt_ratio(statistics.median(ratios) if ratios else None)} | {won} "
                 f"| {fmt_deviation(theirs)} |"
             )
