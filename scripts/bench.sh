@@ -16,7 +16,7 @@
 #   on a shared machine whose speed drifts over minutes, compare the rounds, not one run.
 #   --lockstep: in the model cases, load every side, then alternate their frames one by one
 #   (scripts/bench_lockstep.py), so that a slow minute of the machine falls on all alike (all
-#   sides are loaded at once: OWLv2 with five sides needs about 10 GB).
+#   sides are loaded at once: OWLv2 with five sides needs about 9 GB).
 #   CASE (default owlvit-b32):
 #     owlvit-b32  OWL-ViT B/32 @768 (google/owlvit-base-patch32 architecture), 4 queries
 #     owlvit-b16  OWL-ViT B/16 @768 (google/owlvit-base-patch16), 4 queries
