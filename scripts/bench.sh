@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark, one run: vlm_perception (vlm-bench) and transformers + PyTorch
-# (scripts/bench_reference.py) on the same checkpoint, image, inputs, device and dtype; per case
-# ours first, then the reference, each one JSON line on stdout (a "# case ..." header per case
-# and the machine on stderr).
+# Side-by-side benchmark, one run: vlm_perception (vlm-bench), transformers + PyTorch
+# (scripts/bench_reference.py) and, on the CPU in f32, the same per-frame graph exported to ONNX
+# in ONNX Runtime and in OpenVINO (f32 and OpenVINO's default precision; scripts/bench_runtimes.py)
+# on the same checkpoint, image, inputs, device and dtype; per case ours first, then PyTorch,
+# ONNX Runtime, OpenVINO f32, OpenVINO default, each one JSON line on stdout (a "# case ..."
+# header per case and the machine on stderr).
 #   scripts/bench.sh [--case CASE] [--device cpu|cuda] [--dtype f32|f16|bf16] [--iters N] [--warmup N]
-#                    [--rounds N] [--lockstep]
+#                    [--rounds N] [--lockstep] [--sides LIST]
+#   --sides LIST (default: BENCH_SIDES, else all): comma-separated, of ours, torch, ort, ov-f32,
+#   ov-default (ov = both OpenVINO sides), e.g. --sides ours,ort for a quick check. The ONNX
+#   Runtime and OpenVINO sides run in the model cases owlvit-b32, owlvit-b16, owlv2, clipseg-1,
+#   clipseg-4, vilt and clip, on the CPU in f32 only (elsewhere they are skipped with a note);
+#   their ONNX export is made once per case and cached in target/bench/onnx-CASE.
 #   --rounds N repeats the whole sequence N times (ours and the reference alternate case by case):
 #   on a shared machine whose speed drifts over minutes, compare the rounds, not one run.
-#   --lockstep: in the model cases, load both sides, then alternate their frames one by one
-#   (scripts/bench_lockstep.py), so that a slow minute of the machine falls on both alike.
+#   --lockstep: in the model cases, load every side, then alternate their frames one by one
+#   (scripts/bench_lockstep.py), so that a slow minute of the machine falls on all alike (all
+#   sides are loaded at once: OWLv2 with five sides needs about 9 GB).
 #   CASE (default owlvit-b32):
 #     owlvit-b32  OWL-ViT B/32 @768 (google/owlvit-base-patch32 architecture), 4 queries
 #     owlvit-b16  OWL-ViT B/16 @768 (google/owlvit-base-patch16), 4 queries
@@ -42,6 +50,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 device=cpu dtype=f32 iters=20 warmup=3 case_=owlvit-b32 rounds=1 lockstep=0
+all_sides=(ours torch ort ov-f32 ov-default)
+sides="${BENCH_SIDES:-$(IFS=,; echo "${all_sides[*]}")}"
 all_cases=(owlvit-b32 owlvit-b16 owlv2 clipseg-1 clipseg-4 vilt clip blip blip-beam3 blip-vqa gemm)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -52,6 +62,7 @@ while [ $# -gt 0 ]; do
     --case) case_="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --lockstep) lockstep=1; shift ;;
+    --sides) sides="$2"; shift 2 ;;
     --arch)
       case "$2" in
         owlvit) case_=owlvit-b32 ;;
@@ -70,6 +81,14 @@ else
     *) echo "unknown --case $case_ (${all_cases[*]} or all)" >&2; exit 2 ;;
   esac
 fi
+sides=",${sides},"
+sides="${sides//,ov,/,ov-f32,ov-default,}"
+for s in ${sides//,/ }; do
+  case " ${all_sides[*]} " in
+    *" $s "*) ;;
+    *) echo "unknown side $s in --sides (${all_sides[*]}, or ov for both OpenVINO sides)" >&2; exit 2 ;;
+  esac
+done
 if [ -n "${BENCH_MODEL:-}" ] && [ "${#cases[@]}" -gt 1 ]; then
   echo "BENCH_MODEL names one checkpoint: use it with a single --case" >&2
   exit 2
@@ -118,18 +137,39 @@ detect_queries=(--query "a photo of a cat" --query "a cup of coffee" --query "a 
 # 12 tokens with [CLS] and [SEP] (BERT uncased: what color is the cat lying on the blanket ?).
 vilt_question="what color is the cat lying on the blanket?"
 
-# One model case on both sides: `vlm-bench ARGS`, then `bench_reference.py ARGS REF_EXTRA`
-# (sequentially, or with --lockstep frame for frame).
-#   run_pair ARGS... [:: REF_EXTRA...]
-run_pair() {
-  local ours=() extra=()
+# Whether side $1 is switched on (--sides).
+want() { [[ "$sides" == *",$1,"* ]]; }
+
+# One model case on every side switched on: ours (`vlm-bench ARGS`), PyTorch
+# (`bench_reference.py ARGS REF_EXTRA`) and, unless ONNX_DIR is "-", ONNX Runtime and OpenVINO
+# (`bench_reference.py ARGS REF_EXTRA --runtime ort|ov-f32|ov-default --onnx-dir ONNX_DIR`, the
+# export made first); one after the other, or with --lockstep frame for frame.
+#   run_sides ONNX_DIR ARGS... [:: REF_EXTRA...]
+run_sides() {
+  local onnx="$1" ours=() extra=() cmds=() cmd=() r a
+  shift
   while [ $# -gt 0 ] && [ "$1" != "::" ]; do ours+=("$1"); shift; done
   [ $# -gt 0 ] && shift && extra=("$@")
+  local theirs=("${ref[@]}" "${ours[@]}" "${extra[@]}")
+  want ours && cmds+=("$bench_bin" "${ours[@]}" ::)
+  want torch && cmds+=("${theirs[@]}" ::)
+  if [ "$onnx" != - ] && { want ort || want ov-f32 || want ov-default; }; then
+    if [ "$device" != cpu ] || [ "$dtype" != f32 ]; then
+      echo "# ONNX Runtime / OpenVINO sides skipped: CPU and f32 only (the export is f32)" >&2
+    else
+      "${theirs[@]}" --runtime export --onnx-dir "$onnx"
+      for r in ort ov-f32 ov-default; do
+        want "$r" && cmds+=("${theirs[@]}" --runtime "$r" --onnx-dir "$onnx" ::)
+      done
+    fi
+  fi
+  [ "${#cmds[@]}" -gt 0 ] || return 0
   if [ "$lockstep" = 1 ]; then
-    "$python" scripts/bench_lockstep.py "$bench_bin" "${ours[@]}" :: "${ref[@]}" "${ours[@]}" "${extra[@]}"
+    "$python" scripts/bench_lockstep.py "${cmds[@]:0:${#cmds[@]}-1}"
   else
-    "$bench_bin" "${ours[@]}"
-    "${ref[@]}" "${ours[@]}" "${extra[@]}"
+    for a in "${cmds[@]}"; do
+      if [ "$a" = :: ]; then "${cmd[@]}"; cmd=(); else cmd+=("$a"); fi
+    done
   fi
 }
 
@@ -144,7 +184,7 @@ run_case() {
         owlv2) model="$(checkpoint owlv2-b16-960-random-safetensors owlv2)" ;;
       esac
       echo "# case $c: detect, 4 queries, model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
-      run_pair detect --model "$model" --image "$image" "${detect_queries[@]}" "${common[@]}"
+      run_sides "$root/target/bench/onnx-$c" detect --model "$model" --image "$image" "${detect_queries[@]}" "${common[@]}"
       ;;
     clipseg-1|clipseg-4)
       model="$(checkpoint clipseg-rd64-refined-random-safetensors clipseg)"
@@ -154,19 +194,19 @@ run_case() {
         inputs=(--prompt "a cat" --prompt "a remote control" --prompt "a blanket" --prompt "a cup of coffee")
       fi
       echo "# case $c: segment, ${c#clipseg-} prompt(s), model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
-      run_pair segment --model "$model" --image "$image" "${inputs[@]}" "${common[@]}"
+      run_sides "$root/target/bench/onnx-$c" segment --model "$model" --image "$image" "${inputs[@]}" "${common[@]}"
       ;;
     vilt)
       model="$(checkpoint vilt-random-safetensors vilt)"
       local img
       img="$(vilt_image)"
       echo "# case $c: ask, \"$vilt_question\", model=$model image=$img device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
-      run_pair ask --model "$model" --image "$img" --question "$vilt_question" "${common[@]}" :: --expect-hw 384 576
+      run_sides "$root/target/bench/onnx-$c" ask --model "$model" --image "$img" --question "$vilt_question" "${common[@]}" :: --expect-hw 384 576
       ;;
     clip)
       model="$(checkpoint clip-random-safetensors clip)"
       echo "# case $c: classify, 4 labels, model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
-      run_pair classify --model "$model" --image "$image" --label "a cat" --label "a dog" \
+      run_sides "$root/target/bench/onnx-$c" classify --model "$model" --image "$image" --label "a cat" --label "a dog" \
         --label "a cup of coffee" --label "a remote control" "${common[@]}"
       ;;
     blip|blip-beam3)
@@ -174,12 +214,12 @@ run_case() {
       local beams=1
       [ "$c" = blip-beam3 ] && beams=3
       echo "# case $c: generate (caption), $beams beam(s), 20 new tokens, model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
-      run_pair generate --model "$model" --image "$image" --num-beams "$beams" --max-new-tokens 20 "${common[@]}"
+      run_sides - generate --model "$model" --image "$image" --num-beams "$beams" --max-new-tokens 20 "${common[@]}"
       ;;
     blip-vqa)
       model="$(checkpoint blip-vqa-random-safetensors blip-vqa)"
       echo "# case $c: generate (VQA), \"$vilt_question\", 10 new tokens, model=$model image=$image device=$device dtype=$dtype warmup=$warmup iters=$iters" >&2
-      run_pair generate --model "$model" --image "$image" --question "$vilt_question" --max-new-tokens 10 "${common[@]}"
+      run_sides - generate --model "$model" --image "$image" --question "$vilt_question" --max-new-tokens 10 "${common[@]}"
       ;;
     gemm)
       local shape m k n
@@ -208,7 +248,7 @@ run_case() {
   esac
 }
 
-echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores; device=$device dtype=$dtype iters=$iters rounds=$rounds lockstep=$lockstep cases: ${cases[*]}" >&2
+echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores; device=$device dtype=$dtype iters=$iters rounds=$rounds lockstep=$lockstep sides=${sides:1:-1} cases: ${cases[*]}" >&2
 for round in $(seq "$rounds"); do
   for c in "${cases[@]}"; do
     echo "# round $round" >&2

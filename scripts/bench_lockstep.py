@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Runs two benchmark commands frame for frame in lock step, so that both meet the same machine.
+"""Runs benchmark commands frame for frame in lock step, so that all meet the same machine.
 
-    bench_lockstep.py OURS_CMD... :: REFERENCE_CMD...
+    bench_lockstep.py CMD... [:: CMD...]...
 
-Each command (a `vlm-bench` model case, a `bench_reference.py` model case) is started with
-`--lockstep` added: it loads its model, prints "ready", then runs one frame (or one reference
-iteration: the standard call and the cheapest path) per line it reads on stdin and prints "step"
-after it. Both are loaded first, then their frames alternate - ours, the reference's, ours... -
-warm-up ones included, so that the speed drift of a shared machine (10-30% within minutes here)
-falls on both sides alike instead of on whichever ran in the slow minute. Their JSON reports are
-printed as the commands print them, ours first, as scripts/bench.sh prints a sequential run.
+Each command (a `vlm-bench` model case; a `bench_reference.py` model case, PyTorch or, with
+--runtime, ONNX Runtime / OpenVINO) is started with `--lockstep` added: it loads its model,
+prints "ready", then runs one frame (or one reference iteration) per line it reads on stdin and
+prints "step" after it. All are loaded first, then their frames take turns - the first
+command's, the second's, ..., the first's again - warm-up ones included, so that the speed drift
+of a shared machine (10-30% within minutes here) falls on every side alike instead of on
+whichever ran in the slow minute. Their JSON reports are printed in the order of the commands,
+as scripts/bench.sh prints a sequential run.
 """
 
 import subprocess
@@ -51,14 +52,30 @@ def finish(proc: subprocess.Popen, head: str) -> str:
     return report
 
 
+def commands(argv: list[str]) -> list[list[str]]:
+    """The commands in `argv`, split at each SEPARATOR; none of them empty."""
+    cmds: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == SEPARATOR:
+            cmds.append([])
+        else:
+            cmds[-1].append(arg)
+    if any(not cmd for cmd in cmds):
+        raise SystemExit(f"usage: bench_lockstep.py CMD... [{SEPARATOR} CMD...]...")
+    return cmds
+
+
 def main() -> None:
-    argv = sys.argv[1:]
-    if SEPARATOR not in argv or argv.index(SEPARATOR) in (0, len(argv) - 1):
-        raise SystemExit(f"usage: bench_lockstep.py OURS_CMD... {SEPARATOR} REFERENCE_CMD...")
-    split = argv.index(SEPARATOR)
-    procs = [start(argv[:split]), start(argv[split + 1:])]
-    # frames alternate until both have run their last; then the first line of each report
-    heads: list[str | None] = [None, None]
+    procs = []
+    try:
+        for cmd in commands(sys.argv[1:]):
+            procs.append(start(cmd))
+    except SystemExit:
+        for proc in procs:
+            proc.kill()
+        raise
+    # frames take turns until every command has run its last; then the first line of each report
+    heads: list[str | None] = [None] * len(procs)
     while None in heads:
         for i, proc in enumerate(procs):
             if heads[i] is None:

@@ -58,6 +58,11 @@
         tokens a frame. "vision": the vision tower alone (timed apart); "per_token": (generate -
         vision) / N; "sequence": the generated ids (ours must be the same).
 
+      --runtime ort|ov-f32|ov-default (detect, segment, ask, classify; CPU, f32): the same case's
+        per-frame graph exported to ONNX and run in ONNX Runtime or OpenVINO instead, timed as the
+        cheapest path here; --runtime export only exports it; --onnx-dir DIR: the export's cache.
+        See scripts/bench_runtimes.py. Every report names its "side" (torch, ort, ov-f32, ov-default).
+
   bench_reference.py gemm [--m 2048 --k 2048 --n 2048] [--warmup 3] [--iters 20]
       One f32 (m, k) x (k, n) torch.matmul on the CPU (output allocated each call, as vlm-bench
       gemm): the machine's GEMM rate, GFLOP/s = 2mkn / time, median and best.
@@ -242,6 +247,7 @@ def common(args, task, load_ms, rss_before_load):
     """The JSON fields every model benchmark shares (vlm-bench's names)."""
     return {
         "impl": f"transformers {__import__('transformers').__version__} + torch {torch.__version__}",
+        "side": "torch",
         "task": task,
         "model": args.model,
         "image": args.image,
@@ -286,16 +292,82 @@ def iterations(args):
             print("step", flush=True)
 
 
-def detect(args) -> None:
+def owl_class(model_dir):
+    """OwlViTForObjectDetection or Owlv2ForObjectDetection, by the checkpoint's config.json."""
     from transformers import AutoConfig, Owlv2ForObjectDetection, OwlViTForObjectDetection
 
+    arch = (AutoConfig.from_pretrained(model_dir).architectures or ["OwlViTForObjectDetection"])[0]
+    return Owlv2ForObjectDetection if arch == "Owlv2ForObjectDetection" else OwlViTForObjectDetection
+
+
+def owl_query_embeds(model, input_ids, attention_mask):
+    """OWL-ViT / OWLv2 query embeddings (the text tower, L2-normalised), computed once per
+    vocabulary as our node caches them."""
+    tower = model.owlv2 if hasattr(model, "owlv2") else model.owlvit
+    text_embeds = tower.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+    return text_embeds / torch.linalg.norm(text_embeds, dim=-1, keepdim=True)
+
+
+def owl_heads(model, pixel_values, query_embeds, objectness=False):
+    """The per-frame image path of OWL-ViT / OWLv2 with cached query embeddings [queries, dim]:
+    image_embedder, class_predictor, box_predictor -> (logits [1, patches, queries], boxes
+    [1, patches, 4]), and with `objectness` (OWLv2) its objectness logits [1, patches] too."""
+    feature_map, _ = model.image_embedder(pixel_values=pixel_values)
+    b, h, w, d = feature_map.shape
+    feats = feature_map.reshape(b, h * w, d)
+    logits, _ = model.class_predictor(feats, query_embeds[None], None)
+    boxes = model.box_predictor(feats, feature_map)
+    if objectness:
+        return logits, boxes, model.objectness_predictor(feats)
+    return logits, boxes
+
+
+def clipseg_prompt_embeds(model, tokenizer, prompts, device="cpu"):
+    """CLIPSeg's conditional embeddings, once per prompt set: CLIPSegForImageSegmentation.
+    get_conditional_embeddings without the batch-size check."""
+    tokens = tokenizer(prompts, padding=True, return_tensors="pt").to(device)
+    return model.clip.get_text_features(
+        input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+    ).pooler_output
+
+
+def clipseg_logits(model, pixel_values, conditional_embeddings):
+    """CLIPSegForImageSegmentation.forward's steps 1 and 3 on ONE image: the vision tower once
+    (the visual projection of its pooled output is unused by the decoder), the hidden states
+    after the extract_layers as the decoder's activations (hidden_states[0] is the embedding
+    output, hence +1). The decoder batches over the prompts by broadcasting: FiLM maps the
+    [1, tokens, 64] reduced activation to [prompts, tokens, 64], later reduce(activation) +
+    output broadcast too, so the per-layer reductions run once."""
+    vision = model.clip.vision_model(
+        pixel_values=pixel_values, output_hidden_states=True, interpolate_pos_encoding=True
+    )
+    activations = [vision.hidden_states[i + 1] for i in model.extract_layers]
+    return model.decoder(activations, conditional_embeddings).logits
+
+
+def clip_label_embeds(model, tokenizer, labels, template, device="cpu"):
+    """CLIP's label embeddings (the labels through the template, L2-normalised), once, as our
+    node caches them."""
+    tokens = tokenizer([template.format(l) for l in labels], padding=True, return_tensors="pt").to(device)
+    text = model.get_text_features(**tokens)
+    text = text.pooler_output if hasattr(text, "pooler_output") else text
+    return text / text.norm(p=2, dim=-1, keepdim=True)
+
+
+def clip_probs(model, pixel_values, text_embeds):
+    """CLIPModel.forward's image half and its logits_per_image against the cached labels, softmax."""
+    img = model.get_image_features(pixel_values=pixel_values)
+    img = img.pooler_output if hasattr(img, "pooler_output") else img
+    img = img / img.norm(p=2, dim=-1, keepdim=True)
+    logits = model.logit_scale.exp() * img @ text_embeds.t()
+    return logits.softmax(dim=-1)
+
+
+def detect(args) -> None:
     device, dtype, sync = setup(args)
-    arch = (AutoConfig.from_pretrained(args.model).architectures or ["OwlViTForObjectDetection"])[0]
-    model_cls = Owlv2ForObjectDetection if arch == "Owlv2ForObjectDetection" else OwlViTForObjectDetection
-    processor, model, load_ms, rss_before_load = load(args, model_cls)
+    processor, model, load_ms, rss_before_load = load(args, owl_class(args.model))
     image = Image.open(args.image).convert("RGB")
     queries = [args.queries]
-    tower = model.owlv2 if hasattr(model, "owlv2") else model.owlvit
 
     pre_std, fwd_std, encode, pre, fwd = [], [], [], [], []
     with torch.inference_mode():
@@ -316,13 +388,10 @@ def detect(args) -> None:
                 fwd_std.append(ms(t0))
             # Query embeddings once (text tower; tokens from the processor above) ...
             t0 = time.perf_counter()
-            text_embeds = tower.get_text_features(
-                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
-            ).pooler_output
+            query_embeds = owl_query_embeds(model, inputs["input_ids"], inputs["attention_mask"])
             sync()
             if timed:
                 encode.append(ms(t0))
-            query_embeds = text_embeds / torch.linalg.norm(text_embeds, dim=-1, keepdim=True)
             # ... then per frame only the image: processor on the image, the image path, as
             # vlm_perception runs it.
             t0 = time.perf_counter()
@@ -330,11 +399,7 @@ def detect(args) -> None:
             if timed:
                 pre.append(ms(t0))
             t0 = time.perf_counter()
-            feature_map, _ = model.image_embedder(pixel_values=pixel_values)
-            b, h, w, d = feature_map.shape
-            feats = feature_map.reshape(b, h * w, d)
-            logits, _ = model.class_predictor(feats, query_embeds[None], None)
-            boxes = model.box_predictor(feats, feature_map)
+            logits, boxes = owl_heads(model, pixel_values, query_embeds)
             scores = torch.sigmoid(logits.max(-1).values)
             scores.cpu(), boxes.cpu()
             if timed:
@@ -343,7 +408,7 @@ def detect(args) -> None:
     print(json.dumps({
         **common(args, "detect", load_ms, rss_before_load),
         "queries": len(args.queries),
-        "patches": h * w,
+        "patches": boxes.shape[1],
         "encode_queries": stats(encode),
         **standard_and_cheapest(pre_std, fwd_std, pre, fwd),
         "peak_rss_mib": peak_rss_mib(),
@@ -369,38 +434,20 @@ def segment(args) -> None:
         return torch.sigmoid(model(**inputs).logits).cpu()
 
     def encode_prompts():
-        # Conditional embeddings, once per prompt set: CLIPSegForImageSegmentation.
-        # get_conditional_embeddings without the batch-size check.
-        tokens = processor.tokenizer(prompts, padding=True, return_tensors="pt").to(device)
-        return model.clip.get_text_features(
-            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-        ).pooler_output
+        return clipseg_prompt_embeds(model, processor.tokenizer, prompts, device)
 
     def cheapest_inputs():
         return processor(images=image, return_tensors="pt")["pixel_values"].to(device, dtype)
 
-    def cheapest_logits(pixel_values, conditional_embeddings):
-        # CLIPSegForImageSegmentation.forward's steps 1 and 3 on ONE image: the vision tower once
-        # (the visual projection of its pooled output is unused by the decoder), the hidden
-        # states after the extract_layers as the decoder's activations (hidden_states[0] is the
-        # embedding output, hence +1). The decoder batches over the prompts by broadcasting:
-        # FiLM maps the [1, tokens, 64] reduced activation to [prompts, tokens, 64], later
-        # reduce(activation) + output broadcast too, so the per-layer reductions run once.
-        vision = model.clip.vision_model(
-            pixel_values=pixel_values, output_hidden_states=True, interpolate_pos_encoding=True
-        )
-        activations = [vision.hidden_states[i + 1] for i in model.extract_layers]
-        return model.decoder(activations, conditional_embeddings).logits
-
     def cheapest_forward(pixel_values, conditional_embeddings):
-        return torch.sigmoid(cheapest_logits(pixel_values, conditional_embeddings)).cpu()
+        return torch.sigmoid(clipseg_logits(model, pixel_values, conditional_embeddings)).cpu()
 
     with torch.inference_mode():
         # The cheapest path must compute what the standard call computes.
         inputs = standard_inputs()
         ref = model(**inputs).logits.float().cpu()
         cond = encode_prompts()
-        got = cheapest_logits(cheapest_inputs(), cond).float().cpu()
+        got = clipseg_logits(model, cheapest_inputs(), cond).float().cpu()
         if got.shape != ref.shape:
             raise SystemExit(f"CLIPSeg check FAILED: cheapest logits {tuple(got.shape)} != standard {tuple(ref.shape)}")
         max_diff = (got - ref).abs().max().item()
@@ -505,23 +552,13 @@ def classify(args) -> None:
         return classifier(image, candidate_labels=labels, hypothesis_template=args.template)
 
     def encode_labels():
-        # the label embeddings once, as our node caches them
-        tokens = processor.tokenizer([args.template.format(l) for l in labels], padding=True,
-                                     return_tensors="pt").to(device)
-        text = model.get_text_features(**tokens)
-        text = text.pooler_output if hasattr(text, "pooler_output") else text
-        return text / text.norm(p=2, dim=-1, keepdim=True)
+        return clip_label_embeds(model, processor.tokenizer, labels, args.template, device)
 
     def cheapest_inputs():
         return processor(images=image, return_tensors="pt")["pixel_values"].to(device, dtype)
 
     def cheapest_forward(pixel_values, text_embeds):
-        # CLIPModel.forward's image half and its logits_per_image against the cached labels
-        img = model.get_image_features(pixel_values=pixel_values)
-        img = img.pooler_output if hasattr(img, "pooler_output") else img
-        img = img / img.norm(p=2, dim=-1, keepdim=True)
-        logits = model.logit_scale.exp() * img @ text_embeds.t()
-        return logits.softmax(dim=-1).float().cpu()
+        return clip_probs(model, pixel_values, text_embeds).float().cpu()
 
     with torch.inference_mode():
         # The cheapest path must give the pipeline's probabilities.
@@ -670,6 +707,10 @@ def main() -> None:
         sp.add_argument("--iters", type=int, default=20)
         sp.add_argument("--lockstep", action="store_true",
                         help="one iteration per stdin line, 'step' printed after each (bench_lockstep.py)")
+        sp.add_argument("--runtime", choices=["torch", "export", "ort", "ov-f32", "ov-default"], default="torch",
+                        help="torch (this file), or the exported graph in ONNX Runtime / OpenVINO "
+                             "(scripts/bench_runtimes.py; export: only export it)")
+        sp.add_argument("--onnx-dir", help="the export's cache (default target/bench/onnx-TASK-MODEL)")
         return sp
 
     run_args(sub.add_parser("detect")).add_argument("--query", dest="queries", action="append", required=True)
@@ -698,6 +739,12 @@ def main() -> None:
         make_checkpoint(args.out, args.arch, args.format)
     elif args.cmd == "peak-rss":
         peak_rss(args.command[1:] if args.command[:1] == ["--"] else args.command)
+    elif getattr(args, "runtime", "torch") != "torch":
+        if args.cmd == "generate":
+            raise SystemExit("--runtime: detect, segment, ask and classify only")
+        import bench_runtimes
+
+        bench_runtimes.run_side(args)
     else:
         {"detect": detect, "segment": segment, "ask": ask, "classify": classify, "generate": generate,
          "gemm": gemm}[args.cmd](args)

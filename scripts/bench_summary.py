@@ -18,6 +18,13 @@ half of the ratios, and how many pairs ours won. The interval treats the pairs a
 a machine that drifts for minutes makes neighbouring pairs alike, so read it as a lower bound on
 the uncertainty.
 
+A third table sets ours against each competitor that ran in the case (bench.sh --sides):
+PyTorch's cheapest equivalent, ONNX Runtime f32, OpenVINO f32 and OpenVINO at its default
+precision (the precision it picked), pooled over the rounds: each side's frame median, ours vs
+it as the ratio of the medians and the median of the paired frames, the rounds ours won (paired
+frames in which ours was faster) and the side's largest deviation from PyTorch f32 (per output,
+with PyTorch's largest magnitude for scale). CLIP (classify) appears in this table only.
+
 FLOPs, 2 per multiply-add, from the checkpoint's config.json: the transformer layers (q, k, v
 and output projections, the MLP, q k^T and the attention-weighted sum of v) and the patch
 embedding; the heads and the text tower are left out (they are small, or run once per
@@ -82,7 +89,13 @@ def reports(path: str) -> list[dict]:
     return [json.loads(line) for line in lines if line.lstrip().startswith("{")]
 
 
-MODEL_NAMES = {"owlvit": "OWL-ViT", "owlv2": "OWLv2", "clipseg": "CLIPSeg", "vilt": "ViLT"}
+MODEL_NAMES = {"owlvit": "OWL-ViT", "owlv2": "OWLv2", "clipseg": "CLIPSeg", "vilt": "ViLT", "clip": "CLIP"}
+# The model tasks whose reports bench.sh groups per case: ours, then the competitors' sides.
+MODEL_TASKS = ("detect", "segment", "ask", "classify")
+# The competitors, in bench.sh's order: the "side" of a bench_reference.py report (PyTorch's
+# reports from before the sides had none).
+SIDES = {"torch": "PyTorch, cheapest", "ort": "ONNX Runtime f32", "ov-f32": "OpenVINO f32",
+         "ov-default": "OpenVINO default"}
 
 
 def case_name(report: dict) -> str:
@@ -95,6 +108,8 @@ def case_name(report: dict) -> str:
         return f"{name} @{vision['image_size']}, {report['queries']} queries"
     if task == "segment":
         return f"{name} @{segment_side(Path(report['model']), vision)}, {report['prompts']} prompt(s)"
+    if task == "classify":
+        return f"{name} @{vision['image_size']}, {report['labels']} labels"
     height, width = VILT_IMAGE_HW
     return f"{name} @{height}x{width}, {report['question_tokens']}-token question"
 
@@ -128,26 +143,87 @@ def fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+def side_of(report: dict) -> str:
+    """"ours" for vlm-bench's reports, else the report's side (torch, ort, ov-f32, ov-default)."""
+    return "ours" if report["impl"].startswith("vlm_perception") else report.get("side", "torch")
+
+
+def group_cases(rows: list[dict]) -> dict[str, list[tuple[dict, dict[str, dict]]]]:
+    """Per case, per round: ours and the competitors' reports that follow it, by side."""
+    cases: dict[str, list[tuple[dict, dict[str, dict]]]] = {}
+    i = 0
+    while i < len(rows):
+        r = rows[i]
+        i += 1
+        if r.get("task") not in MODEL_TASKS or side_of(r) != "ours":
+            continue
+        sides = {}
+        while i < len(rows) and rows[i].get("task") == r["task"] and side_of(rows[i]) != "ours":
+            sides[side_of(rows[i])] = rows[i]
+            i += 1
+        cases.setdefault(case_name(r), []).append((r, sides))
+    return cases
+
+
+def fmt_deviation(reports: list[dict]) -> str:
+    """The largest max_abs_diff per output over the rounds, with PyTorch's scale."""
+    if not reports or "max_abs_diff" not in reports[0]:
+        return "-"
+    parts = []
+    for name in reports[0]["max_abs_diff"]:
+        diff = max(r["max_abs_diff"][name] for r in reports)
+        scale = reports[0]["reference_max_abs"][name]
+        parts.append(f"{name} {diff:.1e} (of {scale:.1e})")
+    return ", ".join(parts)
+
+
+def pooled(reports: list[dict], key: str = "median_ms") -> float:
+    """A frame statistic over the rounds: the report's own with one round (as the first table
+    shows it), else the median (or p95, picked as bench_reference.stats does) of the pooled samples."""
+    if len(reports) == 1:
+        return reports[0]["frame"][key]
+    samples = sorted(x for r in reports for x in r["frame"]["samples_ms"])
+    return statistics.median(samples) if key == "median_ms" else samples[round((len(samples) - 1) * 0.95)]
+
+
+def print_competitors(cases: dict[str, list[tuple[dict, dict[str, dict]]]]) -> None:
+    """Ours against each competitor, pooled over the rounds (the third table)."""
+    print("\n| case | competitor | precision | its frame: median (p95) | ours: frame | ours vs it: "
+          "ratio of medians | ours vs it: median of paired frames | rounds won by ours "
+          "| max abs diff vs PyTorch f32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, rounds in cases.items():
+        ours = pooled([r for r, _ in rounds])
+        for side, label in SIDES.items():
+            theirs = [sides[side] for _, sides in rounds if side in sides]
+            if not theirs:
+                continue
+            median = pooled(theirs)
+            ratios = [x for r, sides in rounds if side in sides
+                      for x in pair_ratios(sides[side]["frame"], r["frame"])]
+            won = f"{sum(x > 1.0 for x in ratios)} of {len(ratios)}" if ratios else "-"
+            print(
+                f"| {name} | {label} | {theirs[0].get('precision', theirs[0].get('dtype', '-'))} "
+                f"| {median:.0f} ({pooled(theirs, 'p95_ms'):.0f}) | {ours:.0f} "
+                f"| {fmt_ratio(median / ours)} "
+                f"| {fmt_ratio(statistics.median(ratios) if ratios else None)} | {won} "
+                f"| {fmt_deviation(theirs)} |"
+            )
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         raise SystemExit("usage: bench_summary.py BENCH_OUTPUT.jsonl")
     rows = reports(sys.argv[1])
     gemm_rates: dict[str, list[float]] = {"ours": [], "theirs": []}
-    cases: dict[str, list[tuple[dict, dict]]] = {}
-    i = 0
-    while i < len(rows):
-        r = rows[i]
+    for r in rows:
         if r.get("task") == "gemm" and r.get("shape") == [2048, 2048, 2048] and r.get("dtype", "f32") == "f32":
-            side = "ours" if r["impl"].startswith("vlm_perception") else "theirs"
-            gemm_rates[side].append(r["gflops_best"])
-        if r.get("task") in ("detect", "segment", "ask") and r["impl"].startswith("vlm_perception"):
-            ref = rows[i + 1]
-            if ref.get("task") != r["task"]:
-                raise SystemExit(f"bench_summary: report {i + 1} ({r['task']}) is not followed by the reference's")
-            cases.setdefault(case_name(r), []).append((r, ref))
-            i += 2
-            continue
-        i += 1
+            gemm_rates["ours" if side_of(r) == "ours" else "theirs"].append(r["gflops_best"])
+    grouped = group_cases(rows)
+    # the first two tables: ours against PyTorch (the cases with a FLOP count)
+    cases = {name: [(r, sides["torch"]) for r, sides in rounds if "torch" in sides]
+             for name, rounds in grouped.items() if rounds[0][0]["task"] != "classify"}
+    cases = {name: rounds for name, rounds in cases.items() if rounds}
 
     print("| case | round | ours: frame | ours: model only | transformers: standard call "
           "| transformers: cheapest equivalent | ours vs cheapest: medians | ours vs cheapest: "
@@ -193,6 +269,7 @@ def main() -> None:
         rates = ", ".join(f"{x:.0f}" for x in gemm_rates[side]) or "-"
         print(f"\nBest 2048^3 GEMM rate per round, {side}: {rates} GFLOP/s", end="")
     print()
+    print_competitors(grouped)
 
 
 if __name__ == "__main__":
