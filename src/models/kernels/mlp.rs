@@ -6,7 +6,9 @@
 //! in cache from fc1 through the activation into fc2 instead of making three passes over
 //! memory. Elsewhere (the ViT towers' 768 -> 3072 MLP, whose 19 MiB of weights every block
 //! would pack again) it is two threaded matmuls - over all the rows at once, or, where the
-//! hidden activations would pass `MAX_HIDDEN` (32 MiB), over a few chunks of rows.
+//! hidden activations would pass `MAX_HIDDEN` (32 MiB), over a few chunks of rows. With bf16
+//! weights ([`crate::models::KernelPath::NativeBf16`]) it is always the two linears, each on
+//! the bf16 kernel.
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use rayon::prelude::*;
