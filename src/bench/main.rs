@@ -95,8 +95,12 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
-    /// One f32 matmul (m, k) x (k, n) on the CPU: the machine's GEMM rate in GFLOP/s.
+    /// One matmul (m, k) x (k, n) on the CPU: the machine's GEMM rate in GFLOP/s. `--dtype
+    /// f32`: candle's f32 matmul; `--dtype bf16`: our bf16 kernel (bf16 weights packed once,
+    /// the f32 input rounded to bf16 in every run, f32 accumulation; needs AVX512-BF16).
     Gemm {
+        #[arg(long, default_value = "f32")]
+        dtype: String,
         #[arg(long, default_value_t = 2048)]
         m: usize,
         #[arg(long, default_value_t = 2048)]
@@ -542,17 +546,49 @@ fn track(sequence: &std::path::Path, rounds: usize) -> Result<serde_json::Value>
     }))
 }
 
-fn gemm(m: usize, k: usize, n: usize, warmup: usize, iters: usize) -> Result<serde_json::Value> {
+fn gemm(
+    dtype: &str,
+    m: usize,
+    k: usize,
+    n: usize,
+    warmup: usize,
+    iters: usize,
+) -> Result<serde_json::Value> {
+    use vlm_perception::models::kernels::bf16_gemm;
     anyhow::ensure!(iters > 0, "--iters must be positive");
+    let bf16 = match dtype {
+        "f32" => false,
+        "bf16" => {
+            anyhow::ensure!(
+                bf16_gemm::supported(),
+                "--dtype bf16 needs AVX512-BF16 (`avx512_bf16`), which this CPU lacks"
+            );
+            true
+        }
+        other => anyhow::bail!("gemm --dtype: f32 or bf16, not `{other}`"),
+    };
     let dev = Device::Cpu;
     let a = Tensor::randn(0f32, 1f32, (m, k), &dev)?;
     let b = Tensor::randn(0f32, 1f32, (k, n), &dev)?;
+    let packed = if bf16 {
+        let w = b.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        Some(bf16_gemm::PackedBf16::from_transposed(&w, n, k))
+    } else {
+        None
+    };
+    let a_values = a.flatten_all()?.to_vec1::<f32>()?;
     let mut times = Vec::new();
     for i in 0..warmup + iters {
         let t = Instant::now();
-        let c = a.matmul(&b)?;
+        match &packed {
+            Some(p) => {
+                let mut c = vec![0f32; m * n];
+                bf16_gemm::matmul(&mut c, &a_values, m, p, true);
+                drop(c);
+            }
+            None => drop(a.matmul(&b)?),
+        }
         let elapsed = ms(t.elapsed());
-        drop(c);
         if i >= warmup {
             times.push(elapsed);
         }
@@ -562,8 +598,9 @@ fn gemm(m: usize, k: usize, n: usize, warmup: usize, iters: usize) -> Result<ser
     sorted.sort_by(f64::total_cmp);
     let flop = 2.0 * (m * k * n) as f64;
     Ok(serde_json::json!({
-        "impl": "vlm_perception (candle)",
+        "impl": if bf16 { "vlm_perception (bf16_gemm)" } else { "vlm_perception (candle)" },
         "task": "gemm",
+        "dtype": dtype,
         "shape": [m, k, n],
         "threads": threads(),
         "time": stats(times),
@@ -598,12 +635,13 @@ fn main() -> Result<()> {
             template,
         } => classify(&run, &labels, &template)?,
         Command::Gemm {
+            dtype,
             m,
             k,
             n,
             warmup,
             iters,
-        } => gemm(m, k, n, warmup, iters)?,
+        } => gemm(&dtype, m, k, n, warmup, iters)?,
         Command::MacRates { rounds } => mac_rates::mac_rates(rounds)?,
         Command::Track { sequence, rounds } => track(&sequence, rounds)?,
     };
