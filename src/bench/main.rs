@@ -97,7 +97,8 @@ enum Command {
     },
     /// One matmul (m, k) x (k, n) on the CPU: the machine's GEMM rate in GFLOP/s. `--dtype
     /// f32`: candle's f32 matmul; `--dtype bf16`: our bf16 kernel (bf16 weights packed once,
-    /// the f32 input rounded to bf16 in every run, f32 accumulation; needs AVX512-BF16).
+    /// the f32 input rounded to bf16 in every run, f32 accumulation; AVX512-BF16, or its
+    /// AVX2 + FMA emulation where the CPU lacks it).
     Gemm {
         #[arg(long, default_value = "f32")]
         dtype: String,
@@ -560,8 +561,8 @@ fn gemm(
         "f32" => false,
         "bf16" => {
             anyhow::ensure!(
-                bf16_gemm::supported(),
-                "--dtype bf16 needs AVX512-BF16 (`avx512_bf16`), which this CPU lacks"
+                bf16_gemm::supported() || bf16_gemm::emulated(),
+                "--dtype bf16 needs AVX512-BF16 (`avx512_bf16`) or AVX2 + FMA"
             );
             true
         }
@@ -598,7 +599,11 @@ fn gemm(
     sorted.sort_by(f64::total_cmp);
     let flop = 2.0 * (m * k * n) as f64;
     Ok(serde_json::json!({
-        "impl": if bf16 { "vlm_perception (bf16_gemm)" } else { "vlm_perception (candle)" },
+        "impl": match (bf16, bf16_gemm::supported()) {
+            (false, _) => "vlm_perception (candle)",
+            (true, true) => "vlm_perception (bf16_gemm, avx512_bf16)",
+            (true, false) => "vlm_perception (bf16_gemm, AVX2 + FMA emulation)",
+        },
         "task": "gemm",
         "dtype": dtype,
         "shape": [m, k, n],
