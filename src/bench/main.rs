@@ -147,6 +147,38 @@ struct RunArgs {
     /// process's frames with the reference's, so that both sides meet the same machine.
     #[arg(long)]
     lockstep: bool,
+    /// With `--dtype bf16` on a CPU without AVX512-BF16 (which the pipeline refuses): run the
+    /// bf16 weights on the kernel's AVX2 + FMA emulation instead - the same numbers and the
+    /// same memory, not the speed of the instructions (the JSON's `bf16_kernel` says which).
+    #[arg(long)]
+    bf16_emulation: bool,
+}
+
+/// The load options of `run`: as the CLI parses them, but for `--bf16-emulation`.
+fn load_options(run: &RunArgs) -> Result<LoadOptions> {
+    use vlm_perception::models::{kernels::bf16_gemm, KernelPath};
+    let cpu_bf16 = run.device.trim() == "cpu" && matches!(run.dtype.trim(), "bf16" | "bfloat16");
+    if cpu_bf16 && run.bf16_emulation && !bf16_gemm::supported() {
+        anyhow::ensure!(bf16_gemm::emulated(), "--bf16-emulation needs AVX2 and FMA");
+        return Ok(LoadOptions {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            kernels: KernelPath::NativeBf16,
+        });
+    }
+    Ok(LoadOptions::parse(&run.device, &run.dtype)?)
+}
+
+/// Which kernel the bf16 weights of `options` run on, if any.
+fn bf16_kernel(options: &LoadOptions) -> Option<&'static str> {
+    use vlm_perception::models::kernels::bf16_gemm;
+    options.cpu_bf16_weights().then(|| {
+        if bf16_gemm::supported() {
+            "avx512_bf16"
+        } else {
+            "AVX2 + FMA emulation"
+        }
+    })
 }
 
 /// The `--lockstep` handshake: `ready` once, then one stdin line per frame, `step` after it.
@@ -278,6 +310,7 @@ fn report(
         "postprocess": stats(stages.iter().map(|t| ms(t.postprocess)).collect()),
         "frame": stats(totals),
         "peak_rss_mib": peak_rss_mib(),
+        "bf16_kernel": load_options(run).ok().as_ref().and_then(bf16_kernel),
     });
     if let (Some(out), serde_json::Value::Object(extra)) = (out.as_object_mut(), extra) {
         out.extend(extra);
@@ -292,7 +325,7 @@ fn sync(t: &Tensor) -> Result<()> {
 }
 
 fn detect(run: &RunArgs, queries: &[String]) -> Result<serde_json::Value> {
-    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let options = load_options(run)?;
     let image = image_io::load_rgb(&run.image)?;
     let t = Instant::now();
     let detector =
@@ -340,7 +373,7 @@ fn detect(run: &RunArgs, queries: &[String]) -> Result<serde_json::Value> {
 }
 
 fn segment(run: &RunArgs, prompts: &[String]) -> Result<serde_json::Value> {
-    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let options = load_options(run)?;
     let image = image_io::load_rgb(&run.image)?;
     let t = Instant::now();
     let segmenter = Segmenter::load(&run.model, &options)
@@ -363,7 +396,7 @@ fn segment(run: &RunArgs, prompts: &[String]) -> Result<serde_json::Value> {
 }
 
 fn ask(run: &RunArgs, question: &str) -> Result<serde_json::Value> {
-    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let options = load_options(run)?;
     let image = image_io::load_rgb(&run.image)?;
     let t = Instant::now();
     let model =
@@ -391,7 +424,7 @@ fn ask(run: &RunArgs, question: &str) -> Result<serde_json::Value> {
 }
 
 fn classify(run: &RunArgs, labels: &[String], template: &str) -> Result<serde_json::Value> {
-    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let options = load_options(run)?;
     let image = image_io::load_rgb(&run.image)?;
     let t = Instant::now();
     let classifier = Classifier::load(&run.model, &options)
@@ -424,7 +457,7 @@ fn generate_text(
     num_beams: usize,
     max_new_tokens: usize,
 ) -> Result<serde_json::Value> {
-    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let options = load_options(run)?;
     let image = image_io::load_rgb(&run.image)?;
     let t = Instant::now();
     let model = BlipGenerator::load(&run.model, &options)
