@@ -268,6 +268,13 @@ mod x86 {
     unsafe impl Send for Out {}
     unsafe impl Sync for Out {}
 
+    impl Out {
+        /// (a method, so that closures capture the whole `Out`, not its bare pointer)
+        fn ptr(&self) -> *mut f32 {
+            self.0
+        }
+    }
+
     /// `a` rounded to bf16 rows of dwords, 32 values per `vcvtne2ps2bf16`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn round_row(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
@@ -339,42 +346,41 @@ mod x86 {
             lane_mask(cols, 3),
         ];
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for r in 0..R {
-            for v in 0..4 {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (v, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: masked lanes are not read; the others lie in `c` (the caller's).
-                acc[r][v] = unsafe {
+                *acc = unsafe {
                     _mm512_maskz_loadu_ps(masks[v], c.wrapping_add(r * c_stride + v * 16))
                 };
             }
         }
+        let bf16 = |x: __m512i| -> __m512bh {
+            // SAFETY: both are 64 bytes of plain bits.
+            unsafe { std::mem::transmute::<__m512i, __m512bh>(x) }
+        };
         for p in 0..pairs {
             // SAFETY: the panel slice holds `pairs` x 64 dwords; row r of `a` `pairs` dwords.
             unsafe {
                 let bp = b.add(p * NR);
                 let bv: [__m512bh; 4] = [
-                    std::mem::transmute(_mm512_loadu_si512(bp.cast())),
-                    std::mem::transmute(_mm512_loadu_si512(bp.add(16).cast())),
-                    std::mem::transmute(_mm512_loadu_si512(bp.add(32).cast())),
-                    std::mem::transmute(_mm512_loadu_si512(bp.add(48).cast())),
+                    bf16(_mm512_loadu_si512(bp.cast())),
+                    bf16(_mm512_loadu_si512(bp.add(16).cast())),
+                    bf16(_mm512_loadu_si512(bp.add(32).cast())),
+                    bf16(_mm512_loadu_si512(bp.add(48).cast())),
                 ];
-                for r in 0..R {
-                    let x: __m512bh =
-                        std::mem::transmute(_mm512_set1_epi32(*a.add(r * a_stride + p) as i32));
-                    for v in 0..4 {
-                        acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, bv[v]);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = bf16(_mm512_set1_epi32(*a.add(r * a_stride + p) as i32));
+                    for (acc, bv) in acc.iter_mut().zip(&bv) {
+                        *acc = _mm512_dpbf16_ps(*acc, x, *bv);
                     }
                 }
             }
         }
-        for r in 0..R {
-            for v in 0..4 {
+        for (r, acc) in acc.iter().enumerate() {
+            for (v, acc) in acc.iter().enumerate() {
                 // SAFETY: as the loads.
                 unsafe {
-                    _mm512_mask_storeu_ps(
-                        c.wrapping_add(r * c_stride + v * 16),
-                        masks[v],
-                        acc[r][v],
-                    )
+                    _mm512_mask_storeu_ps(c.wrapping_add(r * c_stride + v * 16), masks[v], *acc)
                 };
             }
         }
@@ -439,7 +445,6 @@ mod x86 {
         let panels = n.div_ceil(NR);
         let out = Out(c.as_mut_ptr());
         let run = |&(r0, r1, p0, p1): &(usize, usize, usize, usize)| {
-            let out = out;
             for panel in p0..p1 {
                 let cols = NR.min(n - panel * NR);
                 let b_panel = &b.data[panel * pairs * NR..][..pairs * NR];
@@ -457,7 +462,7 @@ mod x86 {
                                 pairs,
                                 b_panel.as_ptr().add(q0 * NR),
                                 q,
-                                out.0.add(t0 * n + panel * NR),
+                                out.ptr().add(t0 * n + panel * NR),
                                 n,
                                 cols,
                             )
@@ -498,6 +503,13 @@ mod emulation {
     // SAFETY: the tasks write disjoint blocks (task_blocks tiles the output).
     unsafe impl Send for Out {}
     unsafe impl Sync for Out {}
+
+    impl Out {
+        /// (a method, so that closures capture the whole `Out`, not its bare pointer)
+        fn ptr(&self) -> *mut f32 {
+            self.0
+        }
+    }
 
     /// `c[R x 16] += a[R rows, pairs] @ b[pairs, 16 columns of a panel]`: `c` rows of
     /// `c_stride` floats, all 16 columns valid.
@@ -625,7 +637,6 @@ mod emulation {
         let panels = n.div_ceil(NR);
         let out = Out(c.as_mut_ptr());
         let run = |&(r0, r1, p0, p1): &(usize, usize, usize, usize)| {
-            let out = out;
             for panel in p0..p1 {
                 let cols = NR.min(n - panel * NR);
                 let b_panel = &b.data[panel * pairs * NR..][..pairs * NR];
@@ -643,7 +654,7 @@ mod emulation {
                                     pairs,
                                     b_panel.as_ptr().add(q0 * NR + s0),
                                     q,
-                                    out.0.add(t0 * n + panel * NR + s0),
+                                    out.ptr().add(t0 * n + panel * NR + s0),
                                     n,
                                     NR2.min(cols - s0),
                                 )
