@@ -224,6 +224,14 @@ const BF16_WEIGHTS_REL_TOL: &[(&str, f32)] = &[
     ("clip-tiny/logits_per_image", 1.2e-2),
 ];
 
+/// Bounds of the full-size check (`bf16_weights_on_a_full_size_owlvit`): logits relative to
+/// their largest magnitude (measured on B/32 with random weights, chelsea, 4 queries: 3.5e-3,
+/// 5.6 of 1606), and the best boxes' coordinates (normalised; measured 0: the random box
+/// head saturates); at most 0.5% of all box coordinates may move by more than 0.05 (measured
+/// 1 of 2304).
+const FULL_SIZE_LOGITS_REL_TOL: f32 = 1e-2;
+const FULL_SIZE_BOXES_TOL: f32 = 1e-2;
+
 /// Index of the largest value of each row of `t` viewed as (rows, last dim), after moving
 /// `dim` last.
 fn argmax_along(t: &Tensor, dim: usize) -> Vec<u32> {
@@ -341,4 +349,66 @@ fn cli_bf16_on_cpu_selects_bf16_weights_or_names_the_missing_instructions() {
         }
         Err(e) => assert!(e.to_string().contains("avx512_bf16"), "{e}"),
     }
+}
+
+/// bf16 weights against f32 on a full-size OWL-ViT checkpoint (B/32 at 768: what
+/// scripts/bench.sh makes, `target/bench/owlvit-random-safetensors`), named by
+/// `VLM_FULL_OWLVIT`: the same best box per query, logits and boxes within the bounds. Ignored
+/// by default (two full-size forward passes); run with `--ignored`.
+#[test]
+#[ignore]
+fn bf16_weights_on_a_full_size_owlvit() {
+    let Ok(model) = std::env::var("VLM_FULL_OWLVIT") else {
+        eprintln!("VLM_FULL_OWLVIT unset: skipped");
+        return;
+    };
+    let image = vlm_perception::vision::image_io::load_rgb(&image_path("chelsea.png")).unwrap();
+    let queries = [
+        "a photo of a cat",
+        "a cup of coffee",
+        "a rocket",
+        "a remote control",
+    ];
+    let outputs = |kernels| {
+        let det = Detector::load(&model, &options(DType::F32, kernels)).unwrap();
+        let q = det.encode_queries(&queries).unwrap();
+        let out = det.forward(&det.pixel_values(&image).unwrap(), &q).unwrap();
+        (out.logits, out.pred_boxes)
+    };
+    let (logits, boxes) = outputs(KernelPath::Native);
+    let (logits_bf16, boxes_bf16) = outputs(KernelPath::NativeBf16);
+    let scale = max_abs(&logits).max(1.0);
+    let d_logits = max_abs_diff(&logits_bf16, &logits);
+    let (top, top_bf16) = (argmax_along(&logits, 1), argmax_along(&logits_bf16, 1));
+    // boxes: those of the best box of each query; and how many coordinates of all the boxes
+    // moved by more than 0.05 (random weights saturate the box head's sigmoid: a coordinate
+    // whose pre-sigmoid value lies near 0 among values in the hundreds may jump)
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (b32, b16) = (values(&boxes), values(&boxes_bf16));
+    let d_top_boxes = top
+        .iter()
+        .flat_map(|&i| (0..4).map(move |c| i as usize * 4 + c))
+        .map(|j| (b32[j] - b16[j]).abs())
+        .fold(0f32, f32::max);
+    let moved = b32
+        .iter()
+        .zip(&b16)
+        .filter(|(a, b)| (*a - *b).abs() > 0.05)
+        .count();
+    eprintln!(
+        "full-size owlvit, bf16 weights vs f32: logits {d_logits:.3} of {scale:.2} \
+         ({:.2e} relative); best boxes {d_top_boxes:.2e}; {moved} of {} box coordinates moved \
+         by > 0.05 (largest {:.2}); top box per query {top:?} (f32) {top_bf16:?} (bf16)",
+        d_logits / scale,
+        b32.len(),
+        max_abs_diff(&boxes_bf16, &boxes),
+    );
+    assert!(
+        d_logits / scale < FULL_SIZE_LOGITS_REL_TOL,
+        "{d_logits} of {scale}"
+    );
+    assert!(d_top_boxes < FULL_SIZE_BOXES_TOL, "{d_top_boxes}");
+    assert!(moved * 200 <= b32.len(), "{moved} box coordinates moved");
+    assert!(d_logits > 0.0, "bf16 did not run");
+    assert_eq!(top, top_bf16);
 }
