@@ -95,8 +95,13 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
-    /// One f32 matmul (m, k) x (k, n) on the CPU: the machine's GEMM rate in GFLOP/s.
+    /// One matmul (m, k) x (k, n) on the CPU: the machine's GEMM rate in GFLOP/s. `--dtype
+    /// f32`: candle's f32 matmul; `--dtype bf16`: our bf16 kernel (bf16 weights packed once,
+    /// the f32 input rounded to bf16 in every run, f32 accumulation; AVX512-BF16, or its
+    /// AVX2 + FMA emulation where the CPU lacks it).
     Gemm {
+        #[arg(long, default_value = "f32")]
+        dtype: String,
         #[arg(long, default_value_t = 2048)]
         m: usize,
         #[arg(long, default_value_t = 2048)]
@@ -142,6 +147,38 @@ struct RunArgs {
     /// process's frames with the reference's, so that both sides meet the same machine.
     #[arg(long)]
     lockstep: bool,
+    /// With `--dtype bf16` on a CPU without AVX512-BF16 (which the pipeline refuses): run the
+    /// bf16 weights on the kernel's AVX2 + FMA emulation instead - the same numbers and the
+    /// same memory, not the speed of the instructions (the JSON's `bf16_kernel` says which).
+    #[arg(long)]
+    bf16_emulation: bool,
+}
+
+/// The load options of `run`: as the CLI parses them, but for `--bf16-emulation`.
+fn load_options(run: &RunArgs) -> Result<LoadOptions> {
+    use vlm_perception::models::{kernels::bf16_gemm, KernelPath};
+    let cpu_bf16 = run.device.trim() == "cpu" && matches!(run.dtype.trim(), "bf16" | "bfloat16");
+    if cpu_bf16 && run.bf16_emulation && !bf16_gemm::supported() {
+        anyhow::ensure!(bf16_gemm::emulated(), "--bf16-emulation needs AVX2 and FMA");
+        return Ok(LoadOptions {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            kernels: KernelPath::NativeBf16,
+        });
+    }
+    Ok(LoadOptions::parse(&run.device, &run.dtype)?)
+}
+
+/// Which kernel the bf16 weights of `options` run on, if any.
+fn bf16_kernel(options: &LoadOptions) -> Option<&'static str> {
+    use vlm_perception::models::kernels::bf16_gemm;
+    options.cpu_bf16_weights().then(|| {
+        if bf16_gemm::supported() {
+            "avx512_bf16"
+        } else {
+            "AVX2 + FMA emulation"
+        }
+    })
 }
 
 /// The `--lockstep` handshake: `ready` once, then one stdin line per frame, `step` after it.
@@ -273,6 +310,7 @@ fn report(
         "postprocess": stats(stages.iter().map(|t| ms(t.postprocess)).collect()),
         "frame": stats(totals),
         "peak_rss_mib": peak_rss_mib(),
+        "bf16_kernel": load_options(run).ok().as_ref().and_then(bf16_kernel),
     });
     if let (Some(out), serde_json::Value::Object(extra)) = (out.as_object_mut(), extra) {
         out.extend(extra);
@@ -287,7 +325,7 @@ fn sync(t: &Tensor) -> Result<()> {
 }
 
 fn detect(run: &RunArgs, queries: &[String]) -> Result<serde_json::Value> {
-    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let options = load_options(run)?;
     let image = image_io::load_rgb(&run.image)?;
     let t = Instant::now();
     let detector =
@@ -335,7 +373,7 @@ fn detect(run: &RunArgs, queries: &[String]) -> Result<serde_json::Value> {
 }
 
 fn segment(run: &RunArgs, prompts: &[String]) -> Result<serde_json::Value> {
-    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let options = load_options(run)?;
     let image = image_io::load_rgb(&run.image)?;
     let t = Instant::now();
     let segmenter = Segmenter::load(&run.model, &options)
@@ -358,7 +396,7 @@ fn segment(run: &RunArgs, prompts: &[String]) -> Result<serde_json::Value> {
 }
 
 fn ask(run: &RunArgs, question: &str) -> Result<serde_json::Value> {
-    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let options = load_options(run)?;
     let image = image_io::load_rgb(&run.image)?;
     let t = Instant::now();
     let model =
@@ -386,7 +424,7 @@ fn ask(run: &RunArgs, question: &str) -> Result<serde_json::Value> {
 }
 
 fn classify(run: &RunArgs, labels: &[String], template: &str) -> Result<serde_json::Value> {
-    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let options = load_options(run)?;
     let image = image_io::load_rgb(&run.image)?;
     let t = Instant::now();
     let classifier = Classifier::load(&run.model, &options)
@@ -419,7 +457,7 @@ fn generate_text(
     num_beams: usize,
     max_new_tokens: usize,
 ) -> Result<serde_json::Value> {
-    let options = LoadOptions::parse(&run.device, &run.dtype)?;
+    let options = load_options(run)?;
     let image = image_io::load_rgb(&run.image)?;
     let t = Instant::now();
     let model = BlipGenerator::load(&run.model, &options)
@@ -542,17 +580,49 @@ fn track(sequence: &std::path::Path, rounds: usize) -> Result<serde_json::Value>
     }))
 }
 
-fn gemm(m: usize, k: usize, n: usize, warmup: usize, iters: usize) -> Result<serde_json::Value> {
+fn gemm(
+    dtype: &str,
+    m: usize,
+    k: usize,
+    n: usize,
+    warmup: usize,
+    iters: usize,
+) -> Result<serde_json::Value> {
+    use vlm_perception::models::kernels::bf16_gemm;
     anyhow::ensure!(iters > 0, "--iters must be positive");
+    let bf16 = match dtype {
+        "f32" => false,
+        "bf16" => {
+            anyhow::ensure!(
+                bf16_gemm::supported() || bf16_gemm::emulated(),
+                "--dtype bf16 needs AVX512-BF16 (`avx512_bf16`) or AVX2 + FMA"
+            );
+            true
+        }
+        other => anyhow::bail!("gemm --dtype: f32 or bf16, not `{other}`"),
+    };
     let dev = Device::Cpu;
     let a = Tensor::randn(0f32, 1f32, (m, k), &dev)?;
     let b = Tensor::randn(0f32, 1f32, (k, n), &dev)?;
+    let packed = if bf16 {
+        let w = b.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        Some(bf16_gemm::PackedBf16::from_transposed(&w, n, k))
+    } else {
+        None
+    };
+    let a_values = a.flatten_all()?.to_vec1::<f32>()?;
     let mut times = Vec::new();
     for i in 0..warmup + iters {
         let t = Instant::now();
-        let c = a.matmul(&b)?;
+        match &packed {
+            Some(p) => {
+                let mut c = vec![0f32; m * n];
+                bf16_gemm::matmul(&mut c, &a_values, m, p, true);
+                drop(c);
+            }
+            None => drop(a.matmul(&b)?),
+        }
         let elapsed = ms(t.elapsed());
-        drop(c);
         if i >= warmup {
             times.push(elapsed);
         }
@@ -562,8 +632,13 @@ fn gemm(m: usize, k: usize, n: usize, warmup: usize, iters: usize) -> Result<ser
     sorted.sort_by(f64::total_cmp);
     let flop = 2.0 * (m * k * n) as f64;
     Ok(serde_json::json!({
-        "impl": "vlm_perception (candle)",
+        "impl": match (bf16, bf16_gemm::supported()) {
+            (false, _) => "vlm_perception (candle)",
+            (true, true) => "vlm_perception (bf16_gemm, avx512_bf16)",
+            (true, false) => "vlm_perception (bf16_gemm, AVX2 + FMA emulation)",
+        },
         "task": "gemm",
+        "dtype": dtype,
         "shape": [m, k, n],
         "threads": threads(),
         "time": stats(times),
@@ -598,12 +673,13 @@ fn main() -> Result<()> {
             template,
         } => classify(&run, &labels, &template)?,
         Command::Gemm {
+            dtype,
             m,
             k,
             n,
             warmup,
             iters,
-        } => gemm(m, k, n, warmup, iters)?,
+        } => gemm(&dtype, m, k, n, warmup, iters)?,
         Command::MacRates { rounds } => mac_rates::mac_rates(rounds)?,
         Command::Track { sequence, rounds } => track(&sequence, rounds)?,
     };

@@ -45,9 +45,9 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
 pub struct LoadOptions {
     pub device: Device,
     pub dtype: DType,
-    /// Which code the layers run: [`KernelPath::Native`] (the default; no flag of the CLI or
-    /// the node changes it) or, for the tests of the code a GPU runs, [`KernelPath::Generic`]
-    /// on any device.
+    /// Which code the layers run: [`KernelPath::Native`] (the default),
+    /// [`KernelPath::NativeBf16`] (`bf16` on the CPU: [`Self::parse`]) or, for the tests of the
+    /// code a GPU runs, [`KernelPath::Generic`] on any device.
     pub kernels: KernelPath,
 }
 
@@ -62,24 +62,43 @@ impl Default for LoadOptions {
 }
 
 impl LoadOptions {
+    /// From the strings of the CLI and the node. `bf16` on the CPU is f32 tensors with the
+    /// linear layers' weights in bf16 ([`KernelPath::NativeBf16`]; `dtype` stays f32), where
+    /// the CPU has AVX512-BF16 (`avx512_bf16` in /proc/cpuinfo), refused elsewhere.
     pub fn parse(device: &str, dtype: &str) -> Result<Self> {
-        let options = Self {
+        let mut options = Self {
             device: parse_device(device)?,
             dtype: parse_dtype(dtype)?,
             kernels: KernelPath::Native,
         };
         if options.device.is_cpu() && options.dtype == DType::BF16 {
-            // candle's CPU backend widens every bf16 matmul to f32 and back: slower than f32,
-            // at bf16's precision. The library still runs it (the tests check that path); a
-            // user asking for it is told what to use instead.
+            options.cpu_bf16(crate::models::kernels::bf16_gemm::supported())?;
+        }
+        Ok(options)
+    }
+
+    /// `bf16` on the CPU: f32 tensors, bf16 weights in the linear layers, where `supported`
+    /// (the CPU has AVX512-BF16).
+    fn cpu_bf16(&mut self, supported: bool) -> Result<()> {
+        if !supported {
+            // candle's CPU backend would widen every bf16 matmul to f32 and back: slower than
+            // f32, at bf16's precision.
             return Err(Error::Unsupported {
                 model: "device".into(),
-                reason: "bf16 on cpu is slower than f32 (candle's CPU backend widens its \
-                         matmuls to f32) at bf16's precision; use f32 or f16 on cpu, bf16 on cuda"
+                reason: "bf16 on cpu needs the AVX512-BF16 instructions (`avx512_bf16` in \
+                         /proc/cpuinfo: Intel Cooper Lake / Sapphire Rapids or later, AMD Zen 4 \
+                         or later), which this CPU lacks; use f32 or f16 on this cpu, bf16 on cuda"
                     .into(),
             });
         }
-        Ok(options)
+        self.dtype = DType::F32;
+        self.kernels = KernelPath::NativeBf16;
+        Ok(())
+    }
+
+    /// Whether the linear layers' weights are bf16 on the CPU (`--dtype bf16` on a CPU).
+    pub fn cpu_bf16_weights(&self) -> bool {
+        self.kernels == KernelPath::NativeBf16
     }
 }
 
@@ -94,5 +113,31 @@ mod tests {
         assert!(matches!(parse_device("cuda:x"), Err(Error::Device(_))));
         assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
         assert!(matches!(parse_dtype("f64"), Err(Error::DType(_))));
+    }
+
+    #[test]
+    fn bf16_on_cpu_is_f32_tensors_with_bf16_weights_or_a_named_refusal() {
+        let mut options = LoadOptions::default();
+        let err = options.cpu_bf16(false).unwrap_err().to_string();
+        assert!(
+            err.contains("avx512_bf16") && err.contains("AVX512-BF16"),
+            "{err}"
+        );
+        assert_eq!(options.kernels, KernelPath::Native);
+        options.cpu_bf16(true).unwrap();
+        assert_eq!(
+            (options.dtype, options.kernels),
+            (DType::F32, KernelPath::NativeBf16)
+        );
+        assert!(options.cpu_bf16_weights());
+        match LoadOptions::parse("cpu", "bf16") {
+            Ok(o) => {
+                assert!(crate::models::kernels::bf16_gemm::supported());
+                assert_eq!((o.dtype, o.kernels), (DType::F32, KernelPath::NativeBf16));
+            }
+            Err(e) => assert!(e.to_string().contains("avx512_bf16"), "{e}"),
+        }
+        let f32 = LoadOptions::parse("cpu", "f32").unwrap();
+        assert_eq!((f32.dtype, f32.kernels), (DType::F32, KernelPath::Native));
     }
 }

@@ -206,7 +206,7 @@ impl SharedOut<'_> {
 /// equally, the smallest (the most tasks: the pool balances them when a core is slowed).
 /// For 2304 columns (a fused q/k/v projection, 36 units of 64) on 2 threads: 6 blocks of 6
 /// units, where 8 blocks of 5 left one thread 4 blocks and the other 3 and a sliver.
-fn balanced_block(units: usize, threads: usize, max_tasks: usize) -> usize {
+pub(super) fn balanced_block(units: usize, threads: usize, max_tasks: usize) -> usize {
     if units == 0 {
         return 1;
     }

@@ -7,6 +7,10 @@
 //!   vectorised pass, row by row in cache; a linear fed by a LayerNorm that writes a column of
 //!   ones after its output ([`FusedLinear::with_bias_row`], [`FusedLinear::forward_normed`])
 //!   takes the bias as one more row of `W^T`, in the product itself;
+//! - bf16 weights ([`KernelPath::NativeBf16`]: f32 tensors, `--dtype bf16` on a CPU): the
+//!   weights rounded to bf16 and packed at load (the f32 copy dropped), the input rounded to
+//!   bf16 at the product, [`bf16_gemm::matmul`] accumulating in f32 onto the f32 bias (plus
+//!   residual), the activation in f32 after; no bias row (the bias stays f32);
 //! - f16/bf16 on the CPU: candle's matmul, then bias (+ activation, or + residual) in one
 //!   in-place pass;
 //! - other devices, and the [`KernelPath::Generic`] path: the same from candle ops
@@ -18,6 +22,9 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use std::sync::Arc;
+
+use super::bf16_gemm::{self, PackedBf16};
 use super::gemm::{matmul, product, MatRef};
 use super::{
     cpu_f32_slice, span, span_mut, vmath, Activation, Elem, KernelPath, LayerNorm, TASKS_PER_THREAD,
@@ -135,12 +142,21 @@ pub(super) fn prefilled(
     out
 }
 
+/// The weights of a [`FusedLinear`].
+#[derive(Debug, Clone)]
+enum Weights {
+    /// `weight^T`: (in, out), contiguous (the matmul reads it row by row); with `bias_row`,
+    /// (in + 1, out), the bias as its last row.
+    Dense(Tensor),
+    /// [`KernelPath::NativeBf16`]: `weight^T` rounded to bf16 and packed for
+    /// [`bf16_gemm::matmul`]; the f32 copy is dropped at load.
+    Bf16(Arc<PackedBf16>),
+}
+
 /// An `nn.Linear` with bias whose output gets an [`Epilogue`].
 #[derive(Debug, Clone)]
 pub struct FusedLinear {
-    /// `weight^T`: (in, out), contiguous (the matmul reads it row by row); with `bias_row`,
-    /// (in + 1, out), the bias as its last row.
-    weight_t: Tensor,
+    weights: Weights,
     /// (out,)
     bias: Tensor,
     /// Whether `weight_t` ends with the bias ([`Self::with_bias_row`]).
@@ -159,29 +175,54 @@ impl FusedLinear {
                 weight.dims()
             );
         }
+        let weights = if kernels == KernelPath::NativeBf16
+            && weight.device().is_cpu()
+            && weight.dtype() == DType::F32
+            && bias.dtype() == DType::F32
+        {
+            let (out_dim, in_dim) = weight.dims2()?;
+            let weight = weight.contiguous()?;
+            let packed =
+                cpu_f32_slice(&weight, |w| PackedBf16::from_transposed(w, out_dim, in_dim));
+            match packed {
+                Some(p) => Weights::Bf16(Arc::new(p)),
+                None => bail!("linear: bf16 packing needs a contiguous f32 weight"),
+            }
+        } else {
+            Weights::Dense(weight.t()?.contiguous()?)
+        };
         Ok(Self {
-            weight_t: weight.t()?.contiguous()?,
+            weights,
             bias,
             bias_row: false,
             kernels,
         })
     }
 
+    /// Whether the weights are packed in bf16 ([`KernelPath::NativeBf16`]).
+    pub fn is_bf16(&self) -> bool {
+        matches!(self.weights, Weights::Bf16(_))
+    }
+
     /// The same linear with the bias appended to `weight^T` as one more row, where the f32 CPU
     /// kernels run (elsewhere unchanged), for [`Self::forward_normed`]: an input whose last
     /// column is ones then takes the bias in the product itself, with no output prefilled with
     /// the bias to accumulate onto - 4-5% of a q/k/v projection (BENCHMARKS.md).
+    /// (bf16 weights keep the bias in f32, apart: no bias row.)
     pub fn with_bias_row(self) -> Result<Self> {
+        let Weights::Dense(weight_t) = &self.weights else {
+            return Ok(self);
+        };
         if self.bias_row
             || !self.kernels.native()
-            || !self.weight_t.device().is_cpu()
-            || self.weight_t.dtype() != DType::F32
+            || !weight_t.device().is_cpu()
+            || weight_t.dtype() != DType::F32
         {
             return Ok(self);
         }
-        let weight_t = Tensor::cat(&[&self.weight_t, &self.bias.unsqueeze(0)?], 0)?;
+        let weight_t = Tensor::cat(&[weight_t, &self.bias.unsqueeze(0)?], 0)?;
         Ok(Self {
-            weight_t,
+            weights: Weights::Dense(weight_t),
             bias_row: true,
             ..self
         })
@@ -197,10 +238,14 @@ impl FusedLinear {
         Ok(())
     }
 
-    /// `weight^T` without the bias row: (in, out).
+    /// `weight^T` without the bias row: (in, out). bf16 weights: unpacked to f32 for the
+    /// call (the candle path, which an f32 CPU input never takes).
     fn weight_t(&self) -> Result<Tensor> {
-        let (in_dim, _) = self.dims();
-        self.weight_t.narrow(0, 0, in_dim)
+        let (in_dim, out_dim) = self.dims();
+        match &self.weights {
+            Weights::Dense(w) => w.narrow(0, 0, in_dim),
+            Weights::Bf16(p) => Tensor::from_vec(p.unpacked(), (in_dim, out_dim), &Device::Cpu),
+        }
     }
 
     /// Reads `weight` (out, in) and `bias` (out,) under `vb`, as `nn.Linear(in, out)`.
@@ -256,15 +301,24 @@ impl FusedLinear {
 
     /// `(in, out)`.
     pub fn dims(&self) -> (usize, usize) {
-        let (rows, out_dim) = self.weight_t.dims2().unwrap_or_default();
-        (rows - usize::from(self.bias_row), out_dim)
+        match &self.weights {
+            Weights::Dense(w) => {
+                let (rows, out_dim) = w.dims2().unwrap_or_default();
+                (rows - usize::from(self.bias_row), out_dim)
+            }
+            Weights::Bf16(p) => p.dims(),
+        }
     }
 
     /// `f(weight^T (in, out) row-major, bias)` when both are contiguous f32 CPU tensors on the
     /// native path (the weights may go on with the bias row: `f` reads the first `in` rows).
+    /// `None` for bf16 weights.
     pub(super) fn with_f32<R>(&self, f: impl FnOnce(&[f32], &[f32]) -> R) -> Option<R> {
+        let Weights::Dense(w) = &self.weights else {
+            return None;
+        };
         self.kernels
-            .cpu_f32(&self.weight_t, |w| cpu_f32_slice(&self.bias, |b| f(w, b)))
+            .cpu_f32(w, |w| cpu_f32_slice(&self.bias, |b| f(w, b)))
             .flatten()
     }
 
@@ -277,6 +331,9 @@ impl FusedLinear {
         let out_dim = self.bias.dim(0)?;
         dims.push(out_dim);
         let xs = xs.contiguous()?.reshape((rows, in_dim))?;
+        if let Some(ys) = self.forward_bf16_cpu(&xs, epilogue, &dims)? {
+            return Tensor::from_vec(ys, dims, &Device::Cpu);
+        }
         if let Some(ys) = self.forward_f32_cpu(&xs, epilogue, &dims)? {
             return Tensor::from_vec(ys, dims, &Device::Cpu);
         }
@@ -333,8 +390,11 @@ impl FusedLinear {
         }
         let rows = dims.iter().product::<usize>();
         dims.push(out_dim);
+        let Weights::Dense(weight_t) = &self.weights else {
+            return Ok(None);
+        };
         let ys = cpu_f32_slice(xs_with_ones, |x| {
-            cpu_f32_slice(&self.weight_t, |w| {
+            cpu_f32_slice(weight_t, |w| {
                 product(
                     MatRef::row_major(x, rows, in_dim + 1),
                     MatRef::row_major(w, in_dim + 1, out_dim),
@@ -406,6 +466,49 @@ impl FusedLinear {
             Some(ys) => Tensor::from_vec(ys, (b, t, out_dim), &Device::Cpu),
             None => self.forward(&xs, Epilogue::Bias),
         }
+    }
+
+    /// The bf16-weights path ([`KernelPath::NativeBf16`]): `xs` (rows, in), contiguous f32 on
+    /// the CPU, rounded to bf16 at the product's input; the output prefilled with the f32 bias
+    /// (plus the residual) and accumulated onto in f32; the activation in f32 after. `None`
+    /// for f32 weights or an input that is not a contiguous f32 CPU tensor.
+    fn forward_bf16_cpu(
+        &self,
+        xs: &Tensor,
+        epilogue: Epilogue,
+        out_dims: &[usize],
+    ) -> Result<Option<Vec<f32>>> {
+        let Weights::Bf16(packed) = &self.weights else {
+            return Ok(None);
+        };
+        let (rows, _) = xs.dims2()?;
+        let out_dim = self.bias.dim(0)?;
+        let run = |x: &[f32], b: &[f32], residual: Option<&[f32]>| {
+            let threaded = rows > FEW_ROWS;
+            let mut ys = prefilled(rows, b, residual, threaded);
+            bf16_gemm::matmul(&mut ys, x, rows, packed, true);
+            if let Epilogue::Activation(act) = epilogue {
+                let chunk = ACTIVATION_CHUNK.div_ceil(out_dim) * out_dim;
+                ys.par_chunks_mut(chunk).for_each(|y| act.apply_slice(y));
+            }
+            ys
+        };
+        let with_input = |residual: Option<&[f32]>| {
+            cpu_f32_slice(xs, |x| cpu_f32_slice(&self.bias, |b| run(x, b, residual))).flatten()
+        };
+        Ok(match epilogue {
+            Epilogue::Residual(r) => {
+                if r.dims() != out_dims {
+                    bail!(
+                        "residual {:?} does not match the output {out_dims:?}",
+                        r.dims()
+                    );
+                }
+                let r = r.contiguous()?;
+                cpu_f32_slice(&r, |r| with_input(Some(r))).flatten()
+            }
+            _ => with_input(None),
+        })
     }
 
     /// The f32 CPU path: `xs` is (rows, in), contiguous. `None` when an operand is not a
@@ -741,5 +844,79 @@ mod tests {
         let xs = randn(&[2, 4]).to_dtype(DType::BF16).unwrap();
         assert_eq!(half.forward(&xs, Epilogue::Bias).unwrap().dims(), [2, 3]);
         assert!(half.forward_with_ones(&randn(&[2, 5])).unwrap().is_none());
+    }
+
+    #[test]
+    fn bf16_weights_round_the_product_alone() {
+        use super::super::bf16_gemm::{bf16_to_f32, round_bf16};
+        let round = |t: &Tensor| {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let v: Vec<f32> = v.into_iter().map(|x| bf16_to_f32(round_bf16(x))).collect();
+            Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
+        };
+        // 3 rows: few rows; 150 rows of 300 -> 130: row and column tasks, a partial panel
+        for (rows, k, n) in [(3, 40, 6), (150, 300, 130)] {
+            let (xs, w, b) = (randn(&[rows, k]), randn(&[n, k]), randn(&[n]));
+            let residual = randn(&[rows, n]);
+            let lin = FusedLinear::new(w.clone(), b.clone(), KernelPath::NativeBf16).unwrap();
+            assert!(lin.is_bf16());
+            assert_eq!(lin.dims(), (k, n));
+            // no bias row: the bias stays f32
+            let lin = lin.with_bias_row().unwrap();
+            assert!(!lin.bias_row);
+            // the reference: f32 ops on the rounded operands, the bias and residual in f32
+            let plain = round(&xs)
+                .matmul(&round(&w).t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let f32_plain = xs
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let act = Activation::Gelu;
+            for (epilogue, want, f32_want) in [
+                (Epilogue::Bias, plain.clone(), f32_plain.clone()),
+                (
+                    Epilogue::Activation(act),
+                    act.forward(&plain).unwrap(),
+                    act.forward(&f32_plain).unwrap(),
+                ),
+                (
+                    Epilogue::Residual(&residual),
+                    (&plain + &residual).unwrap(),
+                    (&f32_plain + &residual).unwrap(),
+                ),
+            ] {
+                let got = lin.forward(&xs, epilogue).unwrap();
+                assert_eq!(got.dtype(), DType::F32);
+                // f32 summation order alone
+                let d = max_diff(&got, &want);
+                assert!(
+                    d < 2e-5 * (k as f32).sqrt(),
+                    "{epilogue:?} {rows}x{k}x{n}: {d}"
+                );
+                // against f32 weights: bf16's rounding, 2^-9 relative per factor
+                let d32 = max_diff(&got, &f32_want);
+                assert!(
+                    d32 > 1e-3 && d32 < 0.02 * (k as f32).sqrt(),
+                    "{epilogue:?} {rows}x{k}x{n}: {d32} from f32"
+                );
+            }
+            // the first-columns product computes every column, as forward
+            let xs3 = xs.unsqueeze(0).unwrap();
+            let part = lin.forward_first_columns(&xs3, 2, 1).unwrap();
+            let full = lin.forward(&xs3, Epilogue::Bias).unwrap();
+            assert_eq!(max_diff(&part, &full), 0.0);
+        }
+        // other dtypes and devices keep dense weights on that path
+        let half = FusedLinear::new(
+            randn(&[3, 4]).to_dtype(DType::BF16).unwrap(),
+            randn(&[3]).to_dtype(DType::BF16).unwrap(),
+            KernelPath::NativeBf16,
+        )
+        .unwrap();
+        assert!(!half.is_bf16());
     }
 }

@@ -6,7 +6,9 @@
 //! in cache from fc1 through the activation into fc2 instead of making three passes over
 //! memory. Elsewhere (the ViT towers' 768 -> 3072 MLP, whose 19 MiB of weights every block
 //! would pack again) it is two threaded matmuls - over all the rows at once, or, where the
-//! hidden activations would pass `MAX_HIDDEN` (32 MiB), over a few chunks of rows.
+//! hidden activations would pass `MAX_HIDDEN` (32 MiB), over a few chunks of rows. With bf16
+//! weights ([`crate::models::KernelPath::NativeBf16`]) it is always the two linears, each on
+//! the bf16 kernel.
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use rayon::prelude::*;
@@ -73,6 +75,9 @@ impl FusedMlp {
         if let Some(out) = self.forward_chunked(&xs, residual)? {
             return Ok(out);
         }
+        if let Some(out) = self.forward_bf16_chunked(&xs, residual)? {
+            return Ok(out);
+        }
         let hidden = self
             .fc1
             .forward(&xs, Epilogue::Activation(self.activation))?;
@@ -128,6 +133,30 @@ impl FusedMlp {
                 );
             }
         })
+    }
+
+    /// bf16 weights: the two linears over chunks of rows where the hidden activations would
+    /// pass [`MAX_HIDDEN`] (as [`Self::forward_chunked`]), or `None`.
+    fn forward_bf16_chunked(&self, xs: &Tensor, residual: &Tensor) -> Result<Option<Tensor>> {
+        let (d, inner) = self.fc1.dims();
+        let rows = xs.elem_count() / d.max(1);
+        let chunks = (rows * inner).div_ceil(MAX_HIDDEN);
+        if !self.fc1.is_bf16() || chunks <= 1 || xs.dims() != residual.dims() {
+            return Ok(None);
+        }
+        let chunk_rows = rows.div_ceil(chunks);
+        let (flat, flat_residual) = (xs.reshape((rows, d))?, residual.reshape((rows, d))?);
+        let mut outs = Vec::with_capacity(chunks);
+        for first in (0..rows).step_by(chunk_rows) {
+            let n = chunk_rows.min(rows - first);
+            let hidden = self.fc1.forward(
+                &flat.narrow(0, first, n)?,
+                Epilogue::Activation(self.activation),
+            )?;
+            let r = flat_residual.narrow(0, first, n)?;
+            outs.push(self.fc2.forward(&hidden, Epilogue::Residual(&r))?);
+        }
+        Ok(Some(Tensor::cat(&outs, 0)?.reshape(xs.dims())?))
     }
 
     /// The output of the f32 CPU row paths: fc2's bias plus `residual` in every row, to which
@@ -293,5 +322,46 @@ mod tests {
         let chunked = native.forward_chunked(&xs, &residual).unwrap().unwrap();
         assert_matches_two_linears(&native, &xs, &residual, &chunked);
         assert!(max_diff(&got, &chunked) < 1e-3 * max_diff(&got, &got.zeros_like().unwrap()));
+    }
+
+    #[test]
+    fn bf16_weights_take_the_two_linears_in_chunks_of_rows() {
+        let [f32_mlp, bf16_mlp] = mlps(8, 4096, [KernelPath::Native, KernelPath::NativeBf16]);
+        assert!(bf16_mlp.fc1.is_bf16() && bf16_mlp.fc2.is_bf16());
+        // 2100 rows x 4096 hidden: two chunks
+        let (xs, residual) = (randn(&[3, 700, 8]), randn(&[3, 700, 8]));
+        let chunked = bf16_mlp
+            .forward_bf16_chunked(&xs, &residual)
+            .unwrap()
+            .unwrap();
+        let hidden = bf16_mlp
+            .fc1
+            .forward(&xs, Epilogue::Activation(Activation::Relu))
+            .unwrap();
+        let whole = bf16_mlp
+            .fc2
+            .forward(&hidden, Epilogue::Residual(&residual))
+            .unwrap();
+        // the same products, row by row
+        assert_eq!(max_diff(&chunked, &whole), 0.0);
+        assert_eq!(
+            max_diff(&bf16_mlp.forward(xs.clone(), &residual).unwrap(), &whole),
+            0.0
+        );
+        // near f32's: bf16 rounding of 8 + 4096 terms (values ~ 1e2)
+        let f32_out = f32_mlp.forward(xs.clone(), &residual).unwrap();
+        let d = max_diff(&chunked, &f32_out);
+        let scale = max_diff(&f32_out, &f32_out.zeros_like().unwrap());
+        assert!(d > 0.0 && d < 2e-2 * scale, "{d} of {scale}");
+        // under the bound, and f32 weights: no such path
+        let (small, small_r) = (randn(&[2, 700, 8]), randn(&[2, 700, 8]));
+        assert!(bf16_mlp
+            .forward_bf16_chunked(&small, &small_r)
+            .unwrap()
+            .is_none());
+        assert!(f32_mlp
+            .forward_bf16_chunked(&xs, &residual)
+            .unwrap()
+            .is_none());
     }
 }

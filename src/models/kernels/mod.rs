@@ -21,10 +21,14 @@
 //! Which of the two a layer takes is fixed at load by its [`KernelPath`]: [`KernelPath::Native`]
 //! (our CPU kernels wherever the device and dtype have one) or [`KernelPath::Generic`] (candle
 //! ops on every device: the code a GPU runs, which the parity tests run on the CPU too).
+//! [`KernelPath::NativeBf16`] is the native path with the linear layers' weights in bf16
+//! ([`bf16_gemm`]: `vdpbf16ps`, AVX512-BF16), activations in f32.
 
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod attention_long;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub mod bf16_gemm;
 pub mod conv;
 pub mod gemm;
 pub mod layer_norm;
@@ -135,6 +139,13 @@ pub enum KernelPath {
     /// on the CPU), candle ops elsewhere: what every user runs.
     #[default]
     Native,
+    /// [`Self::Native`] with the weights of the linear layers ([`FusedLinear`], and so
+    /// [`FusedMlp`]) rounded to bf16 and packed at load for [`bf16_gemm`] (the f32 copy
+    /// dropped: half the memory), their inputs rounded to bf16 at each product and the products
+    /// accumulated in f32. Everything else - the tensors between layers (the residual stream),
+    /// biases, epilogues, LayerNorm, attention, softmax, the patch embedding - stays f32, and
+    /// the model's dtype is f32: what `--dtype bf16` selects on a CPU with AVX512-BF16.
+    NativeBf16,
     /// candle ops on every device and dtype: the path a GPU takes. On the CPU it exists for the
     /// tests, which check that path against the same references as the native one; it is no
     /// user-facing option.
@@ -144,7 +155,7 @@ pub enum KernelPath {
 impl KernelPath {
     /// Whether the CPU kernels here may run.
     pub fn native(self) -> bool {
-        self == Self::Native
+        matches!(self, Self::Native | Self::NativeBf16)
     }
 
     /// Whether the CPU kernels here handle `t` on this path (f32 fully; f16/bf16 through
