@@ -6,7 +6,11 @@ can take frames (best effort, the node keeps the latest), and the script counts 
 messages each camera's topic carries over a timed window after a warm-up. The set-ups alternate
 round by round (one node, N nodes, one node, ...) so that a slow minute of the machine falls on
 both. Per round and set-up one JSON line on stdout: frames per second per camera and in total,
-and the peak resident memory (VmHWM) of every node process and their sum.
+the median inference time the node reports per frame (`latency_ms`: preprocess, model pass, post-
+processing; in one node the model pass is the whole batch's), and the peak resident memory
+(VmHWM) of every node process and their sum. A camera's frames per second are counted between its
+first and its last result inside the window ((n - 1) / (t_last - t_first)), so that one node's
+results, which come three at a time, are not rounded to whole batches by the window's edges.
 
     source .ros/env.sh
     python3 scripts/bench_cameras.py [--model DIR] [--cameras 3] [--seconds 30] [--rounds 2]
@@ -103,17 +107,17 @@ def frame_msg():
 
 
 def run_setup(ros, nodes, seconds, warmup, feed_hz):
-    """Feeds every camera of `nodes` at `feed_hz`; returns per camera the detections messages
-    received within the timed window."""
+    """Feeds every camera of `nodes` at `feed_hz`; returns per camera the receipt times and the
+    reported inference times (ms) of the detections messages within the timed window."""
     msg = frame_msg()
     pubs = [ros.create_publisher(Image, t, qos_profile_sensor_data) for n in nodes for t in n.inputs]
-    counts = [0] * len(pubs)
+    arrivals = [[] for _ in pubs]
     timing = {"on": False}
 
     def counter(i):
-        def on(_msg):
+        def on(msg):
             if timing["on"]:
-                counts[i] += 1
+                arrivals[i].append((time.monotonic(), msg.latency_ms))
         return on
 
     subs = [ros.create_subscription(DetectionArray, t, counter(i), RELIABLE)
@@ -149,7 +153,7 @@ def run_setup(ros, nodes, seconds, warmup, feed_hz):
             while time.monotonic() < stop:
                 rclpy.spin_once(ros, timeout_sec=max(0.0, stop - time.monotonic()))
         timing["on"] = False
-        return counts
+        return arrivals
     finally:
         for s in subs:
             ros.destroy_subscription(s)
@@ -184,15 +188,18 @@ def main():
                 else:
                     nodes = [Node(node_params(args.model, None), tmp, [""]) for _ in names]
                 try:
-                    counts = run_setup(ros, nodes, args.seconds, args.warmup, args.feed_hz)
+                    arrivals = run_setup(ros, nodes, args.seconds, args.warmup, args.feed_hz)
                     rss = [n.peak_rss_kb() for n in nodes]
                 finally:
                     for n in nodes:
                         n.stop()
-                fps = [c / args.seconds for c in counts]
+                fps = [(len(a) - 1) / (a[-1][0] - a[0][0]) if len(a) > 1 else 0.0 for a in arrivals]
+                latency = sorted(ms for a in arrivals for _, ms in a)
                 print(json.dumps({
                     "round": r + 1, "setup": setup, "nodes": len(nodes), "cameras": args.cameras,
                     "fps_per_camera": [round(f, 3) for f in fps], "fps_total": round(sum(fps), 3),
+                    "results": [len(a) for a in arrivals],
+                    "inference_ms_p50": round(latency[len(latency) // 2], 1) if latency else None,
                     "peak_rss_mb": [round(k / 1024, 1) for k in rss], "peak_rss_total_mb": round(sum(rss) / 1024, 1),
                 }), flush=True)
     finally:

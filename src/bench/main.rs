@@ -25,8 +25,9 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use vlm_perception::pipeline::{
-    host_memory, BlipGenerator, Classifier, DetectParams, Detector, GenerationConfig, LoadOptions,
-    SegmentParams, Segmenter, Timings, VqaModel, DEFAULT_HYPOTHESIS_TEMPLATE,
+    host_memory, BlipGenerator, Classifier, DetectInput, DetectMode, DetectParams, Detector,
+    GenerationConfig, LoadOptions, SegmentParams, Segmenter, Timings, VqaModel,
+    DEFAULT_HYPOTHESIS_TEMPLATE,
 };
 use vlm_perception::tracking::{ByteTrackConfig, LabelledBox, LabelledTracker};
 use vlm_perception::vision::image_io;
@@ -47,6 +48,10 @@ enum Command {
         /// Text queries.
         #[arg(long = "query", required = true)]
         queries: Vec<String>,
+        /// Images per frame, as one batch through the vision tower (`Detector::detect_batch`,
+        /// the node's several cameras); `frame` is then the whole batch's time.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
     /// CLIPSeg segmentation: prompt encoding once, then `--iters` frames.
     Segment {
@@ -324,7 +329,8 @@ fn sync(t: &Tensor) -> Result<()> {
     Ok(())
 }
 
-fn detect(run: &RunArgs, queries: &[String]) -> Result<serde_json::Value> {
+fn detect(run: &RunArgs, queries: &[String], batch: usize) -> Result<serde_json::Value> {
+    anyhow::ensure!(batch > 0, "--batch must be positive");
     let options = load_options(run)?;
     let image = image_io::load_rgb(&run.image)?;
     let t = Instant::now();
@@ -346,8 +352,20 @@ fn detect(run: &RunArgs, queries: &[String]) -> Result<serde_json::Value> {
         ..ByteTrackConfig::default()
     })?;
     let (mut track_ms, mut tracked) = (Vec::new(), 0);
+    let inputs = vec![
+        DetectInput {
+            image: &image,
+            queries: &embeds,
+            params: &params,
+            mode: DetectMode::Text {
+                min_objectness: 0.0
+            },
+        };
+        batch
+    ];
     let (totals, stages) = time_frames(run, || {
-        let result = detector.detect(&image, &embeds, &params)?;
+        let mut results = detector.detect_batch(&inputs)?;
+        let result = results.pop().context("no result")?;
         detections = result.detections.len();
         let boxes: Vec<LabelledBox<'_>> = result.detections.iter().map(Into::into).collect();
         let t = Instant::now();
@@ -364,6 +382,7 @@ fn detect(run: &RunArgs, queries: &[String]) -> Result<serde_json::Value> {
         &stages,
         serde_json::json!({
             "queries": queries.len(),
+            "batch": batch,
             "encode_queries": stats(encode),
             "detections": detections,
             "tracked": tracked,
@@ -651,7 +670,11 @@ fn main() -> Result<()> {
     // as the node and the CLI run
     host_memory::keep_freed_memory();
     let out = match Cli::parse().command {
-        Command::Detect { run, queries } => detect(&run, &queries)?,
+        Command::Detect {
+            run,
+            queries,
+            batch,
+        } => detect(&run, &queries, batch)?,
         Command::Segment { run, prompts } => segment(&run, &prompts)?,
         Command::Ask { run, question } => ask(&run, &question)?,
         Command::Generate {

@@ -10,7 +10,12 @@ pub const DESCRIPTIONS: &[(&str, &str, bool)] = &[
         "Where the models run: cpu, cuda or cuda:N.",
         false,
     ),
-    ("dtype", "Weights precision: f32, f16 or bf16.", false),
+    (
+        "dtype",
+        "Weights precision: f32, f16 or bf16 (on the CPU: bf16 linear weights, f32 \
+         activations; needs AVX512-BF16).",
+        false,
+    ),
     (
         "rate",
         "Most camera frames processed per second; 0 = as fast as inference allows.",
