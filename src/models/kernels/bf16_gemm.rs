@@ -252,6 +252,24 @@ fn task_blocks(m: usize, panels: usize, threaded: bool) -> Vec<(usize, usize, us
     tasks
 }
 
+/// A raw output shared by the tasks of the x86 kernels, which write disjoint blocks.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: the tasks write disjoint blocks (task_blocks tiles the output).
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for Out {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for Out {}
+
+#[cfg(target_arch = "x86_64")]
+impl Out {
+    /// (a method, so that closures capture the whole `Out`, not its bare pointer)
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -259,21 +277,7 @@ mod x86 {
 
     use rayon::prelude::*;
 
-    use super::{task_blocks, PackedBf16, KC_PAIRS, MR, NR};
-
-    /// A raw output shared by tasks that write disjoint blocks.
-    #[derive(Clone, Copy)]
-    struct Out(*mut f32);
-    // SAFETY: the tasks write disjoint blocks (task_blocks tiles the output).
-    unsafe impl Send for Out {}
-    unsafe impl Sync for Out {}
-
-    impl Out {
-        /// (a method, so that closures capture the whole `Out`, not its bare pointer)
-        fn ptr(&self) -> *mut f32 {
-            self.0
-        }
-    }
+    use super::{task_blocks, Out, PackedBf16, KC_PAIRS, MR, NR};
 
     /// `a` rounded to bf16 rows of dwords, 32 values per `vcvtne2ps2bf16`.
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -491,25 +495,12 @@ mod emulation {
 
     use rayon::prelude::*;
 
-    use super::{rounded_rows_reference, task_blocks, PackedBf16, KC_PAIRS, NR};
+    use super::{rounded_rows_reference, task_blocks, Out, PackedBf16, KC_PAIRS, NR};
 
     /// Rows of a tile (16 registers: 8 accumulators, 4 widened weights, 2 broadcasts).
     const MR2: usize = 4;
     /// Columns of a tile.
     const NR2: usize = 16;
-
-    #[derive(Clone, Copy)]
-    struct Out(*mut f32);
-    // SAFETY: the tasks write disjoint blocks (task_blocks tiles the output).
-    unsafe impl Send for Out {}
-    unsafe impl Sync for Out {}
-
-    impl Out {
-        /// (a method, so that closures capture the whole `Out`, not its bare pointer)
-        fn ptr(&self) -> *mut f32 {
-            self.0
-        }
-    }
 
     /// `c[R x 16] += a[R rows, pairs] @ b[pairs, 16 columns of a panel]`: `c` rows of
     /// `c_stride` floats, all 16 columns valid.
