@@ -51,6 +51,16 @@ for case in owlvit-b32 clipseg-4 vilt; do
       >> "$out/bench.jsonl" 2>>"$out/bench.err"
   done
 done
+# issue 31: the node's several cameras as one batch through the vision tower - OWL-ViT B/32 f16,
+# a batch of 1 and of 3 images (the checkpoint the owlvit-b32 case made above); `frame` is the
+# whole batch's time.
+for b in 1 3; do
+  /tmp/vlm-bin/vlm-bench detect --model target/bench/owlvit-random-safetensors \
+    --image tests/fixtures/images/chelsea.png --device cuda --dtype f16 --iters 50 --batch "$b" \
+    --query "a photo of a cat" --query "a remote control" --query "a coffee cup" --query "a rocket" \
+    >> "$out/bench_batch.jsonl" 2>>"$out/bench.err"
+done
 bash scripts/bench.sh --device cpu --dtype f32 --iters 10 >> "$out/bench.jsonl" 2>>"$out/bench.err"
 grep -v Loading "$out/bench.err" | tail -20
 cat "$out/bench.jsonl"
+cat "$out/bench_batch.jsonl"
