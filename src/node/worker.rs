@@ -538,7 +538,6 @@ impl<S: Sink> Worker<S> {
         let msg = e.to_string();
         {
             let mut s = lock(&self.shared.stats);
-            s.frames_bad += 1;
             s.last_bad_frame = msg.clone();
             if let Some(c) = s.cameras.get_mut(camera) {
                 c.frames_bad += 1;

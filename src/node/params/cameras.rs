@@ -87,17 +87,7 @@ impl CameraSpec {
 
 /// The `cameras` list and each camera's section; no list (or an empty one): one unnamed camera.
 pub(super) fn read(r: &Reader<'_>) -> Result<Vec<CameraSpec>, ParamError> {
-    let names: Vec<String> = match r.map.get("cameras") {
-        None | Some(Value::NotSet) => Vec::new(),
-        Some(Value::StringArray(a)) => a.iter().map(|s| s.trim().to_string()).collect(),
-        Some(Value::String(s)) => super::split_texts(s),
-        Some(v) => {
-            return Err(invalid(
-                "cameras",
-                format!("expected a string array, got {}", v.type_name()),
-            ))
-        }
-    };
+    let names = listed(r.map)?;
     if names.is_empty() {
         return Ok(vec![CameraSpec::unnamed()]);
     }
@@ -127,6 +117,19 @@ pub(super) fn read(r: &Reader<'_>) -> Result<Vec<CameraSpec>, ParamError> {
         });
     }
     Ok(cameras)
+}
+
+/// The names `cameras` lists: a string array, or one comma-separated string (none: empty).
+fn listed(map: &BTreeMap<String, Value>) -> Result<Vec<String>, ParamError> {
+    match map.get("cameras") {
+        None | Some(Value::NotSet) => Ok(Vec::new()),
+        Some(Value::StringArray(a)) => Ok(a.iter().map(|s| s.trim().to_string()).collect()),
+        Some(Value::String(s)) => Ok(super::split_texts(s)),
+        Some(v) => Err(invalid(
+            "cameras",
+            format!("expected a string array, got {}", v.type_name()),
+        )),
+    }
 }
 
 /// A camera name is one ROS name token (it becomes a topic folder and a parameter section).
@@ -178,12 +181,8 @@ pub(super) fn is_section_key(map: &BTreeMap<String, Value>, key: &str) -> bool {
     let Some((name, field)) = key.split_once('.') else {
         return false;
     };
-    let listed = match map.get("cameras") {
-        Some(Value::StringArray(a)) => a.iter().any(|n| n.trim() == name),
-        Some(Value::String(s)) => super::split_texts(s).iter().any(|n| n == name),
-        _ => false,
-    };
-    listed && matches!(field, "queries" | "prompts")
+    matches!(field, "queries" | "prompts")
+        && listed(map).is_ok_and(|names| names.iter().any(|n| n == name))
 }
 
 /// What `ros2 param describe` shows for the camera parameters.

@@ -23,10 +23,6 @@ pub struct TaskSnapshot {
 /// Counters and recent timings, for /diagnostics.
 #[derive(Debug, Default)]
 pub(super) struct Stats {
-    pub(super) frames_received: u64,
-    pub(super) frames_processed: u64,
-    pub(super) frames_dropped: u64,
-    pub(super) frames_bad: u64,
     pub(super) last_bad_frame: String,
     pub(super) bad_queries: u64,
     pub(super) inference_errors: u64,
@@ -42,7 +38,7 @@ pub(super) struct Stats {
     pub(super) processed_at: VecDeque<Instant>,
     pub(super) queries: Vec<String>,
     pub(super) prompts: Vec<String>,
-    /// Per camera its stream counters.
+    /// Per camera its stream counters (the frame counts of the stream are their sums).
     pub(super) cameras: Vec<CameraStats>,
 }
 
@@ -147,6 +143,7 @@ impl Handle {
         let s = lock(&self.shared.stats);
         let now = Instant::now();
         let started = self.shared.started;
+        let total = |count: fn(&CameraStats) -> u64| s.cameras.iter().map(count).sum::<u64>();
         let cameras = s
             .cameras
             .iter()
@@ -173,10 +170,10 @@ impl Handle {
             latency_p95_ms: percentile(&s.latencies, 95.0),
             inference_p50_ms: percentile(&s.inference, 50.0),
             inference_p95_ms: percentile(&s.inference, 95.0),
-            frames_received: s.frames_received,
-            frames_processed: s.frames_processed,
-            frames_dropped: s.frames_dropped,
-            frames_bad: s.frames_bad,
+            frames_received: total(|c| c.frames_received),
+            frames_processed: total(|c| c.frames_processed),
+            frames_dropped: total(|c| c.frames_dropped),
+            frames_bad: total(|c| c.frames_bad),
             last_bad_frame: s.last_bad_frame.clone(),
             bad_queries: s.bad_queries,
             inference_errors: s.inference_errors,

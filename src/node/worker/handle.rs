@@ -104,10 +104,6 @@ impl Handle {
         };
         {
             let mut s = lock(&self.shared.stats);
-            s.frames_received += 1;
-            if replaced {
-                s.frames_dropped += 1;
-            }
             if let Some(c) = s.cameras.get_mut(camera) {
                 c.frames_received += 1;
                 c.frames_dropped += u64::from(replaced);
@@ -193,6 +189,8 @@ mod tests {
         }
         let s = handle.snapshot();
         assert_eq!((s.frames_received, s.frames_dropped), (5, 4));
+        let c = &s.cameras[0];
+        assert_eq!((c.frames_received, c.frames_dropped), (5, 4));
         let pending = lock(&handle.shared.inbox).frames[0].clone().unwrap();
         assert_eq!(pending.header.sec, 4);
     }

@@ -60,7 +60,6 @@ impl<S: Sink> Worker<S> {
             self.finish_frame(frame, image, detection, segmentation);
             let done = Instant::now();
             let mut s = lock(&self.shared.stats);
-            s.frames_processed += 1;
             push_bounded(&mut s.latencies, ms(done - frame.received));
             push_bounded(&mut s.inference, ms(batch_time + (done - t1)));
             push_bounded(&mut s.processed_at, done);
