@@ -10,8 +10,10 @@
 #   --sides LIST (default: BENCH_SIDES, else all): comma-separated, of ours, torch, ort, ov-f32,
 #   ov-default (ov = both OpenVINO sides), e.g. --sides ours,ort for a quick check. The ONNX
 #   Runtime and OpenVINO sides run in the model cases owlvit-b32, owlvit-b16, owlv2, clipseg-1,
-#   clipseg-4, vilt and clip, on the CPU in f32 only (elsewhere they are skipped with a note);
-#   their ONNX export is made once per case and cached in target/bench/onnx-CASE.
+#   clipseg-4, vilt and clip, on the CPU (with --device cuda or --dtype f16 they are skipped with a note);
+#   their ONNX export is made once per case and cached in target/bench/onnx-CASE. With --dtype bf16
+#   they still run (their export is f32; OpenVINO's default precision picks bf16 by itself where
+#   the CPU has AVX512-BF16), so that ours in bf16 meets OpenVINO default frame for frame.
 #   --rounds N repeats the whole sequence N times (ours and the reference alternate case by case):
 #   on a shared machine whose speed drifts over minutes, compare the rounds, not one run.
 #   --lockstep: in the model cases, load every side, then alternate their frames one by one
@@ -154,12 +156,15 @@ run_sides() {
   want ours && cmds+=("$bench_bin" "${ours[@]}" ::)
   want torch && cmds+=("${theirs[@]}" ::)
   if [ "$onnx" != - ] && { want ort || want ov-f32 || want ov-default; }; then
-    if [ "$device" != cpu ] || [ "$dtype" != f32 ]; then
-      echo "# ONNX Runtime / OpenVINO sides skipped: CPU and f32 only (the export is f32)" >&2
+    if [ "$device" != cpu ] || [ "$dtype" = f16 ]; then
+      echo "# ONNX Runtime / OpenVINO sides skipped: CPU in f32 or bf16 only" >&2
     else
-      "${theirs[@]}" --runtime export --onnx-dir "$onnx"
+      # The export is f32 whatever --dtype says (the last --dtype wins): with --dtype bf16 ours
+      # runs bf16 weights against ONNX Runtime f32, OpenVINO f32 and OpenVINO's own default
+      # precision (bf16 where the CPU has AVX512-BF16), which is the pair to compare.
+      "${theirs[@]}" --dtype f32 --runtime export --onnx-dir "$onnx"
       for r in ort ov-f32 ov-default; do
-        want "$r" && cmds+=("${theirs[@]}" --runtime "$r" --onnx-dir "$onnx" ::)
+        want "$r" && cmds+=("${theirs[@]}" --dtype f32 --runtime "$r" --onnx-dir "$onnx" ::)
       done
     fi
   fi

@@ -201,12 +201,12 @@ fn reduced_precision_stays_close_to_f32_on_both_paths() {
 
 /// Relative bounds of the bf16-weights CPU path (`--dtype bf16` on a CPU:
 /// `KernelPath::NativeBf16`, f32 tensors, each linear's weights and inputs rounded to bf16 and
-/// accumulated in f32) against transformers' f32 outputs, per output (`model/output`): about
-/// three times the largest deviation measured on these fixtures (printed by the test), and
-/// below the bound of candle's all-bf16 path (`BF16_REL_TOL`), which also rounds the
-/// residual stream.
+/// accumulated in f32, and the token embedding table kept in bf16) against transformers' f32
+/// outputs, per output (`model/output`): about three times the largest deviation measured on
+/// these fixtures (printed by the test), and below the bound of candle's all-bf16 path
+/// (`BF16_REL_TOL`), which also rounds the residual stream.
 const BF16_WEIGHTS_REL_TOL: &[(&str, f32)] = &[
-    // measured 5.9e-3
+    // measured 6.0e-3
     ("owlvit-tiny-p16/logits", 1.5e-2),
     // 1.2e-3
     ("owlvit-tiny-p16/pred_boxes", 4e-3),
@@ -216,12 +216,13 @@ const BF16_WEIGHTS_REL_TOL: &[(&str, f32)] = &[
     ("owlv2-tiny-p16/pred_boxes", 7e-3),
     // 4.4e-3
     ("owlv2-tiny-p16/objectness_logits", 1.2e-2),
-    // 4.6e-3
+    // 4.9e-3
     ("clipseg-tiny-rd16/logits", 1.2e-2),
-    // 9.2e-3
+    // 9.2e-3 (7.0e-3 with the word embeddings in bf16)
     ("vilt-tiny-vqa/q0/logits", 2.5e-2),
-    // 4.2e-3
-    ("clip-tiny/logits_per_image", 1.2e-2),
+    // 4.2e-3 with the token table in f32, 1.2e-2 in bf16: the rounded rows move the text
+    // embeddings, which logit_scale (exp(2.66): 14.3) multiplies with the image's
+    ("clip-tiny/logits_per_image", 3e-2),
 ];
 
 /// Bounds of the full-size check (`bf16_weights_on_a_full_size_owlvit`): logits relative to

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use super::interpolate;
 use super::kernels::{
     attention_of_first, layer_norm, Activation, AttentionMask, Epilogue, FusedLinear, LayerNorm,
-    PatchEmbedding,
+    PatchEmbedding, TokenEmbedding,
 };
 
 /// `nn.LayerNorm`'s default epsilon, used by the classifier (`nn.LayerNorm(hidden_size * 2)`).
@@ -188,7 +188,8 @@ impl ViltConfig {
 #[derive(Debug, Clone)]
 #[allow(non_snake_case)] // `LayerNorm` is the checkpoint's spelling
 pub struct TextEmbeddings {
-    word_embeddings: Embedding,
+    /// bf16 on the bf16-weights path
+    word_embeddings: TokenEmbedding,
     position_embeddings: Embedding,
     token_type_embeddings: Embedding,
     LayerNorm: LayerNorm,
@@ -199,7 +200,12 @@ impl TextEmbeddings {
     pub fn new(vb: ModelVars, cfg: &ViltConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            word_embeddings: embedding(cfg.vocab_size, d, vb.pp("word_embeddings").var_builder())?,
+            word_embeddings: TokenEmbedding::new(
+                &vb.pp("word_embeddings"),
+                cfg.vocab_size,
+                d,
+                "weight",
+            )?,
             position_embeddings: embedding(
                 cfg.max_position_embeddings,
                 d,

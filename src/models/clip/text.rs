@@ -12,7 +12,7 @@ use candle_core::{bail, DType, Module, Result, Tensor};
 
 use super::encoder::{AttentionMask, ClipEncoder};
 use super::ClipEncoderConfig;
-use crate::models::kernels::{layer_norm, LayerNorm};
+use crate::models::kernels::{layer_norm, LayerNorm, TokenEmbedding};
 
 /// What the text tower needs from a transformers CLIP-style text config.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +25,8 @@ pub struct ClipTextTowerConfig {
 /// transformers' `CLIPTextEmbeddings` with the default `position_ids` (`0..seq`).
 #[derive(Debug, Clone)]
 pub struct ClipTextEmbeddings {
-    /// (vocab_size, d)
-    token_embedding: Tensor,
+    /// (vocab_size, d), bf16 on the bf16-weights path
+    token_embedding: TokenEmbedding,
     /// (max_position_embeddings, d)
     position_embedding: Tensor,
 }
@@ -35,7 +35,7 @@ impl ClipTextEmbeddings {
     pub fn new(vb: ModelVars, cfg: &ClipTextTowerConfig) -> Result<Self> {
         let d = cfg.encoder.hidden_size;
         Ok(Self {
-            token_embedding: vb.get((cfg.vocab_size, d), "token_embedding.weight")?,
+            token_embedding: TokenEmbedding::new(&vb, cfg.vocab_size, d, "token_embedding.weight")?,
             position_embedding: vb.get(
                 (cfg.max_position_embeddings, d),
                 "position_embedding.weight",
@@ -45,16 +45,12 @@ impl ClipTextEmbeddings {
 
     /// (b, seq) ids -> (b, seq, d)
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let (b, seq) = input_ids.dims2()?;
+        let (_, seq) = input_ids.dims2()?;
         let max = self.position_embedding.dim(0)?;
         if seq > max {
             bail!("sequence length {seq} exceeds max_position_embeddings {max}");
         }
-        let d = self.token_embedding.dim(1)?;
-        let inputs_embeds = self
-            .token_embedding
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, seq, d))?;
+        let inputs_embeds = self.token_embedding.forward(input_ids)?;
         inputs_embeds.broadcast_add(&self.position_embedding.narrow(0, 0, seq)?)
     }
 }

@@ -711,18 +711,39 @@ mod tests {
         assert_eq!(b.bytes(), 2 * 5 * NR * 4);
     }
 
+    /// A kernel as the tests call it.
+    type Kernel = fn(&mut [f32], &[f32], usize, &PackedBf16, bool);
+
+    /// Every kernel this CPU runs, named: the AVX512-BF16 one and the AVX2 + FMA emulation
+    /// (on a CPU with both, the one [`matmul`] does not pick is tested too), and [`matmul`].
+    fn kernels_here() -> Vec<(&'static str, Kernel)> {
+        let mut kernels: Vec<(&'static str, Kernel)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if supported() {
+                // SAFETY: `supported()`; the tests' operands fit their shapes.
+                kernels.push(("avx512_bf16", |c, a, m, b, t| unsafe {
+                    x86::matmul(c, a, m, b, t)
+                }));
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA; the operands fit.
+                kernels.push(("avx2 emulation", |c, a, m, b, t| unsafe {
+                    emulation::matmul(c, a, m, b, t)
+                }));
+            }
+        }
+        kernels.push(("matmul", matmul));
+        kernels
+    }
+
     #[test]
     fn kernel_matches_the_scalar_model_exactly() {
-        if !supported() {
-            eprintln!(
-                "no avx512_bf16: the kernel is {} here",
-                if emulated() {
-                    "the AVX2 + FMA emulation"
-                } else {
-                    "the scalar model"
-                }
-            );
-        }
+        let kernels = kernels_here();
+        let names: Vec<_> = kernels.iter().map(|k| k.0).collect();
+        eprintln!("bf16 kernels here: {names:?}");
         // odd k, partial panels and tiles, several k blocks (k = 601: 301 pairs, 3 blocks),
         // few rows, one row, row and column splits
         for (m, k, n) in [
@@ -740,15 +761,17 @@ mod tests {
             let start = values(&[m, n]);
             let mut want = start.clone();
             matmul_reference(&mut want, &a, m, &b);
-            for threaded in [false, true] {
-                let mut got = start.clone();
-                matmul(&mut got, &a, m, &b, threaded);
-                let same = got
-                    .iter()
-                    .zip(&want)
-                    .filter(|(g, w)| g.to_bits() == w.to_bits())
-                    .count();
-                assert_eq!(same, m * n, "{m}x{k}x{n} threaded {threaded}");
+            for (name, kernel) in &kernels {
+                for threaded in [false, true] {
+                    let mut got = start.clone();
+                    kernel(&mut got, &a, m, &b, threaded);
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .filter(|(g, w)| g.to_bits() == w.to_bits())
+                        .count();
+                    assert_eq!(same, m * n, "{name}: {m}x{k}x{n} threaded {threaded}");
+                }
             }
         }
     }

@@ -30,6 +30,7 @@ pub mod attention_long;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub mod bf16_gemm;
 pub mod conv;
+pub mod embedding;
 pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
@@ -39,6 +40,7 @@ pub mod vmath;
 
 pub use attention::{attention, attention_of_first, AttentionMask};
 pub use conv::WindowConv2d;
+pub use embedding::TokenEmbedding;
 pub use layer_norm::{layer_norm, LayerNorm};
 pub use linear::{Epilogue, FusedLinear};
 pub use mlp::FusedMlp;
