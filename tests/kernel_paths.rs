@@ -200,28 +200,30 @@ fn reduced_precision_stays_close_to_f32_on_both_paths() {
 }
 
 /// Relative bounds of the bf16-weights CPU path (`--dtype bf16` on a CPU:
-/// `KernelPath::NativeBf16`, f32 tensors, each linear's weights and inputs rounded to bf16 and
-/// accumulated in f32, and the token embedding table kept in bf16) against transformers' f32
+/// `KernelPath::NativeBf16`, f32 tensors; each linear's weights and inputs rounded to bf16 and
+/// accumulated in f32, the token embedding table kept in bf16, and the two products of the
+/// attention kernel for short sequences on the bf16 kernel too) against transformers' f32
 /// outputs, per output (`model/output`): about three times the largest deviation measured on
-/// these fixtures (printed by the test), and below the bound of candle's all-bf16 path
-/// (`BF16_REL_TOL`), which also rounds the residual stream.
+/// these fixtures (printed by the test; on a Zen 4 with AVX512-BF16, and the same values with
+/// the online-softmax kernel switched off, as on a CPU without AVX-512), and below the bound
+/// of candle's all-bf16 path (`BF16_REL_TOL`), which also rounds the residual stream.
 const BF16_WEIGHTS_REL_TOL: &[(&str, f32)] = &[
-    // measured 6.0e-3
-    ("owlvit-tiny-p16/logits", 1.5e-2),
+    // measured 7.3e-3
+    ("owlvit-tiny-p16/logits", 2e-2),
     // 1.2e-3
     ("owlvit-tiny-p16/pred_boxes", 4e-3),
-    // 5.4e-3
-    ("owlv2-tiny-p16/logits", 1.5e-2),
-    // 2.5e-3
-    ("owlv2-tiny-p16/pred_boxes", 7e-3),
-    // 4.4e-3
-    ("owlv2-tiny-p16/objectness_logits", 1.2e-2),
-    // 4.9e-3
-    ("clipseg-tiny-rd16/logits", 1.2e-2),
-    // 9.2e-3 (7.0e-3 with the word embeddings in bf16)
+    // 5.9e-3
+    ("owlv2-tiny-p16/logits", 1.8e-2),
+    // 2.7e-3
+    ("owlv2-tiny-p16/pred_boxes", 8e-3),
+    // 6.8e-3
+    ("owlv2-tiny-p16/objectness_logits", 2e-2),
+    // 5.3e-3
+    ("clipseg-tiny-rd16/logits", 1.6e-2),
+    // 9.2e-3
     ("vilt-tiny-vqa/q0/logits", 2.5e-2),
-    // 4.2e-3 with the token table in f32, 1.2e-2 in bf16: the rounded rows move the text
-    // embeddings, which logit_scale (exp(2.66): 14.3) multiplies with the image's
+    // 9.6e-3-1.2e-2: the rounded token table moves the text embeddings, which logit_scale
+    // (exp(2.66): 14.3) multiplies with the image's
     ("clip-tiny/logits_per_image", 3e-2),
 ];
 

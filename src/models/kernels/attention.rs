@@ -18,6 +18,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Device, IndexOp, InplaceOp1, Layout, Result, Tensor};
 use rayon::prelude::*;
 
+use super::bf16_gemm::{self, PackedBf16};
 use super::gemm::{matmul, MatRef, SharedOut};
 use super::{cpu_f32_slice, span_mut, vmath, Elem, KernelPath, TASKS_PER_THREAD};
 
@@ -96,7 +97,8 @@ pub fn attention_of_first(
         }
     }
     if kernels.native() {
-        if let Some(out) = attention_f32_cpu(qkv, mask, queries)? {
+        let bf16 = kernels == KernelPath::NativeBf16;
+        if let Some(out) = attention_f32_cpu(qkv, mask, queries, bf16)? {
             return Tensor::from_vec(out, (b, queries, heads * head_dim), &Device::Cpu);
         }
     }
@@ -109,11 +111,15 @@ thread_local! {
 }
 
 /// The CPU kernel; `None` when `qkv` is not a contiguous f32 CPU tensor. Output
-/// (b, queries, d): every task writes its queries' columns of its head.
+/// (b, queries, d): every task writes its queries' columns of its head. `bf16`: its two
+/// products on [`bf16_gemm`] (the bf16-weights path), q, k, v and the exponentials rounded to
+/// bf16 at the products, which accumulate in f32; the online-softmax kernel
+/// ([`super::attention_long`]) stays f32.
 fn attention_f32_cpu(
     qkv: &Tensor,
     mask: AttentionMask,
     queries: usize,
+    bf16: bool,
 ) -> Result<Option<Vec<f32>>> {
     let (b, n, _, heads, hd) = qkv.dims5()?;
     if !qkv.device().is_cpu() || qkv.dtype() != DType::F32 {
@@ -167,16 +173,7 @@ fn attention_f32_cpu(
                 scores.resize(m * n, 0.0);
                 let scores = &mut scores[..m * n];
                 matmul(scores, n, q, k_t, false, false);
-                // unnormalised: each output row is divided by its sum after the product
-                // (m x head_dim divisions instead of m x n)
-                let mut inv_sums = vec![0f32; m];
-                for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                    if let Some(bias) = key_bias {
-                        vmath::add_row(row, bias);
-                    }
-                    let valid = if causal { first + i + 1 } else { n };
-                    inv_sums[i] = 1.0 / vmath::exp_row(row, valid);
-                }
+                let inv_sums = exponentials(scores, n, key_bias, causal.then_some(first));
                 let exps = MatRef::row_major(scores, m, n);
                 // SAFETY: each task writes its own queries' columns of its own head, while
                 // `out` is borrowed by `shared` alone.
@@ -187,9 +184,71 @@ fn attention_f32_cpu(
                 }
             });
         };
-        // SAFETY: each product overwrites its block (`accumulate` false).
-        unsafe { head_block_tasks((b, heads, blocks), (queries, d), b * heads, |_| (), task) }
+        // q, k or v (`which` 0, 1, 2) of token `t` of (item, head)
+        let row = |item: usize, head: usize, which: usize, t: usize| {
+            &qkv[(item * n + t) * token + which * d + head * hd..][..hd]
+        };
+        let task_bf16 = |shared: &SharedOut, _: &(), item: usize, head: usize, block: usize| {
+            let (first, m) = block_rows(block, blocks, queries);
+            // k^T (hd, n) and v (n, hd), rounded and packed for the kernel
+            let k_t = PackedBf16::from_rows_of_transposed(n, hd, |t| row(item, head, 1, t));
+            let v = PackedBf16::from_rows(n, hd, |t| row(item, head, 2, t));
+            let key_bias = key_bias.as_deref().map(|k| &k[item * n..(item + 1) * n]);
+            SCORES.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                // the block's queries (contiguous), its scores, its unnormalised outputs
+                scratch.clear();
+                scratch.resize(m * (n + 2 * hd), 0.0);
+                let (q, rest) = scratch.split_at_mut(m * hd);
+                let (scores, out) = rest.split_at_mut(m * n);
+                for (i, q) in q.chunks_exact_mut(hd).enumerate() {
+                    q.copy_from_slice(row(item, head, 0, first + i));
+                }
+                bf16_gemm::matmul(scores, q, m, &k_t, false);
+                let inv_sums = exponentials(scores, n, key_bias, causal.then_some(first));
+                bf16_gemm::matmul(out, scores, m, &v, false);
+                for (i, (line, inv)) in out.chunks_exact_mut(hd).zip(inv_sums).enumerate() {
+                    line.iter_mut().for_each(|x| *x *= inv);
+                    // SAFETY: each task writes its own queries' columns of its own head, while
+                    // `out` is borrowed by `shared` alone.
+                    unsafe { shared.write_row(item * queries + first + i, head * hd, line) };
+                }
+            });
+        };
+        let (shape, out) = ((b, heads, blocks), (queries, d));
+        // SAFETY: each product overwrites its block (`accumulate` false); each bf16 task
+        // writes every row of its block.
+        unsafe {
+            if bf16 {
+                head_block_tasks(shape, out, b * heads, |_| (), task_bf16)
+            } else {
+                head_block_tasks(shape, out, b * heads, |_| (), task)
+            }
+        }
     }))
+}
+
+/// The softmax's exponentials of a block's `scores` (rows of `n`), in place: the key bias
+/// added, each row's keys past the causal limit (`first` + its index, when `causal_first` is
+/// the block's first query) left out. Returns each row's `1 / sum`: the outputs are divided
+/// by it after the product with v (m x head_dim divisions instead of m x n).
+fn exponentials(
+    scores: &mut [f32],
+    n: usize,
+    key_bias: Option<&[f32]>,
+    causal_first: Option<usize>,
+) -> Vec<f32> {
+    scores
+        .chunks_exact_mut(n)
+        .enumerate()
+        .map(|(i, row)| {
+            if let Some(bias) = key_bias {
+                vmath::add_row(row, bias);
+            }
+            let valid = causal_first.map_or(n, |first| first + i + 1);
+            1.0 / vmath::exp_row(row, valid)
+        })
+        .collect()
 }
 
 /// The (b, queries, d) output of one task per (item, head, block of queries), in parallel:
@@ -459,8 +518,24 @@ mod tests {
                     let d = max_diff(&half.unwrap(), &want);
                     assert!(d < 0.1, "bf16 {kernels:?} {mask:?}: {d}");
                 }
+                // the bf16-weights path: both products on the bf16 kernel (q, k, v and the
+                // exponentials rounded to bf16, the sums in f32)
+                let bf16 = attention(&qkv, mask, KernelPath::NativeBf16).unwrap();
+                let d = max_diff(&bf16, &want);
+                assert!(
+                    d > 0.0 && d < 0.05,
+                    "bf16 products {mask:?} ({b}, {n}): {d}"
+                );
                 // the first queries alone: the same rows, on every path
                 for queries in [1, n / 2 + 1] {
+                    let first =
+                        attention_of_first(&qkv, mask, queries, KernelPath::NativeBf16).unwrap();
+                    let rows = bf16.narrow(1, 0, queries).unwrap();
+                    assert_eq!(
+                        max_diff(&first, &rows),
+                        0.0,
+                        "bf16 first {queries} {mask:?}"
+                    );
                     let want = want.narrow(1, 0, queries).unwrap();
                     for (qkv, kernels) in [
                         (qkv.clone(), KernelPath::Native),

@@ -90,22 +90,61 @@ impl PackedBf16 {
             "bf16 pack: {} values for ({n}, {k})",
             w.len()
         );
-        let pairs = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
-        data.par_chunks_mut(pairs * NR)
+        let mut packed = Self::zeros(k, n);
+        let panel = packed.pairs() * NR;
+        packed
+            .data
+            .par_chunks_mut(panel)
             .enumerate()
-            .for_each(|(panel, dst)| {
-                for c in 0..NR.min(n - panel * NR) {
-                    let row = &w[(panel * NR + c) * k..][..k];
-                    for p in 0..pairs {
-                        let lo = round_bf16(row[2 * p]) as u32;
-                        let hi = row.get(2 * p + 1).map_or(0, |&v| round_bf16(v) as u32);
-                        dst[p * NR + c] = lo | (hi << 16);
-                    }
-                }
-            });
-        Self { k, n, data }
+            .for_each(|(p, dst)| pack_transposed_panel(dst, p, n, k, |j| &w[j * k..][..k]));
+        packed
+    }
+
+    /// Packs `B = w^T` on this thread from the rows of `w` (n, k), row `j` being `row(j)` (k
+    /// values, read in place: a strided source such as attention's keys).
+    pub fn from_rows_of_transposed<'a>(
+        n: usize,
+        k: usize,
+        row: impl Fn(usize) -> &'a [f32],
+    ) -> Self {
+        let mut packed = Self::zeros(k, n);
+        let panel = packed.pairs() * NR;
+        for (p, dst) in packed.data.chunks_mut(panel).enumerate() {
+            pack_transposed_panel(dst, p, n, k, &row);
+        }
+        packed
+    }
+
+    /// Packs `B` (k, n) itself on this thread from its rows, row `i` being `row(i)` (n values:
+    /// attention's values, the right operand of `p v` as it lies).
+    pub fn from_rows<'a>(k: usize, n: usize, row: impl Fn(usize) -> &'a [f32]) -> Self {
+        let mut packed = Self::zeros(k, n);
+        let pairs = packed.pairs();
+        // one row rounded: its values' bf16 bits two to a dword, the even one low
+        let (mut even, mut odd) = (vec![0u32; n.div_ceil(2)], vec![0u32; n.div_ceil(2)]);
+        let bits = |dwords: &[u32], j: usize| (dwords[j / 2] >> (16 * (j % 2))) & 0xffff;
+        for p in 0..pairs {
+            round_pairs(&row(2 * p)[..n], &mut even);
+            if 2 * p + 1 < k {
+                round_pairs(&row(2 * p + 1)[..n], &mut odd);
+            } else {
+                odd.fill(0);
+            }
+            for j in 0..n {
+                packed.data[((j / NR) * pairs + p) * NR + j % NR] =
+                    bits(&even, j) | bits(&odd, j) << 16;
+            }
+        }
+        packed
+    }
+
+    /// A (k, n) matrix of zeros, packed.
+    fn zeros(k: usize, n: usize) -> Self {
+        Self {
+            k,
+            n,
+            data: vec![0u32; n.div_ceil(NR) * k.div_ceil(2) * NR],
+        }
     }
 
     /// `(k, n)`.
@@ -140,18 +179,64 @@ impl PackedBf16 {
     }
 }
 
+/// Panel `panel` of `B = w^T` (its `pairs` x [`NR`] dwords, `dst`) from the rows of `w` (n, k):
+/// each of its columns is a row of `w` rounded to pairs.
+fn pack_transposed_panel<'a>(
+    dst: &mut [u32],
+    panel: usize,
+    n: usize,
+    k: usize,
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    let mut rounded = vec![0u32; k.div_ceil(2)];
+    for c in 0..NR.min(n - panel * NR) {
+        round_pairs(&row(panel * NR + c)[..k], &mut rounded);
+        for (p, &dword) in rounded.iter().enumerate() {
+            dst[p * NR + c] = dword;
+        }
+    }
+}
+
+/// `row` rounded to bf16 pairs, `row.len().div_ceil(2)` dwords into `dst` (the even value low,
+/// the last pair zero-padded): 32 values an instruction where the CPU has AVX512-BF16.
+fn round_pairs(row: &[f32], dst: &mut [u32]) {
+    assert_eq!(
+        dst.len(),
+        row.len().div_ceil(2),
+        "bf16 pairs of {} values",
+        row.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if supported() {
+        // SAFETY: the CPU has the instructions; `dst` holds the row's pairs, and the
+        // `MaybeUninit` view of initialised dwords is only written with dwords.
+        unsafe {
+            x86::round_row(
+                row,
+                std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len()),
+            )
+        };
+        return;
+    }
+    round_pairs_scalar(row, dst);
+}
+
+/// [`round_pairs`] one value at a time, by [`round_bf16`].
+fn round_pairs_scalar(row: &[f32], dst: &mut [u32]) {
+    for (p, d) in dst.iter_mut().enumerate() {
+        let lo = round_bf16(row[2 * p]) as u32;
+        let hi = row.get(2 * p + 1).map_or(0, |&v| round_bf16(v) as u32);
+        *d = lo | (hi << 16);
+    }
+}
+
 /// `a` (m, k) row-major rounded to bf16 rows of `k.div_ceil(2)` dwords (the last pair
 /// zero-padded), as [`round_bf16`] rounds.
 fn rounded_rows_reference(a: &[f32], m: usize, k: usize) -> Vec<u32> {
     let pairs = k.div_ceil(2);
     let mut out = vec![0u32; m * pairs];
     for (r, dst) in out.chunks_exact_mut(pairs.max(1)).enumerate().take(m) {
-        let row = &a[r * k..][..k];
-        for (p, d) in dst.iter_mut().enumerate() {
-            let lo = round_bf16(row[2 * p]) as u32;
-            let hi = row.get(2 * p + 1).map_or(0, |&v| round_bf16(v) as u32);
-            *d = lo | (hi << 16);
-        }
+        round_pairs_scalar(&a[r * k..][..k], dst);
     }
     out
 }
@@ -281,7 +366,7 @@ mod x86 {
 
     /// `a` rounded to bf16 rows of dwords, 32 values per `vcvtne2ps2bf16`.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn round_row(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
+    pub(super) unsafe fn round_row(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
         let k = src.len();
         let mut i = 0;
         while i < k {
@@ -709,6 +794,20 @@ mod tests {
         }
         // 2 panels of 5 pairs
         assert_eq!(b.bytes(), 2 * 5 * NR * 4);
+        // the same from strided rows of w, and from the rows of B = w^T itself
+        let strided: Vec<f32> = w
+            .chunks(k)
+            .flat_map(|r| r.iter().chain(&[7.0; 3]))
+            .copied()
+            .collect();
+        let from_rows = PackedBf16::from_rows_of_transposed(n, k, |j| &strided[j * (k + 3)..]);
+        assert_eq!((from_rows.dims(), &from_rows.data), ((9, 70), &b.data));
+        let w_t: Vec<f32> = (0..k)
+            .flat_map(|i| (0..n).map(move |j| (i, j)))
+            .map(|(i, j)| w[j * k + i])
+            .collect();
+        let from_b = PackedBf16::from_rows(k, n, |i| &w_t[i * n..]);
+        assert_eq!((from_b.dims(), &from_b.data), ((9, 70), &b.data));
     }
 
     /// A kernel as the tests call it.

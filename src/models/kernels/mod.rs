@@ -144,9 +144,12 @@ pub enum KernelPath {
     /// [`Self::Native`] with the weights of the linear layers ([`FusedLinear`], and so
     /// [`FusedMlp`]) rounded to bf16 and packed at load for [`bf16_gemm`] (the f32 copy
     /// dropped: half the memory), their inputs rounded to bf16 at each product and the products
-    /// accumulated in f32. Everything else - the tensors between layers (the residual stream),
-    /// biases, epilogues, LayerNorm, attention, softmax, the patch embedding - stays f32, and
-    /// the model's dtype is f32: what `--dtype bf16` selects on a CPU with AVX512-BF16.
+    /// accumulated in f32; the token embedding tables kept in bf16 ([`TokenEmbedding`]); the
+    /// two products of the attention kernel for short sequences (`q k^T`, `p v`) on
+    /// [`bf16_gemm`] as well. Everything else - the tensors between layers (the residual
+    /// stream), biases, epilogues, LayerNorm, the softmax, the online-softmax attention of long
+    /// sequences, the patch embedding - stays f32, and the model's dtype is f32: what
+    /// `--dtype bf16` selects on a CPU with AVX512-BF16.
     NativeBf16,
     /// candle ops on every device and dtype: the path a GPU takes. On the CPU it exists for the
     /// tests, which check that path against the same references as the native one; it is no
