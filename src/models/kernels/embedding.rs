@@ -53,7 +53,7 @@ impl TokenEmbedding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::kernels::tests::randn;
+    use crate::models::kernels::tests::{max_abs, max_diff, randn};
     use candle_core::Device;
     use candle_nn::VarBuilder;
     use std::collections::HashMap;
@@ -75,19 +75,7 @@ mod tests {
             .unwrap();
         let f32_rows = embedding(KernelPath::Native, &table).forward(&ids).unwrap();
         assert_eq!(f32_rows.dims(), &[2, 3, 6]);
-        let diff = |a: &Tensor| {
-            (a - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert_eq!(diff(&f32_rows), 0.0);
+        assert_eq!(max_diff(&f32_rows, &want), 0.0);
 
         let bf16 = embedding(KernelPath::NativeBf16, &table);
         assert_eq!(bf16.table().dtype(), DType::BF16);
@@ -97,16 +85,7 @@ mod tests {
             (DType::F32, &[2usize, 3, 6][..])
         );
         // bf16 keeps 8 significant bits: each value within 2^-9 of itself, relative
-        let scale = table
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let d = diff(&rows);
+        let (d, scale) = (max_diff(&rows, &want), max_abs(&table));
         assert!(d > 0.0 && d <= scale / 512.0, "{d} of {scale}");
     }
 }

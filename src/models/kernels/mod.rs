@@ -297,7 +297,7 @@ pub(crate) mod tests {
     use candle_core::Device;
 
     /// Largest absolute value (f32).
-    fn max_abs(t: &Tensor) -> f32 {
+    pub(crate) fn max_abs(t: &Tensor) -> f32 {
         t.to_dtype(DType::F32)
             .unwrap()
             .abs()
