@@ -188,11 +188,28 @@ fn attention_f32_cpu(
         let row = |item: usize, head: usize, which: usize, t: usize| {
             &qkv[(item * n + t) * token + which * d + head * hd..][..hd]
         };
-        let task_bf16 = |shared: &SharedOut, _: &(), item: usize, head: usize, block: usize| {
+        // k^T (hd, n) and v (n, hd) of each (item, head), rounded and packed for the kernel once
+        // for all of its blocks of queries
+        let pack = |pairs: Range<usize>| -> Vec<(PackedBf16, PackedBf16)> {
+            pairs
+                .into_par_iter()
+                .map(|pair| {
+                    let (item, head) = (pair / heads, pair % heads);
+                    (
+                        PackedBf16::from_rows_of_transposed(n, hd, |t| row(item, head, 1, t)),
+                        PackedBf16::from_rows(n, hd, |t| row(item, head, 2, t)),
+                    )
+                })
+                .collect()
+        };
+        let task_bf16 = |shared: &SharedOut,
+                         packed: &Vec<(PackedBf16, PackedBf16)>,
+                         item: usize,
+                         head: usize,
+                         block: usize| {
             let (first, m) = block_rows(block, blocks, queries);
-            // k^T (hd, n) and v (n, hd), rounded and packed for the kernel
-            let k_t = PackedBf16::from_rows_of_transposed(n, hd, |t| row(item, head, 1, t));
-            let v = PackedBf16::from_rows(n, hd, |t| row(item, head, 2, t));
+            // one group holds every (item, head) pair
+            let (k_t, v) = &packed[item * heads + head];
             let key_bias = key_bias.as_deref().map(|k| &k[item * n..(item + 1) * n]);
             SCORES.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
@@ -204,9 +221,9 @@ fn attention_f32_cpu(
                 for (i, q) in q.chunks_exact_mut(hd).enumerate() {
                     q.copy_from_slice(row(item, head, 0, first + i));
                 }
-                bf16_gemm::matmul(scores, q, m, &k_t, false);
+                bf16_gemm::matmul(scores, q, m, k_t, false);
                 let inv_sums = exponentials(scores, n, key_bias, causal.then_some(first));
-                bf16_gemm::matmul(out, scores, m, &v, false);
+                bf16_gemm::matmul(out, scores, m, v, false);
                 for (i, (line, inv)) in out.chunks_exact_mut(hd).zip(inv_sums).enumerate() {
                     line.iter_mut().for_each(|x| *x *= inv);
                     // SAFETY: each task writes its own queries' columns of its own head, while
@@ -220,7 +237,7 @@ fn attention_f32_cpu(
         // writes every row of its block.
         unsafe {
             if bf16 {
-                head_block_tasks(shape, out, b * heads, |_| (), task_bf16)
+                head_block_tasks(shape, out, b * heads, pack, task_bf16)
             } else {
                 head_block_tasks(shape, out, b * heads, |_| (), task)
             }
