@@ -114,7 +114,8 @@ thread_local! {
 /// (b, queries, d): every task writes its queries' columns of its head. `bf16`: its two
 /// products on [`bf16_gemm`] (the bf16-weights path), q, k, v and the exponentials rounded to
 /// bf16 at the products, which accumulate in f32; the online-softmax kernel
-/// ([`super::attention_long`]) stays f32.
+/// ([`super::attention_long`]) rounds the same where the CPU has AVX512-BF16 (elsewhere, in
+/// the tests of the emulated path, it stays f32).
 fn attention_f32_cpu(
     qkv: &Tensor,
     mask: AttentionMask,
@@ -134,7 +135,8 @@ fn attention_f32_cpu(
     #[cfg(target_arch = "x86_64")]
     if matches!(mask, AttentionMask::None) && super::attention_long::applies(hd, n) {
         return Ok(cpu_f32_slice(qkv, |qkv| {
-            super::attention_long::attention(qkv, b, n, heads, hd, queries)
+            let bf16 = bf16 && bf16_gemm::supported();
+            super::attention_long::attention(qkv, b, n, heads, hd, queries, bf16)
         }));
     }
     let causal = matches!(mask, AttentionMask::Causal);
@@ -585,7 +587,7 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 assert!(super::super::attention_long::applies(hd, n));
             }
-            for (scale, tolerance) in [(0.25, 2e-5), (1.5, 1e-4)] {
+            for (scale, tolerance, bf16_tolerance) in [(0.25, 2e-5, 4e-4), (1.5, 1e-4, 1.5e-2)] {
                 let qkv = (randn(&[b, n, 3, heads, hd]) * scale).unwrap();
                 let want = reference(&qkv, AttentionMask::None);
                 let kernel = attention(&qkv, AttentionMask::None, KernelPath::Native).unwrap();
@@ -601,6 +603,35 @@ mod tests {
                         d < tolerance,
                         "{n} x {hd}, scale {scale}, first {queries}: {d}"
                     );
+                }
+                // bf16 (where the CPU has AVX512-BF16; f32 elsewhere): against the formula on
+                // q, k and v rounded to bf16, the rounding of the exponentials alone (measured
+                // 6.8e-5 to 2.0e-4 and 4.3e-3 to 5.8e-3 at the two scales)
+                let bf16 = attention(&qkv, AttentionMask::None, KernelPath::NativeBf16).unwrap();
+                if super::bf16_gemm::supported() {
+                    let rounded = qkv.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32);
+                    let want = reference(&rounded.unwrap(), AttentionMask::None);
+                    let d = max_diff(&bf16, &want);
+                    assert!(d < bf16_tolerance, "bf16 {n} x {hd}, scale {scale}: {d}");
+                    // not the f32 kernel's values: the bf16 one ran
+                    assert!(max_diff(&bf16, &kernel) > 1e-4, "bf16 {n} x {hd}");
+                } else {
+                    assert_eq!(
+                        max_diff(&bf16, &kernel),
+                        0.0,
+                        "{n} x {hd}: f32 without bf16"
+                    );
+                }
+                for queries in [1, 97.min(n), n - 1] {
+                    let first = attention_of_first(
+                        &qkv,
+                        AttentionMask::None,
+                        queries,
+                        KernelPath::NativeBf16,
+                    )
+                    .unwrap();
+                    let rows = bf16.narrow(1, 0, queries).unwrap();
+                    assert_eq!(max_diff(&first, &rows), 0.0, "bf16 first {queries}");
                 }
             }
         }

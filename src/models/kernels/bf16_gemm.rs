@@ -156,6 +156,11 @@ impl PackedBf16 {
         self.k.div_ceil(2)
     }
 
+    /// The packed dwords, `[panel][pair][NR]` (for kernels that read the layout themselves).
+    pub(super) fn dwords(&self) -> &[u32] {
+        &self.data
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
@@ -199,7 +204,7 @@ fn pack_transposed_panel<'a>(
 
 /// `row` rounded to bf16 pairs, `row.len().div_ceil(2)` dwords into `dst` (the even value low,
 /// the last pair zero-padded): 32 values an instruction where the CPU has AVX512-BF16.
-fn round_pairs(row: &[f32], dst: &mut [u32]) {
+pub(super) fn round_pairs(row: &[f32], dst: &mut [u32]) {
     assert_eq!(
         dst.len(),
         row.len().div_ceil(2),
