@@ -204,6 +204,15 @@ impl FusedLinear {
         matches!(self.weights, Weights::Bf16(_))
     }
 
+    /// The bf16 weights ([`KernelPath::NativeBf16`]) and the f32 bias, for the kernels that
+    /// chain two products ([`super::FusedMlp`]); `None` for f32 weights.
+    pub(super) fn bf16_parts(&self) -> Option<(&PackedBf16, &Tensor)> {
+        match &self.weights {
+            Weights::Bf16(packed) => Some((packed, &self.bias)),
+            Weights::Dense(_) => None,
+        }
+    }
+
     /// The same linear with the bias appended to `weight^T` as one more row, where the f32 CPU
     /// kernels run (elsewhere unchanged), for [`Self::forward_normed`]: an input whose last
     /// column is ones then takes the bias in the product itself, with no output prefilled with
