@@ -145,10 +145,11 @@ pub enum KernelPath {
     /// [`FusedMlp`]) rounded to bf16 and packed at load for [`bf16_gemm`] (the f32 copy
     /// dropped: half the memory), their inputs rounded to bf16 at each product and the products
     /// accumulated in f32; the token embedding tables kept in bf16 ([`TokenEmbedding`]); the
-    /// two products of the attention kernel for short sequences (`q k^T`, `p v`) on
-    /// [`bf16_gemm`] as well. Everything else - the tensors between layers (the residual
-    /// stream), biases, epilogues, LayerNorm, the softmax, the online-softmax attention of long
-    /// sequences, the patch embedding - stays f32, and the model's dtype is f32: what
+    /// two products of attention (`q k^T`, `p v`) on `vdpbf16ps` as well, in both kernels
+    /// (short sequences on [`bf16_gemm`], long ones in [`attention_long`]'s bf16 tiles); the
+    /// MLP's hidden layer rounded to bf16 in cache for its second product. Everything else -
+    /// the tensors between layers (the residual stream), scores, biases, epilogues, LayerNorm,
+    /// the softmax, the patch embedding - stays f32, and the model's dtype is f32: what
     /// `--dtype bf16` selects on a CPU with AVX512-BF16.
     NativeBf16,
     /// candle ops on every device and dtype: the path a GPU takes. On the CPU it exists for the
