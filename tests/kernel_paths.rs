@@ -434,3 +434,92 @@ fn bf16_weights_on_a_full_size_owlvit() {
     assert!(d_logits > 0.0, "bf16 did not run");
     assert_eq!(top, top_bf16);
 }
+
+/// BLIP with bf16 weights: the first step's logits relative to their largest magnitude, at
+/// most (measured 6.4e-3 of 9.7).
+const BLIP_BF16_LOGITS_REL_TOL: f32 = 2e-2;
+/// ... and at most this many of blip-tiny's 52 greedy captions not token for token the
+/// reference's (measured 6: a random tiny decoder has near ties, which bf16's rounding turns
+/// after 4 to 32 equal new tokens).
+const BLIP_BF16_MAX_CAPTIONS_CHANGED: usize = 12;
+
+/// BLIP (captions and VQA answers) with bf16 weights against transformers' f32 `generate` on
+/// the fixtures (scripts/make_blip_fixtures.py): the first step's logits within
+/// [`BLIP_BF16_LOGITS_REL_TOL`]; every greedy case's first new token the reference's, every
+/// VQA answer token for token, and all but [`BLIP_BF16_MAX_CAPTIONS_CHANGED`] captions.
+#[test]
+fn bf16_weights_keep_blip_close_to_f32_generate() {
+    use vlm_perception::pipeline::generate::GenerationConfig;
+    use vlm_perception::pipeline::BlipGenerator;
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let pixels = |stem: &str| npy_f32(&reference_dir("blip-tiny", stem).join("pixel_values.npy"));
+    let load = |model: &str, kernels| {
+        let dir = model_dir(model);
+        BlipGenerator::load(dir.to_str().unwrap(), &options(DType::F32, kernels)).unwrap()
+    };
+    let caption = load("blip-tiny", KernelPath::NativeBf16);
+    let prompt = caption.prompt_ids(None).unwrap();
+    let want = npy_f32(&fixtures().join("reference/blip-tiny/first_logits.npy"));
+    let ours = caption.first_logits(&pixels("chelsea"), &prompt).unwrap();
+    let f32_logits = load("blip-tiny", KernelPath::Native)
+        .first_logits(&pixels("chelsea"), &prompt)
+        .unwrap();
+    let scale = max_abs(&want).max(1.0);
+    let rel = max_abs_diff(&ours, &want) / scale;
+    eprintln!("blip-tiny first-step logits, bf16 weights: {rel:.2e} of {scale:.2}");
+    assert!(
+        rel < BLIP_BF16_LOGITS_REL_TOL,
+        "{rel} (bound {BLIP_BF16_LOGITS_REL_TOL})"
+    );
+    assert!(
+        max_abs_diff(&ours, &f32_logits) / scale > 1e-5,
+        "bf16 weights gave the f32 logits: bf16 did not run"
+    );
+    for model in ["blip-tiny", "blip-tiny-vqa"] {
+        let gen = load(model, KernelPath::NativeBf16);
+        let refs = json(&fixtures().join("reference").join(model).join("cases.json"));
+        let (mut cases, mut changed) = (0, 0);
+        for image in refs["images"].as_array().unwrap() {
+            let stem = image["stem"].as_str().unwrap();
+            let pv = pixels(stem);
+            for case in image["cases"].as_array().unwrap() {
+                let setting = case["setting"].as_str().unwrap();
+                if !setting.starts_with("greedy") {
+                    continue;
+                }
+                let config: GenerationConfig =
+                    serde_json::from_value(case["kwargs"].clone()).unwrap();
+                let question = (model == "blip-tiny-vqa").then(|| ids(&case["text_input_ids"]));
+                let prompt = ids(&case["prompt_ids"]);
+                let out = gen
+                    .generate_from_pixels(&pv, &prompt, question.as_deref(), &config)
+                    .unwrap();
+                let want = ids(&case["sequence"]);
+                let same = out.sequence.iter().zip(&want).take_while(|(a, b)| a == b);
+                let same = same.count();
+                let what = format!("{model}/{stem} {setting}");
+                assert!(same > prompt.len(), "{what}: first new token differs");
+                if out.sequence != want {
+                    eprintln!("{what}: the first {same} of {} tokens equal", want.len());
+                    changed += 1;
+                }
+                cases += 1;
+            }
+        }
+        eprintln!("{model}, bf16 weights: {changed} of {cases} greedy cases changed");
+        let most = match model {
+            "blip-tiny" => BLIP_BF16_MAX_CAPTIONS_CHANGED,
+            _ => 0,
+        };
+        assert!(
+            cases >= 12 && changed <= most,
+            "{model}: {changed} of {cases} changed"
+        );
+    }
+}
