@@ -323,6 +323,8 @@ pub fn matmul_pairs(c: &mut [f32], a_pairs: &[u32], m: usize, b: &PackedBf16, th
     unsafe {
         x86::matmul_pairs(c, a_pairs, m, b, threaded)
     };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = threaded;
 }
 
 /// `act(bias + bf16(a) @ B)` per row, rounded to bf16 pairs for a next product
@@ -333,7 +335,8 @@ pub fn matmul_pairs(c: &mut [f32], a_pairs: &[u32], m: usize, b: &PackedBf16, th
 /// [`round_pairs`]. Only where [`supported`].
 ///
 /// # Panics
-/// On a CPU without AVX512-BF16, or if an operand is shorter than its shape.
+/// On a CPU without AVX512-BF16, for no inputs (k = 0), or if an operand is shorter than its
+/// shape.
 pub fn matmul_bias_act_rounded(
     a: &[f32],
     m: usize,
@@ -348,7 +351,7 @@ pub fn matmul_bias_act_rounded(
         "bf16 matmul_bias_act_rounded without AVX512-BF16"
     );
     assert!(
-        a.len() >= m * k && bias.len() == n,
+        k > 0 && a.len() >= m * k && bias.len() == n,
         "bf16 matmul: operand too short"
     );
     if m == 0 || n == 0 {
@@ -360,7 +363,10 @@ pub fn matmul_bias_act_rounded(
         x86::matmul_bias_act_rounded(a, m, b, bias, act, threaded)
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("AVX512-BF16 off x86-64")
+    {
+        let _ = (act, threaded);
+        unreachable!("AVX512-BF16 off x86-64")
+    }
 }
 
 /// Whether [`matmul`] runs [`emulation`]'s kernel here: AVX2 and FMA without AVX512-BF16.
