@@ -435,6 +435,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::cell::RefCell;
     use std::mem::MaybeUninit;
+    use std::ops::Range;
 
     use rayon::prelude::*;
 
@@ -635,40 +636,77 @@ mod x86 {
         let (_, n) = b.dims();
         let pairs = b.pairs();
         assert!(rows.len() >= m * pairs && c.len() >= m * n);
-        let panels = n.div_ceil(NR);
         let out = Out(c.as_mut_ptr());
-        let run = |&(r0, r1, p0, p1): &(usize, usize, usize, usize)| {
+        for_each_task(m, n, threaded, |&(r0, r1, p0, p1)| {
             for panel in p0..p1 {
-                let cols = NR.min(n - panel * NR);
-                let b_panel = &b.data[panel * pairs * NR..][..pairs * NR];
-                for q0 in (0..pairs).step_by(KC_PAIRS) {
-                    let q = KC_PAIRS.min(pairs - q0);
-                    for t0 in (r0..r1).step_by(MR) {
-                        let t = MR.min(r1 - t0);
-                        // SAFETY: the tile lies in `c` (rows t0.. of m, columns of the panel
-                        // inside n) and in this task's block alone; `rows` and the panel
-                        // slice hold what the tile reads.
-                        unsafe {
-                            tile_rows(
-                                t,
-                                rows.as_ptr().add(t0 * pairs + q0),
-                                pairs,
-                                b_panel.as_ptr().add(q0 * NR),
-                                q,
-                                out.ptr().add(t0 * n + panel * NR),
-                                n,
-                                cols,
-                            )
-                        };
-                    }
-                }
+                // SAFETY: rows r0..r1 of the panel's columns lie in `c` and in this task's
+                // block alone; `rows` holds them.
+                unsafe {
+                    panel_product(
+                        rows,
+                        b,
+                        panel,
+                        r0..r1,
+                        out.ptr().add(r0 * n + panel * NR),
+                        n,
+                    )
+                };
             }
-        };
-        let tasks = task_blocks(m, panels, threaded);
+        });
+    }
+
+    /// `run` for each task of an (m, n) product ([`task_blocks`]), over the pool where there
+    /// is more than one.
+    fn for_each_task(
+        m: usize,
+        n: usize,
+        threaded: bool,
+        run: impl Fn(&(usize, usize, usize, usize)) + Sync + Send,
+    ) {
+        let tasks = task_blocks(m, n.div_ceil(NR), threaded);
         if tasks.len() > 1 {
             tasks.par_iter().for_each(run);
         } else {
             tasks.iter().for_each(run);
+        }
+    }
+
+    /// `C[r, panel's columns] += A[r] @ B[.., panel's columns]` for the rows `r` of `rows_of`,
+    /// tile by tile in passes of [`KC_PAIRS`] pairs: `c` at the first row's first column of
+    /// the panel, rows `c_stride` apart.
+    ///
+    /// # Safety
+    /// The CPU has `avx512f` and `avx512bf16`; `rows` holds the rows' dwords; `c` the rows'
+    /// panel columns, written by the caller alone.
+    unsafe fn panel_product(
+        rows: &[u32],
+        b: &PackedBf16,
+        panel: usize,
+        rows_of: Range<usize>,
+        c: *mut f32,
+        c_stride: usize,
+    ) {
+        let pairs = b.pairs();
+        let cols = NR.min(b.dims().1 - panel * NR);
+        let b_panel = &b.data[panel * pairs * NR..][..pairs * NR];
+        for q0 in (0..pairs).step_by(KC_PAIRS) {
+            let q = KC_PAIRS.min(pairs - q0);
+            for t0 in rows_of.clone().step_by(MR) {
+                // SAFETY: the tile lies in `c` (rows t0.. of the caller's, the panel's `cols`
+                // columns); `rows` and the panel slice hold what it reads.
+                unsafe {
+                    tile_rows(
+                        MR.min(rows_of.end - t0),
+                        rows.as_ptr().add(t0 * pairs + q0),
+                        pairs,
+                        b_panel.as_ptr().add(q0 * NR),
+                        q,
+                        c.add((t0 - rows_of.start) * c_stride),
+                        c_stride,
+                        cols,
+                    )
+                };
+            }
         }
     }
 
@@ -692,13 +730,13 @@ mod x86 {
         act: &(dyn Fn(&mut [f32]) + Sync),
         threaded: bool,
     ) -> Vec<u32> {
-        let ((k, n), pairs) = (b.dims(), b.pairs());
+        let (k, n) = b.dims();
         let out_pairs = n.div_ceil(2);
         // SAFETY: the caller's promises.
         let rows = unsafe { rounded_rows(a, m, k, threaded) };
         let mut out: Vec<u32> = Vec::with_capacity(m * out_pairs);
         let dst = Out(out.spare_capacity_mut().as_mut_ptr());
-        let run = |&(r0, r1, p0, p1): &(usize, usize, usize, usize)| {
+        for_each_task(m, n, threaded, |&(r0, r1, p0, p1)| {
             PANEL_BLOCK.with(|block| {
                 let mut block = block.borrow_mut();
                 block.resize((r1 - r0) * NR, 0.0);
@@ -707,26 +745,8 @@ mod x86 {
                     for row in block.chunks_exact_mut(NR) {
                         row[..cols].copy_from_slice(&bias[panel * NR..][..cols]);
                     }
-                    let b_panel = &b.data[panel * pairs * NR..][..pairs * NR];
-                    for q0 in (0..pairs).step_by(KC_PAIRS) {
-                        let q = KC_PAIRS.min(pairs - q0);
-                        for t0 in (r0..r1).step_by(MR) {
-                            // SAFETY: the tile lies in the block (rows t0 - r0.., `cols`
-                            // columns); `rows` and the panel slice hold what it reads.
-                            unsafe {
-                                tile_rows(
-                                    MR.min(r1 - t0),
-                                    rows.as_ptr().add(t0 * pairs + q0),
-                                    pairs,
-                                    b_panel.as_ptr().add(q0 * NR),
-                                    q,
-                                    block.as_mut_ptr().add((t0 - r0) * NR),
-                                    NR,
-                                    cols,
-                                )
-                            };
-                        }
-                    }
+                    // SAFETY: the block holds the task's rows, NR floats apart.
+                    unsafe { panel_product(&rows, b, panel, r0..r1, block.as_mut_ptr(), NR) };
                     // one call over the block (a call a row made B/16 frames 2% slower than
                     // no fusion, one a block 6.5% faster); columns past `cols` hold stale
                     // values, activated and never read
@@ -742,13 +762,7 @@ mod x86 {
                     }
                 }
             })
-        };
-        let tasks = task_blocks(m, n.div_ceil(NR), threaded);
-        if tasks.len() > 1 {
-            tasks.par_iter().for_each(run);
-        } else {
-            tasks.iter().for_each(run);
-        }
+        });
         // SAFETY: the tasks tile the output, and each wrote every dword of its rows' panels.
         unsafe { out.set_len(m * out_pairs) };
         out

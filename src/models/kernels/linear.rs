@@ -204,15 +204,6 @@ impl FusedLinear {
         matches!(self.weights, Weights::Bf16(_))
     }
 
-    /// The bf16 weights ([`KernelPath::NativeBf16`]) and the f32 bias, for the kernels that
-    /// chain two products ([`super::FusedMlp`]); `None` for f32 weights.
-    pub(super) fn bf16_parts(&self) -> Option<(&PackedBf16, &Tensor)> {
-        match &self.weights {
-            Weights::Bf16(packed) => Some((packed, &self.bias)),
-            Weights::Dense(_) => None,
-        }
-    }
-
     /// The same linear with the bias appended to `weight^T` as one more row, where the f32 CPU
     /// kernels run (elsewhere unchanged), for [`Self::forward_normed`]: an input whose last
     /// column is ones then takes the bias in the product itself, with no output prefilled with
@@ -329,6 +320,16 @@ impl FusedLinear {
         self.kernels
             .cpu_f32(w, |w| cpu_f32_slice(&self.bias, |b| f(w, b)))
             .flatten()
+    }
+
+    /// `f(weights packed in bf16, bias)` for bf16 weights ([`KernelPath::NativeBf16`]) with
+    /// an f32 CPU bias, as [`Self::with_f32`] for f32 weights (the kernels that chain two
+    /// products, [`super::FusedMlp`]). `None` for f32 weights.
+    pub(super) fn with_bf16<R>(&self, f: impl FnOnce(&PackedBf16, &[f32]) -> R) -> Option<R> {
+        let Weights::Bf16(packed) = &self.weights else {
+            return None;
+        };
+        cpu_f32_slice(&self.bias, |b| f(packed, b))
     }
 
     /// (.., in) -> (.., out)

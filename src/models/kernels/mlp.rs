@@ -146,51 +146,31 @@ impl FusedMlp {
     /// frames 1.065x faster). The same values as the two linears; in chunks of rows where the
     /// hidden layer's pairs would pass [`MAX_HIDDEN`] dwords (32 MiB). `None` elsewhere.
     fn forward_bf16_fused(&self, xs: &Tensor, residual: &Tensor) -> Result<Option<Tensor>> {
-        let (d, inner) = self.fc1.dims();
-        let (Some((w1, b1)), Some((w2, b2))) = (self.fc1.bf16_parts(), self.fc2.bf16_parts())
-        else {
-            return Ok(None);
-        };
-        if !bf16_gemm::supported()
-            || !xs.device().is_cpu()
-            || xs.dtype() != DType::F32
-            || xs.dims() != residual.dims()
-            || xs.dims().last() != Some(&d)
-        {
+        if !bf16_gemm::supported() {
             return Ok(None);
         }
-        let rows = xs.elem_count() / d.max(1);
-        let chunk_rows = rows.div_ceil((rows * inner.div_ceil(2)).div_ceil(MAX_HIDDEN).max(1));
-        let (xs, residual) = (xs.contiguous()?, residual.contiguous()?);
+        let (d, inner) = self.fc1.dims();
         let activation = self.activation;
         let act = move |y: &mut [f32]| activation.apply_slice(y);
-        let out = cpu_f32_slice(&xs, |x| {
-            cpu_f32_slice(&residual, |r| {
-                cpu_f32_slice(b1, |b1| {
-                    cpu_f32_slice(b2, |b2| {
+        self.cpu_output(xs, residual, |x, r| {
+            let rows = x.len() / d.max(1);
+            let chunk_rows = rows.div_ceil((rows * inner.div_ceil(2)).div_ceil(MAX_HIDDEN).max(1));
+            self.fc1
+                .with_bf16(|w1, b1| {
+                    self.fc2.with_bf16(|w2, b2| {
                         let mut out = prefilled(rows, b2, Some(r), true);
                         for first in (0..rows).step_by(chunk_rows.max(1)) {
                             let n = chunk_rows.min(rows - first);
-                            let hidden = bf16_gemm::matmul_bias_act_rounded(
-                                &x[first * d..][..n * d],
-                                n,
-                                w1,
-                                b1,
-                                &act,
-                                true,
-                            );
+                            let x = &x[first * d..][..n * d];
+                            let hidden =
+                                bf16_gemm::matmul_bias_act_rounded(x, n, w1, b1, &act, true);
                             bf16_gemm::matmul_pairs(&mut out[first * d..], &hidden, n, w2, true);
                         }
                         out
                     })
                 })
-            })
+                .flatten()
         })
-        .flatten()
-        .flatten()
-        .flatten();
-        out.map(|out| Tensor::from_vec(out, xs.dims(), &Device::Cpu))
-            .transpose()
     }
 
     /// bf16 weights without AVX512-BF16 (the emulated path of the tests): the two linears
@@ -220,39 +200,52 @@ impl FusedMlp {
 
     /// The output of the f32 CPU row paths: fc2's bias plus `residual` in every row, to which
     /// `accumulate(x, out, (w1, b1), w2)` adds `act(x @ W1^T + b1) @ W2^T`. `None` on the
-    /// generic path, and where the operands are not f32 on the CPU or their shapes do not
-    /// match (the two-linear path, whose errors name the mismatch).
+    /// generic path, for bf16 weights, and where [`Self::cpu_output`] says so.
     fn prefilled_output(
         &self,
         xs: &Tensor,
         residual: &Tensor,
         accumulate: impl FnOnce(&[f32], &mut [f32], (&[f32], &[f32]), &[f32]),
     ) -> Result<Option<Tensor>> {
+        if !self.fc1.kernels().native() {
+            return Ok(None);
+        }
         let (d, _) = self.fc1.dims();
-        if !self.fc1.kernels().native()
-            || !xs.device().is_cpu()
+        self.cpu_output(xs, residual, |x, r| {
+            self.fc1
+                .with_f32(|w1, b1| {
+                    self.fc2.with_f32(|w2, b2| {
+                        let mut out = prefilled(x.len() / d.max(1), b2, Some(r), true);
+                        accumulate(x, &mut out, (w1, b1), w2);
+                        out
+                    })
+                })
+                .flatten()
+        })
+    }
+
+    /// The output of a CPU row path, `run(x, residual)` on `xs` and `residual` as contiguous
+    /// f32 slices of whole rows, shaped as `xs`. `None` where `run` has no path for these
+    /// weights, or the operands are not f32 on the CPU or their shapes do not match (the
+    /// two-linear path, whose errors name the mismatch).
+    fn cpu_output(
+        &self,
+        xs: &Tensor,
+        residual: &Tensor,
+        run: impl FnOnce(&[f32], &[f32]) -> Option<Vec<f32>>,
+    ) -> Result<Option<Tensor>> {
+        let (d, _) = self.fc1.dims();
+        if !xs.device().is_cpu()
             || xs.dtype() != DType::F32
             || xs.dims() != residual.dims()
             || xs.dims().last() != Some(&d)
         {
             return Ok(None);
         }
-        let rows = xs.elem_count() / d.max(1);
         let (xs, residual) = (xs.contiguous()?, residual.contiguous()?);
-        let out = cpu_f32_slice(&xs, |x| {
-            cpu_f32_slice(&residual, |r| {
-                self.fc1.with_f32(|w1, b1| {
-                    self.fc2.with_f32(|w2, b2| {
-                        let mut out = prefilled(rows, b2, Some(r), true);
-                        accumulate(x, &mut out, (w1, b1), w2);
-                        out
-                    })
-                })
-            })
-        })
-        .flatten()
-        .flatten()
-        .flatten();
+        let out = cpu_f32_slice(&xs, |x| cpu_f32_slice(&residual, |r| run(x, r)))
+            .flatten()
+            .flatten();
         out.map(|out| Tensor::from_vec(out, xs.dims(), &Device::Cpu))
             .transpose()
     }
