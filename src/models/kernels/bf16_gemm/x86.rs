@@ -1,0 +1,329 @@
+//! The kernels on a CPU with AVX512-BF16: the rounding of rows to pairs (`vcvtne2ps2bf16`),
+//! the microkernel (`vdpbf16ps`) and the products' loops and tasks.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::{task_blocks, Out, PackedBf16, KC_PAIRS, MR, NR};
+
+/// `a` rounded to bf16 rows of dwords, 32 values per `vcvtne2ps2bf16`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn round_row(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
+    let k = src.len();
+    let mut i = 0;
+    while i < k {
+        let left = k - i;
+        let lo_mask: __mmask16 = if left >= 16 {
+            0xffff
+        } else {
+            ((1u32 << left) - 1) as u16
+        };
+        let hi_left = left.saturating_sub(16);
+        let hi_mask: __mmask16 = if hi_left >= 16 {
+            0xffff
+        } else {
+            ((1u32 << hi_left) - 1) as u16
+        };
+        // SAFETY: masked lanes are neither read nor faulted on; the others lie in `src`.
+        let (lo, hi) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(lo_mask, src.as_ptr().wrapping_add(i)),
+                _mm512_maskz_loadu_ps(hi_mask, src.as_ptr().wrapping_add(i + 16)),
+            )
+        };
+        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        // dwords written: the pairs of the values left (the last one padded with zero)
+        let dwords = left.min(32).div_ceil(2);
+        let mask: __mmask16 = if dwords >= 16 {
+            0xffff
+        } else {
+            ((1u32 << dwords) - 1) as u16
+        };
+        // SAFETY: `dst` holds `k.div_ceil(2)` dwords; the written ones lie inside it.
+        unsafe {
+            _mm512_mask_storeu_epi32(
+                dst.as_mut_ptr().wrapping_add(i / 2).cast::<i32>(),
+                mask,
+                packed,
+            )
+        };
+        i += 32;
+    }
+}
+
+/// Mask of the lanes of register `v` (of 4) that lie in the first `cols` columns.
+#[inline(always)]
+fn lane_mask(cols: usize, v: usize) -> __mmask16 {
+    let valid = cols.saturating_sub(v * 16).min(16);
+    ((1u32 << valid) - 1) as u16
+}
+
+/// `c[R x cols] += a[R rows, pairs] @ b[pairs, 64 columns]`: `a` rows of `a_stride` dwords,
+/// `b` a panel slice (`pairs` x 64 dwords), `c` rows of `c_stride` floats.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile<const R: usize>(
+    a: *const u32,
+    a_stride: usize,
+    b: *const u32,
+    pairs: usize,
+    c: *mut f32,
+    c_stride: usize,
+    cols: usize,
+) {
+    let masks = [
+        lane_mask(cols, 0),
+        lane_mask(cols, 1),
+        lane_mask(cols, 2),
+        lane_mask(cols, 3),
+    ];
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    for (r, acc) in acc.iter_mut().enumerate() {
+        for (v, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: masked lanes are not read; the others lie in `c` (the caller's).
+            *acc =
+                unsafe { _mm512_maskz_loadu_ps(masks[v], c.wrapping_add(r * c_stride + v * 16)) };
+        }
+    }
+    let bf16 = |x: __m512i| -> __m512bh {
+        // SAFETY: both are 64 bytes of plain bits.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(x) }
+    };
+    for p in 0..pairs {
+        // SAFETY: the panel slice holds `pairs` x 64 dwords; row r of `a` `pairs` dwords.
+        unsafe {
+            let bp = b.add(p * NR);
+            let bv: [__m512bh; 4] = [
+                bf16(_mm512_loadu_si512(bp.cast())),
+                bf16(_mm512_loadu_si512(bp.add(16).cast())),
+                bf16(_mm512_loadu_si512(bp.add(32).cast())),
+                bf16(_mm512_loadu_si512(bp.add(48).cast())),
+            ];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = bf16(_mm512_set1_epi32(*a.add(r * a_stride + p) as i32));
+                for (acc, bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_dpbf16_ps(*acc, x, *bv);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, acc) in acc.iter().enumerate() {
+            // SAFETY: as the loads.
+            unsafe { _mm512_mask_storeu_ps(c.wrapping_add(r * c_stride + v * 16), masks[v], *acc) };
+        }
+    }
+}
+
+/// [`tile`] for `rows` (1..=MR) rows.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile_rows(
+    rows: usize,
+    a: *const u32,
+    a_stride: usize,
+    b: *const u32,
+    pairs: usize,
+    c: *mut f32,
+    c_stride: usize,
+    cols: usize,
+) {
+    // SAFETY: the caller's promises, passed on.
+    unsafe {
+        match rows {
+            6 => tile::<6>(a, a_stride, b, pairs, c, c_stride, cols),
+            5 => tile::<5>(a, a_stride, b, pairs, c, c_stride, cols),
+            4 => tile::<4>(a, a_stride, b, pairs, c, c_stride, cols),
+            3 => tile::<3>(a, a_stride, b, pairs, c, c_stride, cols),
+            2 => tile::<2>(a, a_stride, b, pairs, c, c_stride, cols),
+            1 => tile::<1>(a, a_stride, b, pairs, c, c_stride, cols),
+            _ => unreachable!("bf16 tile of {rows} rows"),
+        }
+    }
+}
+
+/// [`super::matmul`] on a CPU with AVX512-BF16.
+///
+/// # Safety
+/// The CPU has `avx512f` and `avx512bf16`; `a` holds (m, k), `c` (m, n).
+pub(super) unsafe fn matmul(c: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, threaded: bool) {
+    // SAFETY: the caller's promises, passed on.
+    unsafe {
+        let rows = rounded_rows(a, m, b.dims().0, threaded);
+        matmul_pairs(c, &rows, m, b, threaded)
+    }
+}
+
+/// `a` (m, k) rounded to bf16 rows of `k.div_ceil(2)` dwords, over the pool where
+/// `threaded`.
+///
+/// # Safety
+/// The CPU has `avx512f` and `avx512bf16`; `a` holds (m, k).
+unsafe fn rounded_rows(a: &[f32], m: usize, k: usize, threaded: bool) -> Vec<u32> {
+    let pairs = k.div_ceil(2);
+    let mut rows: Vec<u32> = Vec::with_capacity(m * pairs);
+    {
+        let dst = &mut rows.spare_capacity_mut()[..m * pairs];
+        let round = |(r, d): (usize, &mut [MaybeUninit<u32>])| {
+            // SAFETY: the CPU has the instructions (the caller's promise).
+            unsafe { round_row(&a[r * k..][..k], d) }
+        };
+        if threaded && m > 16 {
+            dst.par_chunks_mut(pairs).enumerate().for_each(round);
+        } else {
+            dst.chunks_mut(pairs).enumerate().for_each(round);
+        }
+    }
+    // SAFETY: `round_row` wrote every dword of every row.
+    unsafe { rows.set_len(m * pairs) };
+    rows
+}
+
+/// `c += A @ B` from `A`'s rows already rounded (`rows`, (m, k.div_ceil(2)) dwords).
+///
+/// # Safety
+/// The CPU has `avx512f` and `avx512bf16`; `rows` holds (m, pairs), `c` (m, n).
+pub(super) unsafe fn matmul_pairs(
+    c: &mut [f32],
+    rows: &[u32],
+    m: usize,
+    b: &PackedBf16,
+    threaded: bool,
+) {
+    let (_, n) = b.dims();
+    let pairs = b.pairs();
+    assert!(rows.len() >= m * pairs && c.len() >= m * n);
+    let out = Out(c.as_mut_ptr());
+    for_each_task(m, n, threaded, |&(r0, r1, p0, p1)| {
+        for panel in p0..p1 {
+            // SAFETY: rows r0..r1 of the panel's columns lie in `c` and in this task's
+            // block alone; `rows` holds them.
+            unsafe {
+                panel_product(
+                    rows,
+                    b,
+                    panel,
+                    r0..r1,
+                    out.ptr().add(r0 * n + panel * NR),
+                    n,
+                )
+            };
+        }
+    });
+}
+
+/// `run` for each task of an (m, n) product ([`task_blocks`]), over the pool where there
+/// is more than one.
+fn for_each_task(
+    m: usize,
+    n: usize,
+    threaded: bool,
+    run: impl Fn(&(usize, usize, usize, usize)) + Sync + Send,
+) {
+    let tasks = task_blocks(m, n.div_ceil(NR), threaded);
+    if tasks.len() > 1 {
+        tasks.par_iter().for_each(run);
+    } else {
+        tasks.iter().for_each(run);
+    }
+}
+
+/// `C[r, panel's columns] += A[r] @ B[.., panel's columns]` for the rows `r` of `rows_of`,
+/// tile by tile in passes of [`KC_PAIRS`] pairs: `c` at the first row's first column of
+/// the panel, rows `c_stride` apart.
+///
+/// # Safety
+/// The CPU has `avx512f` and `avx512bf16`; `rows` holds the rows' dwords; `c` the rows'
+/// panel columns, written by the caller alone.
+unsafe fn panel_product(
+    rows: &[u32],
+    b: &PackedBf16,
+    panel: usize,
+    rows_of: Range<usize>,
+    c: *mut f32,
+    c_stride: usize,
+) {
+    let pairs = b.pairs();
+    let cols = NR.min(b.dims().1 - panel * NR);
+    let b_panel = &b.data[panel * pairs * NR..][..pairs * NR];
+    for q0 in (0..pairs).step_by(KC_PAIRS) {
+        let q = KC_PAIRS.min(pairs - q0);
+        for t0 in rows_of.clone().step_by(MR) {
+            // SAFETY: the tile lies in `c` (rows t0.. of the caller's, the panel's `cols`
+            // columns); `rows` and the panel slice hold what it reads.
+            unsafe {
+                tile_rows(
+                    MR.min(rows_of.end - t0),
+                    rows.as_ptr().add(t0 * pairs + q0),
+                    pairs,
+                    b_panel.as_ptr().add(q0 * NR),
+                    q,
+                    c.add((t0 - rows_of.start) * c_stride),
+                    c_stride,
+                    cols,
+                )
+            };
+        }
+    }
+}
+
+thread_local! {
+    /// Each pool thread's f32 block of a task's rows by one panel (fused epilogue).
+    static PANEL_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`super::matmul_bias_act_rounded`] on a CPU with AVX512-BF16: per task, each panel's
+/// columns of its rows accumulate in a block of [`NR`]-float rows (in L2), prefilled with
+/// the bias, over the same passes as [`matmul_pairs`]; then the block is activated and
+/// each row rounded into the output.
+///
+/// # Safety
+/// The CPU has `avx512f` and `avx512bf16`; `a` holds (m, k), `bias` n values.
+pub(super) unsafe fn matmul_bias_act_rounded(
+    a: &[f32],
+    m: usize,
+    b: &PackedBf16,
+    bias: &[f32],
+    act: &(dyn Fn(&mut [f32]) + Sync),
+    threaded: bool,
+) -> Vec<u32> {
+    let (k, n) = b.dims();
+    let out_pairs = n.div_ceil(2);
+    // SAFETY: the caller's promises.
+    let rows = unsafe { rounded_rows(a, m, k, threaded) };
+    let mut out: Vec<u32> = Vec::with_capacity(m * out_pairs);
+    let dst = Out(out.spare_capacity_mut().as_mut_ptr());
+    for_each_task(m, n, threaded, |&(r0, r1, p0, p1)| {
+        PANEL_BLOCK.with(|block| {
+            let mut block = block.borrow_mut();
+            block.resize((r1 - r0) * NR, 0.0);
+            for panel in p0..p1 {
+                let cols = NR.min(n - panel * NR);
+                for row in block.chunks_exact_mut(NR) {
+                    row[..cols].copy_from_slice(&bias[panel * NR..][..cols]);
+                }
+                // SAFETY: the block holds the task's rows, NR floats apart.
+                unsafe { panel_product(&rows, b, panel, r0..r1, block.as_mut_ptr(), NR) };
+                // one call over the block (a call a row made B/16 frames 2% slower than
+                // no fusion, one a block 6.5% faster); columns past `cols` hold stale
+                // values, activated and never read
+                act(&mut block);
+                for (i, row) in block.chunks_exact(NR).enumerate() {
+                    let row = &row[..cols];
+                    // SAFETY: the row's dwords of this panel lie in `out` and in this
+                    // task's block alone; the CPU has the instructions.
+                    unsafe {
+                        let at = dst.ptr().add((r0 + i) * out_pairs + panel * NR / 2);
+                        round_row(row, std::slice::from_raw_parts_mut(at, cols.div_ceil(2)));
+                    }
+                }
+            }
+        })
+    });
+    // SAFETY: the tasks tile the output, and each wrote every dword of its rows' panels.
+    unsafe { out.set_len(m * out_pairs) };
+    out
+}
