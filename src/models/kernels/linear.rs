@@ -27,7 +27,8 @@ use std::sync::Arc;
 use super::bf16_gemm::{self, PackedBf16};
 use super::gemm::{matmul, product, MatRef};
 use super::{
-    cpu_f32_slice, span, span_mut, vmath, Activation, Elem, KernelPath, LayerNorm, TASKS_PER_THREAD,
+    cpu_f32_slice, span, span_mut, vmath, written_in_parallel, Activation, Elem, KernelPath,
+    LayerNorm, TASKS_PER_THREAD,
 };
 use crate::models::ModelVars;
 
@@ -479,8 +480,8 @@ impl FusedLinear {
     }
 
     /// The bf16-weights path ([`KernelPath::NativeBf16`]): `xs` (rows, in), contiguous f32 on
-    /// the CPU, rounded to bf16 at the product's input; the output prefilled with the f32 bias
-    /// (plus the residual) and accumulated onto in f32; the activation in f32 after. `None`
+    /// the CPU, rounded to bf16 at the product's input; the product accumulated in f32 onto
+    /// the f32 bias (plus the residual) by [`bf16_gemm::linear`]; the activation in f32 after. `None`
     /// for f32 weights or an input that is not a contiguous f32 CPU tensor.
     fn forward_bf16_cpu(
         &self,
@@ -494,9 +495,13 @@ impl FusedLinear {
         let (rows, _) = xs.dims2()?;
         let out_dim = self.bias.dim(0)?;
         let run = |x: &[f32], b: &[f32], residual: Option<&[f32]>| {
-            let threaded = rows > FEW_ROWS;
-            let mut ys = prefilled(rows, b, residual, threaded);
-            bf16_gemm::matmul(&mut ys, x, rows, packed, true);
+            let len = rows * out_dim;
+            // SAFETY: `linear` writes every element of the one piece, the whole output.
+            let mut ys = unsafe {
+                written_in_parallel(len, len, |_, ys| {
+                    bf16_gemm::linear(ys, x, rows, packed, b, residual, true)
+                })
+            };
             if let Epilogue::Activation(act) = epilogue {
                 let chunk = ACTIVATION_CHUNK.div_ceil(out_dim) * out_dim;
                 ys.par_chunks_mut(chunk).for_each(|y| act.apply_slice(y));

@@ -141,7 +141,7 @@ impl FusedMlp {
 
     /// bf16 weights on a CPU with AVX512-BF16: fc1's output activated and rounded to bf16 in
     /// cache, panel by panel ([`bf16_gemm::matmul_bias_act_rounded`]), and fc2 reading it as
-    /// it is ([`bf16_gemm::matmul_pairs`]) onto its bias and the residual (instead of fc1's
+    /// it is ([`bf16_gemm::linear_pairs`]) onto its bias and the residual (instead of fc1's
     /// f32 output written, activated in place and read again to round it: OWL-ViT B/16's
     /// frames 1.065x faster). The same values as the two linears; in chunks of rows where the
     /// hidden layer's pairs would pass [`MAX_HIDDEN`] dwords (32 MiB). `None` elsewhere.
@@ -158,14 +158,21 @@ impl FusedMlp {
             self.fc1
                 .with_bf16(|w1, b1| {
                     self.fc2.with_bf16(|w2, b2| {
-                        let mut out = prefilled(rows, b2, Some(r), true);
-                        for first in (0..rows).step_by(chunk_rows.max(1)) {
-                            let n = chunk_rows.min(rows - first);
-                            let x = &x[first * d..][..n * d];
+                        let chunk = chunk_rows.max(1) * d;
+                        let mut out = Vec::with_capacity(rows * d);
+                        // one chunk after the other: a chunk's hidden layer uses the pool
+                        let pieces = out.spare_capacity_mut()[..rows * d].chunks_mut(chunk);
+                        for (i, out) in pieces.enumerate() {
+                            let (x, r) = (&x[i * chunk..][..out.len()], &r[i * chunk..]);
+                            let n = out.len() / d;
                             let hidden =
                                 bf16_gemm::matmul_bias_act_rounded(x, n, w1, b1, &act, true);
-                            bf16_gemm::matmul_pairs(&mut out[first * d..], &hidden, n, w2, true);
+                            let r = &r[..out.len()];
+                            bf16_gemm::linear_pairs(out, &hidden, n, w2, b2, Some(r), true);
                         }
+                        // SAFETY: `linear_pairs` wrote every element of each chunk, and the
+                        // chunks tile the output.
+                        unsafe { out.set_len(rows * d) };
                         out
                     })
                 })

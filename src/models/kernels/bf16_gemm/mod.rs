@@ -18,6 +18,8 @@
 //! [`matmul_reference`], the scalar model of the same arithmetic (for tests; the pipeline
 //! refuses bf16 on such CPUs at load).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::TASKS_PER_THREAD;
@@ -305,29 +307,125 @@ pub fn matmul(c: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, threaded: bool
     matmul_reference(c, a, m, b);
 }
 
-/// `c += A @ B` from `a_pairs`, `A`'s rows already rounded to bf16 pairs ((m,
-/// k.div_ceil(2)) dwords: what [`matmul_bias_act_rounded`] returns), split over the rayon
-/// pool where `threaded`. Only where [`supported`].
+/// `bias + residual + bf16(a) @ B` into `out`, a linear layer's (m, n) row-major output:
+/// every element written, none read, so that the output needs no prefill (a prefilled
+/// output's tiles were loaded back from memory at the first pass, a tenth of the kernel's
+/// time). `bias` (n values) in every row, plus `residual` ((m, n)) where given. On a CPU
+/// without AVX512-BF16, the bias and residual are written first and [`matmul`] adds onto them.
 ///
 /// # Panics
-/// On a CPU without AVX512-BF16, or if an operand is shorter than its shape.
-pub fn matmul_pairs(c: &mut [f32], a_pairs: &[u32], m: usize, b: &PackedBf16, threaded: bool) {
+/// If an operand's length does not fit its shape.
+pub fn linear(
+    out: &mut [MaybeUninit<f32>],
+    a: &[f32],
+    m: usize,
+    b: &PackedBf16,
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    threaded: bool,
+) {
     let (k, n) = b.dims();
-    assert!(supported(), "bf16 matmul_pairs without AVX512-BF16");
+    check_linear(out, m, n, bias, residual);
+    assert!(a.len() >= m * k, "bf16 linear: input too short");
+    #[cfg(target_arch = "x86_64")]
+    if supported() && m > 0 && n > 0 && k > 0 {
+        // SAFETY: the CPU has the instructions; the shapes were checked.
+        unsafe {
+            let rows = x86::rounded_rows(a, m, k, threaded);
+            x86::product(
+                out.as_mut_ptr().cast(),
+                &rows,
+                m,
+                b,
+                start(bias, residual),
+                threaded,
+            )
+        };
+        return;
+    }
+    matmul(start_values(out, bias, residual), a, m, b, threaded);
+}
+
+/// [`linear`] from `a_pairs`, `A`'s rows already rounded to bf16 pairs ((m, k.div_ceil(2))
+/// dwords: what [`matmul_bias_act_rounded`] returns). Only where [`supported`].
+///
+/// # Panics
+/// On a CPU without AVX512-BF16, or if an operand's length does not fit its shape.
+pub fn linear_pairs(
+    out: &mut [MaybeUninit<f32>],
+    a_pairs: &[u32],
+    m: usize,
+    b: &PackedBf16,
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    threaded: bool,
+) {
+    let (k, n) = b.dims();
+    assert!(supported(), "bf16 linear_pairs without AVX512-BF16");
+    check_linear(out, m, n, bias, residual);
     assert!(
-        a_pairs.len() >= m * k.div_ceil(2) && c.len() >= m * n,
-        "bf16 matmul: operand too short"
+        a_pairs.len() >= m * k.div_ceil(2),
+        "bf16 linear: input too short"
     );
     if m == 0 || n == 0 || k == 0 {
+        start_values(out, bias, residual);
         return;
     }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the CPU has the instructions; the shapes were checked.
     unsafe {
-        x86::matmul_pairs(c, a_pairs, m, b, threaded)
+        x86::product(
+            out.as_mut_ptr().cast(),
+            a_pairs,
+            m,
+            b,
+            start(bias, residual),
+            threaded,
+        )
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = threaded;
+}
+
+/// The lengths [`linear`] needs: `out` (m, n), `bias` n, `residual` (m, n).
+fn check_linear(
+    out: &[MaybeUninit<f32>],
+    m: usize,
+    n: usize,
+    bias: &[f32],
+    residual: Option<&[f32]>,
+) {
+    assert!(
+        out.len() == m * n && bias.len() == n && residual.is_none_or(|r| r.len() == m * n),
+        "bf16 linear: {} outputs, {} biases, {:?} residuals for ({m}, {n})",
+        out.len(),
+        bias.len(),
+        residual.map(<[f32]>::len)
+    );
+}
+
+/// `out` written with `bias` in every row plus `residual`, as the initialised floats they
+/// now are (the start [`matmul`] adds onto where the kernel does not start from them itself).
+fn start_values<'a>(
+    out: &'a mut [MaybeUninit<f32>],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+) -> &'a mut [f32] {
+    if !bias.is_empty() {
+        super::vmath::fill_rows(out, bias, residual);
+    }
+    // SAFETY: `fill_rows` wrote every element (whole rows of `bias.len()`; with no columns,
+    // there are no elements).
+    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// The kernel's start for a bias and a residual.
+#[cfg(target_arch = "x86_64")]
+fn start(bias: &[f32], residual: Option<&[f32]>) -> x86::TileStart {
+    x86::TileStart::Bias(
+        bias.as_ptr(),
+        residual.map_or(std::ptr::null(), <[f32]>::as_ptr),
+    )
 }
 
 /// `act(bias + bf16(a) @ B)` per row, rounded to bf16 pairs for a next product
@@ -557,6 +655,45 @@ mod tests {
                         .filter(|(g, w)| g.to_bits() == w.to_bits())
                         .count();
                     assert_eq!(same, m * n, "{name}: {m}x{k}x{n} threaded {threaded}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linear_writes_the_bias_residual_and_product_of_the_scalar_model() {
+        // the kernel starts from the bias (and residual) at its first pass instead of a
+        // prefilled output: the same values, bit for bit, every element written
+        for (m, k, n) in [(1, 8, 16), (3, 601, 100), (13, 256, 130), (577, 96, 768)] {
+            let (a, w) = (values(&[m, k]), values(&[n, k]));
+            let b = PackedBf16::from_transposed(&w, n, k);
+            let (bias, residual) = (values(&[n]), values(&[m, n]));
+            for residual in [None, Some(&residual[..])] {
+                let mut want: Vec<f32> = (0..m * n)
+                    .map(|i| bias[i % n] + residual.map_or(0.0, |r| r[i]))
+                    .collect();
+                matmul_reference(&mut want, &a, m, &b);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                for threaded in [false, true] {
+                    // a garbage-filled output: every element must be written
+                    let mut got = vec![MaybeUninit::new(f32::NAN); m * n];
+                    linear(&mut got, &a, m, &b, &bias, residual, threaded);
+                    // SAFETY: initialised above
+                    let got: Vec<f32> = got.iter().map(|x| unsafe { x.assume_init() }).collect();
+                    let case = format!(
+                        "{m}x{k}x{n} residual {} threaded {threaded}",
+                        residual.is_some()
+                    );
+                    assert_eq!(bits(&got), bits(&want), "linear {case}");
+                    if supported() {
+                        let pairs = rounded_rows_reference(&a, m, k);
+                        let mut got = vec![MaybeUninit::new(f32::NAN); m * n];
+                        linear_pairs(&mut got, &pairs, m, &b, &bias, residual, threaded);
+                        // SAFETY: initialised above
+                        let got: Vec<f32> =
+                            got.iter().map(|x| unsafe { x.assume_init() }).collect();
+                        assert_eq!(bits(&got), bits(&want), "linear_pairs {case}");
+                    }
                 }
             }
         }

@@ -10,6 +10,13 @@ use rayon::prelude::*;
 
 use super::{task_blocks, Out, PackedBf16, KC_PAIRS, MR, NR};
 
+/// Rows of a panel that run all their passes before the next rows: their tiles of `C` (24
+/// KiB) stay in L1 from one pass to the next, where a panel's whole column of 2305 rows
+/// (590 KiB) came back from L2. A sweep on a Zen 5, bf16 GFLOP/s (median of 40): 2305 x
+/// 3072 x 768 (fc2) 704 -> 816, 2305 x 768 x 3072 859 -> 906, 2048^3 832 -> 859; 48, 60, 144
+/// and 192 rows gave less or the same.
+const CHUNK_ROWS: usize = 96;
+
 /// `a` rounded to bf16 rows of dwords, 32 values per `vcvtne2ps2bf16`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn round_row(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
@@ -62,8 +69,10 @@ fn lane_mask(cols: usize, v: usize) -> __mmask16 {
     ((1u32 << valid) - 1) as u16
 }
 
-/// `c[R x cols] += a[R rows, pairs] @ b[pairs, 64 columns]`: `a` rows of `a_stride` dwords,
-/// `b` a panel slice (`pairs` x 64 dwords), `c` rows of `c_stride` floats.
+/// `c[R x cols] = start + a[R rows, pairs] @ b[pairs, 64 columns]`: `a` rows of `a_stride`
+/// dwords, `b` a panel slice (`pairs` x 64 dwords), `c` rows of `c_stride` floats; `start`
+/// at the tile's first row and column ([`TileStart::Output`]: `c` itself).
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn tile<const R: usize>(
     a: *const u32,
@@ -73,6 +82,7 @@ unsafe fn tile<const R: usize>(
     c: *mut f32,
     c_stride: usize,
     cols: usize,
+    start: TileStart,
 ) {
     let masks = [
         lane_mask(cols, 0),
@@ -83,9 +93,23 @@ unsafe fn tile<const R: usize>(
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     for (r, acc) in acc.iter_mut().enumerate() {
         for (v, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: masked lanes are not read; the others lie in `c` (the caller's).
-            *acc =
-                unsafe { _mm512_maskz_loadu_ps(masks[v], c.wrapping_add(r * c_stride + v * 16)) };
+            let at = r * c_stride + v * 16;
+            // SAFETY: masked lanes are not read; the others lie in `c`, in the bias's panel
+            // columns or in the residual (the caller's).
+            *acc = unsafe {
+                match start {
+                    TileStart::Output => _mm512_maskz_loadu_ps(masks[v], c.wrapping_add(at)),
+                    TileStart::Bias(bias, residual) => {
+                        let bias = _mm512_maskz_loadu_ps(masks[v], bias.wrapping_add(v * 16));
+                        if residual.is_null() {
+                            bias
+                        } else {
+                            let r = _mm512_maskz_loadu_ps(masks[v], residual.wrapping_add(at));
+                            _mm512_add_ps(bias, r)
+                        }
+                    }
+                }
+            };
         }
     }
     let bf16 = |x: __m512i| -> __m512bh {
@@ -118,6 +142,37 @@ unsafe fn tile<const R: usize>(
     }
 }
 
+/// What a tile's accumulators start from.
+#[derive(Clone, Copy)]
+pub(super) enum TileStart {
+    /// The tile of `c` itself (`c += ...`).
+    Output,
+    /// A bias at the tile's first column (repeated in every row) plus, unless null, a
+    /// residual at the tile's first element with `c`'s row stride: `c` is written, never read.
+    Bias(*const f32, *const f32),
+}
+
+// SAFETY: the pointers are read only, by tasks that the caller's promises make disjoint.
+unsafe impl Send for TileStart {}
+unsafe impl Sync for TileStart {}
+
+impl TileStart {
+    /// The start of the tile `rows` rows (of `stride` floats) and `cols` columns on.
+    fn at(self, rows: usize, stride: usize, cols: usize) -> Self {
+        match self {
+            Self::Output => Self::Output,
+            Self::Bias(bias, residual) => Self::Bias(
+                bias.wrapping_add(cols),
+                if residual.is_null() {
+                    residual
+                } else {
+                    residual.wrapping_add(rows * stride + cols)
+                },
+            ),
+        }
+    }
+}
+
 /// [`tile`] for `rows` (1..=MR) rows.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bf16")]
@@ -130,16 +185,17 @@ unsafe fn tile_rows(
     c: *mut f32,
     c_stride: usize,
     cols: usize,
+    start: TileStart,
 ) {
     // SAFETY: the caller's promises, passed on.
     unsafe {
         match rows {
-            6 => tile::<6>(a, a_stride, b, pairs, c, c_stride, cols),
-            5 => tile::<5>(a, a_stride, b, pairs, c, c_stride, cols),
-            4 => tile::<4>(a, a_stride, b, pairs, c, c_stride, cols),
-            3 => tile::<3>(a, a_stride, b, pairs, c, c_stride, cols),
-            2 => tile::<2>(a, a_stride, b, pairs, c, c_stride, cols),
-            1 => tile::<1>(a, a_stride, b, pairs, c, c_stride, cols),
+            6 => tile::<6>(a, a_stride, b, pairs, c, c_stride, cols, start),
+            5 => tile::<5>(a, a_stride, b, pairs, c, c_stride, cols, start),
+            4 => tile::<4>(a, a_stride, b, pairs, c, c_stride, cols, start),
+            3 => tile::<3>(a, a_stride, b, pairs, c, c_stride, cols, start),
+            2 => tile::<2>(a, a_stride, b, pairs, c, c_stride, cols, start),
+            1 => tile::<1>(a, a_stride, b, pairs, c, c_stride, cols, start),
             _ => unreachable!("bf16 tile of {rows} rows"),
         }
     }
@@ -150,10 +206,11 @@ unsafe fn tile_rows(
 /// # Safety
 /// The CPU has `avx512f` and `avx512bf16`; `a` holds (m, k), `c` (m, n).
 pub(super) unsafe fn matmul(c: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, threaded: bool) {
-    // SAFETY: the caller's promises, passed on.
+    assert!(c.len() >= m * b.dims().1);
+    // SAFETY: the caller's promises, passed on; `c` holds (m, n) initialised floats.
     unsafe {
         let rows = rounded_rows(a, m, b.dims().0, threaded);
-        matmul_pairs(c, &rows, m, b, threaded)
+        product(c.as_mut_ptr(), &rows, m, b, TileStart::Output, threaded)
     }
 }
 
@@ -162,7 +219,7 @@ pub(super) unsafe fn matmul(c: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, 
 ///
 /// # Safety
 /// The CPU has `avx512f` and `avx512bf16`; `a` holds (m, k).
-unsafe fn rounded_rows(a: &[f32], m: usize, k: usize, threaded: bool) -> Vec<u32> {
+pub(super) unsafe fn rounded_rows(a: &[f32], m: usize, k: usize, threaded: bool) -> Vec<u32> {
     let pairs = k.div_ceil(2);
     let mut rows: Vec<u32> = Vec::with_capacity(m * pairs);
     {
@@ -182,25 +239,28 @@ unsafe fn rounded_rows(a: &[f32], m: usize, k: usize, threaded: bool) -> Vec<u32
     rows
 }
 
-/// `c += A @ B` from `A`'s rows already rounded (`rows`, (m, k.div_ceil(2)) dwords).
+/// `c = start + A @ B` from `A`'s rows already rounded (`rows`, (m, k.div_ceil(2)) dwords),
+/// `start` at `c`'s first element ([`TileStart::Output`]: `c += A @ B`).
 ///
 /// # Safety
-/// The CPU has `avx512f` and `avx512bf16`; `rows` holds (m, pairs), `c` (m, n).
-pub(super) unsafe fn matmul_pairs(
-    c: &mut [f32],
+/// The CPU has `avx512f` and `avx512bf16`; `rows` holds (m, pairs); `c` (m, n) floats,
+/// initialised where `start` is [`TileStart::Output`]; a bias start holds n values and its
+/// residual (m, n). Inputs k > 0.
+pub(super) unsafe fn product(
+    c: *mut f32,
     rows: &[u32],
     m: usize,
     b: &PackedBf16,
+    start: TileStart,
     threaded: bool,
 ) {
     let (_, n) = b.dims();
-    let pairs = b.pairs();
-    assert!(rows.len() >= m * pairs && c.len() >= m * n);
-    let out = Out(c.as_mut_ptr());
+    assert!(rows.len() >= m * b.pairs() && b.pairs() > 0);
+    let out = Out(c);
     for_each_task(m, n, threaded, |&(r0, r1, p0, p1)| {
         for panel in p0..p1 {
             // SAFETY: rows r0..r1 of the panel's columns lie in `c` and in this task's
-            // block alone; `rows` holds them.
+            // block alone; `rows` and the start hold them.
             unsafe {
                 panel_product(
                     rows,
@@ -209,6 +269,7 @@ pub(super) unsafe fn matmul_pairs(
                     r0..r1,
                     out.ptr().add(r0 * n + panel * NR),
                     n,
+                    start.at(r0, n, panel * NR),
                 )
             };
         }
@@ -231,13 +292,16 @@ fn for_each_task(
     }
 }
 
-/// `C[r, panel's columns] += A[r] @ B[.., panel's columns]` for the rows `r` of `rows_of`,
-/// tile by tile in passes of [`KC_PAIRS`] pairs: `c` at the first row's first column of
-/// the panel, rows `c_stride` apart.
+/// `C[r, panel's columns] = start + A[r] @ B[.., panel's columns]` for the rows `r` of
+/// `rows_of`, in chunks of [`CHUNK_ROWS`] rows, each tile by tile in passes of [`KC_PAIRS`]
+/// pairs: `c` and `start` at the first row's first column of the panel, rows `c_stride`
+/// apart. The first pass starts from `start`, the others from `c` (so that a bias start
+/// never reads `c`: its first pass used to load each tile of a prefilled output from
+/// memory, a tenth of the kernel's time).
 ///
 /// # Safety
 /// The CPU has `avx512f` and `avx512bf16`; `rows` holds the rows' dwords; `c` the rows'
-/// panel columns, written by the caller alone.
+/// panel columns, written by the caller alone; `start` as [`product`]'s.
 unsafe fn panel_product(
     rows: &[u32],
     b: &PackedBf16,
@@ -245,18 +309,22 @@ unsafe fn panel_product(
     rows_of: Range<usize>,
     c: *mut f32,
     c_stride: usize,
+    start: TileStart,
 ) {
     let pairs = b.pairs();
     let cols = NR.min(b.dims().1 - panel * NR);
     let b_panel = &b.data[panel * pairs * NR..][..pairs * NR];
-    for q0 in (0..pairs).step_by(KC_PAIRS) {
+    let chunks = rows_of.clone().step_by(CHUNK_ROWS);
+    let passes = |c0: usize| (0..pairs).step_by(KC_PAIRS).map(move |q0| (c0, q0));
+    for (c0, q0) in chunks.flat_map(passes) {
         let q = KC_PAIRS.min(pairs - q0);
-        for t0 in rows_of.clone().step_by(MR) {
+        let chunk_end = (c0 + CHUNK_ROWS).min(rows_of.end);
+        for t0 in (c0..chunk_end).step_by(MR) {
             // SAFETY: the tile lies in `c` (rows t0.. of the caller's, the panel's `cols`
             // columns); `rows` and the panel slice hold what it reads.
             unsafe {
                 tile_rows(
-                    MR.min(rows_of.end - t0),
+                    MR.min(chunk_end - t0),
                     rows.as_ptr().add(t0 * pairs + q0),
                     pairs,
                     b_panel.as_ptr().add(q0 * NR),
@@ -264,6 +332,11 @@ unsafe fn panel_product(
                     c.add((t0 - rows_of.start) * c_stride),
                     c_stride,
                     cols,
+                    if q0 == 0 {
+                        start.at(t0 - rows_of.start, c_stride, 0)
+                    } else {
+                        TileStart::Output
+                    },
                 )
             };
         }
@@ -276,9 +349,9 @@ thread_local! {
 }
 
 /// [`super::matmul_bias_act_rounded`] on a CPU with AVX512-BF16: per task, each panel's
-/// columns of its rows accumulate in a block of [`NR`]-float rows (in L2), prefilled with
-/// the bias, over the same passes as [`matmul_pairs`]; then the block is activated and
-/// each row rounded into the output.
+/// columns of its rows accumulate in a block of [`NR`]-float rows (in L2), from the bias,
+/// over the same passes as [`product`]; then the block is activated and each row rounded
+/// into the output.
 ///
 /// # Safety
 /// The CPU has `avx512f` and `avx512bf16`; `a` holds (m, k), `bias` n values.
@@ -302,11 +375,10 @@ pub(super) unsafe fn matmul_bias_act_rounded(
             block.resize((r1 - r0) * NR, 0.0);
             for panel in p0..p1 {
                 let cols = NR.min(n - panel * NR);
-                for row in block.chunks_exact_mut(NR) {
-                    row[..cols].copy_from_slice(&bias[panel * NR..][..cols]);
-                }
-                // SAFETY: the block holds the task's rows, NR floats apart.
-                unsafe { panel_product(&rows, b, panel, r0..r1, block.as_mut_ptr(), NR) };
+                let start = TileStart::Bias(bias[panel * NR..].as_ptr(), std::ptr::null());
+                // SAFETY: the block holds the task's rows, NR floats apart; the bias the
+                // panel's columns.
+                unsafe { panel_product(&rows, b, panel, r0..r1, block.as_mut_ptr(), NR, start) };
                 // one call over the block (a call a row made B/16 frames 2% slower than
                 // no fusion, one a block 6.5% faster); columns past `cols` hold stale
                 // values, activated and never read
