@@ -42,6 +42,7 @@ pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -125,6 +126,15 @@ impl PackedBf16 {
     pub fn from_rows<'a>(k: usize, n: usize, row: impl Fn(usize) -> &'a [f32]) -> Self {
         let mut packed = Self::zeros(k, n);
         let pairs = packed.pairs();
+        #[cfg(target_arch = "x86_64")]
+        if supported() {
+            for p in 0..pairs {
+                let odd = (2 * p + 1 < k).then(|| &row(2 * p + 1)[..n]);
+                // SAFETY: the CPU has the instructions; the panels hold row `p` of every one.
+                unsafe { x86::pack_pair_row(&mut packed.data, pairs, p, &row(2 * p)[..n], odd) };
+            }
+            return packed;
+        }
         // one row rounded: its values' bf16 bits two to a dword, the even one low
         let (mut even, mut odd) = (vec![0u32; n.div_ceil(2)], vec![0u32; n.div_ceil(2)]);
         let bits = |dwords: &[u32], j: usize| (dwords[j / 2] >> (16 * (j % 2))) & 0xffff;
@@ -198,6 +208,12 @@ fn pack_transposed_panel<'a>(
     k: usize,
     row: impl Fn(usize) -> &'a [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if supported() {
+        // SAFETY: the CPU has the instructions; `dst` is the panel's pairs x NR dwords.
+        unsafe { x86::pack_transposed_panel(dst, panel, n, k, &row) };
+        return;
+    }
     let mut rounded = vec![0u32; k.div_ceil(2)];
     for c in 0..NR.min(n - panel * NR) {
         round_pairs(&row(panel * NR + c)[..k], &mut rounded);
@@ -568,17 +584,38 @@ mod tests {
     #[test]
     fn packing_keeps_every_weight() {
         let (n, k) = (70, 9);
+        packing_keeps_the_weights_of(n, k);
+        // 2 panels of 5 pairs
+        assert_eq!(
+            PackedBf16::from_transposed(&values(&[n, k]), n, k).bytes(),
+            2 * 5 * NR * 4
+        );
+        // several groups of 16 columns and of 16 pairs, partial ones, an even k
+        packing_keeps_the_weights_of(130, 100);
+        packing_keeps_the_weights_of(64, 64);
+    }
+
+    /// Each way of packing gives the same panels, and they hold every weight rounded.
+    fn packing_keeps_the_weights_of(n: usize, k: usize) {
         let w = values(&[n, k]);
         let b = PackedBf16::from_transposed(&w, n, k);
-        assert_eq!(b.dims(), (9, 70));
+        assert_eq!(b.dims(), (k, n));
         let u = b.unpacked();
         for j in 0..n {
             for i in 0..k {
                 assert_eq!(u[i * n + j], bf16_to_f32(round_bf16(w[j * k + i])));
             }
         }
-        // 2 panels of 5 pairs
-        assert_eq!(b.bytes(), 2 * 5 * NR * 4);
+        // padding dwords (columns past n, the last pair's odd half) stay zero
+        let pairs = k.div_ceil(2);
+        for (d, &dword) in b.data.iter().enumerate() {
+            let (panel, pair, col) = (d / (pairs * NR), d / NR % pairs, d % NR);
+            if panel * NR + col >= n {
+                assert_eq!(dword, 0, "column {} of {n}", panel * NR + col);
+            } else if 2 * pair + 1 >= k {
+                assert_eq!(dword >> 16, 0, "pair {pair} of {k} inputs");
+            }
+        }
         // the same from strided rows of w, and from the rows of B = w^T itself
         let strided: Vec<f32> = w
             .chunks(k)
@@ -586,13 +623,13 @@ mod tests {
             .copied()
             .collect();
         let from_rows = PackedBf16::from_rows_of_transposed(n, k, |j| &strided[j * (k + 3)..]);
-        assert_eq!((from_rows.dims(), &from_rows.data), ((9, 70), &b.data));
+        assert_eq!((from_rows.dims(), &from_rows.data), ((k, n), &b.data));
         let w_t: Vec<f32> = (0..k)
             .flat_map(|i| (0..n).map(move |j| (i, j)))
             .map(|(i, j)| w[j * k + i])
             .collect();
         let from_b = PackedBf16::from_rows(k, n, |i| &w_t[i * n..]);
-        assert_eq!((from_b.dims(), &from_b.data), ((9, 70), &b.data));
+        assert_eq!((from_b.dims(), &from_b.data), ((k, n), &b.data));
     }
 
     /// A kernel as the tests call it.

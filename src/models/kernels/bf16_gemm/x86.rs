@@ -62,6 +62,157 @@ pub(super) unsafe fn round_row(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
     }
 }
 
+/// The mask of the first `n` (at most 16) lanes.
+#[inline(always)]
+fn first_lanes(n: usize) -> __mmask16 {
+    ((1u32 << n.min(16)) - 1) as u16
+}
+
+/// `src[at..at + 32]` (the values past its end as zeros) rounded to 16 pairs, as
+/// [`round_row`] rounds.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn rounded_pairs_at(src: &[f32], at: usize) -> __m512i {
+    let left = src.len() - at;
+    // SAFETY: masked lanes are neither read nor faulted on; the others lie in `src`.
+    unsafe {
+        let lo = _mm512_maskz_loadu_ps(first_lanes(left), src.as_ptr().wrapping_add(at));
+        let hi = _mm512_maskz_loadu_ps(
+            first_lanes(left.saturating_sub(16)),
+            src.as_ptr().wrapping_add(at + 16),
+        );
+        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+    }
+}
+
+/// The 16 x 16 dwords of `r` transposed: row `c` of the result is column `c` of `r`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose_16x16(r: [__m512i; 16]) -> [__m512i; 16] {
+    // dwords, then qwords, interleaved: u[4i + j]'s 128-bit lane L holds rows 4i..4i + 4 of
+    // column 4L + j
+    let t: [__m512i; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    let u: [__m512i; 16] = std::array::from_fn(|i| {
+        let (base, j) = (i & !3, i % 4);
+        let (a, b) = (t[base + j / 2], t[base + j / 2 + 2]);
+        if j % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    // then the lanes L of u[j], u[4 + j], u[8 + j], u[12 + j] gathered into row 4L + j
+    let mut out = [_mm512_setzero_si512(); 16];
+    for j in 0..4 {
+        let s0 = _mm512_shuffle_i32x4::<0x44>(u[j], u[4 + j]);
+        let s1 = _mm512_shuffle_i32x4::<0xee>(u[j], u[4 + j]);
+        let s2 = _mm512_shuffle_i32x4::<0x44>(u[8 + j], u[12 + j]);
+        let s3 = _mm512_shuffle_i32x4::<0xee>(u[8 + j], u[12 + j]);
+        out[j] = _mm512_shuffle_i32x4::<0x88>(s0, s2);
+        out[4 + j] = _mm512_shuffle_i32x4::<0xdd>(s0, s2);
+        out[8 + j] = _mm512_shuffle_i32x4::<0x88>(s1, s3);
+        out[12 + j] = _mm512_shuffle_i32x4::<0xdd>(s1, s3);
+    }
+    out
+}
+
+/// Panel `panel` of `B = w^T` (`dst`, its pairs x [`NR`] dwords) from the rows of `w` (n, k)
+/// (`row(j)`): 16 rows of `w` rounded to 16 pairs each, transposed in registers into 16
+/// pairs of 16 columns (the scalar packing wrote each dword alone, [`NR`] dwords apart:
+/// attention's keys, packed for every head, took 2% of an OWL-ViT B/16 frame).
+///
+/// # Safety
+/// The CPU has `avx512f` and `avx512bf16`; `dst` holds `k.div_ceil(2)` x [`NR`] dwords; each
+/// row has `k` values.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn pack_transposed_panel<'a>(
+    dst: &mut [u32],
+    panel: usize,
+    n: usize,
+    k: usize,
+    row: &dyn Fn(usize) -> &'a [f32],
+) {
+    let pairs = k.div_ceil(2);
+    assert!(dst.len() >= pairs * NR);
+    let cols = NR.min(n - panel * NR);
+    for c0 in (0..cols).step_by(16) {
+        let keys = 16.min(cols - c0);
+        let rows: [&[f32]; 16] = std::array::from_fn(|i| {
+            if i < keys {
+                &row(panel * NR + c0 + i)[..k]
+            } else {
+                &[]
+            }
+        });
+        for p0 in (0..pairs).step_by(16) {
+            let r = std::array::from_fn(|i| {
+                if i < keys {
+                    // SAFETY: the CPU has the instructions; `p0` pairs lie within the row.
+                    unsafe { rounded_pairs_at(rows[i], 2 * p0) }
+                } else {
+                    _mm512_setzero_si512()
+                }
+            });
+            for (p, line) in transpose_16x16(r).iter().enumerate().take(pairs - p0) {
+                // SAFETY: pair p0 + p's columns c0.. lie in the panel; `keys` of them valid.
+                unsafe {
+                    _mm512_mask_storeu_epi32(
+                        dst.as_mut_ptr().add((p0 + p) * NR + c0).cast(),
+                        first_lanes(keys),
+                        *line,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// Pair `p` of every panel of a packed (k, n) `B` (`data`, `pairs` pairs a panel) from row
+/// `2p` of `B` and row `2p + 1` (`None`: past k, zeros): 16 columns rounded at once and their
+/// bf16 interleaved by one `vpermw` (the scalar packing took 2% of an OWL-ViT B/16 frame).
+///
+/// # Safety
+/// The CPU has `avx512f`, `avx512bw` and `avx512bf16`; `data` is the packed `B`; `even` (and
+/// `odd`) hold n values.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn pack_pair_row(
+    data: &mut [u32],
+    pairs: usize,
+    p: usize,
+    even: &[f32],
+    odd: Option<&[f32]>,
+) {
+    let n = even.len();
+    assert!(odd.is_none_or(|o| o.len() == n) && data.len() >= n.div_ceil(NR) * pairs * NR);
+    // word 2i of the result: word i (even value i), word 2i + 1: word 16 + i (odd value i)
+    let order: [u16; 32] = std::array::from_fn(|w| (w / 2 + 16 * (w % 2)) as u16);
+    // SAFETY: 64 bytes.
+    let order = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
+    for j0 in (0..n).step_by(16) {
+        let lanes = first_lanes(n - j0);
+        // SAFETY: masked lanes are neither read nor written; the others lie in the rows and
+        // in pair p of column j0's panel.
+        unsafe {
+            let e = _mm512_maskz_loadu_ps(lanes, even.as_ptr().add(j0));
+            let o = match odd {
+                Some(odd) => _mm512_maskz_loadu_ps(lanes, odd.as_ptr().add(j0)),
+                None => _mm512_setzero_ps(),
+            };
+            let words = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(o, e));
+            let dwords = _mm512_permutexvar_epi16(order, words);
+            let at = ((j0 / NR) * pairs + p) * NR + j0 % NR;
+            _mm512_mask_storeu_epi32(data.as_mut_ptr().add(at).cast(), lanes, dwords);
+        }
+    }
+}
+
 /// Mask of the lanes of register `v` (of 4) that lie in the first `cols` columns.
 #[inline(always)]
 fn lane_mask(cols: usize, v: usize) -> __mmask16 {
