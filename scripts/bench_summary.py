@@ -2,7 +2,7 @@
 """Summarises the JSON reports of one `scripts/bench.sh` run as the rows of BENCHMARKS.md.
 
     scripts/bench.sh --case all --rounds 2 --lockstep > run.jsonl
-    scripts/bench_summary.py run.jsonl
+    scripts/bench_summary.py run.jsonl [--peak f32=GFLOPS] [--peak bf16=GFLOPS]
 
 Per model case and round: our frame and model-only medians (p95), transformers' standard call
 and cheapest equivalent, ours against the cheapest as a ratio of medians and, where both sides
@@ -23,7 +23,12 @@ PyTorch's cheapest equivalent, ONNX Runtime f32, OpenVINO f32 and OpenVINO at it
 precision (the precision it picked), pooled over the rounds: each side's frame median, ours vs
 it as the ratio of the medians and the median of the paired frames, the rounds ours won (paired
 frames in which ours was faster) and the side's largest deviation from PyTorch f32 (per output,
-with PyTorch's largest magnitude for scale). CLIP (classify) appears in this table only.
+with PyTorch's largest magnitude for scale). CLIP (classify) appears in this table only. With
+`--peak PRECISION=GFLOPS` (the machine's peak at that precision over the threads both sides
+use: `vlm-bench mac-rates`' one-core rate x 2 FLOPs x the cores), each side's share of the
+compute floor: the case's FLOPs at that peak over the side's frame median, at the side's
+precision (ours and the exported graphs of ONNX Runtime and OpenVINO at our FLOPs - the export
+keeps only the layers the output needs, as we run them - and PyTorch at transformers').
 
 FLOPs, 2 per multiply-add, from the checkpoint's config.json: the transformer layers (q, k, v
 and output projections, the MLP, q k^T and the attention-weighted sum of v) and the patch
@@ -186,14 +191,23 @@ def pooled(reports: list[dict], key: str = "median_ms") -> float:
     return statistics.median(samples) if key == "median_ms" else samples[round((len(samples) - 1) * 0.95)]
 
 
-def print_competitors(cases: dict[str, list[tuple[dict, dict[str, dict]]]]) -> None:
+def floor_share(flops: float | None, precision: str, frame_ms: float, peaks: dict[str, float]) -> str:
+    """The share of the compute floor of a frame: its FLOPs at the peak, over its time."""
+    if flops is None or precision not in peaks:
+        return "-"
+    return f"{flops / (peaks[precision] * 1e6 * frame_ms):.0%}"
+
+
+def print_competitors(cases: dict[str, list[tuple[dict, dict[str, dict]]]], peaks: dict[str, float]) -> None:
     """Ours against each competitor, pooled over the rounds (the third table)."""
     print("\n| case | competitor | precision | its frame: median (p95) | ours: frame | ours vs it: "
           "ratio of medians | ours vs it: median of paired frames | rounds won by ours "
-          "| max abs diff vs PyTorch f32 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| max abs diff vs PyTorch f32 | share of the compute floor, ours / it |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, rounds in cases.items():
         ours = pooled([r for r, _ in rounds])
+        first = rounds[0][0]
+        flops = case_flops(first) if first["task"] != "classify" else (None, None)
         for side, label in SIDES.items():
             theirs = [sides[side] for _, sides in rounds if side in sides]
             if not theirs:
@@ -202,19 +216,33 @@ def print_competitors(cases: dict[str, list[tuple[dict, dict[str, dict]]]]) -> N
             ratios = [x for r, sides in rounds if side in sides
                       for x in pair_ratios(sides[side]["frame"], r["frame"])]
             won = f"{sum(x > 1.0 for x in ratios)} of {len(ratios)}" if ratios else "-"
+            precision = theirs[0].get("precision", theirs[0].get("dtype", "-"))
+            # PyTorch runs every layer; the exported graphs, as ours, only those the output needs
+            their_flops = flops[1] if side == "torch" else flops[0]
+            shares = (f"{floor_share(flops[0], first.get('dtype', 'f32'), ours, peaks)} / "
+                      f"{floor_share(their_flops, precision, median, peaks)}")
             print(
-                f"| {name} | {label} | {theirs[0].get('precision', theirs[0].get('dtype', '-'))} "
+                f"| {name} | {label} | {precision} "
                 f"| {median:.0f} ({pooled(theirs, 'p95_ms'):.0f}) | {ours:.0f} "
                 f"| {fmt_ratio(median / ours)} "
                 f"| {fmt_ratio(statistics.median(ratios) if ratios else None)} | {won} "
-                f"| {fmt_deviation(theirs)} |"
+                f"| {fmt_deviation(theirs)} | {shares} |"
             )
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: bench_summary.py BENCH_OUTPUT.jsonl")
-    rows = reports(sys.argv[1])
+    args, peaks, rest = sys.argv[1:], {}, []
+    while args:
+        if args[0] == "--peak" and len(args) > 1:
+            precision, _, gflops = args[1].partition("=")
+            peaks[precision] = float(gflops)
+            args = args[2:]
+        else:
+            rest.append(args.pop(0))
+    args = rest
+    if len(args) != 1:
+        raise SystemExit("usage: bench_summary.py BENCH_OUTPUT.jsonl [--peak PRECISION=GFLOPS]...")
+    rows = reports(args[0])
     gemm_rates: dict[str, list[float]] = {"ours": [], "theirs": []}
     for r in rows:
         if r.get("task") == "gemm" and r.get("shape") == [2048, 2048, 2048] and r.get("dtype", "f32") == "f32":
@@ -269,7 +297,7 @@ def main() -> None:
         rates = ", ".join(f"{x:.0f}" for x in gemm_rates[side]) or "-"
         print(f"\nBest 2048^3 GEMM rate per round, {side}: {rates} GFLOP/s", end="")
     print()
-    print_competitors(grouped)
+    print_competitors(grouped, peaks)
 
 
 if __name__ == "__main__":

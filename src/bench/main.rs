@@ -639,7 +639,8 @@ fn gemm(
                 // as a layer runs it: onto a bias, into an output that is not prefilled
                 let mut c = Vec::with_capacity(m * n);
                 let out = &mut c.spare_capacity_mut()[..m * n];
-                bf16_gemm::linear(out, &a_values, m, p, &bias, None, true);
+                let a = bf16_gemm::Input::F32(&a_values);
+                bf16_gemm::linear(out, a, m, p, &bias, None, true);
                 drop(c);
             }
             None => drop(a.matmul(&b)?),

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use std::sync::Arc;
 
-use super::bf16_gemm::{self, PackedBf16};
+use super::bf16_gemm::{self, Input, PackedBf16};
 use super::gemm::{matmul, product, MatRef};
 use super::{
     cpu_f32_slice, span, span_mut, vmath, written_in_parallel, Activation, Elem, KernelPath,
@@ -499,7 +499,7 @@ impl FusedLinear {
             // SAFETY: `linear` writes every element of the one piece, the whole output.
             let mut ys = unsafe {
                 written_in_parallel(len, len, |_, ys| {
-                    bf16_gemm::linear(ys, x, rows, packed, b, residual, true)
+                    bf16_gemm::linear(ys, Input::F32(x), rows, packed, b, residual, true)
                 })
             };
             if let Epilogue::Activation(act) = epilogue {

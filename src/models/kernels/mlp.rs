@@ -13,7 +13,7 @@
 use candle_core::{bail, DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-use super::bf16_gemm;
+use super::bf16_gemm::{self, Input};
 use super::gemm::{matmul, MatRef};
 use super::linear::{prefilled, product_bias_activation};
 use super::{cpu_f32_slice, Activation, Epilogue, FusedLinear};
@@ -141,9 +141,9 @@ impl FusedMlp {
 
     /// bf16 weights on a CPU with AVX512-BF16: fc1's output activated and rounded to bf16 in
     /// cache, panel by panel ([`bf16_gemm::matmul_bias_act_rounded`]), and fc2 reading it as
-    /// it is ([`bf16_gemm::linear_pairs`]) onto its bias and the residual (instead of fc1's
-    /// f32 output written, activated in place and read again to round it: OWL-ViT B/16's
-    /// frames 1.065x faster). The same values as the two linears; in chunks of rows where the
+    /// it is ([`bf16_gemm::linear`] on [`Input::Pairs`]) onto its bias and the residual
+    /// (instead of fc1's f32 output written, activated in place and read again to round it:
+    /// OWL-ViT B/16's frames 1.065x faster). The same values as the two linears; in chunks of rows where the
     /// hidden layer's pairs would pass [`MAX_HIDDEN`] dwords (32 MiB). `None` elsewhere.
     fn forward_bf16_fused(&self, xs: &Tensor, residual: &Tensor) -> Result<Option<Tensor>> {
         if !bf16_gemm::supported() {
@@ -168,9 +168,10 @@ impl FusedMlp {
                             let hidden =
                                 bf16_gemm::matmul_bias_act_rounded(x, n, w1, b1, &act, true);
                             let r = &r[..out.len()];
-                            bf16_gemm::linear_pairs(out, &hidden, n, w2, b2, Some(r), true);
+                            let hidden = Input::Pairs(&hidden);
+                            bf16_gemm::linear(out, hidden, n, w2, b2, Some(r), true);
                         }
-                        // SAFETY: `linear_pairs` wrote every element of each chunk, and the
+                        // SAFETY: `linear` wrote every element of each chunk, and the
                         // chunks tile the output.
                         unsafe { out.set_len(rows * d) };
                         out

@@ -323,17 +323,51 @@ pub fn matmul(c: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, threaded: bool
     matmul_reference(c, a, m, b);
 }
 
-/// `bias + residual + bf16(a) @ B` into `out`, a linear layer's (m, n) row-major output:
-/// every element written, none read, so that the output needs no prefill (a prefilled
-/// output's tiles were loaded back from memory at the first pass, a tenth of the kernel's
-/// time). `bias` (n values) in every row, plus `residual` ((m, n)) where given. On a CPU
-/// without AVX512-BF16, the bias and residual are written first and [`matmul`] adds onto them.
+/// The left operand `A` (m, k) of a product: f32 rows, rounded to bf16 at the product, or
+/// rows already rounded to bf16 pairs ((m, k.div_ceil(2)) dwords, as [`round_pairs`] rounds:
+/// what [`matmul_bias_act_rounded`] returns).
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    F32(&'a [f32]),
+    Pairs(&'a [u32]),
+}
+
+impl<'a> Input<'a> {
+    /// Whether it holds (m, k).
+    fn holds(&self, m: usize, k: usize) -> bool {
+        match self {
+            Self::F32(a) => a.len() >= m * k,
+            Self::Pairs(a) => a.len() >= m * k.div_ceil(2),
+        }
+    }
+
+    /// Its (m, k) values in f32 (pairs widened exactly: they are bf16 values).
+    fn values(self, m: usize, k: usize) -> std::borrow::Cow<'a, [f32]> {
+        match self {
+            Self::F32(a) => a[..m * k].into(),
+            Self::Pairs(a) => {
+                let pairs = k.div_ceil(2);
+                let value = |i: usize| {
+                    let dword = a[(i / k) * pairs + (i % k) / 2];
+                    bf16_to_f32((dword >> (16 * (i % k % 2))) as u16)
+                };
+                (0..m * k).map(value).collect::<Vec<_>>().into()
+            }
+        }
+    }
+}
+
+/// `bias + residual + A @ B` into `out`, a linear layer's (m, n) row-major output: every
+/// element written, none read, so that the output needs no prefill (a prefilled output's
+/// tiles were loaded back from memory at the first pass, a tenth of the kernel's time).
+/// `bias` (n values) in every row, plus `residual` ((m, n)) where given. On a CPU without
+/// AVX512-BF16, the bias and residual are written first and [`matmul`] adds onto them.
 ///
 /// # Panics
 /// If an operand's length does not fit its shape.
 pub fn linear(
     out: &mut [MaybeUninit<f32>],
-    a: &[f32],
+    a: Input,
     m: usize,
     b: &PackedBf16,
     bias: &[f32],
@@ -342,65 +376,26 @@ pub fn linear(
 ) {
     let (k, n) = b.dims();
     check_linear(out, m, n, bias, residual);
-    assert!(a.len() >= m * k, "bf16 linear: input too short");
+    assert!(a.holds(m, k), "bf16 linear: input too short");
     #[cfg(target_arch = "x86_64")]
     if supported() && m > 0 && n > 0 && k > 0 {
         // SAFETY: the CPU has the instructions; the shapes were checked.
         unsafe {
-            let rows = x86::rounded_rows(a, m, k, threaded);
-            x86::product(
-                out.as_mut_ptr().cast(),
-                &rows,
-                m,
-                b,
-                start(bias, residual),
-                threaded,
-            )
+            let rounded;
+            let rows = match a {
+                Input::F32(a) => {
+                    rounded = x86::rounded_rows(a, m, k, threaded);
+                    &rounded[..]
+                }
+                Input::Pairs(pairs) => pairs,
+            };
+            let start = start(bias, residual);
+            x86::product(out.as_mut_ptr().cast(), rows, m, b, start, threaded)
         };
         return;
     }
-    matmul(start_values(out, bias, residual), a, m, b, threaded);
-}
-
-/// [`linear`] from `a_pairs`, `A`'s rows already rounded to bf16 pairs ((m, k.div_ceil(2))
-/// dwords: what [`matmul_bias_act_rounded`] returns). Only where [`supported`].
-///
-/// # Panics
-/// On a CPU without AVX512-BF16, or if an operand's length does not fit its shape.
-pub fn linear_pairs(
-    out: &mut [MaybeUninit<f32>],
-    a_pairs: &[u32],
-    m: usize,
-    b: &PackedBf16,
-    bias: &[f32],
-    residual: Option<&[f32]>,
-    threaded: bool,
-) {
-    let (k, n) = b.dims();
-    assert!(supported(), "bf16 linear_pairs without AVX512-BF16");
-    check_linear(out, m, n, bias, residual);
-    assert!(
-        a_pairs.len() >= m * k.div_ceil(2),
-        "bf16 linear: input too short"
-    );
-    if m == 0 || n == 0 || k == 0 {
-        start_values(out, bias, residual);
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU has the instructions; the shapes were checked.
-    unsafe {
-        x86::product(
-            out.as_mut_ptr().cast(),
-            a_pairs,
-            m,
-            b,
-            start(bias, residual),
-            threaded,
-        )
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = threaded;
+    let c = start_values(out, bias, residual);
+    matmul(c, &a.values(m, k), m, b, threaded);
 }
 
 /// The lengths [`linear`] needs: `out` (m, n), `bias` n, `residual` (m, n).
@@ -444,8 +439,8 @@ fn start(bias: &[f32], residual: Option<&[f32]>) -> x86::TileStart {
     )
 }
 
-/// `act(bias + bf16(a) @ B)` per row, rounded to bf16 pairs for a next product
-/// ([`matmul_pairs`]): (m, n.div_ceil(2)) dwords. Each panel's block of rows is finished,
+/// `act(bias + bf16(a) @ B)` per row, rounded to bf16 pairs for a next product ([`linear`]
+/// on [`Input::Pairs`]): (m, n.div_ceil(2)) dwords. Each panel's block of rows is finished,
 /// activated and rounded while it is in cache, so that no f32 output passes through memory
 /// (a layer's MLP: fc1's output, 28 MiB at 2305 tokens, was written, activated in place, then
 /// read again to round it for fc2). The values of [`matmul`] onto the bias, then `act`, then
@@ -711,25 +706,27 @@ mod tests {
                     .collect();
                 matmul_reference(&mut want, &a, m, &b);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let pairs = rounded_rows_reference(&a, m, k);
+                // what the path without AVX512-BF16 multiplies: the pairs widened exactly
+                let widened = Input::Pairs(&pairs).values(m, k);
+                assert!(widened
+                    .iter()
+                    .zip(&a)
+                    .all(|(w, &x)| *w == bf16_to_f32(round_bf16(x))));
                 for threaded in [false, true] {
-                    // a garbage-filled output: every element must be written
-                    let mut got = vec![MaybeUninit::new(f32::NAN); m * n];
-                    linear(&mut got, &a, m, &b, &bias, residual, threaded);
-                    // SAFETY: initialised above
-                    let got: Vec<f32> = got.iter().map(|x| unsafe { x.assume_init() }).collect();
-                    let case = format!(
-                        "{m}x{k}x{n} residual {} threaded {threaded}",
-                        residual.is_some()
-                    );
-                    assert_eq!(bits(&got), bits(&want), "linear {case}");
-                    if supported() {
-                        let pairs = rounded_rows_reference(&a, m, k);
+                    for input in [Input::F32(&a), Input::Pairs(&pairs)] {
+                        // a garbage-filled output: every element must be written
                         let mut got = vec![MaybeUninit::new(f32::NAN); m * n];
-                        linear_pairs(&mut got, &pairs, m, &b, &bias, residual, threaded);
+                        linear(&mut got, input, m, &b, &bias, residual, threaded);
                         // SAFETY: initialised above
                         let got: Vec<f32> =
                             got.iter().map(|x| unsafe { x.assume_init() }).collect();
-                        assert_eq!(bits(&got), bits(&want), "linear_pairs {case}");
+                        let case = format!(
+                            "{m}x{k}x{n} {} residual {} threaded {threaded}",
+                            matches!(input, Input::Pairs(_)),
+                            residual.is_some()
+                        );
+                        assert_eq!(bits(&got), bits(&want), "linear {case}");
                     }
                 }
             }
