@@ -11,7 +11,7 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::LayerNormConfig;
 use rayon::prelude::*;
 
-use super::{cpu_f32_slice, vmath, KernelPath};
+use super::{cpu_f32_slice, vmath, written, KernelPath};
 use crate::models::ModelVars;
 
 /// Elements per rayon task (whole rows): enough to amortise the task.
@@ -103,9 +103,6 @@ fn normalize_rows(
         return None;
     }
     let (rows, width) = (x.len() / d, d + extra);
-    let len = rows * width;
-    let mut out = Vec::with_capacity(len);
-    let dst = &mut out.spare_capacity_mut()[..len];
     let rows_per_task = TASK_ELEMENTS.div_ceil(d);
     let normalize = |dst: &mut [MaybeUninit<f32>], x: &[f32]| {
         if extra == 0 {
@@ -118,16 +115,19 @@ fn normalize_rows(
             ones.fill(MaybeUninit::new(1.0));
         }
     };
-    if rows <= rows_per_task {
-        normalize(dst, x);
-    } else {
-        dst.par_chunks_mut(rows_per_task * width)
-            .zip(x.par_chunks(rows_per_task * d))
-            .for_each(|(dst, x)| normalize(dst, x));
-    }
-    // SAFETY: every row of `dst` was written: its `d` values by `layer_norm_rows`, then its
+    // SAFETY: every row of `dst` is written: its `d` values by `layer_norm_rows`, then its
     // `extra` ones; the chunks are whole rows of both.
-    unsafe { out.set_len(len) };
+    let out = unsafe {
+        written(rows * width, |dst| {
+            if rows <= rows_per_task {
+                normalize(dst, x);
+            } else {
+                dst.par_chunks_mut(rows_per_task * width)
+                    .zip(x.par_chunks(rows_per_task * d))
+                    .for_each(|(dst, x)| normalize(dst, x));
+            }
+        })
+    };
     Some(out)
 }
 

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use super::bf16_gemm::{self, Input, PackedBf16};
 use super::gemm::{matmul, product, MatRef};
 use super::{
-    cpu_f32_slice, span, span_mut, vmath, written_in_parallel, Activation, Elem, KernelPath,
-    LayerNorm, TASKS_PER_THREAD,
+    cpu_f32_slice, span, span_mut, vmath, written, Activation, Elem, KernelPath, LayerNorm,
+    TASKS_PER_THREAD,
 };
 use crate::models::ModelVars;
 
@@ -121,26 +121,24 @@ pub(super) fn prefilled(
         residual.map_or(0, <[f32]>::len),
         bias.len()
     );
-    let mut out = Vec::with_capacity(len);
     if len == 0 {
-        return out;
+        return Vec::new();
     }
-    let dst = &mut out.spare_capacity_mut()[..len];
     let chunk = ACTIVATION_CHUNK.div_ceil(bias.len()) * bias.len();
-    match (residual, threaded) {
-        (Some(r), true) => dst
-            .par_chunks_mut(chunk)
-            .zip(r.par_chunks(chunk))
-            .for_each(|(d, r)| vmath::fill_rows(d, bias, Some(r))),
-        (None, true) => dst
-            .par_chunks_mut(chunk)
-            .for_each(|d| vmath::fill_rows(d, bias, None)),
-        (residual, false) => vmath::fill_rows(dst, bias, residual),
-    }
-    // SAFETY: `fill_rows` wrote every element: `len` is whole rows of `bias.len()`, and the
+    // SAFETY: `fill_rows` writes every element: `len` is whole rows of `bias.len()`, and the
     // chunks are whole rows too.
-    unsafe { out.set_len(len) };
-    out
+    unsafe {
+        written(len, |dst| match (residual, threaded) {
+            (Some(r), true) => dst
+                .par_chunks_mut(chunk)
+                .zip(r.par_chunks(chunk))
+                .for_each(|(d, r)| vmath::fill_rows(d, bias, Some(r))),
+            (None, true) => dst
+                .par_chunks_mut(chunk)
+                .for_each(|d| vmath::fill_rows(d, bias, None)),
+            (residual, false) => vmath::fill_rows(dst, bias, residual),
+        })
+    }
 }
 
 /// The weights of a [`FusedLinear`].
@@ -481,8 +479,8 @@ impl FusedLinear {
 
     /// The bf16-weights path ([`KernelPath::NativeBf16`]): `xs` (rows, in), contiguous f32 on
     /// the CPU, rounded to bf16 at the product's input; the product accumulated in f32 onto
-    /// the f32 bias (plus the residual) by [`bf16_gemm::linear`]; the activation in f32 after. `None`
-    /// for f32 weights or an input that is not a contiguous f32 CPU tensor.
+    /// the f32 bias (plus the residual) by [`bf16_gemm::linear`]; the activation in f32 after.
+    /// `None` for f32 weights or an input that is not a contiguous f32 CPU tensor.
     fn forward_bf16_cpu(
         &self,
         xs: &Tensor,
@@ -495,10 +493,9 @@ impl FusedLinear {
         let (rows, _) = xs.dims2()?;
         let out_dim = self.bias.dim(0)?;
         let run = |x: &[f32], b: &[f32], residual: Option<&[f32]>| {
-            let len = rows * out_dim;
-            // SAFETY: `linear` writes every element of the one piece, the whole output.
+            // SAFETY: `linear` writes every element of its output.
             let mut ys = unsafe {
-                written_in_parallel(len, len, |_, ys| {
+                written(rows * out_dim, |ys| {
                     bf16_gemm::linear(ys, Input::F32(x), rows, packed, b, residual, true)
                 })
             };

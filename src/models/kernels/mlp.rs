@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::bf16_gemm::{self, Input};
 use super::gemm::{matmul, MatRef};
 use super::linear::{prefilled, product_bias_activation};
-use super::{cpu_f32_slice, Activation, Epilogue, FusedLinear};
+use super::{cpu_f32_slice, written, Activation, Epilogue, FusedLinear};
 use crate::models::ModelVars;
 
 /// Hidden activations per row block: 512 KiB of f32, which stay in a core's L2 cache beside
@@ -143,8 +143,9 @@ impl FusedMlp {
     /// cache, panel by panel ([`bf16_gemm::matmul_bias_act_rounded`]), and fc2 reading it as
     /// it is ([`bf16_gemm::linear`] on [`Input::Pairs`]) onto its bias and the residual
     /// (instead of fc1's f32 output written, activated in place and read again to round it:
-    /// OWL-ViT B/16's frames 1.065x faster). The same values as the two linears; in chunks of rows where the
-    /// hidden layer's pairs would pass [`MAX_HIDDEN`] dwords (32 MiB). `None` elsewhere.
+    /// OWL-ViT B/16's frames 1.065x faster). The same values as the two linears; in chunks of
+    /// rows where the hidden layer's pairs would pass [`MAX_HIDDEN`] dwords (32 MiB). `None`
+    /// elsewhere.
     fn forward_bf16_fused(&self, xs: &Tensor, residual: &Tensor) -> Result<Option<Tensor>> {
         if !bf16_gemm::supported() {
             return Ok(None);
@@ -154,27 +155,28 @@ impl FusedMlp {
         let act = move |y: &mut [f32]| activation.apply_slice(y);
         self.cpu_output(xs, residual, |x, r| {
             let rows = x.len() / d.max(1);
-            let chunk_rows = rows.div_ceil((rows * inner.div_ceil(2)).div_ceil(MAX_HIDDEN).max(1));
+            let chunks = (rows * inner.div_ceil(2)).div_ceil(MAX_HIDDEN).max(1);
+            let chunk = rows.div_ceil(chunks).max(1) * d;
             self.fc1
                 .with_bf16(|w1, b1| {
                     self.fc2.with_bf16(|w2, b2| {
-                        let chunk = chunk_rows.max(1) * d;
-                        let mut out = Vec::with_capacity(rows * d);
-                        // one chunk after the other: a chunk's hidden layer uses the pool
-                        let pieces = out.spare_capacity_mut()[..rows * d].chunks_mut(chunk);
-                        for (i, out) in pieces.enumerate() {
-                            let (x, r) = (&x[i * chunk..][..out.len()], &r[i * chunk..]);
-                            let n = out.len() / d;
-                            let hidden =
-                                bf16_gemm::matmul_bias_act_rounded(x, n, w1, b1, &act, true);
-                            let r = &r[..out.len()];
-                            let hidden = Input::Pairs(&hidden);
-                            bf16_gemm::linear(out, hidden, n, w2, b2, Some(r), true);
+                        // SAFETY: `linear` writes every element of each chunk of rows, and
+                        // the chunks tile the output.
+                        unsafe {
+                            written(rows * d, |out| {
+                                // one chunk after the other: a chunk's hidden layer uses the pool
+                                for (i, out) in out.chunks_mut(chunk).enumerate() {
+                                    let n = out.len() / d;
+                                    let (x, r) =
+                                        (&x[i * chunk..][..n * d], &r[i * chunk..][..n * d]);
+                                    let hidden = bf16_gemm::matmul_bias_act_rounded(
+                                        x, n, w1, b1, &act, true,
+                                    );
+                                    let hidden = Input::Pairs(&hidden);
+                                    bf16_gemm::linear(out, hidden, n, w2, b2, Some(r), true);
+                                }
+                            })
                         }
-                        // SAFETY: `linear` wrote every element of each chunk, and the
-                        // chunks tile the output.
-                        unsafe { out.set_len(rows * d) };
-                        out
                     })
                 })
                 .flatten()

@@ -250,6 +250,18 @@ fn cpu_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     }
 }
 
+/// A buffer of `len` values written by `fill`, not zero-filled first.
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+pub(crate) unsafe fn written<T>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` elements (the caller's promise).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// A buffer of `len` floats written by `fill` in parallel: `fill(i, piece)` gets the `i`-th
 /// `chunk`-long piece (the last may be shorter), not zero-filled first.
 ///
@@ -260,15 +272,15 @@ pub(crate) unsafe fn written_in_parallel(
     chunk: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
 ) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .for_each(|(i, piece)| fill(i, piece));
-    // SAFETY: the pieces cover `len`, and `fill` wrote each of them whole (the caller's
+    // SAFETY: the pieces cover `len`, and `fill` writes each of them whole (the caller's
     // promise).
-    unsafe { out.set_len(len) };
-    out
+    unsafe {
+        written(len, |out| {
+            out.par_chunks_mut(chunk.max(1))
+                .enumerate()
+                .for_each(|(i, piece)| fill(i, piece))
+        })
+    }
 }
 
 /// Each of `b` row-major (rows, cols) matrices in `x`, transposed: (b, cols, rows), in

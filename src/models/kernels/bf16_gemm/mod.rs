@@ -11,8 +11,11 @@
 //!
 //! The microkernel keeps an `MR` x 64 tile of `C` (MR <= 6: 24 accumulators of 32 registers)
 //! and runs over [`KC_PAIRS`] pairs of inputs at a time, whose 64-column slice of `B` (64 KiB)
-//! serves all the row tiles of a task from L1 and L2. Tasks are blocks of panels (and of rows
-//! where there are too few panels to keep the pool busy), as [`super::gemm`]'s.
+//! serves the row tiles of a task from L1 and L2, 96 rows at a time (their tiles of `C` stay
+//! in L1 between passes). A linear layer's product ([`linear`]) starts its first pass from
+//! the bias (and residual), so its output is written and never read. Tasks are blocks of
+//! panels (and of rows where there are too few panels to keep the pool busy), as
+//! [`super::gemm`]'s.
 //!
 //! [`supported`] says whether the CPU has the instructions; elsewhere [`matmul`] runs
 //! [`matmul_reference`], the scalar model of the same arithmetic (for tests; the pipeline
@@ -37,7 +40,8 @@ const KC_PAIRS: usize = 256;
 /// Row blocks of a task have at least this many rows (each block reads its panels again).
 const MIN_TASK_ROWS: usize = 48;
 
-/// Whether this CPU runs the bf16 instructions (`avx512_bf16` in /proc/cpuinfo).
+/// Whether this CPU runs the bf16 kernels (`avx512_bf16` in /proc/cpuinfo, with the
+/// `avx512bw` every such CPU has, for the packing's `vpermw`).
 pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -126,28 +130,18 @@ impl PackedBf16 {
     pub fn from_rows<'a>(k: usize, n: usize, row: impl Fn(usize) -> &'a [f32]) -> Self {
         let mut packed = Self::zeros(k, n);
         let pairs = packed.pairs();
-        #[cfg(target_arch = "x86_64")]
-        if supported() {
-            for p in 0..pairs {
-                let odd = (2 * p + 1 < k).then(|| &row(2 * p + 1)[..n]);
-                // SAFETY: the CPU has the instructions; the panels hold row `p` of every one.
-                unsafe { x86::pack_pair_row(&mut packed.data, pairs, p, &row(2 * p)[..n], odd) };
-            }
-            return packed;
-        }
-        // one row rounded: its values' bf16 bits two to a dword, the even one low
-        let (mut even, mut odd) = (vec![0u32; n.div_ceil(2)], vec![0u32; n.div_ceil(2)]);
-        let bits = |dwords: &[u32], j: usize| (dwords[j / 2] >> (16 * (j % 2))) & 0xffff;
         for p in 0..pairs {
-            round_pairs(&row(2 * p)[..n], &mut even);
-            if 2 * p + 1 < k {
-                round_pairs(&row(2 * p + 1)[..n], &mut odd);
-            } else {
-                odd.fill(0);
+            let even = &row(2 * p)[..n];
+            let odd = (2 * p + 1 < k).then(|| &row(2 * p + 1)[..n]);
+            #[cfg(target_arch = "x86_64")]
+            if supported() {
+                // SAFETY: the CPU has the instructions; the panels hold pair `p` of every one.
+                unsafe { x86::pack_pair_row(&mut packed.data, pairs, p, even, odd) };
+                continue;
             }
-            for j in 0..n {
-                packed.data[((j / NR) * pairs + p) * NR + j % NR] =
-                    bits(&even, j) | bits(&odd, j) << 16;
+            for (j, &e) in even.iter().enumerate() {
+                let hi = odd.map_or(0, |odd| round_bf16(odd[j]) as u32);
+                packed.data[((j / NR) * pairs + p) * NR + j % NR] = round_bf16(e) as u32 | hi << 16;
             }
         }
         packed

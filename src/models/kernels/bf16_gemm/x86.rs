@@ -9,6 +9,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::{task_blocks, Out, PackedBf16, KC_PAIRS, MR, NR};
+use crate::models::kernels::written;
 
 /// Rows of a panel that run all their passes before the next rows: their tiles of `C` (24
 /// KiB) stay in L1 from one pass to the next, where a panel's whole column of 2305 rows
@@ -17,48 +18,23 @@ use super::{task_blocks, Out, PackedBf16, KC_PAIRS, MR, NR};
 /// and 192 rows gave less or the same.
 const CHUNK_ROWS: usize = 96;
 
-/// `a` rounded to bf16 rows of dwords, 32 values per `vcvtne2ps2bf16`.
+/// `src` rounded to bf16 pairs (`src.len().div_ceil(2)` dwords into `dst`), 32 values per
+/// `vcvtne2ps2bf16`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn round_row(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
-    let k = src.len();
-    let mut i = 0;
-    while i < k {
-        let left = k - i;
-        let lo_mask: __mmask16 = if left >= 16 {
-            0xffff
-        } else {
-            ((1u32 << left) - 1) as u16
-        };
-        let hi_left = left.saturating_sub(16);
-        let hi_mask: __mmask16 = if hi_left >= 16 {
-            0xffff
-        } else {
-            ((1u32 << hi_left) - 1) as u16
-        };
-        // SAFETY: masked lanes are neither read nor faulted on; the others lie in `src`.
-        let (lo, hi) = unsafe {
-            (
-                _mm512_maskz_loadu_ps(lo_mask, src.as_ptr().wrapping_add(i)),
-                _mm512_maskz_loadu_ps(hi_mask, src.as_ptr().wrapping_add(i + 16)),
-            )
-        };
-        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+    for i in (0..src.len()).step_by(32) {
+        // SAFETY: the CPU has the instructions; `i` lies in `src`.
+        let packed = unsafe { rounded_pairs_at(src, i) };
         // dwords written: the pairs of the values left (the last one padded with zero)
-        let dwords = left.min(32).div_ceil(2);
-        let mask: __mmask16 = if dwords >= 16 {
-            0xffff
-        } else {
-            ((1u32 << dwords) - 1) as u16
-        };
-        // SAFETY: `dst` holds `k.div_ceil(2)` dwords; the written ones lie inside it.
+        let dwords = (src.len() - i).min(32).div_ceil(2);
+        // SAFETY: `dst` holds `src.len().div_ceil(2)` dwords; the written ones lie inside it.
         unsafe {
             _mm512_mask_storeu_epi32(
                 dst.as_mut_ptr().wrapping_add(i / 2).cast::<i32>(),
-                mask,
+                first_lanes(dwords),
                 packed,
             )
         };
-        i += 32;
     }
 }
 
@@ -68,8 +44,8 @@ fn first_lanes(n: usize) -> __mmask16 {
     ((1u32 << n.min(16)) - 1) as u16
 }
 
-/// `src[at..at + 32]` (the values past its end as zeros) rounded to 16 pairs, as
-/// [`round_row`] rounds.
+/// `src[at..at + 32]` (the values past its end as zeros) rounded to 16 pairs by one
+/// `vcvtne2ps2bf16`, the even value of each low.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn rounded_pairs_at(src: &[f32], at: usize) -> __m512i {
@@ -216,8 +192,7 @@ pub(super) unsafe fn pack_pair_row(
 /// Mask of the lanes of register `v` (of 4) that lie in the first `cols` columns.
 #[inline(always)]
 fn lane_mask(cols: usize, v: usize) -> __mmask16 {
-    let valid = cols.saturating_sub(v * 16).min(16);
-    ((1u32 << valid) - 1) as u16
+    first_lanes(cols.saturating_sub(v * 16))
 }
 
 /// `c[R x cols] = start + a[R rows, pairs] @ b[pairs, 64 columns]`: `a` rows of `a_stride`
@@ -372,22 +347,20 @@ pub(super) unsafe fn matmul(c: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, 
 /// The CPU has `avx512f` and `avx512bf16`; `a` holds (m, k).
 pub(super) unsafe fn rounded_rows(a: &[f32], m: usize, k: usize, threaded: bool) -> Vec<u32> {
     let pairs = k.div_ceil(2);
-    let mut rows: Vec<u32> = Vec::with_capacity(m * pairs);
-    {
-        let dst = &mut rows.spare_capacity_mut()[..m * pairs];
-        let round = |(r, d): (usize, &mut [MaybeUninit<u32>])| {
-            // SAFETY: the CPU has the instructions (the caller's promise).
-            unsafe { round_row(&a[r * k..][..k], d) }
-        };
-        if threaded && m > 16 {
-            dst.par_chunks_mut(pairs).enumerate().for_each(round);
-        } else {
-            dst.chunks_mut(pairs).enumerate().for_each(round);
-        }
+    let round = |(r, d): (usize, &mut [MaybeUninit<u32>])| {
+        // SAFETY: the CPU has the instructions (the caller's promise).
+        unsafe { round_row(&a[r * k..][..k], d) }
+    };
+    // SAFETY: `round_row` writes every dword of every row.
+    unsafe {
+        written(m * pairs, |dst| {
+            if threaded && m > 16 {
+                dst.par_chunks_mut(pairs).enumerate().for_each(round);
+            } else {
+                dst.chunks_mut(pairs).enumerate().for_each(round);
+            }
+        })
     }
-    // SAFETY: `round_row` wrote every dword of every row.
-    unsafe { rows.set_len(m * pairs) };
-    rows
 }
 
 /// `c = start + A @ B` from `A`'s rows already rounded (`rows`, (m, k.div_ceil(2)) dwords),
